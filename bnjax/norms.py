@@ -1,0 +1,508 @@
+"""Normalizers as pure functions of arrays: no flax, no hidden state.
+
+Conventions shared by every function here:
+
+* Statistics are computed in (at least) float32, whatever the input dtype,
+  and with a shifted one-pass formula: moments of ``x - s`` where ``s`` is one
+  (gradient-stopped) sample per feature. Unlike ``E[x^2] - E[x]^2`` this stays
+  accurate when the mean is large against the spread.
+* The output dtype is the promotion of ``x`` with whichever of ``scale`` and
+  ``bias`` are given (as in ``flax.linen``).
+* Batch-norm variants take ``stats`` (a :class:`BatchStats` of running
+  averages) and return ``(y, new_stats)``; ``new_stats`` is ``None`` when
+  ``stats`` is ``None``. Running averages follow flax:
+  ``running = momentum * running + (1 - momentum) * batch``, the running
+  variance being the biased batch variance.
+* ``axis_name`` averages batch statistics over a named mapped axis (``pmap``,
+  ``vmap``, ``shard_map``) with a single collective.
+
+Scale invariance. Each docstring states which rescaling of a kernel ``w``
+that feeds the normalizer leaves the output unchanged, i.e. for which
+groups of output units ``f(a * w) == f(w)`` (a > 0) and hence
+``<grad_w L, w> == 0`` for that group. This is what makes weight decay act on
+the effective learning rate instead of on the function (van Laarhoven 2017).
+"""
+
+from typing import NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Axes = Union[int, Sequence[int]]
+
+
+class BatchStats(NamedTuple):
+  """Running (population) statistics of a batch-norm layer, shape ``(features,)``."""
+  mean: Array
+  var: Array
+
+
+def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
+  """Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm)."""
+  if not isinstance(num_features, int) or num_features <= 0:
+    raise ValueError(f'num_features must be a positive int, got {num_features!r}.')
+  return BatchStats(jnp.zeros((num_features,), dtype), jnp.ones((num_features,), dtype))
+
+
+# ----------------------------------------------------------------- validation
+
+
+def _concrete_float(value):
+  """``float(value)``, or ``None`` when ``value`` is traced (cannot be checked)."""
+  try:
+    return float(value)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+          TypeError):
+    return None
+
+
+def _check_epsilon(epsilon):
+  eps = _concrete_float(epsilon)
+  if eps is not None and not eps > 0:
+    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
+
+
+def _check_momentum(momentum):
+  m = _concrete_float(momentum)
+  if m is not None and not 0.0 <= m <= 1.0:
+    raise ValueError(f'momentum must be in [0, 1], got {momentum}.')
+
+
+def _canonical_axes(ndim: int, axes: Axes, what: str = 'axis') -> tuple:
+  """Sorted, deduplicated non-negative axes; ValueError when out of range."""
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  for a in axes:
+    if not -ndim <= a < ndim:
+      raise ValueError(f'{what}={a} is out of range for an input of rank {ndim}.')
+  return tuple(sorted({a % ndim for a in axes}))
+
+
+def _check_features(name: str, value, shape: tuple):
+  if value is not None and tuple(jnp.shape(value)) != tuple(shape):
+    raise ValueError(
+        f'{name} has shape {tuple(jnp.shape(value))} but the input has '
+        f'{shape} features along the feature axis.')
+
+
+def _check_stats(stats, num_features: int):
+  if stats is None:
+    return
+  if not isinstance(stats, BatchStats):
+    stats = BatchStats(*stats)
+  _check_features('stats.mean', stats.mean, (num_features,))
+  _check_features('stats.var', stats.var, (num_features,))
+
+
+# ----------------------------------------------------------- shared helpers
+
+
+def _stats_dtype(x):
+  return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None):
+  """Mean and biased variance of ``x`` over ``reduction_axes``, in float32+.
+
+  One pass over ``x - s`` with ``s`` a gradient-stopped sample per reduced
+  slice (exact algebra, well conditioned when ``s`` is near the mean).
+  With ``axis_name`` the per-device ``(mean, var)`` pairs are gathered in one
+  collective and combined with the law of total variance, which assumes
+  equal local batch sizes (as ``lax.pmean`` does).
+  """
+  x = x.astype(_stats_dtype(x))
+  first = tuple(slice(0, 1) if a in reduction_axes else slice(None) for a in range(x.ndim))
+  shift = lax.stop_gradient(x[first])
+  d = x - shift
+  mean_d = jnp.mean(d, reduction_axes)
+  var = jnp.maximum(jnp.mean(d * d, reduction_axes) - mean_d * mean_d, 0.0)
+  mean = jnp.squeeze(shift, reduction_axes) + mean_d
+  if axis_name is not None:
+    gathered = lax.all_gather(jnp.stack([mean, var]), axis_name)
+    means, variances = gathered[:, 0], gathered[:, 1]
+    mean = jnp.mean(means, axis=0)
+    var = jnp.mean(variances + jnp.square(means - mean), axis=0)
+  return mean, var
+
+
+def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsilon):
+  """``(x - mean) * rsqrt(var + epsilon) * scale + bias``.
+
+  ``mean``/``var`` (either may be ``None`` to skip centering / scaling) have
+  ``reduction_axes`` removed; ``scale``/``bias`` have the shape of
+  ``feature_axes``.
+  """
+  feature_shape = [1] * x.ndim
+  for a in feature_axes:
+    feature_shape[a] = x.shape[a]
+  out_dtype = jnp.result_type(x, *[p for p in (scale, bias) if p is not None])
+  y = x.astype(jnp.promote_types(out_dtype, _stats_dtype(x)))
+  if mean is not None:
+    y = y - jnp.expand_dims(mean, reduction_axes)
+  mul = None
+  if var is not None:
+    mul = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
+  if scale is not None:
+    s = jnp.reshape(scale, feature_shape)
+    mul = s if mul is None else mul * s
+  if mul is not None:
+    y = y * mul
+  if bias is not None:
+    y = y + jnp.reshape(bias, feature_shape)
+  return y.astype(out_dtype)
+
+
+def _update_stats(stats, mean, var, momentum):
+  """Exponential moving average of the statistics; ``None`` keeps a field."""
+  if stats is None:
+    return None
+  stats = BatchStats(*stats)
+
+  def ema(old, new):
+    if new is None:
+      return old
+    new = lax.stop_gradient(new).astype(jnp.result_type(old))
+    return momentum * old + (1.0 - momentum) * new
+
+  return BatchStats(ema(stats.mean, mean), ema(stats.var, var))
+
+
+def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
+  """Validates batch-norm arguments; returns ``(feature_axis, reduction_axes)``."""
+  x_ndim = jnp.ndim(x)
+  if x_ndim < 2:
+    raise ValueError(
+        f'batch normalization needs an input of rank >= 2 (batch and features), '
+        f'got rank {x_ndim}.')
+  (feature_axis,) = _canonical_axes(x_ndim, axis)
+  num_features = jnp.shape(x)[feature_axis]
+  _check_features('scale', scale, (num_features,))
+  _check_features('bias', bias, (num_features,))
+  _check_stats(stats, num_features)
+  _check_momentum(momentum)
+  _check_epsilon(epsilon)
+  if not isinstance(training, bool):
+    raise ValueError(f'training must be a Python bool, got {training!r}.')
+  if not training and stats is None:
+    raise ValueError('inference (training=False) needs stats: pass the running BatchStats.')
+  reduction_axes = tuple(a for a in range(x_ndim) if a != feature_axis)
+  return feature_axis, reduction_axes
+
+
+# --------------------------------------------------------- batch-norm family
+
+
+def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
+               momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+  """Batch normalization (Ioffe & Szegedy 2015), the numbers of flax.linen.BatchNorm.
+
+  Training: ``y = (x - mu_B) / sqrt(var_B + epsilon) * scale + bias`` with the
+  batch mean and biased variance over every axis but ``axis`` (averaged over
+  devices when ``axis_name`` is given), and
+  ``new_stats = momentum * stats + (1 - momentum) * (mu_B, var_B)``.
+  Inference (``training=False``): the same with ``stats`` in place of the
+  batch statistics; ``stats`` is returned unchanged.
+
+  Scale invariance: per unit. Rescaling the kernel column that feeds one
+  feature by ``a > 0`` rescales that feature's mu_B and sigma_B by ``a``, so
+  the training output is unchanged (exactly as ``epsilon -> 0``).
+
+  Args:
+    x: input, features along ``axis``.
+    scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+    stats: optional running :class:`BatchStats`; required for inference.
+    training: use batch statistics (True) or ``stats`` (False).
+    momentum: running-average decay in [0, 1].
+    epsilon: added to the variance, > 0.
+    axis: the feature axis.
+    axis_name: mapped axis over which batch statistics are averaged.
+
+  Returns:
+    ``(y, new_stats)``.
+  """
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  if training:
+    mean, var = _compute_stats(x, red, axis_name)
+    stats = _update_stats(stats, mean, var, momentum)
+  else:
+    mean, var = stats
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon)
+  return y, stats
+
+
+def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
+                    momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+  """Population normalization, PN (Luo et al. 2019, arXiv 1809.00846).
+
+  Normalizes with the running (population) statistics in training too:
+  ``y = (x - mu_P) / sqrt(var_P + epsilon) * scale + bias`` using ``stats``
+  as passed in, then updates ``stats`` from the batch statistics with no
+  gradient through them. Luo et al. decompose BN into PN plus an explicit
+  gamma decay; PN alone keeps no batch-dependent noise.
+
+  Scale invariance: none. The output is linear in the kernel feeding it,
+  since mu_P and var_P are constants for the gradient.
+  """
+  if stats is None:
+    raise ValueError('population_norm needs stats (the population statistics) '
+                     'in training and inference.')
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  mean, var = stats
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon)
+  if training:
+    batch_mean, batch_var = _compute_stats(lax.stop_gradient(x), red, axis_name)
+    stats = _update_stats(stats, batch_mean, batch_var, momentum)
+  return y, stats
+
+
+def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
+                         momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+  """Mean-only batch normalization (Salimans & Kingma 2016; Luo et al. 2019).
+
+  ``y = (x - mu_B) * scale + bias`` in training, ``mu_B`` replaced by the
+  running mean in inference. Only ``stats.mean`` is tracked; ``stats.var``
+  is passed through. Usually paired with weight normalization.
+  ``epsilon`` is unused (validated for a uniform signature).
+
+  Scale invariance: none. The output is positively homogeneous of degree 1
+  in the kernel: ``f(a * w) = a * f(w)``.
+  """
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  if training:
+    mean, _ = _compute_stats(x, red, axis_name)
+    stats = _update_stats(stats, mean, None, momentum)
+  else:
+    mean = stats.mean
+  y = _normalize(x, mean, None, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon)
+  return y, stats
+
+
+def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
+                             momentum=0.99, epsilon=1e-5, axis: int = -1,
+                             axis_name=None):
+  """Variance-only batch normalization (Luo et al. 2019's ablation).
+
+  ``y = x / sqrt(var_B + epsilon) * scale + bias``: divides by the batch
+  standard deviation (about the batch mean) without centering; inference
+  uses the running variance. Only ``stats.var`` is tracked; ``stats.mean``
+  is passed through.
+
+  Scale invariance: per unit, as batch_norm.
+  """
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  if training:
+    _, var = _compute_stats(x, red, axis_name)
+    stats = _update_stats(stats, None, var, momentum)
+  else:
+    var = stats.var
+  y = _normalize(x, None, var, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon)
+  return y, stats
+
+
+def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
+                     virtual_batch_size: int, momentum=0.99, epsilon=1e-5,
+                     axis: int = -1, axis_name=None):
+  """Ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741).
+
+  Training splits the batch (axis 0) into consecutive virtual batches of
+  ``virtual_batch_size`` examples and batch-normalizes each with its own
+  statistics. The running statistics move toward the mean over virtual
+  batches (and over devices, with ``axis_name``) of their means and
+  variances. Inference is batch_norm's.
+
+  Scale invariance: per unit, as batch_norm.
+  """
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  if not training:
+    return batch_norm(x, scale, bias, stats, training=False, epsilon=epsilon, axis=axis)
+  if feature_axis == 0:
+    raise ValueError('ghost_batch_norm splits axis 0 (the batch), so the feature '
+                     'axis cannot be 0.')
+  n = x.shape[0]
+  if not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0 \
+      or n % virtual_batch_size:
+    raise ValueError(f'virtual_batch_size={virtual_batch_size!r} must be a positive '
+                     f'int that divides the batch size {n}.')
+  ghosts = x.reshape((n // virtual_batch_size, virtual_batch_size) + x.shape[1:])
+  ghost_red = tuple(a for a in range(ghosts.ndim) if a not in (0, feature_axis + 1))
+  mean, var = _compute_stats(ghosts, ghost_red)
+  y = _normalize(ghosts, mean, var, scale, bias, reduction_axes=ghost_red,
+                 feature_axes=(feature_axis + 1,), epsilon=epsilon).reshape(x.shape)
+  if stats is not None:
+    avg = jnp.stack([jnp.mean(mean, axis=0), jnp.mean(var, axis=0)])
+    if axis_name is not None:
+      avg = lax.pmean(avg, axis_name)
+    stats = _update_stats(stats, avg[0], avg[1], momentum)
+  return y, stats
+
+
+# ------------------------------------------------------- per-example norms
+
+
+def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
+               feature_axes: Axes = -1):
+  """Layer normalization (Ba et al. 2016), the numbers of flax.linen.LayerNorm.
+
+  ``y = (x - mu) / sqrt(var + epsilon) * scale + bias`` with per-example
+  statistics over ``axis`` (an int or a tuple: flax's ``reduction_axes``);
+  ``scale``/``bias`` have the shape of ``feature_axes``.
+
+  Scale invariance: per layer. Rescaling the whole kernel feeding the
+  normalized axes by one ``a > 0`` leaves the output unchanged; rescaling a
+  single unit does not.
+  """
+  ndim = jnp.ndim(x)
+  red = _canonical_axes(ndim, axis)
+  if len(red) == ndim:
+    raise ValueError('layer_norm must keep at least one (batch) axis: axis covers '
+                     f'all {ndim} axes.')
+  feats = _canonical_axes(ndim, feature_axes, 'feature_axes')
+  feature_shape = tuple(x.shape[a] for a in feats)
+  _check_features('scale', scale, feature_shape)
+  _check_features('bias', bias, feature_shape)
+  _check_epsilon(epsilon)
+  mean, var = _compute_stats(x, red)
+  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                    feature_axes=feats, epsilon=epsilon)
+
+
+def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
+               axis: int = -1):
+  """Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
+
+  The ``C`` features on ``axis`` are split into ``num_groups`` consecutive
+  groups; each example's group is normalized with statistics over the group's
+  features and every axis except the batch axis 0.
+
+  Scale invariance: per group. Rescaling together the kernel columns of the
+  units in one group leaves the output unchanged; a single unit does not.
+  """
+  ndim = jnp.ndim(x)
+  if ndim < 2:
+    raise ValueError(f'group_norm needs an input of rank >= 2 (batch and features), '
+                     f'got rank {ndim}.')
+  (feature_axis,) = _canonical_axes(ndim, axis)
+  if feature_axis == 0:
+    raise ValueError('group_norm treats axis 0 as the batch axis; the feature axis '
+                     'cannot be 0.')
+  channels = x.shape[feature_axis]
+  if not isinstance(num_groups, int) or num_groups <= 0 or channels % num_groups:
+    raise ValueError(f'num_groups={num_groups!r} must be a positive int that divides '
+                     f'the number of features {channels}.')
+  _check_features('scale', scale, (channels,))
+  _check_features('bias', bias, (channels,))
+  _check_epsilon(epsilon)
+  grouped = x.reshape(x.shape[:feature_axis] + (num_groups, channels // num_groups)
+                      + x.shape[feature_axis + 1:])
+  mean, var = _compute_stats(grouped, tuple(a for a in range(1, grouped.ndim)
+                                             if a != feature_axis))
+  group_size = channels // num_groups
+  mean, var = (jnp.repeat(m, group_size, axis=1) for m in (mean, var))
+  red = tuple(a for a in range(1, ndim) if a != feature_axis)
+  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                    feature_axes=(feature_axis,), epsilon=epsilon)
+
+
+def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
+  """Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
+
+  Each example's feature is normalized over the spatial axes (every axis but
+  the batch axis 0 and the feature ``axis``).
+
+  Scale invariance: per unit (per channel).
+  """
+  ndim = jnp.ndim(x)
+  if ndim < 3:
+    raise ValueError(f'instance_norm needs an input of rank >= 3 (batch, spatial..., '
+                     f'features), got rank {ndim}.')
+  (feature_axis,) = _canonical_axes(ndim, axis)
+  if feature_axis == 0:
+    raise ValueError('instance_norm treats axis 0 as the batch axis; the feature '
+                     'axis cannot be 0.')
+  _check_features('scale', scale, (x.shape[feature_axis],))
+  _check_features('bias', bias, (x.shape[feature_axis],))
+  _check_epsilon(epsilon)
+  red = tuple(a for a in range(1, ndim) if a != feature_axis)
+  mean, var = _compute_stats(x, red)
+  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                    feature_axes=(feature_axis,), epsilon=epsilon)
+
+
+# -------------------------------------------------------- weight reparams
+
+
+def _unit_axes(w, axis):
+  ndim = jnp.ndim(w)
+  if ndim < 1:
+    raise ValueError('a kernel needs rank >= 1.')
+  (unit_axis,) = _canonical_axes(ndim, axis)
+  return unit_axis, tuple(a for a in range(ndim) if a != unit_axis)
+
+
+def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
+  """Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``.
+
+  ``||v||`` is the L2 norm of each unit (over every axis but ``axis``),
+  computed as ``v * rsqrt(sum(v^2) + epsilon)`` like flax.linen.WeightNorm;
+  ``g`` has shape ``(units,)`` (``None``: unit gain).
+
+  Scale invariance: per unit in ``v``, exactly up to ``epsilon``.
+  """
+  unit_axis, red = _unit_axes(v, axis)
+  _check_features('g', g, (jnp.shape(v)[unit_axis],))
+  _check_epsilon(epsilon)
+  v32 = v.astype(_stats_dtype(v))
+  sq = jnp.sum(v32 * v32, axis=red)
+  return _normalize(v, None, sq, g, None, reduction_axes=red,
+                    feature_axes=(unit_axis,), epsilon=epsilon)
+
+
+def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
+  """Weight standardization (Qiao et al. 2019, arXiv 1903.10520).
+
+  ``w_hat = (w - mean(w)) / sqrt(var(w) + epsilon)`` per unit (over every axis
+  but ``axis``: fan-in and receptive field for a flax kernel).
+
+  Scale invariance: per unit (and invariance to a per-unit shift).
+  """
+  unit_axis, red = _unit_axes(w, axis)
+  _check_epsilon(epsilon)
+  mean, var = _compute_stats(w, red)
+  return _normalize(w, mean, var, None, None, reduction_axes=red,
+                    feature_axes=(unit_axis,), epsilon=epsilon)
+
+
+def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
+  """Folds an inference batch norm into the Dense/Conv that feeds it.
+
+  With ``k = scale / sqrt(stats.var + epsilon)`` per output unit (the last
+  kernel axis), ``BN(x @ kernel + bias) == x @ (kernel * k) + bias'`` where
+  ``bias' = (bias - stats.mean) * k + bn_bias``. ``bias``, ``scale`` and
+  ``bn_bias`` may be ``None`` (0, 1 and 0).
+
+  Returns:
+    ``(folded_kernel, folded_bias)``, the bias always an array.
+  """
+  units = jnp.shape(kernel)[-1]
+  for name, value in (('bias', bias), ('scale', scale), ('bn_bias', bn_bias)):
+    _check_features(name, value, (units,))
+  _check_stats(stats, units)
+  _check_epsilon(epsilon)
+  mean, var = stats
+  k = lax.rsqrt(var.astype(_stats_dtype(var)) + epsilon)
+  if scale is not None:
+    k = k * scale
+  shift = -mean if bias is None else bias - mean
+  new_bias = shift * k + (0.0 if bn_bias is None else bn_bias)
+  dtype = jnp.result_type(kernel, *[p for p in (bias, scale, bn_bias) if p is not None])
+  return (kernel * k).astype(dtype), new_bias.astype(dtype)
