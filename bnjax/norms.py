@@ -82,8 +82,8 @@ def _canonical_axes(ndim: int, axes: Axes, what: str = 'axis') -> tuple:
 def _check_features(name: str, value, shape: tuple):
   if value is not None and tuple(jnp.shape(value)) != tuple(shape):
     raise ValueError(
-        f'{name} has shape {tuple(jnp.shape(value))} but the input has '
-        f'{shape} features along the feature axis.')
+        f'{name} has shape {tuple(jnp.shape(value))}, expected {tuple(shape)}: one '
+        f'entry per feature of the input ({", ".join(map(str, shape))} features).')
 
 
 def _check_stats(stats, num_features: int):
