@@ -23,6 +23,8 @@ groups of output units ``f(a * w) == f(w)`` (a > 0) and hence
 the effective learning rate instead of on the function (van Laarhoven 2017).
 """
 
+import functools
+import math
 from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
@@ -102,16 +104,24 @@ def _stats_dtype(x):
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None):
+def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, two_pass=False):
   """Mean and biased variance of ``x`` over ``reduction_axes``, in float32+.
 
-  One pass over ``x - s`` with ``s`` a gradient-stopped sample per reduced
-  slice (exact algebra, well conditioned when ``s`` is near the mean).
+  ``two_pass``: ``mean((x - mean)^2)`` after the mean, for per-example
+  statistics (measured fastest there). Otherwise one pass over ``x - s``
+  with ``s`` a gradient-stopped sample per reduced slice (exact algebra, well
+  conditioned when ``s`` is near the mean).
   With ``axis_name`` the per-device ``(mean, var)`` pairs are gathered in one
   collective and combined with the law of total variance, which assumes
   equal local batch sizes (as ``lax.pmean`` does).
   """
   x = x.astype(_stats_dtype(x))
+  if two_pass:
+    if axis_name is not None:
+      raise ValueError('two-pass statistics are per device; axis_name is not supported.')
+    mean = jnp.mean(x, reduction_axes)
+    return mean, jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduction_axes)),
+                          reduction_axes)
   first = tuple(slice(0, 1) if a in reduction_axes else slice(None) for a in range(x.ndim))
   shift = lax.stop_gradient(x[first])
   d = x - shift
@@ -126,6 +136,16 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None):
   return mean, var
 
 
+def _broadcastable(param, shape, feature_axes):
+  """Reshapes a parameter over ``feature_axes`` to broadcast against ``shape``."""
+  if param is None:
+    return None
+  target = [1] * len(shape)
+  for a in feature_axes:
+    target[a] = shape[a]
+  return jnp.reshape(param, target)
+
+
 def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsilon):
   """``(x - mean) * rsqrt(var + epsilon) * scale + bias``.
 
@@ -133,10 +153,9 @@ def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsil
   ``reduction_axes`` removed; ``scale``/``bias`` have the shape of
   ``feature_axes``.
   """
-  feature_shape = [1] * x.ndim
-  for a in feature_axes:
-    feature_shape[a] = x.shape[a]
   out_dtype = jnp.result_type(x, *[p for p in (scale, bias) if p is not None])
+  scale = _broadcastable(scale, x.shape, feature_axes)
+  bias = _broadcastable(bias, x.shape, feature_axes)
   y = x.astype(jnp.promote_types(out_dtype, _stats_dtype(x)))
   if mean is not None:
     y = y - jnp.expand_dims(mean, reduction_axes)
@@ -144,13 +163,112 @@ def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsil
   if var is not None:
     mul = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
   if scale is not None:
-    s = jnp.reshape(scale, feature_shape)
-    mul = s if mul is None else mul * s
+    mul = scale if mul is None else mul * scale
   if mul is not None:
     y = y * mul
   if bias is not None:
-    y = y + jnp.reshape(bias, feature_shape)
+    y = y + bias
   return y.astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _fused_standardize(x, scale, bias, reduction_axes, feature_axes, epsilon, axis_name):
+  mean, var = _compute_stats(x, reduction_axes, axis_name)
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
+                 feature_axes=feature_axes, epsilon=epsilon)
+  return y, mean, var
+
+
+def _fused_standardize_fwd(x, scale, bias, reduction_axes, feature_axes, epsilon,
+                           axis_name):
+  # symbolic_zeros=True: the primals arrive wrapped, with a `perturbed` flag.
+  x, scale, bias = (None if a is None else a.value for a in (x, scale, bias))
+  out = _fused_standardize(x, scale, bias, reduction_axes, feature_axes, epsilon,
+                           axis_name)
+  return out, (x, out[1], out[2], scale, bias)
+
+
+def _fused_standardize_bwd(reduction_axes, feature_axes, epsilon, axis_name, res, cts):
+  """Analytic backward of standardize + affine: two full-size reductions, one pass.
+
+  With ``x_hat = (x - mu) * inv``, ``g_s = g * scale`` and means over the
+  reduced set R (all devices): ``dx = inv * (g_s - mean_R(g_s) -
+  x_hat * mean_R(g_s * x_hat))``, plus the direct terms of nonzero cotangents
+  on the returned mean (``/n``) and variance (``2 (x - mu) / n``).
+  ``g`` and ``g * x_hat`` are summed once over the axes reduced for both the
+  statistics and the parameters (e.g. spatial); the parameter gradients and
+  the two means over R come from those small partial sums.
+  """
+  x, mean, var, scale, bias = res
+  g, ct_mean, ct_var = cts
+  red = reduction_axes
+  dtype = _stats_dtype(x)
+  inv = lax.rsqrt(jnp.expand_dims(var, red) + epsilon)
+  x_hat = (x.astype(dtype) - jnp.expand_dims(mean, red)) * inv
+  g = g.astype(dtype)
+  param_axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+  shared = tuple(a for a in red if a in param_axes)
+  sum_g = jnp.sum(g, shared, keepdims=True)
+  sum_gx = jnp.sum(g * x_hat, shared, keepdims=True)
+  scale_b = _broadcastable(scale, x.shape, feature_axes)
+  if scale_b is not None:
+    sum_gs, sum_gsx = sum_g * scale_b, sum_gx * scale_b
+  else:
+    sum_gs, sum_gsx = sum_g, sum_gx
+  only_stats = tuple(a for a in red if a not in shared)
+  n = math.prod(x.shape[a] for a in red)
+  terms = [jnp.sum(sum_gs, only_stats, keepdims=True) / n,
+           jnp.sum(sum_gsx, only_stats, keepdims=True) / n]
+  direct = [ct for ct in (ct_mean, ct_var)
+            if not isinstance(ct, jax.custom_derivatives.SymbolicZero)]
+  if direct:
+    zero = jnp.zeros_like(terms[0])
+    for i, ct in enumerate((ct_mean, ct_var)):
+      terms.append(zero if isinstance(ct, jax.custom_derivatives.SymbolicZero)
+                   else jnp.expand_dims(ct.astype(dtype), red) * ((1.0 + i) / n))
+  terms = jnp.stack(terms)
+  if axis_name is not None:
+    terms = lax.pmean(terms, axis_name)
+  g_s = g if scale_b is None else g * scale_b
+  dx = inv * (g_s - terms[0] - x_hat * terms[1])
+  if direct:
+    dx = dx + terms[2] + terms[3] * x_hat / inv
+
+  def param_grad(param, partial_sum):
+    if param is None:
+      return None
+    total = jnp.sum(partial_sum, tuple(a for a in param_axes if a not in shared))
+    return total.reshape(param.shape).astype(param.dtype)
+
+  return (dx.astype(x.dtype), param_grad(scale, sum_gx), param_grad(bias, sum_g))
+
+
+_fused_standardize.defvjp(_fused_standardize_fwd, _fused_standardize_bwd,
+                          symbolic_zeros=True)
+
+
+def _standardize(x, scale, bias, *, reduction_axes, feature_axes, epsilon,
+                 axis_name=None, fused_backward=True):
+  """Normalizes ``x`` by its own statistics: returns ``(y, mean, var)``.
+
+  ``fused_backward`` routes gradients through the analytic backward above
+  (a ``jax.custom_vjp``: fewer passes over memory than autodiff, but no
+  forward-mode differentiation); ``False`` differentiates the plain ops.
+  """
+  if fused_backward:
+    return _fused_standardize(x, scale, bias, reduction_axes, feature_axes, epsilon,
+                              axis_name)
+  mean, var = _compute_stats(x, reduction_axes, axis_name)
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
+                 feature_axes=feature_axes, epsilon=epsilon)
+  return y, mean, var
+
+
+def _per_example_normalize(x, scale, bias, reduction_axes, feature_axes, epsilon):
+  """Normalizes by two-pass statistics of ``x`` itself, differentiated by autodiff."""
+  mean, var = _compute_stats(x, reduction_axes, two_pass=True)
+  return _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
+                    feature_axes=feature_axes, epsilon=epsilon)
 
 
 def _update_stats(stats, mean, var, momentum):
@@ -194,7 +312,8 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
 
 
 def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
-               momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+               momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None,
+               fused_backward: bool = True):
   """Batch normalization (Ioffe & Szegedy 2015), the numbers of flax.linen.BatchNorm.
 
   Training: ``y = (x - mu_B) / sqrt(var_B + epsilon) * scale + bias`` with the
@@ -217,20 +336,22 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     epsilon: added to the variance, > 0.
     axis: the feature axis.
     axis_name: mapped axis over which batch statistics are averaged.
+    fused_backward: differentiate with bnjax's analytic backward (a
+      ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
+      autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
 
   Returns:
     ``(y, new_stats)``.
   """
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
-  if training:
-    mean, var = _compute_stats(x, red, axis_name)
-    stats = _update_stats(stats, mean, var, momentum)
-  else:
-    mean, var = stats
-  y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
-                 feature_axes=(feature_axis,), epsilon=epsilon)
-  return y, stats
+  if not training:
+    return _normalize(x, stats.mean, stats.var, scale, bias, reduction_axes=red,
+                      feature_axes=(feature_axis,), epsilon=epsilon), stats
+  y, mean, var = _standardize(x, scale, bias, reduction_axes=red,
+                              feature_axes=(feature_axis,), epsilon=epsilon,
+                              axis_name=axis_name, fused_backward=fused_backward)
+  return y, _update_stats(stats, mean, var, momentum)
 
 
 def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
@@ -310,7 +431,7 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
 
 def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                      virtual_batch_size: int, momentum=0.99, epsilon=1e-5,
-                     axis: int = -1, axis_name=None):
+                     axis: int = -1, axis_name=None, fused_backward: bool = True):
   """Ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741).
 
   Training splits the batch (axis 0) into consecutive virtual batches of
@@ -335,9 +456,10 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                      f'int that divides the batch size {n}.')
   ghosts = x.reshape((n // virtual_batch_size, virtual_batch_size) + x.shape[1:])
   ghost_red = tuple(a for a in range(ghosts.ndim) if a not in (0, feature_axis + 1))
-  mean, var = _compute_stats(ghosts, ghost_red)
-  y = _normalize(ghosts, mean, var, scale, bias, reduction_axes=ghost_red,
-                 feature_axes=(feature_axis + 1,), epsilon=epsilon).reshape(x.shape)
+  y, mean, var = _standardize(ghosts, scale, bias, reduction_axes=ghost_red,
+                              feature_axes=(feature_axis + 1,), epsilon=epsilon,
+                              fused_backward=fused_backward)
+  y = y.reshape(x.shape)
   if stats is not None:
     avg = jnp.stack([jnp.mean(mean, axis=0), jnp.mean(var, axis=0)])
     if axis_name is not None:
@@ -371,9 +493,7 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)
   _check_epsilon(epsilon)
-  mean, var = _compute_stats(x, red)
-  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
-                    feature_axes=feats, epsilon=epsilon)
+  return _per_example_normalize(x, scale, bias, red, feats, epsilon)
 
 
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
@@ -402,11 +522,13 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   _check_features('scale', scale, (channels,))
   _check_features('bias', bias, (channels,))
   _check_epsilon(epsilon)
-  grouped = x.reshape(x.shape[:feature_axis] + (num_groups, channels // num_groups)
+  # Statistics in the grouped view; normalization in x's own layout (a
+  # minor axis of channels // num_groups vectorizes poorly).
+  group_size = channels // num_groups
+  grouped = x.reshape(x.shape[:feature_axis] + (num_groups, group_size)
                       + x.shape[feature_axis + 1:])
   mean, var = _compute_stats(grouped, tuple(a for a in range(1, grouped.ndim)
-                                             if a != feature_axis))
-  group_size = channels // num_groups
+                                            if a != feature_axis))
   mean, var = (jnp.repeat(m, group_size, axis=1) for m in (mean, var))
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _normalize(x, mean, var, scale, bias, reduction_axes=red,
@@ -433,9 +555,7 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
   _check_features('bias', bias, (x.shape[feature_axis],))
   _check_epsilon(epsilon)
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
-  mean, var = _compute_stats(x, red)
-  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
-                    feature_axes=(feature_axis,), epsilon=epsilon)
+  return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon)
 
 
 # -------------------------------------------------------- weight reparams
@@ -477,9 +597,7 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
   """
   unit_axis, red = _unit_axes(w, axis)
   _check_epsilon(epsilon)
-  mean, var = _compute_stats(w, red)
-  return _normalize(w, mean, var, None, None, reduction_axes=red,
-                    feature_axes=(unit_axis,), epsilon=epsilon)
+  return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon)
 
 
 def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
