@@ -6,4 +6,5 @@ wrappers). See README.md.
 
 from bnjax import layers, norms
 
+__all__ = ['layers', 'norms']
 __version__ = '0.1.0'

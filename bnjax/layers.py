@@ -88,7 +88,12 @@ class BatchNorm(_BatchNormBase):
   """Batch normalization; same numbers and variables as flax.linen.BatchNorm.
 
   See :func:`bnjax.norms.batch_norm`. Scale invariance: per unit.
+  ``fused_backward=False`` allows forward-mode differentiation.
   """
+  fused_backward: bool = True
+
+  def _norm_kwargs(self) -> dict:
+    return {'fused_backward': self.fused_backward}
 
 
 class PopulationNorm(_BatchNormBase):
@@ -114,10 +119,12 @@ class VarianceOnlyBatchNorm(_BatchNormBase):
 class GhostBatchNorm(_BatchNormBase):
   """Ghost batch normalization over virtual batches; see :func:`bnjax.norms.ghost_batch_norm`."""
   virtual_batch_size: int = 32
+  fused_backward: bool = True
   norm_fn: ClassVar[Callable] = staticmethod(norms.ghost_batch_norm)
 
   def _norm_kwargs(self) -> dict:
-    return {'virtual_batch_size': self.virtual_batch_size}
+    return {'virtual_batch_size': self.virtual_batch_size,
+            'fused_backward': self.fused_backward}
 
 
 class _AffineNorm(nn.Module):

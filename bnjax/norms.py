@@ -25,7 +25,7 @@ the effective learning rate instead of on the function (van Laarhoven 2017).
 
 import functools
 import math
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -381,6 +381,20 @@ def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   return y, stats
 
 
+def _one_statistic_batch_norm(x, scale, bias, stats, *, use_mean, training, momentum,
+                              epsilon, axis, axis_name):
+  """Batch norm that only centers (``use_mean``) or only rescales; tracks that statistic."""
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  mean, var = _compute_stats(x, red, axis_name) if training else stats
+  mean, var = (mean, None) if use_mean else (None, var)
+  if training:
+    stats = _update_stats(stats, mean, var, momentum)
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon)
+  return y, stats
+
+
 def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                          momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
   """Mean-only batch normalization (Salimans & Kingma 2016; Luo et al. 2019).
@@ -393,16 +407,9 @@ def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool
   Scale invariance: none. The output is positively homogeneous of degree 1
   in the kernel: ``f(a * w) = a * f(w)``.
   """
-  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
-                                   momentum=momentum, epsilon=epsilon, axis=axis)
-  if training:
-    mean, _ = _compute_stats(x, red, axis_name)
-    stats = _update_stats(stats, mean, None, momentum)
-  else:
-    mean = stats.mean
-  y = _normalize(x, mean, None, scale, bias, reduction_axes=red,
-                 feature_axes=(feature_axis,), epsilon=epsilon)
-  return y, stats
+  return _one_statistic_batch_norm(
+      x, scale, bias, stats, use_mean=True, training=training, momentum=momentum,
+      epsilon=epsilon, axis=axis, axis_name=axis_name)
 
 
 def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
@@ -417,16 +424,9 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
 
   Scale invariance: per unit, as batch_norm.
   """
-  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
-                                   momentum=momentum, epsilon=epsilon, axis=axis)
-  if training:
-    _, var = _compute_stats(x, red, axis_name)
-    stats = _update_stats(stats, None, var, momentum)
-  else:
-    var = stats.var
-  y = _normalize(x, None, var, scale, bias, reduction_axes=red,
-                 feature_axes=(feature_axis,), epsilon=epsilon)
-  return y, stats
+  return _one_statistic_batch_norm(
+      x, scale, bias, stats, use_mean=False, training=training, momentum=momentum,
+      epsilon=epsilon, axis=axis, axis_name=axis_name)
 
 
 def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
@@ -496,6 +496,22 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   return _per_example_normalize(x, scale, bias, red, feats, epsilon)
 
 
+def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
+  """Validates a per-example norm whose batch axis is 0; returns the feature axis."""
+  ndim = jnp.ndim(x)
+  if ndim < min_rank:
+    raise ValueError(f'{name} needs an input of rank >= {min_rank} ({ranks}), '
+                     f'got rank {ndim}.')
+  (feature_axis,) = _canonical_axes(ndim, axis)
+  if feature_axis == 0:
+    raise ValueError(f'{name} treats axis 0 as the batch axis; the feature axis '
+                     'cannot be 0.')
+  _check_features('scale', scale, (x.shape[feature_axis],))
+  _check_features('bias', bias, (x.shape[feature_axis],))
+  _check_epsilon(epsilon)
+  return feature_axis
+
+
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
                axis: int = -1):
   """Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
@@ -508,20 +524,12 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   units in one group leaves the output unchanged; a single unit does not.
   """
   ndim = jnp.ndim(x)
-  if ndim < 2:
-    raise ValueError(f'group_norm needs an input of rank >= 2 (batch and features), '
-                     f'got rank {ndim}.')
-  (feature_axis,) = _canonical_axes(ndim, axis)
-  if feature_axis == 0:
-    raise ValueError('group_norm treats axis 0 as the batch axis; the feature axis '
-                     'cannot be 0.')
+  feature_axis = _per_example_setup('group_norm', x, scale, bias, axis, epsilon,
+                                    min_rank=2, ranks='batch and features')
   channels = x.shape[feature_axis]
   if not isinstance(num_groups, int) or num_groups <= 0 or channels % num_groups:
     raise ValueError(f'num_groups={num_groups!r} must be a positive int that divides '
                      f'the number of features {channels}.')
-  _check_features('scale', scale, (channels,))
-  _check_features('bias', bias, (channels,))
-  _check_epsilon(epsilon)
   # Statistics in the grouped view; normalization in x's own layout (a
   # minor axis of channels // num_groups vectorizes poorly).
   group_size = channels // num_groups
@@ -544,16 +552,8 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
   Scale invariance: per unit (per channel).
   """
   ndim = jnp.ndim(x)
-  if ndim < 3:
-    raise ValueError(f'instance_norm needs an input of rank >= 3 (batch, spatial..., '
-                     f'features), got rank {ndim}.')
-  (feature_axis,) = _canonical_axes(ndim, axis)
-  if feature_axis == 0:
-    raise ValueError('instance_norm treats axis 0 as the batch axis; the feature '
-                     'axis cannot be 0.')
-  _check_features('scale', scale, (x.shape[feature_axis],))
-  _check_features('bias', bias, (x.shape[feature_axis],))
-  _check_epsilon(epsilon)
+  feature_axis = _per_example_setup('instance_norm', x, scale, bias, axis, epsilon,
+                                    min_rank=3, ranks='batch, spatial..., features')
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon)
 

@@ -65,6 +65,18 @@ class BatchNormModuleTest(chex.TestCase):
     chex.assert_trees_all_close((upd['batch_stats']['mean'], upd['batch_stats']['var']),
                                 tuple(new_ref), **TOL)
 
+  def test_forward_mode_through_module_without_fused_backward(self):
+    module = layers.BatchNorm(use_running_average=False, fused_backward=False)
+    v = module.init(jax.random.key(0), X)
+    f = lambda x: module.apply(v, x, mutable=['batch_stats'])[0]
+    t = jax.random.normal(jax.random.key(1), X.shape)
+    _, out = jax.jvp(f, (X,), (t,))
+    _, vjp = jax.vjp(f, X)
+    # <J t, u> == <t, J^T u>: forward mode agrees with reverse mode.
+    u = jax.random.normal(jax.random.key(2), X.shape)
+    self.assertAlmostEqual(float(jnp.vdot(out, u)), float(jnp.vdot(t, vjp(u)[0])),
+                           delta=1e-3 * float(jnp.linalg.norm(out) * jnp.linalg.norm(u)))
+
   def test_init_does_not_update_running_stats(self):
     v = layers.BatchNorm().init(jax.random.key(0), X, use_running_average=False)
     chex.assert_trees_all_equal(v['batch_stats'], {'mean': jnp.zeros(16),
