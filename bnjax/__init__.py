@@ -1,10 +1,13 @@
 """bnjax: normalization and weight decay in JAX.
 
-Modules: ``norms`` (pure-functional normalizers) and ``layers`` (flax.linen
-wrappers). See README.md.
+Modules: ``norms`` (pure-functional normalizers), ``layers`` (flax.linen
+wrappers), ``transforms`` (optax transforms for scale-invariant weights),
+``dynamics`` (per-unit norms, angular updates, tracking), ``theory``
+(closed-form effective learning rates and equilibria), ``masks`` (which
+parameters are scale-invariant). See README.md.
 """
 
-from bnjax import layers, norms
+from bnjax import dynamics, layers, masks, norms, theory, transforms
 
-__all__ = ['layers', 'norms']
+__all__ = ['dynamics', 'layers', 'masks', 'norms', 'theory', 'transforms']
 __version__ = '0.1.0'

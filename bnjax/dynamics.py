@@ -1,0 +1,114 @@
+"""Per-unit weight norms, angular updates and effective learning rates.
+
+A *unit* is one output feature: for a flax kernel ``(..., in, out)`` the
+per-unit quantities reduce over every axis but ``axis`` (default -1).
+
+:func:`bnjax.transforms.track_dynamics` keeps the per-leaf summaries below in
+its optimizer state; :func:`read` pulls them out of any optax state.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bnjax import theory
+
+
+def _reduce_axes(w, axis):
+  ndim = jnp.ndim(w)
+  if not -ndim <= axis < ndim:
+    raise ValueError(f'axis={axis} is out of range for a weight of rank {ndim}.')
+  return tuple(a for a in range(ndim) if a != axis % ndim)
+
+
+def unit_norms(w, axis: int = -1):
+  """L2 norm of each unit, shape ``(w.shape[axis],)``, in float32 or wider."""
+  w = jnp.asarray(w)
+  w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+  return jnp.sqrt(jnp.sum(w * w, axis=_reduce_axes(w, axis)))
+
+
+def angular_update(w_old, w_new, axis: int = -1):
+  """Angle in radians between each unit's old and new weight vector.
+
+  Computed as ``2 * atan2(||a - b||, ||a + b||)`` on the unit vectors, which
+  stays accurate for tiny angles (where ``arccos`` of a cosine does not). A
+  unit of zero norm on either side gets angle 0.
+  """
+  if jnp.shape(w_old) != jnp.shape(w_new):
+    raise ValueError(f'w_old has shape {jnp.shape(w_old)} but w_new has '
+                     f'{jnp.shape(w_new)}.')
+  red = _reduce_axes(w_old, axis)
+  n_old, n_new = unit_norms(w_old, axis), unit_norms(w_new, axis)
+  a = w_old / jnp.expand_dims(jnp.where(n_old > 0, n_old, 1.0), red)
+  b = w_new / jnp.expand_dims(jnp.where(n_new > 0, n_new, 1.0), red)
+  diff = jnp.sqrt(jnp.sum(jnp.square(a - b), axis=red))
+  total = jnp.sqrt(jnp.sum(jnp.square(a + b), axis=red))
+  return jnp.where((n_old > 0) & (n_new > 0), 2.0 * jnp.arctan2(diff, total), 0.0)
+
+
+class LeafDynamics(NamedTuple):
+  """One step of one weight leaf, each a mean over its units.
+
+  weight_norm: per-unit norm of the weight before the step.
+  update_norm: per-unit norm of the update.
+  angular_update: per-unit angle (radians) between the weight before and after.
+  effective_lr: per-unit effective learning rate at the weight before the
+    step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
+    are left out of the mean.
+  """
+  weight_norm: jax.Array
+  update_norm: jax.Array
+  angular_update: jax.Array
+  effective_lr: jax.Array
+
+
+class TrackDynamicsState(NamedTuple):
+  """State of :func:`bnjax.transforms.track_dynamics`.
+
+  ``metrics`` has the structure of the params: a :class:`LeafDynamics` for
+  each tracked leaf, ``None`` for the others.
+  """
+  count: jax.Array
+  metrics: Any
+
+
+def leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> LeafDynamics:
+  """Summarizes the step ``w -> w + update`` of one leaf (see :class:`LeafDynamics`)."""
+  norms = unit_norms(w, axis)
+  new = w + update
+  eff = theory.effective_learning_rate(learning_rate, jnp.where(norms > 0, norms, 1.0),
+                                       optimizer)
+  nonzero = norms > 0
+  eff = jnp.sum(jnp.where(nonzero, eff, 0.0)) / jnp.maximum(jnp.sum(nonzero), 1)
+  return LeafDynamics(
+      weight_norm=jnp.mean(norms),
+      update_norm=jnp.mean(unit_norms(update, axis)),
+      angular_update=jnp.mean(angular_update(w, new, axis)),
+      effective_lr=jnp.asarray(eff, jnp.float32),
+  )
+
+
+def read(opt_state) -> dict:
+  """Flat ``{'<leaf path>/<metric>': value}`` from every tracking state in ``opt_state``.
+
+  Works on any optax state holding a :func:`bnjax.transforms.track_dynamics`
+  state (inside ``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
+  ``optax.MultiSteps``, ...). Paths join the params' keys with ``/``, e.g.
+  ``'Conv_0/kernel/angular_update'``. Values are scalar arrays.
+  """
+  found = [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
+           if isinstance(s, TrackDynamicsState)]
+  out = {}
+  for state in found:
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        state.metrics, is_leaf=lambda x: isinstance(x, LeafDynamics))
+    for path, leaf in flat:
+      if not isinstance(leaf, LeafDynamics):
+        continue
+      name = jax.tree_util.keystr(path, simple=True, separator='/')
+      for field, value in leaf._asdict().items():
+        out[f'{name}/{field}'] = value
+  return out

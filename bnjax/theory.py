@@ -1,0 +1,147 @@
+"""Closed-form predictions for scale-invariant weights under weight decay.
+
+All formulas are per unit (one output feature, ``fan_in`` = C weights) and
+use ``weight_decay`` = lambda with gradient ``lambda * w`` (penalty
+``lambda/2 * ||w||^2``). van Laarhoven (2017) writes ``lambda * ||w||^2``;
+his lambda is half of ours.
+
+``g~`` below is the gradient at unit weight norm: for a scale-invariant
+weight ``grad L(w) = g~ / ||w||`` (and ``<g~, w> = 0``).
+
+Sources: van Laarhoven 2017 (arXiv 1706.05350); Wan et al. 2021, "Spherical
+Motion Dynamics" (arXiv 2006.08419); Kosson et al. 2024, "Rotational
+Equilibrium" (arXiv 2305.17212); Loshchilov & Hutter 2019 (AdamW); Luo et
+al. 2019 (arXiv 1809.00846).
+"""
+
+import math
+
+import jax.numpy as jnp
+
+SGD_LIKE = ('sgd', 'momentum')
+EQUILIBRIUM_OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2')
+
+
+def _nonnegative(name, value):
+  try:
+    v = float(value)
+  except TypeError:
+    return  # an array or tracer: checked by the caller's use
+  if not v >= 0:
+    raise ValueError(f'{name} must be >= 0, got {value}.')
+
+
+def _positive(name, value):
+  try:
+    v = float(value)
+  except TypeError:
+    return
+  if not v > 0:
+    raise ValueError(f'{name} must be > 0, got {value}.')
+
+
+def _check_momentum(momentum, b1):
+  if not 0.0 <= float(momentum) < 1.0:
+    raise ValueError(f'momentum must be in [0, 1), got {momentum}.')
+  if not 0.0 <= float(b1) < 1.0:
+    raise ValueError(f'b1 must be in [0, 1), got {b1}.')
+
+
+def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
+  """Learning rate of the direction ``w / ||w||`` of a scale-invariant weight.
+
+  SGD (and SGD with momentum): ``lr / ||w||^2``, since the gradient scales
+  as ``1/||w||`` and the angle moved as ``step / ||w||``.
+  Adam (Adam+L2, AdamW): ``lr / ||w||``, since Adam's step does not scale
+  with the gradient (van Laarhoven 2017, section 3; Hoffer et al. 2018).
+  """
+  if optimizer in SGD_LIKE:
+    power = 2
+  elif optimizer in ('adam', 'adamw', 'adam_l2'):
+    power = 1
+  else:
+    raise ValueError(f"optimizer must be one of 'sgd', 'momentum', 'adam', 'adamw', "
+                     f"'adam_l2'; got {optimizer!r}.")
+  _nonnegative('learning_rate', learning_rate)
+  return learning_rate / jnp.asarray(weight_norm) ** power
+
+
+def _adam_step_rms(b1):
+  """RMS per coordinate of Adam's step ``m / sqrt(v)`` for i.i.d. gradient noise."""
+  return math.sqrt((1.0 - b1) / (1.0 + b1))
+
+
+def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
+                     grad_norm=None, momentum=0.0, b1=0.9):
+  """Per-unit weight norm at which decay and gradient growth balance.
+
+  * ``'sgd'`` / ``'momentum'`` (SGD with momentum ``a`` and coupled L2):
+    ``(lr * E||g~||^2 / (2 * lambda * (1 - a)))^(1/4)``, with
+    ``grad_norm = sqrt(E||g~||^2)`` (Wan et al. 2021).
+  * ``'adamw'`` (decay ``lr * lambda`` per step): ``sqrt(lr * C / (2 * lambda))``
+    (Kosson et al. 2024).
+  * ``'adam_l2'`` (Adam with coupled L2): ``(lr * C * sigma / (2 * lambda))^(1/3)``
+    with ``sigma = ||g~|| / sqrt(C)``: radial shrink ``lr * lambda * ||w||^2 / sigma``
+    per step against Pythagorean growth ``lr^2 * C`` of ``||w||^2``.
+  """
+  _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
+  _positive('fan_in', fan_in)
+  if optimizer == 'adamw':
+    return math.sqrt(learning_rate * fan_in / (2.0 * weight_decay))
+  if grad_norm is None:
+    raise ValueError(f"equilibrium_norm('{optimizer}') needs grad_norm, the norm of "
+                     f'the gradient at unit weight norm.')
+  _positive('grad_norm', grad_norm)
+  if optimizer in SGD_LIKE:
+    return (learning_rate * grad_norm ** 2 /
+            (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
+  sigma = grad_norm / math.sqrt(fan_in)
+  return (learning_rate * fan_in * sigma / (2.0 * weight_decay)) ** (1.0 / 3.0)
+
+
+def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
+                               momentum=0.0, b1=0.9, fan_in=None, grad_norm=None):
+  """Expected per-step angle (radians) of each unit's weight at equilibrium.
+
+  * ``'sgd'`` / ``'momentum'``: ``sqrt(2 * lr * lambda / (1 + a))`` (Wan et al. 2021).
+  * ``'adamw'``: ``sqrt(2 * lr * lambda * (1 - b1) / (1 + b1))`` (Kosson et al. 2024).
+  * ``'adam_l2'``: step RMS ``lr * sqrt(C (1 - b1) / (1 + b1))`` over the
+    equilibrium norm, so it needs ``fan_in`` and ``grad_norm``; it scales as
+    ``(lr^2 * lambda)^(1/3)``.
+  """
+  _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
+  if optimizer in SGD_LIKE:
+    return math.sqrt(2.0 * learning_rate * weight_decay / (1.0 + momentum))
+  if optimizer == 'adamw':
+    return math.sqrt(2.0 * learning_rate * weight_decay * (1.0 - b1) / (1.0 + b1))
+  if fan_in is None or grad_norm is None:
+    raise ValueError("equilibrium_angular_update('adam_l2') needs fan_in and grad_norm.")
+  norm = equilibrium_norm('adam_l2', learning_rate, weight_decay, fan_in=fan_in,
+                          grad_norm=grad_norm, b1=b1)
+  return learning_rate * math.sqrt(fan_in) * _adam_step_rms(b1) / norm
+
+
+def _check_common(optimizer, learning_rate, weight_decay, momentum, b1):
+  if optimizer not in EQUILIBRIUM_OPTIMIZERS:
+    raise ValueError(f'optimizer must be one of {EQUILIBRIUM_OPTIMIZERS}, got {optimizer!r}.')
+  _positive('learning_rate', learning_rate)
+  _positive('weight_decay', weight_decay)
+  _check_momentum(momentum, b1)
+  if optimizer == 'sgd' and momentum:
+    raise ValueError("optimizer='sgd' has no momentum; use 'momentum'.")
+
+
+def gamma_decay_strength(batch_size: int, activation: str) -> float:
+  """Luo et al. (2019): BN's implicit regularization of its scale gamma.
+
+  BN with batch size M behaves like population normalization plus an
+  explicit penalty ``zeta * gamma^2`` with ``zeta = 1/(2M)`` for a linear
+  (identity) unit and ``1/(4M)`` for ReLU (their Figure 1).
+  """
+  if not isinstance(batch_size, int) or batch_size <= 0:
+    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}.')
+  if activation == 'linear':
+    return 1.0 / (2 * batch_size)
+  if activation == 'relu':
+    return 1.0 / (4 * batch_size)
+  raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")

@@ -1,0 +1,273 @@
+"""optax GradientTransformations for weights that feed a normalization.
+
+Every transform here is an ordinary ``optax.GradientTransformation`` and can
+be used in any ``optax.chain``, inside ``optax.masked``,
+``optax.inject_hyperparams`` or ``optax.MultiSteps``. ``mask`` is, as in
+optax, a pytree of bools (or a prefix of the params), or a callable that
+returns one from the params.
+
+Where a rate appears it may be a float or an optax schedule (a function of
+the step count, the count starting at 0 and advancing once per update).
+"""
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnjax import dynamics, masks
+
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+Mask = Optional[Union[Any, Callable[[Any], Any]]]
+
+REGULARIZERS = ('none', 'l2', 'decoupled', 'projection')
+
+
+def _concrete(value):
+  """``float(value)``, or ``None`` for a schedule or a traced value (e.g. inside
+  ``optax.inject_hyperparams``), which cannot be checked."""
+  if callable(value):
+    return None
+  try:
+    return float(value)
+  except TypeError:  # includes jax.errors.ConcretizationTypeError
+    return None
+
+
+def _check_rate(name: str, rate):
+  value = _concrete(rate)
+  if value is not None and not value >= 0:
+    raise ValueError(f'{name} must be >= 0, got {rate}.')
+
+
+def _require_params(params, name):
+  if params is None:
+    raise ValueError(f'{name} needs the current params: call '
+                     f'update(updates, state, params).')
+
+
+def _needs_params(tx: optax.GradientTransformation, name: str
+                  ) -> optax.GradientTransformation:
+  """``tx`` whose update raises a ValueError naming ``name`` when params are missing."""
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, name)
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)
+
+
+def _at(rate, count):
+  return rate(count) if callable(rate) else rate
+
+
+def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
+                      ) -> optax.GradientTransformation:
+  """Coupled L2 regularization: ``u <- u + lambda * w``.
+
+  The gradient of the penalty ``lambda/2 * ||w||^2``. Put it *before* the
+  optimizer (``optax.chain(l2_regularization(l), optax.adam(lr))``) so the
+  penalty's gradient goes through the optimizer's scaling: that is what
+  "Adam + L2" means. For weights feeding a normalization it has no
+  regularizing effect; it shrinks ``||w||`` and so raises the effective
+  learning rate (van Laarhoven 2017, arXiv 1706.05350).
+
+  Args:
+    weight_decay: lambda >= 0, a float or a schedule.
+    mask: which leaves to regularize (default: all).
+  """
+  _check_rate('weight_decay', weight_decay)
+  return _needs_params(optax.add_decayed_weights(weight_decay, mask),
+                       'l2_regularization')
+
+
+def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
+                           ) -> optax.GradientTransformation:
+  """Decoupled weight decay: ``u <- u - rate * w``, placed *after* the optimizer.
+
+  Loshchilov & Hutter (2019, arXiv 1711.05101). ``rate`` is the full
+  per-step shrink factor, i.e. ``learning_rate * weight_decay``:
+  ``optax.chain(optax.adam(lr), decoupled_weight_decay(lr * wd))`` equals
+  ``optax.adamw(lr, weight_decay=wd)`` (with a schedule, pass
+  ``lambda t: schedule(t) * wd``).
+
+  Args:
+    rate: shrink factor >= 0 per step, a float or a schedule.
+    mask: which leaves to decay (default: all).
+  """
+  _check_rate('rate', rate)
+  negated = (lambda count: -rate(count)) if callable(rate) else -rate
+  return _needs_params(optax.add_decayed_weights(negated, mask),
+                       'decoupled_weight_decay')
+
+
+class UnitNormProjectionState(NamedTuple):
+  """Per-unit target norms (``radius='init'``) or ``None`` (a fixed radius)."""
+  radius: Any
+
+
+def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
+                         radius: Union[float, str] = 1.0, epsilon: float = 1e-12
+                         ) -> optax.GradientTransformation:
+  """Projects each unit of the updated weight onto the sphere of ``radius``.
+
+  Put it last in the chain. It returns ``u' = P(w + u) - w`` with
+  ``P(v)_j = radius * v_j / ||v_j||`` per unit j (every axis but ``axis``),
+  so ``w + u'`` has per-unit norm ``radius`` (the "last in chain" pattern of
+  ``optax.keep_params_nonnegative``). This is van Laarhoven's proposal
+  (2017; seed blog): for scale-invariant weights, fixing ``||w||`` removes
+  weight decay as a hyperparameter and fixes the effective learning rate at
+  ``lr / radius^2`` (SGD) or ``lr / radius`` (Adam). A unit whose updated
+  weight is zero stays zero (no NaN).
+
+  Args:
+    mask: which leaves to project (default: all leaves; for a model pass
+      ``bnjax.masks.kernel_mask`` or a measured ``scale_invariant_mask``:
+      a 1-D leaf's units are its single entries).
+    axis: the unit axis.
+    radius: target norm > 0, or ``'init'`` to keep each unit's norm at
+      ``init`` time.
+    epsilon: guards the division for near-zero units.
+  """
+  if isinstance(radius, str):
+    if radius != 'init':
+      raise ValueError(f"radius must be a positive number or 'init', got {radius!r}.")
+  elif _concrete(radius) is not None and not _concrete(radius) > 0:
+    raise ValueError(f'radius must be > 0, got {radius}.')
+  if not epsilon > 0:
+    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
+
+  def keepdims_norms(w):
+    return jnp.expand_dims(dynamics.unit_norms(w, axis),
+                           dynamics._reduce_axes(w, axis)).astype(jnp.result_type(w))
+
+  def init_fn(params):
+    if radius == 'init':
+      return UnitNormProjectionState(jax.tree_util.tree_map(keepdims_norms, params))
+    return UnitNormProjectionState(None)
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, 'unit_norm_projection')
+
+    def project(u, w, r):
+      new = w + u
+      return (new * (r / jnp.maximum(keepdims_norms(new), epsilon)) - w).astype(u.dtype)
+
+    radii = (state.radius if radius == 'init'
+             else jax.tree_util.tree_map(lambda _: radius, params))
+    return jax.tree_util.tree_map(project, updates, params, radii), state
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)
+
+
+def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
+                   mask: Mask = None, *, axis: int = -1) -> optax.GradientTransformation:
+  """Records per-leaf weight dynamics; leaves the updates unchanged.
+
+  Put it last in the chain so it sees the final update ``u`` of each step.
+  Its state (:class:`bnjax.dynamics.TrackDynamicsState`) holds, for each
+  tracked leaf, the mean over units of the weight norm before the step, the
+  update norm, the angular update ``angle(w, w + u)`` in radians, and the
+  effective learning rate (``lr/||w||^2`` for SGD, ``lr/||w||`` for Adam;
+  van Laarhoven 2017). Read it with :func:`bnjax.dynamics.read`.
+
+  Args:
+    learning_rate: the optimizer's learning rate, a float or the same schedule.
+    optimizer: ``'sgd'`` (with or without momentum) or ``'adam'``.
+    mask: which leaves to track (default: ``bnjax.masks.kernel_mask``).
+    axis: the unit axis.
+  """
+  if optimizer not in ('sgd', 'adam'):
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+  _check_rate('learning_rate', learning_rate)
+  kind = 'sgd' if optimizer == 'sgd' else 'adam'
+
+  def tracked(params):
+    return masks.expand_mask(masks.kernel_mask if mask is None else mask, params)
+
+  def init_fn(params):
+    zero = jnp.zeros([], jnp.float32)
+    metrics = jax.tree_util.tree_map(
+        lambda on, _: dynamics.LeafDynamics(zero, zero, zero, zero) if on else None,
+        tracked(params), params)
+    return dynamics.TrackDynamicsState(jnp.zeros([], jnp.int32), metrics)
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, 'track_dynamics')
+    lr = _at(learning_rate, state.count)
+    metrics = jax.tree_util.tree_map(
+        lambda on, u, w: dynamics.leaf_dynamics(w, u, lr, kind, axis) if on else None,
+        tracked(params), updates, params)
+    return updates, dynamics.TrackDynamicsState(
+        optax.safe_increment(state.count), metrics)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# -------------------------------------------------------------- optimizers
+
+
+def _regularized(base: optax.GradientTransformation, learning_rate, *, regularizer: str,
+                 weight_decay, mask, track: bool, kind: str
+                 ) -> optax.GradientTransformation:
+  if regularizer not in REGULARIZERS:
+    raise ValueError(f'regularizer must be one of {REGULARIZERS}, got {regularizer!r}.')
+  _check_rate('learning_rate', learning_rate)
+  _check_rate('weight_decay', weight_decay)
+  if regularizer in ('none', 'projection') and _concrete(weight_decay) not in (None, 0.0):
+    raise ValueError(f"weight_decay={weight_decay} has no effect with "
+                     f"regularizer='{regularizer}'; pass weight_decay=0.")
+  mask = masks.kernel_mask if mask is None else mask
+  parts = []
+  if regularizer == 'l2':
+    parts.append(l2_regularization(weight_decay, mask))
+  parts.append(base)
+  if regularizer == 'decoupled':
+    if callable(learning_rate) or callable(weight_decay):
+      rate = lambda count: _at(learning_rate, count) * _at(weight_decay, count)
+    else:
+      rate = learning_rate * weight_decay
+    parts.append(decoupled_weight_decay(rate, mask))
+  if regularizer == 'projection':
+    parts.append(unit_norm_projection(mask))
+  if track:
+    parts.append(track_dynamics(learning_rate, kind, mask))
+  return optax.chain(*parts)
+
+
+def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: bool = False,
+        regularizer: str = 'none', weight_decay: ScalarOrSchedule = 0.0,
+        mask: Mask = None, track: bool = True) -> optax.GradientTransformation:
+  """SGD (with optional momentum) with a regularizer for scale-invariant weights.
+
+  ``regularizer``: ``'none'``; ``'l2'`` (coupled, before the optimizer);
+  ``'decoupled'`` (``lr * weight_decay * w`` subtracted after it); or
+  ``'projection'`` (per-unit unit-norm projection last). ``mask`` says which
+  leaves are regularized and tracked (default: ``bnjax.masks.kernel_mask``);
+  ``track`` appends :func:`track_dynamics`.
+  """
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f'momentum must be in [0, 1), got {momentum}.')
+  base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  return _regularized(base, learning_rate, regularizer=regularizer,
+                      weight_decay=weight_decay, mask=mask, track=track, kind='sgd')
+
+
+def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+         eps: float = 1e-8, *, regularizer: str = 'none',
+         weight_decay: ScalarOrSchedule = 0.0, mask: Mask = None, track: bool = True
+         ) -> optax.GradientTransformation:
+  """Adam with a regularizer; ``regularizer='decoupled'`` is AdamW.
+
+  ``'l2'`` is "Adam + L2" (the penalty's gradient goes through Adam's
+  normalization); ``'decoupled'`` equals ``optax.adamw(lr, b1, b2, eps,
+  weight_decay)`` on the masked leaves. Other arguments as :func:`sgd`.
+  """
+  for name, b in (('b1', b1), ('b2', b2)):
+    if not 0.0 <= b < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {b}.')
+  base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+  return _regularized(base, learning_rate, regularizer=regularizer,
+                      weight_decay=weight_decay, mask=mask, track=track, kind='adam')

@@ -1,0 +1,78 @@
+"""bnjax.masks: structural and measured scale-invariance masks."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+from bnjax import layers, masks
+
+
+class Model(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(layers.BatchNorm(use_running_average=False)(
+        nn.Conv(8, (3, 3), use_bias=False, name='conv_bn')(x)))
+    x = nn.relu(layers.InstanceNorm()(nn.Conv(8, (3, 3), use_bias=False,
+                                               name='conv_in')(x)))
+    # LayerNorm is invariant to one scale of the whole kernel, not per unit.
+    x = nn.relu(layers.LayerNorm()(nn.Conv(8, (3, 3), use_bias=False, name='conv_ln')(x)))
+    # Flatten, not a spatial mean: a mean leaves the next pre-BN variance ~1e-3,
+    # where BN's epsilon (1e-5) breaks the invariance by ~1% (and the mask
+    # rightly says no).
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(layers.BatchNorm(use_running_average=False)(
+        nn.Dense(16, use_bias=False, name='dense_bn')(x)))
+    return nn.Dense(4, name='head')(x)
+
+
+def _setup():
+  model = Model()
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
+  y = jax.random.randint(jax.random.key(1), (16,), 0, 4)
+  variables = model.init(jax.random.key(2), x)
+
+  def loss_fn(params, x, y):
+    logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
+                            x, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  return loss_fn, variables['params'], x, y
+
+
+def test_scale_invariant_mask_marks_kernels_feeding_a_per_unit_norm():
+  loss_fn, params, x, y = _setup()
+  mask = masks.scale_invariant_mask(loss_fn, params, x, y)
+  flat = {jax.tree_util.keystr(p, simple=True, separator='/'): v
+          for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  assert {k for k, v in flat.items() if v} == {
+      'conv_bn/kernel', 'conv_in/kernel', 'dense_bn/kernel'}, flat
+
+
+def test_zero_leaf_is_not_invariant():
+  loss_fn, params, x, y = _setup()
+  params = jax.tree_util.tree_map(lambda a: a, params)
+  params['conv_bn']['kernel'] = jnp.zeros_like(params['conv_bn']['kernel'])
+  assert masks.scale_invariant_mask(loss_fn, params, x, y)['conv_bn']['kernel'] is False
+
+
+def test_kernel_mask():
+  _, params, _, _ = _setup()
+  mask = masks.kernel_mask(params)
+  assert mask['head'] == {'kernel': True, 'bias': False}
+  assert mask['BatchNorm_0'] == {'scale': False, 'bias': False}
+
+
+def test_expand_mask_accepts_prefix_and_callable():
+  params = {'a': {'w': jnp.ones((2, 2)), 'b': jnp.ones(2)}, 'c': jnp.ones((3, 3))}
+  assert masks.expand_mask({'a': False, 'c': True}, params) == {
+      'a': {'w': False, 'b': False}, 'c': True}
+  assert masks.expand_mask(masks.kernel_mask, params) == {
+      'a': {'w': True, 'b': False}, 'c': True}
+
+
+def test_bad_rtol():
+  loss_fn, params, x, y = _setup()
+  with pytest.raises(ValueError, match='rtol must be > 0'):
+    masks.scale_invariant_mask(loss_fn, params, x, y, rtol=0.0)

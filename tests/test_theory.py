@@ -1,0 +1,111 @@
+"""bnjax.theory: formulas, and equilibria reached by bnjax's optimizers.
+
+The synthetic problem is the one of REFERENCES.md: each unit's gradient is
+Gaussian noise projected orthogonal to w and divided by ||w|| (exactly the
+gradient structure of a weight feeding a normalization), so the gradient at
+unit norm has E||g~||^2 = C - 1.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bnjax import dynamics, theory, transforms
+
+C, UNITS = 512, 16
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _simulate(tx, steps, key):
+  w = jax.random.normal(key, (C, UNITS))
+  w = w / dynamics.unit_norms(w)
+
+  def step(carry, k):
+    w, state = carry
+    norms = dynamics.unit_norms(w)
+    w_hat = w / norms
+    noise = jax.random.normal(k, w.shape)
+    grad = (noise - w_hat * jnp.sum(noise * w_hat, 0)) / norms
+    updates, state = tx.update(grad, state, w)
+    new = w + updates
+    cos = jnp.sum(w * new, 0) / (norms * dynamics.unit_norms(new))
+    return (new, state), (jnp.mean(jnp.arccos(jnp.clip(cos, -1.0, 1.0))), jnp.mean(norms))
+
+  _, (angles, norms) = jax.lax.scan(step, (w, tx.init(w)),
+                                    jax.random.split(jax.random.key(1), steps))
+  half = steps // 2
+  return jnp.mean(angles[half:]), jnp.mean(norms[half:])
+
+
+GRAD_NORM = math.sqrt(C - 1)
+
+CASES = {
+    'sgd': (lambda: transforms.sgd(0.1, regularizer='l2', weight_decay=5e-4, track=False),
+            dict(optimizer='sgd', learning_rate=0.1, weight_decay=5e-4), 40_000),
+    'momentum': (lambda: transforms.sgd(0.1, 0.9, regularizer='l2', weight_decay=5e-4,
+                                        track=False),
+                 dict(optimizer='momentum', learning_rate=0.1, weight_decay=5e-4,
+                      momentum=0.9), 40_000),
+    'adamw': (lambda: transforms.adam(1e-3, regularizer='decoupled', weight_decay=0.1,
+                                      track=False),
+              dict(optimizer='adamw', learning_rate=1e-3, weight_decay=0.1), 40_000),
+    'adam_l2': (lambda: transforms.adam(4e-3, regularizer='l2', weight_decay=0.1,
+                                        track=False),
+                dict(optimizer='adam_l2', learning_rate=4e-3, weight_decay=0.1), 40_000),
+}
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_equilibrium_matches_theory(name):
+  make, kw, steps = CASES[name]
+  angle, norm = _simulate(make(), steps, jax.random.key(0))
+  extra = dict(fan_in=C, grad_norm=GRAD_NORM)
+  kw_angle = {k: v for k, v in kw.items()}
+  if name == 'adam_l2':
+    kw_angle.update(extra)
+  predicted_angle = theory.equilibrium_angular_update(**kw_angle)
+  predicted_norm = theory.equilibrium_norm(**kw, **extra)
+  assert abs(float(angle) / predicted_angle - 1) < 0.05, (float(angle), predicted_angle)
+  assert abs(float(norm) / predicted_norm - 1) < 0.05, (float(norm), predicted_norm)
+
+
+def test_formulas():
+  assert theory.effective_learning_rate(0.1, 2.0, 'sgd') == pytest.approx(0.025)
+  assert theory.effective_learning_rate(0.1, 2.0, 'adam') == pytest.approx(0.05)
+  assert theory.equilibrium_angular_update('momentum', 0.1, 5e-4, momentum=0.9) == \
+      pytest.approx(math.sqrt(2 * 0.1 * 5e-4 / 1.9))
+  assert theory.equilibrium_angular_update('adamw', 1e-3, 0.1) == pytest.approx(
+      math.sqrt(2 * 1e-3 * 0.1 * 0.1 / 1.9))
+  assert theory.equilibrium_norm('adamw', 1e-3, 0.1, fan_in=512) == pytest.approx(1.6)
+  assert theory.gamma_decay_strength(32, 'linear') == pytest.approx(1 / 64)
+  assert theory.gamma_decay_strength(32, 'relu') == pytest.approx(1 / 128)
+
+
+def test_adam_l2_angle_scales_as_cube_root_of_lr_squared_lambda():
+  base = theory.equilibrium_angular_update('adam_l2', 1e-3, 0.1, fan_in=C,
+                                           grad_norm=GRAD_NORM)
+  scaled = theory.equilibrium_angular_update('adam_l2', 2e-3, 0.1 / 4, fan_in=C,
+                                             grad_norm=GRAD_NORM)
+  assert scaled == pytest.approx(base)  # lr^2 * lambda unchanged
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: theory.effective_learning_rate(0.1, 1.0, 'rmsprop'), 'optimizer must be'),
+    (lambda: theory.equilibrium_norm('sgd', 0.1, 1e-4, fan_in=10), 'needs grad_norm'),
+    (lambda: theory.equilibrium_norm('lamb', 0.1, 1e-4, fan_in=10), 'optimizer must be'),
+    (lambda: theory.equilibrium_angular_update('sgd', -0.1, 1e-4), 'learning_rate must be > 0'),
+    (lambda: theory.equilibrium_angular_update('sgd', 0.1, 0.0), 'weight_decay must be > 0'),
+    (lambda: theory.equilibrium_angular_update('momentum', 0.1, 1e-4, momentum=1.0),
+     r'momentum must be in \[0, 1\)'),
+    (lambda: theory.equilibrium_angular_update('sgd', 0.1, 1e-4, momentum=0.9),
+     "use 'momentum'"),
+    (lambda: theory.equilibrium_angular_update('adam_l2', 0.1, 1e-4), 'needs fan_in'),
+    (lambda: theory.gamma_decay_strength(0, 'relu'), 'batch_size must be a positive int'),
+    (lambda: theory.gamma_decay_strength(32, 'tanh'), "'linear' or 'relu'"),
+])
+def test_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

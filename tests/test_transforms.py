@@ -1,0 +1,278 @@
+"""bnjax.transforms against optax, autodiff and hand computations."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from bnjax import dynamics, layers, masks, transforms
+
+STEPS = 25
+
+
+def _params(seed=0):
+  k = jax.random.split(jax.random.key(seed), 3)
+  return {'conv': {'kernel': jax.random.normal(k[0], (3, 3, 4, 8))},
+          'dense': {'kernel': jax.random.normal(k[1], (8, 5)),
+                    'bias': jax.random.normal(k[2], (5,))}}
+
+
+def _grads(step, params):
+  """A deterministic gradient stream that depends on the params."""
+  key = jax.random.fold_in(jax.random.key(42), step)
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree_util.tree_unflatten(
+      treedef, [jax.random.normal(k, p.shape) + 0.1 * p for k, p in zip(keys, leaves)])
+
+
+def _run(tx, params, steps=STEPS):
+  state = tx.init(params)
+  history = []
+  for t in range(steps):
+    updates, state = tx.update(_grads(t, params), state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(params)
+  return params, state, history
+
+
+SCHEDULE = optax.cosine_decay_schedule(1e-2, STEPS)
+WD_MASK = {'conv': {'kernel': True}, 'dense': {'kernel': True, 'bias': False}}
+
+
+class DecayTest(chex.TestCase):
+
+  @parameterized.named_parameters(
+      ('constant', 1e-2, None), ('scheduled', SCHEDULE, None),
+      ('constant_masked', 1e-2, WD_MASK), ('scheduled_masked', SCHEDULE, masks.kernel_mask))
+  def test_adam_plus_decoupled_equals_adamw(self, lr, mask):
+    wd = 0.1
+    rate = (lambda t: lr(t) * wd) if callable(lr) else lr * wd
+    ours = optax.chain(optax.adam(lr), transforms.decoupled_weight_decay(rate, mask))
+    ref = optax.adamw(lr, weight_decay=wd, mask=mask)
+    chex.assert_trees_all_close(_run(ours, _params())[0], _run(ref, _params())[0],
+                                atol=1e-6, rtol=1e-6)
+
+  def test_adam_convenience_decoupled_is_adamw(self):
+    ours = transforms.adam(1e-2, regularizer='decoupled', weight_decay=0.1, track=False)
+    ref = optax.adamw(1e-2, weight_decay=0.1, mask=masks.kernel_mask)
+    chex.assert_trees_all_close(_run(ours, _params())[0], _run(ref, _params())[0],
+                                atol=1e-6, rtol=1e-6)
+
+  @parameterized.named_parameters(('plain', 0.0), ('momentum', 0.9))
+  def test_l2_then_sgd_equals_sgd_on_penalized_loss(self, momentum):
+    lam, lr = 0.05, 0.1
+    target = _params(seed=1)
+
+    def loss(p):
+      return sum(jnp.sum(jnp.sin(a) * b) for a, b in zip(
+          jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(target)))
+
+    def penalized(p):
+      return loss(p) + lam / 2 * sum(jnp.sum(w ** 2) for w in jax.tree_util.tree_leaves(p))
+
+    def train(tx, fn):
+      p, s = _params(), tx.init(_params())
+      for _ in range(STEPS):
+        u, s = tx.update(jax.grad(fn)(p), s, p)
+        p = optax.apply_updates(p, u)
+      return p
+
+    ours = train(optax.chain(transforms.l2_regularization(lam),
+                             optax.sgd(lr, momentum=momentum or None)), loss)
+    ref = train(optax.sgd(lr, momentum=momentum or None), penalized)
+    chex.assert_trees_all_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+class ProjectionTest(chex.TestCase):
+
+  @parameterized.named_parameters(('radius_1', 1.0), ('radius_3', 3.0), ('init', 'init'))
+  def test_norms_equal_radius_every_step(self, radius):
+    params = _params()
+    tx = optax.chain(optax.sgd(0.3, momentum=0.9),
+                     transforms.unit_norm_projection(masks.kernel_mask, radius=radius))
+    _, _, history = _run(tx, params)
+    for p in history:
+      for name in ('conv', 'dense'):
+        want = (dynamics.unit_norms(params[name]['kernel']) if radius == 'init'
+                else jnp.full(p[name]['kernel'].shape[-1], radius))
+        chex.assert_trees_all_close(dynamics.unit_norms(p[name]['kernel']), want,
+                                    rtol=1e-5)
+
+  def test_masked_out_leaves_equal_plain_optax(self):
+    tx = optax.chain(optax.sgd(0.3, momentum=0.9),
+                     transforms.unit_norm_projection(masks.kernel_mask))
+    ours, _, _ = _run(tx, _params())
+    ref, _, _ = _run(optax.sgd(0.3, momentum=0.9), _params())
+    chex.assert_trees_all_close(ours['dense']['bias'], ref['dense']['bias'])
+    self.assertFalse(np.allclose(ours['dense']['kernel'], ref['dense']['kernel']))
+
+  def test_zero_norm_unit_gives_no_nan(self):
+    w = jnp.ones((4, 3)).at[:, 1].set(0.0)
+    tx = transforms.unit_norm_projection()
+    u, _ = tx.update(jnp.zeros_like(w), tx.init(w), w)
+    new = w + u
+    self.assertTrue(bool(jnp.all(jnp.isfinite(new))))
+    chex.assert_trees_all_close(dynamics.unit_norms(new), jnp.array([1.0, 0.0, 1.0]),
+                                atol=1e-6)
+
+  def test_inside_masked_inject_hyperparams_and_multisteps(self):
+    params = _params()
+
+    def projected_sgd(learning_rate, radius):
+      return optax.chain(optax.sgd(learning_rate),
+                         transforms.unit_norm_projection(radius=radius))
+
+    inner = optax.inject_hyperparams(projected_sgd)(learning_rate=0.2, radius=2.0)
+    tx = optax.MultiSteps(optax.masked(inner, masks.kernel_mask), every_k_schedule=2)
+    final, _, history = _run(tx, params, steps=6)
+    for t, p in enumerate(history):
+      if t % 2 == 1:  # MultiSteps applies the accumulated update every 2nd step
+        chex.assert_trees_all_close(dynamics.unit_norms(p['conv']['kernel']),
+                                    jnp.full(8, 2.0), rtol=1e-5)
+    # Masked-out leaves move exactly as in the same pipeline without projection.
+    plain = optax.MultiSteps(optax.masked(optax.inject_hyperparams(optax.sgd)(
+        learning_rate=0.2), masks.kernel_mask), every_k_schedule=2)
+    chex.assert_trees_all_close(final['dense']['bias'],
+                                _run(plain, params, steps=6)[0]['dense']['bias'])
+    # Injected radius can change between steps.
+    inj = optax.inject_hyperparams(projected_sgd)(learning_rate=0.2, radius=2.0)
+    s = inj.init(params['conv'])
+    s.hyperparams['radius'] = jnp.asarray(0.5)
+    u, _ = inj.update(_grads(0, params['conv']), s, params['conv'])
+    chex.assert_trees_all_close(
+        dynamics.unit_norms(optax.apply_updates(params['conv'], u)['kernel']),
+        jnp.full(8, 0.5), rtol=1e-5)
+
+  def test_jit(self):
+    tx = transforms.sgd(0.1, 0.9, regularizer='projection')
+    params = _params()
+    state = tx.init(params)
+    step = jax.jit(lambda g, s, p: tx.update(g, s, p))
+    u, state = step(_grads(0, params), state, params)
+    chex.assert_trees_all_close(
+        dynamics.unit_norms(optax.apply_updates(params, u)['conv']['kernel']),
+        jnp.ones(8), rtol=1e-5)
+
+
+class TrackingTest(chex.TestCase):
+
+  def test_tracking_changes_nothing(self):
+    for make in (lambda track: transforms.sgd(0.1, 0.9, regularizer='l2',
+                                              weight_decay=1e-3, track=track),
+                 lambda track: transforms.adam(1e-2, regularizer='decoupled',
+                                               weight_decay=0.1, track=track)):
+      chex.assert_trees_all_equal(_run(make(True), _params())[0],
+                                  _run(make(False), _params())[0])
+
+  def test_numbers_equal_hand_computation(self):
+    lr = 0.05
+    params = _params()
+    tx = optax.chain(optax.sgd(lr), transforms.track_dynamics(lr, 'sgd'))
+    state = tx.init(params)
+    g = _grads(0, params)
+    updates, state = tx.update(g, state, params)
+    got = dynamics.read(state)
+    self.assertEqual(sorted(got), sorted(
+        f'{leaf}/{m}' for leaf in ('conv/kernel', 'dense/kernel')
+        for m in ('weight_norm', 'update_norm', 'angular_update', 'effective_lr')))
+    w = np.asarray(params['conv']['kernel'], np.float64).reshape(-1, 8)
+    u = -lr * np.asarray(g['conv']['kernel'], np.float64).reshape(-1, 8)
+    n = np.linalg.norm(w, axis=0)
+    cos = np.sum(w * (w + u), 0) / (n * np.linalg.norm(w + u, axis=0))
+    np.testing.assert_allclose(got['conv/kernel/weight_norm'], n.mean(), rtol=1e-5)
+    np.testing.assert_allclose(got['conv/kernel/update_norm'],
+                               np.linalg.norm(u, axis=0).mean(), rtol=1e-5)
+    np.testing.assert_allclose(got['conv/kernel/angular_update'],
+                               np.arccos(cos).mean(), rtol=1e-4)
+    np.testing.assert_allclose(got['conv/kernel/effective_lr'], (lr / n ** 2).mean(),
+                               rtol=1e-5)
+
+  def test_adam_effective_lr_and_schedule(self):
+    sched = optax.linear_schedule(1.0, 0.5, 4)
+    params = _params()
+    tx = optax.chain(optax.adam(sched), transforms.track_dynamics(sched, 'adam'))
+    _, state, _ = _run(tx, params, steps=3)
+    # After 3 updates the last one used count 2: lr = 1 - 0.5 * 2/4 = 0.75,
+    # at the params before that step.
+    _, _, hist = _run(optax.adam(sched), params, steps=2)
+    n = np.linalg.norm(np.asarray(hist[-1]['dense']['kernel']), axis=0)
+    np.testing.assert_allclose(dynamics.read(state)['dense/kernel/effective_lr'],
+                               (0.75 / n).mean(), rtol=1e-5)
+
+  def test_angle_of_tiny_updates_is_accurate(self):
+    w = jnp.array([[1.0], [0.0]])
+    new = jnp.array([[1.0], [1e-4]])
+    chex.assert_trees_all_close(dynamics.angular_update(w, new), jnp.array([1e-4]),
+                                rtol=1e-5)
+
+
+class ConvBN(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(8, (3, 3), use_bias=False)(x)
+    x = nn.relu(layers.BatchNorm(use_running_average=False)(x))
+    x = nn.Conv(8, (3, 3), use_bias=False)(x)
+    x = nn.relu(layers.BatchNorm(use_running_average=False)(x))
+    return nn.Dense(3)(x.mean((1, 2)))
+
+
+def test_pythagorean_norm_growth_on_conv_bn_model():
+  """Plain SGD, no decay: ||w_{t+1}||^2 = ||w_t||^2 + lr^2 ||g_t||^2 per unit."""
+  model = ConvBN()
+  x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
+  labels = jax.random.randint(jax.random.key(1), (16,), 0, 3)
+  variables = model.init(jax.random.key(2), x)
+  params, stats = variables['params'], variables['batch_stats']
+
+  def loss(p):
+    logits, _ = model.apply({'params': p, 'batch_stats': stats}, x, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  lr = 0.5
+  tx = optax.sgd(lr)
+  state = tx.init(params)
+  grad = jax.jit(jax.grad(loss))
+  for _ in range(5):
+    g = grad(params)
+    for name in ('Conv_0', 'Conv_1'):
+      w, gw = params[name]['kernel'], g[name]['kernel']
+      predicted = dynamics.unit_norms(w) ** 2 + lr ** 2 * dynamics.unit_norms(gw) ** 2
+      new = w - lr * gw
+      chex.assert_trees_all_close(dynamics.unit_norms(new) ** 2, predicted, rtol=1e-5)
+      assert float(jnp.max(jnp.abs(jnp.sum(w * gw, (0, 1, 2))))) < 1e-4 * float(
+          jnp.max(dynamics.unit_norms(w) * dynamics.unit_norms(gw)))
+    u, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, u)
+
+
+@pytest.mark.parametrize('make,match', [
+    (lambda: transforms.l2_regularization(-1e-3), 'weight_decay must be >= 0'),
+    (lambda: transforms.decoupled_weight_decay(-0.1), 'rate must be >= 0'),
+    (lambda: transforms.unit_norm_projection(radius=0.0), 'radius must be > 0'),
+    (lambda: transforms.unit_norm_projection(radius='initial'), "or 'init'"),
+    (lambda: transforms.track_dynamics(0.1, 'rmsprop'), "optimizer must be 'sgd' or 'adam'"),
+    (lambda: transforms.track_dynamics(-0.1), 'learning_rate must be >= 0'),
+    (lambda: transforms.sgd(0.1, regularizer='dropout'), 'regularizer must be one of'),
+    (lambda: transforms.sgd(-0.1), 'learning_rate must be >= 0'),
+    (lambda: transforms.sgd(0.1, momentum=1.0), r'momentum must be in \[0, 1\)'),
+    (lambda: transforms.sgd(0.1, weight_decay=1e-4), 'has no effect'),
+    (lambda: transforms.adam(0.1, b1=1.5), r'b1 must be in \[0, 1\)'),
+])
+def test_bad_arguments(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+@pytest.mark.parametrize('tx', [
+    transforms.l2_regularization(1e-3), transforms.decoupled_weight_decay(1e-3),
+    transforms.unit_norm_projection(), transforms.track_dynamics(0.1)])
+def test_params_required(tx):
+  p = _params()
+  for call in (lambda: tx.update(p, tx.init(p)), lambda: tx.update(p, tx.init(p), None)):
+    with pytest.raises(ValueError, match='needs the current params'):
+      call()
