@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms
+	$(PY) -m benchmarks.transforms
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
