@@ -13,20 +13,14 @@ import jax
 import jax.numpy as jnp
 
 from bnjax import theory
-
-
-def _reduce_axes(w, axis):
-  ndim = jnp.ndim(w)
-  if not -ndim <= axis < ndim:
-    raise ValueError(f'axis={axis} is out of range for a weight of rank {ndim}.')
-  return tuple(a for a in range(ndim) if a != axis % ndim)
+from bnjax._validation import unit_axes_of
 
 
 def unit_norms(w, axis: int = -1):
   """L2 norm of each unit, shape ``(w.shape[axis],)``, in float32 or wider."""
   w = jnp.asarray(w)
   w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
-  return jnp.sqrt(jnp.sum(w * w, axis=_reduce_axes(w, axis)))
+  return jnp.sqrt(jnp.sum(w * w, axis=unit_axes_of(w, axis)[1]))
 
 
 def angular_update(w_old, w_new, axis: int = -1):
@@ -39,7 +33,7 @@ def angular_update(w_old, w_new, axis: int = -1):
   if jnp.shape(w_old) != jnp.shape(w_new):
     raise ValueError(f'w_old has shape {jnp.shape(w_old)} but w_new has '
                      f'{jnp.shape(w_new)}.')
-  red = _reduce_axes(w_old, axis)
+  red = unit_axes_of(w_old, axis)[1]
   n_old, n_new = unit_norms(w_old, axis), unit_norms(w_new, axis)
   a = w_old / jnp.expand_dims(jnp.where(n_old > 0, n_old, 1.0), red)
   b = w_new / jnp.expand_dims(jnp.where(n_new > 0, n_new, 1.0), red)

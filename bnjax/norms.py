@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from bnjax._validation import check_positive, check_unit_interval, unit_axes_of
+
 Array = jax.Array
 Axes = Union[int, Sequence[int]]
 
@@ -49,27 +51,6 @@ def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
 
 
 # ----------------------------------------------------------------- validation
-
-
-def _concrete_float(value):
-  """``float(value)``, or ``None`` when ``value`` is traced (cannot be checked)."""
-  try:
-    return float(value)
-  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-          TypeError):
-    return None
-
-
-def _check_epsilon(epsilon):
-  eps = _concrete_float(epsilon)
-  if eps is not None and not eps > 0:
-    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
-
-
-def _check_momentum(momentum):
-  m = _concrete_float(momentum)
-  if m is not None and not 0.0 <= m <= 1.0:
-    raise ValueError(f'momentum must be in [0, 1], got {momentum}.')
 
 
 def _canonical_axes(ndim: int, axes: Axes, what: str = 'axis') -> tuple:
@@ -298,8 +279,8 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
   _check_features('scale', scale, (num_features,))
   _check_features('bias', bias, (num_features,))
   _check_stats(stats, num_features)
-  _check_momentum(momentum)
-  _check_epsilon(epsilon)
+  check_unit_interval('momentum', momentum, include_one=True)
+  check_positive('epsilon', epsilon)
   if not isinstance(training, bool):
     raise ValueError(f'training must be a Python bool, got {training!r}.')
   if not training and stats is None:
@@ -492,7 +473,7 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   feature_shape = tuple(x.shape[a] for a in feats)
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)
-  _check_epsilon(epsilon)
+  check_positive('epsilon', epsilon)
   return _per_example_normalize(x, scale, bias, red, feats, epsilon)
 
 
@@ -508,7 +489,7 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
                      'cannot be 0.')
   _check_features('scale', scale, (x.shape[feature_axis],))
   _check_features('bias', bias, (x.shape[feature_axis],))
-  _check_epsilon(epsilon)
+  check_positive('epsilon', epsilon)
   return feature_axis
 
 
@@ -561,14 +542,6 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
 # -------------------------------------------------------- weight reparams
 
 
-def _unit_axes(w, axis):
-  ndim = jnp.ndim(w)
-  if ndim < 1:
-    raise ValueError('a kernel needs rank >= 1.')
-  (unit_axis,) = _canonical_axes(ndim, axis)
-  return unit_axis, tuple(a for a in range(ndim) if a != unit_axis)
-
-
 def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
   """Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``.
 
@@ -578,9 +551,9 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
 
   Scale invariance: per unit in ``v``, exactly up to ``epsilon``.
   """
-  unit_axis, red = _unit_axes(v, axis)
+  unit_axis, red = unit_axes_of(v, axis)
   _check_features('g', g, (jnp.shape(v)[unit_axis],))
-  _check_epsilon(epsilon)
+  check_positive('epsilon', epsilon)
   v32 = v.astype(_stats_dtype(v))
   sq = jnp.sum(v32 * v32, axis=red)
   return _normalize(v, None, sq, g, None, reduction_axes=red,
@@ -595,8 +568,8 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
 
   Scale invariance: per unit (and invariance to a per-unit shift).
   """
-  unit_axis, red = _unit_axes(w, axis)
-  _check_epsilon(epsilon)
+  unit_axis, red = unit_axes_of(w, axis)
+  check_positive('epsilon', epsilon)
   return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon)
 
 
@@ -615,7 +588,7 @@ def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
   for name, value in (('bias', bias), ('scale', scale), ('bn_bias', bn_bias)):
     _check_features(name, value, (units,))
   _check_stats(stats, units)
-  _check_epsilon(epsilon)
+  check_positive('epsilon', epsilon)
   mean, var = stats
   k = lax.rsqrt(var.astype(_stats_dtype(var)) + epsilon)
   if scale is not None:

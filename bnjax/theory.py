@@ -18,33 +18,10 @@ import math
 
 import jax.numpy as jnp
 
+from bnjax._validation import check_nonnegative, check_positive, check_unit_interval
+
 SGD_LIKE = ('sgd', 'momentum')
 EQUILIBRIUM_OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2')
-
-
-def _nonnegative(name, value):
-  try:
-    v = float(value)
-  except TypeError:
-    return  # an array or tracer: checked by the caller's use
-  if not v >= 0:
-    raise ValueError(f'{name} must be >= 0, got {value}.')
-
-
-def _positive(name, value):
-  try:
-    v = float(value)
-  except TypeError:
-    return
-  if not v > 0:
-    raise ValueError(f'{name} must be > 0, got {value}.')
-
-
-def _check_momentum(momentum, b1):
-  if not 0.0 <= float(momentum) < 1.0:
-    raise ValueError(f'momentum must be in [0, 1), got {momentum}.')
-  if not 0.0 <= float(b1) < 1.0:
-    raise ValueError(f'b1 must be in [0, 1), got {b1}.')
 
 
 def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
@@ -62,7 +39,7 @@ def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
   else:
     raise ValueError(f"optimizer must be one of 'sgd', 'momentum', 'adam', 'adamw', "
                      f"'adam_l2'; got {optimizer!r}.")
-  _nonnegative('learning_rate', learning_rate)
+  check_nonnegative('learning_rate', learning_rate)
   return learning_rate / jnp.asarray(weight_norm) ** power
 
 
@@ -85,13 +62,13 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
     per step against Pythagorean growth ``lr^2 * C`` of ``||w||^2``.
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
-  _positive('fan_in', fan_in)
+  check_positive('fan_in', fan_in)
   if optimizer == 'adamw':
     return math.sqrt(learning_rate * fan_in / (2.0 * weight_decay))
   if grad_norm is None:
     raise ValueError(f"equilibrium_norm('{optimizer}') needs grad_norm, the norm of "
                      f'the gradient at unit weight norm.')
-  _positive('grad_norm', grad_norm)
+  check_positive('grad_norm', grad_norm)
   if optimizer in SGD_LIKE:
     return (learning_rate * grad_norm ** 2 /
             (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
@@ -124,9 +101,10 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
 def _check_common(optimizer, learning_rate, weight_decay, momentum, b1):
   if optimizer not in EQUILIBRIUM_OPTIMIZERS:
     raise ValueError(f'optimizer must be one of {EQUILIBRIUM_OPTIMIZERS}, got {optimizer!r}.')
-  _positive('learning_rate', learning_rate)
-  _positive('weight_decay', weight_decay)
-  _check_momentum(momentum, b1)
+  check_positive('learning_rate', learning_rate)
+  check_positive('weight_decay', weight_decay)
+  check_unit_interval('momentum', momentum, include_one=False)
+  check_unit_interval('b1', b1, include_one=False)
   if optimizer == 'sgd' and momentum:
     raise ValueError("optimizer='sgd' has no momentum; use 'momentum'.")
 

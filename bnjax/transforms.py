@@ -17,28 +17,13 @@ import jax.numpy as jnp
 import optax
 
 from bnjax import dynamics, masks
+from bnjax._validation import (check_nonnegative, check_positive, check_unit_interval,
+                               concrete_float, unit_axes_of)
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 Mask = Optional[Union[Any, Callable[[Any], Any]]]
 
 REGULARIZERS = ('none', 'l2', 'decoupled', 'projection')
-
-
-def _concrete(value):
-  """``float(value)``, or ``None`` for a schedule or a traced value (e.g. inside
-  ``optax.inject_hyperparams``), which cannot be checked."""
-  if callable(value):
-    return None
-  try:
-    return float(value)
-  except TypeError:  # includes jax.errors.ConcretizationTypeError
-    return None
-
-
-def _check_rate(name: str, rate):
-  value = _concrete(rate)
-  if value is not None and not value >= 0:
-    raise ValueError(f'{name} must be >= 0, got {rate}.')
 
 
 def _require_params(params, name):
@@ -77,7 +62,7 @@ def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
     weight_decay: lambda >= 0, a float or a schedule.
     mask: which leaves to regularize (default: all).
   """
-  _check_rate('weight_decay', weight_decay)
+  check_nonnegative('weight_decay', weight_decay)
   return _needs_params(optax.add_decayed_weights(weight_decay, mask),
                        'l2_regularization')
 
@@ -96,7 +81,7 @@ def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
     rate: shrink factor >= 0 per step, a float or a schedule.
     mask: which leaves to decay (default: all).
   """
-  _check_rate('rate', rate)
+  check_nonnegative('rate', rate)
   negated = (lambda count: -rate(count)) if callable(rate) else -rate
   return _needs_params(optax.add_decayed_weights(negated, mask),
                        'decoupled_weight_decay')
@@ -133,14 +118,13 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
   if isinstance(radius, str):
     if radius != 'init':
       raise ValueError(f"radius must be a positive number or 'init', got {radius!r}.")
-  elif _concrete(radius) is not None and not _concrete(radius) > 0:
-    raise ValueError(f'radius must be > 0, got {radius}.')
-  if not epsilon > 0:
-    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
+  else:
+    check_positive('radius', radius)
+  check_positive('epsilon', epsilon)
 
   def keepdims_norms(w):
     return jnp.expand_dims(dynamics.unit_norms(w, axis),
-                           dynamics._reduce_axes(w, axis)).astype(jnp.result_type(w))
+                           unit_axes_of(w, axis)[1]).astype(jnp.result_type(w))
 
   def init_fn(params):
     if radius == 'init':
@@ -181,7 +165,7 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
   """
   if optimizer not in ('sgd', 'adam'):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
-  _check_rate('learning_rate', learning_rate)
+  check_nonnegative('learning_rate', learning_rate)
   kind = 'sgd' if optimizer == 'sgd' else 'adam'
 
   def tracked(params):
@@ -214,9 +198,9 @@ def _regularized(base: optax.GradientTransformation, learning_rate, *, regulariz
                  ) -> optax.GradientTransformation:
   if regularizer not in REGULARIZERS:
     raise ValueError(f'regularizer must be one of {REGULARIZERS}, got {regularizer!r}.')
-  _check_rate('learning_rate', learning_rate)
-  _check_rate('weight_decay', weight_decay)
-  if regularizer in ('none', 'projection') and _concrete(weight_decay) not in (None, 0.0):
+  check_nonnegative('learning_rate', learning_rate)
+  check_nonnegative('weight_decay', weight_decay)
+  if regularizer in ('none', 'projection') and concrete_float(weight_decay) not in (None, 0.0):
     raise ValueError(f"weight_decay={weight_decay} has no effect with "
                      f"regularizer='{regularizer}'; pass weight_decay=0.")
   mask = masks.kernel_mask if mask is None else mask
@@ -248,8 +232,7 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
   leaves are regularized and tracked (default: ``bnjax.masks.kernel_mask``);
   ``track`` appends :func:`track_dynamics`.
   """
-  if not 0.0 <= momentum < 1.0:
-    raise ValueError(f'momentum must be in [0, 1), got {momentum}.')
+  check_unit_interval('momentum', momentum, include_one=False)
   base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
   return _regularized(base, learning_rate, regularizer=regularizer,
                       weight_decay=weight_decay, mask=mask, track=track, kind='sgd')
@@ -265,9 +248,8 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   normalization); ``'decoupled'`` equals ``optax.adamw(lr, b1, b2, eps,
   weight_decay)`` on the masked leaves. Other arguments as :func:`sgd`.
   """
-  for name, b in (('b1', b1), ('b2', b2)):
-    if not 0.0 <= b < 1.0:
-      raise ValueError(f'{name} must be in [0, 1), got {b}.')
+  check_unit_interval('b1', b1, include_one=False)
+  check_unit_interval('b2', b2, include_one=False)
   base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
   return _regularized(base, learning_rate, regularizer=regularizer,
                       weight_decay=weight_decay, mask=mask, track=track, kind='adam')
