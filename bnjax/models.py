@@ -1,0 +1,198 @@
+"""flax.linen models of the study, each with a choice of normalization.
+
+``norm`` (every model): ``batch``, ``population``, ``mean_only``,
+``variance_only``, ``ghost``, ``layer``, ``group``, ``weight`` or ``none``.
+``mean_only`` and ``variance_only`` are Luo et al.'s (2019) ablations, so
+they weight-normalize the kernel too (WN + mean-only BN with WN's gain;
+WN without gain + variance-only BN with scale and bias). Layers followed by
+no shift (``none``, ``weight``) get a bias; all others are bias-free, the
+norm's beta taking its place.
+
+Scale-invariant kernels (per unit) are the convolution/hidden kernels under
+``batch``, ``ghost``, ``mean_only``, ``variance_only`` and ``weight``
+(for the last three, the raw kernel ``v`` inside ``WeightNorm``); the
+classifier ``head`` is never scale-invariant.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bnjax import layers
+
+NORMS = ('batch', 'population', 'mean_only', 'variance_only', 'ghost', 'layer', 'group',
+         'weight', 'none')
+PER_UNIT_INVARIANT = ('batch', 'ghost', 'mean_only', 'variance_only', 'weight')
+MODELS = ('convnet', 'resnet20', 'perceptron')
+
+
+def _check_norm(norm):
+  if norm not in NORMS:
+    raise ValueError(f'norm must be one of {NORMS}, got {norm!r}.')
+
+
+def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: bool,
+               name: str, axis_name: Optional[str] = None, virtual_batch_size: int = 32,
+               num_groups: int = 8, spatial: bool = True):
+  """``norm(layer(x))`` for a Dense/Conv built by ``make_layer(use_bias=...)``.
+
+  Call from inside a compact method; submodules are named ``name`` (the
+  layer, or its WeightNorm wrapper) and ``name + '_norm'``.
+  """
+  _check_norm(norm)
+  use_bias = norm in ('none', 'weight')
+  if norm in ('weight', 'mean_only', 'variance_only'):
+    # Unbound, so that the WeightNorm wrapper adopts it as `layer_instance`.
+    inner = make_layer(use_bias=use_bias, parent=None)
+    x = layers.WeightNorm(inner, use_scale=norm != 'variance_only', name=name)(x)
+  else:
+    x = make_layer(use_bias=use_bias, name=name)(x)
+  ra = not train
+  norm_name = name + '_norm'
+  batch_kw = dict(use_running_average=ra, axis_name=axis_name, name=norm_name)
+  if norm == 'batch':
+    x = layers.BatchNorm(**batch_kw)(x)
+  elif norm == 'population':
+    x = layers.PopulationNorm(**batch_kw)(x)
+  elif norm == 'mean_only':
+    x = layers.MeanOnlyBatchNorm(use_scale=False, **batch_kw)(x)
+  elif norm == 'variance_only':
+    x = layers.VarianceOnlyBatchNorm(**batch_kw)(x)
+  elif norm == 'ghost':
+    x = layers.GhostBatchNorm(virtual_batch_size=virtual_batch_size, **batch_kw)(x)
+  elif norm == 'layer':
+    axes = tuple(range(1, x.ndim)) if spatial else -1
+    x = layers.LayerNorm(reduction_axes=axes, name=norm_name)(x)
+  elif norm == 'group':
+    x = layers.GroupNorm(num_groups=min(num_groups, x.shape[-1]), name=norm_name)(x)
+  return x
+
+
+class ConvNet(nn.Module):
+  """The seed's simple 4-layer ConvNet (van Laarhoven 2017).
+
+  Three 3x3 convolutions (widths ``widths``), each followed by the
+  normalization, ReLU and 2x2 max-pooling, then a dense classifier ``head``.
+  """
+  norm: str = 'batch'
+  widths: Sequence[int] = (32, 64, 128)
+  num_classes: int = 10
+  axis_name: Optional[str] = None
+  virtual_batch_size: int = 32
+  num_groups: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for i, width in enumerate(self.widths):
+      x = normalized(x, lambda **kw: nn.Conv(width, (3, 3), **kw), self.norm,
+                     train=train, name=f'conv{i + 1}', axis_name=self.axis_name,
+                     virtual_batch_size=self.virtual_batch_size,
+                     num_groups=self.num_groups)
+      x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
+    return nn.Dense(self.num_classes, name='head')(x.reshape(x.shape[0], -1))
+
+
+class _BasicBlock(nn.Module):
+  width: int
+  stride: int
+  norm: str
+  axis_name: Optional[str]
+  virtual_batch_size: int
+  num_groups: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    kw = dict(train=train, axis_name=self.axis_name,
+              virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
+    s = (self.stride, self.stride)
+    y = normalized(x, lambda **k: nn.Conv(self.width, (3, 3), s, **k), self.norm,
+                   name='conv1', **kw)
+    y = normalized(nn.relu(y), lambda **k: nn.Conv(self.width, (3, 3), **k), self.norm,
+                   name='conv2', **kw)
+    if x.shape != y.shape:
+      x = normalized(x, lambda **k: nn.Conv(self.width, (1, 1), s, **k), self.norm,
+                     name='shortcut', **kw)
+    return nn.relu(x + y)
+
+
+class ResNet20(nn.Module):
+  """ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 basic blocks, widths 16/32/64.
+
+  Shortcuts that change shape are 1x1 convolutions with the normalization.
+  """
+  norm: str = 'batch'
+  num_classes: int = 10
+  axis_name: Optional[str] = None
+  virtual_batch_size: int = 32
+  num_groups: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    kw = dict(norm=self.norm, axis_name=self.axis_name,
+              virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
+    x = nn.relu(normalized(x, lambda **k: nn.Conv(16, (3, 3), **k), self.norm, train=train,
+                           name='stem', axis_name=self.axis_name,
+                           virtual_batch_size=self.virtual_batch_size,
+                           num_groups=self.num_groups))
+    for stage, width in enumerate((16, 32, 64)):
+      for block in range(3):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = _BasicBlock(width, stride, name=f'stage{stage + 1}_block{block + 1}', **kw)(
+            x, train)
+    return nn.Dense(self.num_classes, name='head')(jnp.mean(x, axis=(1, 2)))
+
+
+class Perceptron(nn.Module):
+  """Luo et al.'s (2019) building block: kernel layer, normalization, activation.
+
+  ``y = g(norm(w . x))`` with one unit; ``activation`` is ``'linear'`` or
+  ``'relu'``. Returns shape ``(batch,)``. Layer and group norm over a single
+  unit are constant, so they are refused.
+  """
+  norm: str = 'batch'
+  activation: str = 'linear'
+  axis_name: Optional[str] = None
+  virtual_batch_size: int = 32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    if self.norm in ('layer', 'group'):
+      raise ValueError(f"norm='{self.norm}' normalizes over the perceptron's single "
+                       'unit, which makes its output constant.')
+    if self.activation not in ('linear', 'relu'):
+      raise ValueError(f"activation must be 'linear' or 'relu', got {self.activation!r}.")
+    h = normalized(x, lambda **k: nn.Dense(1, **k), self.norm, train=train, name='kernel',
+                   axis_name=self.axis_name, virtual_batch_size=self.virtual_batch_size,
+                   spatial=False)
+    h = nn.relu(h) if self.activation == 'relu' else h
+    return h[:, 0]
+
+
+def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[str] = None,
+          virtual_batch_size: int = 32, activation: str = 'linear') -> nn.Module:
+  """The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``)."""
+  _check_norm(norm)
+  if name == 'convnet':
+    return ConvNet(norm, num_classes=num_classes, axis_name=axis_name,
+                   virtual_batch_size=virtual_batch_size)
+  if name == 'resnet20':
+    return ResNet20(norm, num_classes=num_classes, axis_name=axis_name,
+                    virtual_batch_size=virtual_batch_size)
+  if name == 'perceptron':
+    return Perceptron(norm, activation=activation, axis_name=axis_name,
+                      virtual_batch_size=virtual_batch_size)
+  raise ValueError(f'model must be one of {MODELS}, got {name!r}.')
+
+
+def scale_invariant_kernels(params):
+  """Structural mask: every kernel (``ndim >= 2``) except the classifier ``head``.
+
+  These are the weights a :data:`PER_UNIT_INVARIANT` norm makes invariant
+  per unit (tests check it against :func:`bnjax.masks.scale_invariant_mask`).
+  """
+  def mark(path, leaf):
+    top = jax.tree_util.keystr(path[:1], simple=True, separator='/')
+    return jnp.ndim(leaf) >= 2 and top != 'head'
+  return jax.tree_util.tree_map_with_path(mark, params)

@@ -1,0 +1,468 @@
+"""Training one configuration: state, steps, jit / pmap / sharded loops, checkpoints.
+
+:func:`train` runs a :class:`Config` in a workdir and leaves there
+
+* ``config.json`` -- the configuration (a rerun with another config is refused);
+* ``metrics.jsonl`` -- one JSON object per logged step: ``step``, ``epoch``,
+  ``loss`` and ``accuracy`` (means since the previous line), ``learning_rate``,
+  ``images_per_s``, ``time_s`` and, for every kernel, ``weight_norm/<layer>``,
+  ``angular_update/<layer>``, ``effective_lr/<layer>`` and ``update_norm/<layer>``
+  (from :func:`bnjax.transforms.track_dynamics`, always on);
+* ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
+  at the end; a rerun resumes from the latest and ends with the same numbers;
+* ``summary.json`` -- written atomically at the end: test loss and accuracy,
+  wall time, config. A workdir with a summary is finished: rerunning returns it.
+
+Parallel modes: ``none`` (``jax.jit`` on one device), ``pmap`` (batch split
+over local devices; gradients and batch-norm statistics averaged with
+``axis_name='batch'``) and ``sharded`` (``jax.jit`` over a
+``jax.sharding.Mesh`` with the batch split on axis ``'data'``; XLA inserts
+the collectives). All three compute the same global-batch step.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from bnjax import data, dynamics, masks, models, transforms
+
+OPTIMIZERS = ('sgd', 'momentum', 'adam')
+PARALLEL = ('none', 'pmap', 'sharded')
+AXIS_NAME = 'batch'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss stops being finite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One training run; field names are the flags of ``experiments.train``."""
+  dataset: str = 'fashion_mnist'
+  model: str = 'convnet'
+  norm: str = 'batch'
+  optimizer: str = 'momentum'
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  regularizer: str = 'l2'
+  batch_size: int = 128
+  num_epochs: int = 1
+  train_subset: int = 0
+  seed: int = 0
+  parallel: str = 'none'
+  virtual_batch_size: int = 32
+  augment: bool = False
+  activation: str = 'relu'
+  input_dim: int = 100
+  num_train: int = 1000
+  num_test: int = 2000
+  noise_std: float = 0.1
+  log_every: int = 50
+  checkpoint_every: int = 500
+  eval_batch_size: int = 1000
+
+  def validate(self, device_count: int = 1) -> 'Config':
+    """Raises ValueError whose message starts with the offending ``--flag``."""
+    def need(ok, flag, message):
+      if not ok:
+        raise ValueError(f'--{flag}: {message}')
+
+    need(self.dataset in data.DATASETS, 'dataset', f'must be one of {data.DATASETS}, '
+         f'got {self.dataset!r}')
+    need(self.model in models.MODELS, 'model', f'must be one of {models.MODELS}, '
+         f'got {self.model!r}')
+    need(self.norm in models.NORMS, 'norm', f'must be one of {models.NORMS}, '
+         f'got {self.norm!r}')
+    need(self.optimizer in OPTIMIZERS, 'optimizer', f'must be one of {OPTIMIZERS}, '
+         f'got {self.optimizer!r}')
+    need(self.regularizer in transforms.REGULARIZERS, 'regularizer',
+         f'must be one of {transforms.REGULARIZERS}, got {self.regularizer!r}')
+    need(self.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}, '
+         f'got {self.parallel!r}')
+    need(self.learning_rate > 0, 'learning_rate', f'must be > 0, got {self.learning_rate}')
+    need(0 <= self.momentum < 1, 'momentum', f'must be in [0, 1), got {self.momentum}')
+    need(self.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {self.weight_decay}')
+    for flag in ('batch_size', 'num_epochs', 'log_every', 'checkpoint_every',
+                 'eval_batch_size', 'virtual_batch_size', 'input_dim', 'num_train',
+                 'num_test'):
+      value = getattr(self, flag)
+      need(isinstance(value, int) and value > 0, flag, f'must be a positive int, got {value!r}')
+    need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
+         f'{self.train_subset}')
+    need(self.checkpoint_every % self.log_every == 0, 'checkpoint_every',
+         f'must be a multiple of --log_every={self.log_every} (so a resumed run logs '
+         f'the same windows), got {self.checkpoint_every}')
+    need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
+         f'has no effect with --regularizer={self.regularizer}; set it to 0')
+    need(self.regularizer != 'projection' or self.norm in models.PER_UNIT_INVARIANT,
+         'regularizer', f'projection needs weights that are scale-invariant per unit; '
+         f'--norm={self.norm} makes none (use one of {models.PER_UNIT_INVARIANT})')
+    need((self.dataset == 'teacher_student') == (self.model == 'perceptron'), 'model',
+         'the perceptron trains on --dataset=teacher_student, and teacher_student '
+         'needs --model=perceptron')
+    need(not (self.model == 'perceptron' and self.norm in ('layer', 'group')), 'norm',
+         f'{self.norm} norm over the perceptron\'s single unit is constant')
+    need(self.activation in ('linear', 'relu'), 'activation',
+         f"must be 'linear' or 'relu', got {self.activation!r}")
+    need(not self.augment or self.dataset == 'cifar10', 'augment',
+         'crop-and-flip augmentation is for --dataset=cifar10')
+    if self.parallel != 'none':
+      need(self.batch_size % device_count == 0, 'batch_size',
+           f'{self.batch_size} is not divisible by the {device_count} devices of '
+           f'--parallel={self.parallel}')
+    if self.norm == 'ghost':
+      per_device = self.batch_size // (device_count if self.parallel == 'pmap' else 1)
+      need(per_device % self.virtual_batch_size == 0, 'virtual_batch_size',
+           f'{self.virtual_batch_size} must divide the per-device batch {per_device}')
+    return self
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+# ------------------------------------------------------------ components
+
+
+def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
+  """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``."""
+  if config.dataset == 'teacher_student':
+    splits = data.teacher_student(config.num_train, config.num_test, config.input_dim,
+                                  activation=config.activation,
+                                  noise_std=config.noise_std, seed=config.seed)
+  else:
+    splits = data.load_image_dataset(config.dataset, data_dir)
+  return {'train': splits['train'].take(config.train_subset or None),
+          'test': splits['test']}
+
+
+def build_model(config: Config):
+  return models.build(config.model, config.norm,
+                      axis_name=AXIS_NAME if config.parallel == 'pmap' else None,
+                      virtual_batch_size=config.virtual_batch_size,
+                      activation=config.activation)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+  """bnjax's sgd/adam with the configured regularizer; tracking on every kernel.
+
+  L2 and decoupled decay act on every kernel (``kernel_mask``); the
+  projection on the scale-invariant kernels only (:func:`models.scale_invariant_kernels`).
+  """
+  if config.regularizer == 'projection':
+    mask = models.scale_invariant_kernels
+  else:
+    mask = masks.kernel_mask
+  common = dict(regularizer=config.regularizer, weight_decay=config.weight_decay,
+                mask=mask, track=False)
+  if config.optimizer == 'adam':
+    base, kind = transforms.adam(config.learning_rate, **common), 'adam'
+  else:
+    momentum = config.momentum if config.optimizer == 'momentum' else 0.0
+    base, kind = transforms.sgd(config.learning_rate, momentum, **common), 'sgd'
+  return optax.chain(base, transforms.track_dynamics(config.learning_rate, kind,
+                                                     masks.kernel_mask))
+
+
+def init_state(config: Config, model, tx, sample_x) -> TrainState:
+  variables = model.init(jax.random.key(config.seed), sample_x, train=True)
+  params = variables['params']
+  return TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params))
+
+
+def objective(outputs, targets, regression: bool):
+  """Mean loss and metrics: cross-entropy and accuracy, or squared error."""
+  if regression:
+    loss = jnp.mean(jnp.square(outputs - targets))
+    return loss, {'loss': loss}
+  loss = optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
+  return loss, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(outputs, -1) == targets)}
+
+
+def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None):
+  """``step(state, batch) -> (state, metrics)``; with ``axis_name`` under pmap."""
+
+  def step(state: TrainState, batch):
+    def loss_fn(params):
+      out, updated = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                 batch['x'], train=True, mutable=['batch_stats'])
+      loss, metrics = objective(out, batch['y'], regression)
+      return loss, (metrics, updated.get('batch_stats', state.batch_stats))
+
+    (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    if axis_name is not None:
+      grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1,
+                         params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state), metrics
+
+  return step
+
+
+def make_eval_step(model, regression: bool):
+  """Sums of loss (and correct predictions) over a batch, with running statistics."""
+
+  @jax.jit
+  def step(params, batch_stats, x, y):
+    out = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+    if regression:
+      return {'loss': jnp.sum(jnp.square(out - y))}
+    return {'loss': jnp.sum(optax.softmax_cross_entropy_with_integer_labels(out, y)),
+            'correct': jnp.sum(jnp.argmax(out, -1) == y)}
+
+  return step
+
+
+def evaluate(eval_step, state: TrainState, split: data.Arrays, batches: data.Batches
+             ) -> dict:
+  totals = {}
+  for batch in batches.epoch(0):
+    out = eval_step(state.params, state.batch_stats, batch['x'], batch['y'])
+    for k, v in jax.device_get(out).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  n = len(split)
+  result = {'test_loss': totals['loss'] / n}
+  if 'correct' in totals:
+    result['test_accuracy'] = totals['correct'] / n
+  return result
+
+
+# ----------------------------------------------------------- executors
+
+
+class Executor:
+  """Places state and batches and runs the step for one parallel mode."""
+
+  def __init__(self, mode: str, model, tx, regression: bool):
+    self.mode = mode
+    if mode == 'pmap':
+      self.devices = jax.local_devices()
+      self._step = jax.pmap(make_train_step(model, tx, regression, AXIS_NAME),
+                            axis_name=AXIS_NAME, donate_argnums=0)
+    elif mode == 'sharded':
+      mesh = Mesh(np.asarray(jax.devices()), ('data',))
+      self._replicated = NamedSharding(mesh, PartitionSpec())
+      self._split = NamedSharding(mesh, PartitionSpec('data'))
+      self._step = jax.jit(make_train_step(model, tx, regression),
+                           in_shardings=(self._replicated, self._split),
+                           out_shardings=(self._replicated, self._replicated),
+                           donate_argnums=0)
+    else:
+      self._step = jax.jit(make_train_step(model, tx, regression), donate_argnums=0)
+
+  def put_state(self, state: TrainState):
+    if self.mode == 'pmap':
+      return jax.device_put_replicated(state, self.devices)
+    if self.mode == 'sharded':
+      return jax.device_put(state, self._replicated)
+    return jax.device_put(state)
+
+  def get_state(self, state) -> TrainState:
+    """The state as one (host-transferable) copy."""
+    if self.mode == 'pmap':
+      return jax.tree_util.tree_map(lambda a: a[0], state)
+    return state
+
+  def put_batch(self, batch: dict):
+    if self.mode == 'pmap':
+      d = len(self.devices)
+      return {k: v.reshape((d, v.shape[0] // d) + v.shape[1:]) for k, v in batch.items()}
+    if self.mode == 'sharded':
+      # Every process holds the same global batch and supplies its own shards.
+      return {k: jax.make_array_from_callback(v.shape, self._split, lambda i, v=v: v[i])
+              for k, v in batch.items()}
+    return batch
+
+  def step(self, state, batch):
+    state, metrics = self._step(state, self.put_batch(batch))
+    if self.mode == 'pmap':
+      metrics = jax.tree_util.tree_map(lambda a: a[0], metrics)
+    return state, metrics
+
+
+# ------------------------------------------------------------ files
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+  """Writes JSON to a temp file in the same folder, then renames it over ``path``."""
+  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Keeps the metric lines up to ``last_step`` (lines after a checkpoint are redone)."""
+  if not path.exists():
+    return
+  kept = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)['step'] <= last_step]
+  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+  tmp.write_text(''.join(line + '\n' for line in kept))
+  os.replace(tmp, path)
+
+
+def layer_metrics(opt_state) -> dict:
+  """``dynamics.read`` keys ``<path>/kernel/<metric>`` as ``<metric>/<layer>``."""
+  out = {}
+  for key, value in dynamics.read(opt_state).items():
+    *path, metric = key.split('/')
+    layer = '/'.join(p for p in path[:-1] if p != 'layer_instance')
+    out[f'{metric}/{layer}'] = float(value)
+  return out
+
+
+def _checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      (workdir / 'checkpoints').absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
+                                           enable_async_checkpointing=False))
+
+
+def _check_finite(pending, last_checkpoint):
+  """``pending``: [(step, loss)] since the last check; raises at the first bad one."""
+  for step, loss in pending:
+    if not math.isfinite(float(loss)):
+      raise NonFiniteLossError(
+          f'the training loss became {float(loss)} at step {step}; stopped without '
+          f'saving it. The last good checkpoint is step {last_checkpoint}.')
+
+
+# ------------------------------------------------------------- driver
+
+
+def train(config: Config, workdir, *, data_dir: Optional[str] = None,
+          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if possible); returns the summary.
+
+  ``stop_after`` ends the call after that many total steps without a
+  summary (for tests of interruption); the run resumes on the next call.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  summary_path, config_path = workdir / 'summary.json', workdir / 'config.json'
+  if summary_path.exists():
+    return json.loads(summary_path.read_text())
+  config.validate(jax.device_count())
+  wanted = dataclasses.asdict(config)
+  if config_path.exists():
+    previous = json.loads(config_path.read_text())
+    if previous != wanted:
+      diff = {k: (previous.get(k), v) for k, v in wanted.items() if previous.get(k) != v}
+      raise ValueError(f'{workdir} holds a run with another config (was, now): {diff}')
+  else:
+    write_json_atomic(config_path, wanted)
+
+  splits = load_data(config, data_dir)
+  regression = config.dataset == 'teacher_student'
+  mean = std = None
+  if not regression:
+    mean, std = data.normalization_stats(splits['train'].x)
+  train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed,
+                               augment=config.augment, mean=mean, std=std)
+  test_batches = data.Batches(splits['test'], config.eval_batch_size, shuffle=False,
+                              mean=mean, std=std)
+  model, tx = build_model(config), build_optimizer(config)
+  host_model = models.build(config.model, config.norm, activation=config.activation,
+                            virtual_batch_size=config.virtual_batch_size)
+  state = init_state(config, host_model, tx, train_batches.batch(0, 0)['x'])
+
+  manager = _checkpoint_manager(workdir)
+  progress_path = workdir / 'progress.json'
+  elapsed = 0.0
+  last_checkpoint = manager.latest_step()
+  if last_checkpoint is not None:
+    state = manager.restore(last_checkpoint, args=ocp.args.StandardRestore(state))
+    _truncate_metrics(workdir / 'metrics.jsonl', last_checkpoint)
+    if progress_path.exists():
+      elapsed = json.loads(progress_path.read_text()).get(str(last_checkpoint), 0.0)
+  executor = Executor(config.parallel, model, tx, regression)
+  step = int(state.step)
+  steps_per_epoch = train_batches.steps_per_epoch
+  total = steps_per_epoch * config.num_epochs
+  end = total if stop_after is None else min(total, stop_after)
+  state = executor.put_state(state)
+  main_process = jax.process_index() == 0
+
+  def save(step):
+    nonlocal last_checkpoint
+    manager.save(step, args=ocp.args.StandardSave(executor.get_state(state)))
+    manager.wait_until_finished()
+    last_checkpoint = step
+    if main_process:
+      write_json_atomic(progress_path, {str(step): elapsed + time.perf_counter() - start})
+
+  start = time.perf_counter()
+  window, window_start = [], time.perf_counter()
+  bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
+             unit='step', dynamic_ncols=True)
+  with open(workdir / 'metrics.jsonl', 'a') as log:
+    while step < end:
+      epoch, index = divmod(step, steps_per_epoch)
+      stop = min(steps_per_epoch, index + end - step)
+      for batch in data.prefetch(train_batches.batch(epoch, i) for i in range(index, stop)):
+        state, metrics = executor.step(state, batch)
+        step += 1
+        window.append((step, metrics))
+        bar.update(1)
+        if step % config.log_every == 0 or step == end:
+          host = jax.device_get([m for _, m in window])
+          _check_finite([(s, m['loss']) for (s, _), m in zip(window, host)], last_checkpoint)
+          seconds = time.perf_counter() - window_start
+          line = {'step': step, 'epoch': epoch,
+                  'learning_rate': config.learning_rate,
+                  'images_per_s': len(window) * config.batch_size / seconds,
+                  'time_s': elapsed + time.perf_counter() - start}
+          for key in host[0]:
+            line[key] = float(np.mean([m[key] for m in host]))
+          line.update(layer_metrics(executor.get_state(state).opt_state))
+          if main_process:
+            log.write(json.dumps(line) + '\n')
+            log.flush()
+          bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
+          window, window_start = [], time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == end:
+          save(step)
+  bar.close()
+  if step < total:
+    return {}
+
+  final = executor.get_state(state)
+  result = evaluate(make_eval_step(host_model, regression), jax.device_get(final),
+                    splits['test'], test_batches)
+  summary = dict(result, steps=step, wall_time_s=elapsed + time.perf_counter() - start,
+                 config=wanted)
+  if main_process:
+    write_json_atomic(summary_path, summary)
+  return summary
+
+
+def load_params(workdir) -> Any:
+  """The params of the latest checkpoint in ``workdir`` (as nested dicts)."""
+  manager = _checkpoint_manager(pathlib.Path(workdir))
+  restored = manager.restore(manager.latest_step())
+  return restored['params']

@@ -1,0 +1,104 @@
+r"""Trains one configuration into --workdir (resumable; a finished workdir is left as is).
+
+Example:
+
+  python -m experiments.train --dataset=fashion_mnist --model=convnet \
+      --norm=batch --optimizer=momentum --regularizer=l2 --weight_decay=5e-4 \
+      --learning_rate=0.05 --batch_size=128 --num_epochs=1 --workdir=runs/demo
+
+Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train).
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from bnjax import data, models, train, transforms
+
+_D = train.Config()
+
+flags.DEFINE_enum('dataset', _D.dataset, data.DATASETS, 'Dataset.')
+flags.DEFINE_enum('model', _D.model, models.MODELS,
+                  'Model: convnet (4-layer), resnet20 (CIFAR) or perceptron '
+                  '(teacher_student only).')
+flags.DEFINE_enum('norm', _D.norm, models.NORMS,
+                  'Normalization after each kernel layer (mean_only and variance_only '
+                  'add weight norm, as in Luo et al. 2019).')
+flags.DEFINE_enum('optimizer', _D.optimizer, train.OPTIMIZERS,
+                  'sgd, momentum (SGD with --momentum) or adam.')
+flags.DEFINE_float('learning_rate', _D.learning_rate, 'Learning rate (> 0).')
+flags.DEFINE_float('momentum', _D.momentum, 'Momentum of --optimizer=momentum, in [0, 1).')
+flags.DEFINE_float('weight_decay', _D.weight_decay,
+                   'lambda of --regularizer=l2 (gradient lambda*w) or decoupled '
+                   '(lr*lambda*w per step); must be 0 for none and projection.')
+flags.DEFINE_enum('regularizer', _D.regularizer, transforms.REGULARIZERS,
+                  'none, l2 (coupled, before the optimizer), decoupled (after it) or '
+                  'projection (scale-invariant kernels kept at unit norm per unit).')
+flags.DEFINE_integer('batch_size', _D.batch_size, 'Global batch size.')
+flags.DEFINE_integer('num_epochs', _D.num_epochs, 'Epochs over the training set.')
+flags.DEFINE_integer('train_subset', _D.train_subset,
+                     'Use the first N training examples (0: all).')
+flags.DEFINE_integer('seed', _D.seed, 'Seed of init, data order and augmentation.')
+flags.DEFINE_enum('parallel', _D.parallel, train.PARALLEL,
+                  'none (jit, one device), pmap (local devices) or sharded (jit over a '
+                  'device mesh).')
+flags.DEFINE_integer('virtual_batch_size', _D.virtual_batch_size,
+                     'Virtual batch of --norm=ghost (per device under pmap).')
+flags.DEFINE_boolean('augment', _D.augment, 'Random crop and flip (cifar10).')
+flags.DEFINE_enum('activation', _D.activation, ['linear', 'relu'],
+                  'Perceptron and teacher activation (teacher_student).')
+flags.DEFINE_integer('input_dim', _D.input_dim, 'Input dimension N (teacher_student).')
+flags.DEFINE_integer('num_train', _D.num_train, 'Training examples P (teacher_student).')
+flags.DEFINE_integer('num_test', _D.num_test, 'Test examples (teacher_student).')
+flags.DEFINE_float('noise_std', _D.noise_std, 'Label noise std (teacher_student).')
+flags.DEFINE_integer('log_every', _D.log_every, 'Steps between metrics.jsonl lines.')
+flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
+                     'Steps between checkpoints (a multiple of --log_every).')
+flags.DEFINE_integer('eval_batch_size', _D.eval_batch_size, 'Batch size of evaluation.')
+flags.DEFINE_string('workdir', None, 'Output folder (created; resumed if it exists).')
+flags.DEFINE_string('data_dir', None,
+                    'Where tfds datasets are prepared (default $BNJAX_DATA_DIR or '
+                    '~/bnjax_data).')
+flags.DEFINE_string('fashion_mnist_dir', None,
+                    'Folder with the four official Fashion-MNIST IDX files (default '
+                    '$BNJAX_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist, '
+                    'else download).')
+flags.DEFINE_boolean('multihost', False,
+                     'Call jax.distributed.initialize() first (multi-host runs; see '
+                     'BUILD.md).')
+flags.DEFINE_boolean('progress', True, 'Show a tqdm progress bar.')
+flags.mark_flag_as_required('workdir')
+
+FLAGS = flags.FLAGS
+
+
+def config_from_flags() -> train.Config:
+  fields = train.Config.__dataclass_fields__
+  return train.Config(**{name: FLAGS[name].value for name in fields})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.multihost:
+    import jax
+    jax.distributed.initialize()
+  import jax
+  config = config_from_flags()
+  try:
+    config.validate(jax.device_count())
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  if FLAGS.fashion_mnist_dir:
+    if not os.path.isdir(FLAGS.fashion_mnist_dir):
+      raise app.UsageError(f'--fashion_mnist_dir: {FLAGS.fashion_mnist_dir} is not a folder')
+    os.environ['BNJAX_FASHION_MNIST_DIR'] = FLAGS.fashion_mnist_dir
+  summary = train.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                        progress=FLAGS.progress)
+  print(json.dumps({k: v for k, v in summary.items() if k != 'config'}, sort_keys=True))
+
+
+if __name__ == '__main__':
+  app.run(main)
