@@ -16,7 +16,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms

@@ -163,7 +163,7 @@ class Perceptron(nn.Module):
                        'unit, which makes its output constant.')
     if self.activation not in ('linear', 'relu'):
       raise ValueError(f"activation must be 'linear' or 'relu', got {self.activation!r}.")
-    h = normalized(x, lambda **k: nn.Dense(1, **k), self.norm, train=train, name='kernel',
+    h = normalized(x, lambda **k: nn.Dense(1, **k), self.norm, train=train, name='dense',
                    axis_name=self.axis_name, virtual_batch_size=self.virtual_batch_size,
                    spatial=False)
     h = nn.relu(h) if self.activation == 'relu' else h

@@ -273,8 +273,12 @@ class Executor:
       self._step = jax.jit(make_train_step(model, tx, regression), donate_argnums=0)
 
   def put_state(self, state: TrainState):
-    if self.mode == 'pmap':
-      return jax.device_put_replicated(state, self.devices)
+    if self.mode == 'pmap':  # one copy per device, split on a leading axis
+      d = len(self.devices)
+      copies = NamedSharding(Mesh(np.asarray(self.devices), ('d',)), PartitionSpec('d'))
+      return jax.device_put(
+          jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (d,) + jnp.shape(a)), state),
+          copies)
     if self.mode == 'sharded':
       return jax.device_put(state, self._replicated)
     return jax.device_put(state)
@@ -359,8 +363,9 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if possible); returns the summary.
 
-  ``stop_after`` ends the call after that many total steps without a
-  summary (for tests of interruption); the run resumes on the next call.
+  ``stop_after`` ends the call after that many total steps, as an
+  interruption would (no extra log line or checkpoint, no summary); the next
+  call resumes from the last checkpoint.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -429,7 +434,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
         step += 1
         window.append((step, metrics))
         bar.update(1)
-        if step % config.log_every == 0 or step == end:
+        if step % config.log_every == 0 or step == total:
           host = jax.device_get([m for _, m in window])
           _check_finite([(s, m['loss']) for (s, _), m in zip(window, host)], last_checkpoint)
           seconds = time.perf_counter() - window_start
@@ -445,7 +450,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
             log.flush()
           bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
           window, window_start = [], time.perf_counter()
-        if step % config.checkpoint_every == 0 or step == end:
+        if step % config.checkpoint_every == 0 or step == total:
           save(step)
   bar.close()
   if step < total:
@@ -464,5 +469,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
 def load_params(workdir) -> Any:
   """The params of the latest checkpoint in ``workdir`` (as nested dicts)."""
   manager = _checkpoint_manager(pathlib.Path(workdir))
-  restored = manager.restore(manager.latest_step())
-  return restored['params']
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
+  return manager.restore(step, args=ocp.args.StandardRestore())['params']

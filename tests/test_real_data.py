@@ -1,0 +1,60 @@
+"""The real Fashion-MNIST, where a local copy exists (CI installs Debian's package).
+
+All tests that prepare real data live in this file so that pytest-xdist
+(--dist loadfile) prepares it on one worker only.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bnjax import data
+
+pytestmark = pytest.mark.skipif(
+    data.fashion_mnist_dir() is None,
+    reason='no local Fashion-MNIST (apt-get install dataset-fashion-mnist, or set '
+           'BNJAX_FASHION_MNIST_DIR); tests never download')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def test_fashion_mnist_is_complete_and_balanced(data_dir):
+  splits = data.load_image_dataset('fashion_mnist', data_dir)
+  assert splits['train'].x.shape == (60000, 28, 28, 1)
+  assert splits['test'].x.shape == (10000, 28, 28, 1)
+  np.testing.assert_array_equal(np.bincount(splits['train'].y), [6000] * 10)
+  np.testing.assert_array_equal(np.bincount(splits['test'].y), [1000] * 10)
+  # The same (image, label) pairs as the IDX files; tfds stores them in its own
+  # (deterministic, key-hashed) order.
+  folder = data.fashion_mnist_dir()
+  raw_x = data.read_idx(f'{folder}/{data.IDX_FILES["test_images"]}')
+  raw_y = data.read_idx(f'{folder}/{data.IDX_FILES["test_labels"]}')
+  pairs = lambda xs, ys: sorted(x.tobytes() + bytes([int(y)]) for x, y in zip(xs, ys))
+  assert pairs(splits['test'].x[..., 0], splits['test'].y) == pairs(raw_x, raw_y)
+
+
+def test_train_binary_on_real_data(data_dir, tmp_path):
+  cmd = [sys.executable, '-m', 'experiments.train', '--dataset=fashion_mnist',
+         '--model=convnet', '--norm=batch', '--optimizer=momentum', '--regularizer=l2',
+         '--weight_decay=5e-4', '--learning_rate=0.05', '--batch_size=128',
+         '--train_subset=3840', '--num_epochs=1', '--log_every=10',
+         '--checkpoint_every=30', f'--data_dir={data_dir}', f'--workdir={tmp_path}',
+         '--noprogress']
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['steps'] == 30
+  assert 0.0 <= summary['test_accuracy'] <= 1.0
+  lines = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [l['step'] for l in lines] == [10, 20, 30]
+  for layer in ('conv1', 'conv2', 'conv3', 'head'):
+    for metric in ('weight_norm', 'angular_update', 'effective_lr'):
+      assert np.isfinite(lines[-1][f'{metric}/{layer}'])
+  # Learning happened: training loss fell.
+  assert lines[-1]['loss'] < lines[0]['loss']

@@ -1,0 +1,176 @@
+"""bnjax.train and experiments.train: modes, resume, determinism, failures, flags."""
+
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnjax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+                  optimizer='momentum', learning_rate=0.05, regularizer='l2',
+                  weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=512,
+                  num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
+TIMING = ('time_s', 'images_per_s')
+
+
+def _metrics(workdir):
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in lines]
+
+
+def _params(workdir):
+  params = jax.device_get(train.load_params(workdir))
+  leaves = jax.tree_util.tree_leaves(params)
+  assert leaves and all(np.size(p) for p in leaves), params  # a real, non-empty tree
+  return params
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'sharded'])
+def test_parallel_modes_equal_one_device(mode):
+  assert jax.device_count() == 4
+  cfg = train.Config(norm='batch', batch_size=32, optimizer='momentum', regularizer='l2')
+  rng = np.random.default_rng(0)
+  batches = [{'x': rng.standard_normal((32, 28, 28, 1)).astype(np.float32),
+              'y': rng.integers(0, 10, 32)} for _ in range(3)]
+
+  def run(parallel):
+    c = dataclasses.replace(cfg, parallel=parallel)
+    model, tx = train.build_model(c), train.build_optimizer(c)
+    host = train.build_model(dataclasses.replace(c, parallel='none'))
+    ex = train.Executor(parallel, model, tx, regression=False)
+    state = ex.put_state(train.init_state(c, host, tx, batches[0]['x']))
+    losses = []
+    for b in batches:
+      state, m = ex.step(state, b)
+      losses.append(float(m['loss']))
+    return losses, jax.device_get(ex.get_state(state))
+
+  ref_losses, ref_state = run('none')
+  losses, state = run(mode)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  chex.assert_trees_all_close(state.params, ref_state.params, atol=1e-5, rtol=1e-4)
+  chex.assert_trees_all_close(state.batch_stats, ref_state.batch_stats, atol=1e-5,
+                              rtol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('reference')
+  return workdir, train.train(TS, workdir, progress=False)
+
+
+def test_summary_and_metrics(reference_run):
+  workdir, summary = reference_run
+  assert summary['steps'] == 48 and np.isfinite(summary['test_loss'])
+  lines = _metrics(workdir)
+  assert [l['step'] for l in lines] == list(range(4, 49, 4))
+  assert {'weight_norm/dense', 'angular_update/dense', 'effective_lr/dense',
+          'loss', 'learning_rate'} <= set(lines[0])
+  assert json.loads((workdir / 'summary.json').read_text()) == summary
+
+
+def test_same_seed_is_bit_identical(reference_run, tmp_path):
+  workdir, summary = reference_run
+  again = train.train(TS, tmp_path, progress=False)
+  chex.assert_trees_all_equal(_params(tmp_path), _params(workdir))
+  assert _metrics(tmp_path) == _metrics(workdir)
+  assert again['test_loss'] == summary['test_loss']
+
+
+def test_interrupted_run_resumes_to_the_same_numbers(reference_run, tmp_path):
+  workdir, summary = reference_run
+  assert train.train(TS, tmp_path, progress=False, stop_after=21) == {}
+  assert not (tmp_path / 'summary.json').exists()
+  resumed = train.train(TS, tmp_path, progress=False)
+  chex.assert_trees_all_equal(_params(tmp_path), _params(workdir))
+  assert _metrics(tmp_path) == _metrics(workdir)  # lines 20 (after ckpt 16) redone once
+  assert resumed['test_loss'] == summary['test_loss']
+
+
+def test_finished_workdir_is_left_alone(reference_run):
+  workdir, summary = reference_run
+  before = (workdir / 'metrics.jsonl').read_text()
+  assert train.train(TS, workdir, progress=False) == summary
+  assert (workdir / 'metrics.jsonl').read_text() == before
+
+
+def test_other_config_in_same_workdir_is_refused(tmp_path):
+  train.train(TS, tmp_path, progress=False, stop_after=4)
+  with pytest.raises(ValueError, match='another config.*learning_rate'):
+    train.train(dataclasses.replace(TS, learning_rate=0.1), tmp_path, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  cfg = dataclasses.replace(TS, norm='none', regularizer='none', weight_decay=0.0,
+                            learning_rate=50.0, optimizer='sgd', activation='linear')
+  with pytest.raises(train.NonFiniteLossError, match=r'at step \d+.*last good checkpoint'):
+    train.train(cfg, tmp_path, progress=False)
+  assert not (tmp_path / 'summary.json').exists()
+  steps = sorted(map(int, os.listdir(tmp_path / 'checkpoints')))
+  assert steps, 'the run diverged before its first checkpoint: nothing was tested'
+  for step in steps:
+    params = jax.device_get(train._checkpoint_manager(tmp_path).restore(
+        step, args=train.ocp.args.StandardRestore())['params'])
+    assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
+
+
+def _binary(workdir, *flags):
+  cfg = dataclasses.asdict(dataclasses.replace(TS, num_epochs=40))
+  args = [f'--{k}={v}' for k, v in cfg.items() if not isinstance(v, bool)]
+  return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={workdir}',
+          '--noprogress', *flags]
+
+
+def test_kill_9_then_rerun_gives_identical_params(tmp_path):
+  killed, clean = tmp_path / 'killed', tmp_path / 'clean'
+  proc = subprocess.Popen(_binary(killed), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    ckpts = killed / 'checkpoints'
+    if ckpts.exists() and any(p.name.isdigit() and int(p.name) >= 64
+                              for p in ckpts.iterdir()):
+      break
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (killed / 'summary.json').exists(), 'the run finished before the kill'
+  for workdir in (killed, clean):
+    out = subprocess.run(_binary(workdir), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+  chex.assert_trees_all_equal(_params(killed), _params(clean))
+  assert _metrics(killed) == _metrics(clean)
+  summary = lambda w: {k: v for k, v in json.loads((w / 'summary.json').read_text()).items()
+                       if k != 'wall_time_s'}
+  assert summary(killed) == summary(clean)
+
+
+@pytest.mark.parametrize('flags,message', [
+    (['--dataset=imagenet'], '--dataset=imagenet'),
+    (['--learning_rate=0'], '--learning_rate: must be > 0'),
+    (['--batch_size=-8'], '--batch_size: must be a positive int'),
+    (['--parallel=pmap', '--batch_size=30'], '--batch_size: 30 is not divisible by the 4'),
+    (['--regularizer=projection', '--weight_decay=0', '--norm=none'],
+     '--regularizer: projection needs'),
+    (['--regularizer=none', '--weight_decay=0.1'], '--weight_decay: has no effect'),
+])
+def test_bad_flags_exit_before_work(tmp_path, flags, message):
+  workdir = tmp_path / 'run'
+  out = subprocess.run(_binary(workdir, *flags), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-1000:]
+  assert not workdir.exists()
