@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms
 	$(PY) -m benchmarks.transforms
+	$(PY) -m benchmarks.train_step
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -280,23 +280,43 @@ def _crop_and_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.
 
 
 def prefetch(iterator: Iterator, size: int = 4) -> Iterator:
-  """Runs ``iterator`` in a background thread, ``size`` items ahead."""
+  """Runs ``iterator`` in a background thread, ``size`` items ahead.
+
+  Exceptions in the producer surface in the consumer; a consumer that stops
+  early (break, exception, garbage collection) stops the producer too.
+  """
   buffer: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
   done = object()
+
+  def put(item):
+    while not stop.is_set():
+      try:
+        buffer.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def produce():
     try:
       for item in iterator:
-        buffer.put(item)
+        if not put(item):
+          return
     except BaseException as e:  # surfaced in the consumer
-      buffer.put(e)
-    buffer.put(done)
-
-  threading.Thread(target=produce, daemon=True).start()
-  while True:
-    item = buffer.get()
-    if item is done:
+      put(e)
       return
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+    put(done)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = buffer.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -26,7 +26,7 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import flax
 import jax

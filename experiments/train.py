@@ -11,9 +11,8 @@ Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train).
 
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from bnjax import data, models, train, transforms
 
@@ -82,6 +81,8 @@ def config_from_flags() -> train.Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.multihost:
     import jax
     jax.distributed.initialize()

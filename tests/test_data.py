@@ -133,3 +133,28 @@ def test_prefetch_keeps_order_and_raises():
 
   with pytest.raises(RuntimeError, match='boom'):
     list(data.prefetch(broken()))
+
+
+def test_prefetch_stops_its_producer_when_the_consumer_stops():
+  import threading
+  produced = []
+
+  def endless():
+    i = 0
+    while True:
+      produced.append(i)
+      yield i
+      i += 1
+
+  before = threading.active_count()
+  gen = data.prefetch(endless(), size=2)
+  assert next(gen) == 0
+  gen.close()  # what a `for` loop left by an exception does
+  import time
+  deadline = time.time() + 5
+  while threading.active_count() > before and time.time() < deadline:
+    time.sleep(0.05)
+  assert threading.active_count() == before
+  count = len(produced)
+  time.sleep(0.3)
+  assert len(produced) == count  # nothing produced after the stop
