@@ -70,91 +70,85 @@ def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: boo
   return x
 
 
-class ConvNet(nn.Module):
+class _Normalized(nn.Module):
+  """The normalization settings every model shares, and a helper that applies them."""
+  norm: str = 'batch'
+  axis_name: Optional[str] = None
+  virtual_batch_size: int = 32
+  num_groups: int = 8
+
+  def _normalized(self, x, make_layer, *, train: bool, name: str, spatial: bool = True):
+    return normalized(x, make_layer, self.norm, train=train, name=name,
+                      axis_name=self.axis_name, virtual_batch_size=self.virtual_batch_size,
+                      num_groups=self.num_groups, spatial=spatial)
+
+  def _settings(self) -> dict:
+    return dict(norm=self.norm, axis_name=self.axis_name,
+                virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
+
+
+class ConvNet(_Normalized):
   """The seed's simple 4-layer ConvNet (van Laarhoven 2017).
 
   Three 3x3 convolutions (widths ``widths``), each followed by the
   normalization, ReLU and 2x2 max-pooling, then a dense classifier ``head``.
   """
-  norm: str = 'batch'
   widths: Sequence[int] = (32, 64, 128)
   num_classes: int = 10
-  axis_name: Optional[str] = None
-  virtual_batch_size: int = 32
-  num_groups: int = 8
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     for i, width in enumerate(self.widths):
-      x = normalized(x, lambda **kw: nn.Conv(width, (3, 3), **kw), self.norm,
-                     train=train, name=f'conv{i + 1}', axis_name=self.axis_name,
-                     virtual_batch_size=self.virtual_batch_size,
-                     num_groups=self.num_groups)
+      x = self._normalized(x, lambda **k: nn.Conv(width, (3, 3), **k), train=train,
+                           name=f'conv{i + 1}')
       x = nn.max_pool(nn.relu(x), (2, 2), (2, 2))
     return nn.Dense(self.num_classes, name='head')(x.reshape(x.shape[0], -1))
 
 
-class _BasicBlock(nn.Module):
-  width: int
-  stride: int
-  norm: str
-  axis_name: Optional[str]
-  virtual_batch_size: int
-  num_groups: int
+class _BasicBlock(_Normalized):
+  width: int = 16
+  stride: int = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    kw = dict(train=train, axis_name=self.axis_name,
-              virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
     s = (self.stride, self.stride)
-    y = normalized(x, lambda **k: nn.Conv(self.width, (3, 3), s, **k), self.norm,
-                   name='conv1', **kw)
-    y = normalized(nn.relu(y), lambda **k: nn.Conv(self.width, (3, 3), **k), self.norm,
-                   name='conv2', **kw)
+    y = self._normalized(x, lambda **k: nn.Conv(self.width, (3, 3), s, **k), train=train,
+                         name='conv1')
+    y = self._normalized(nn.relu(y), lambda **k: nn.Conv(self.width, (3, 3), **k),
+                         train=train, name='conv2')
     if x.shape != y.shape:
-      x = normalized(x, lambda **k: nn.Conv(self.width, (1, 1), s, **k), self.norm,
-                     name='shortcut', **kw)
+      x = self._normalized(x, lambda **k: nn.Conv(self.width, (1, 1), s, **k),
+                           train=train, name='shortcut')
     return nn.relu(x + y)
 
 
-class ResNet20(nn.Module):
+class ResNet20(_Normalized):
   """ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 basic blocks, widths 16/32/64.
 
   Shortcuts that change shape are 1x1 convolutions with the normalization.
   """
-  norm: str = 'batch'
   num_classes: int = 10
-  axis_name: Optional[str] = None
-  virtual_batch_size: int = 32
-  num_groups: int = 8
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    kw = dict(norm=self.norm, axis_name=self.axis_name,
-              virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
-    x = nn.relu(normalized(x, lambda **k: nn.Conv(16, (3, 3), **k), self.norm, train=train,
-                           name='stem', axis_name=self.axis_name,
-                           virtual_batch_size=self.virtual_batch_size,
-                           num_groups=self.num_groups))
+    x = nn.relu(self._normalized(x, lambda **k: nn.Conv(16, (3, 3), **k), train=train,
+                                 name='stem'))
     for stage, width in enumerate((16, 32, 64)):
       for block in range(3):
         stride = 2 if stage > 0 and block == 0 else 1
-        x = _BasicBlock(width, stride, name=f'stage{stage + 1}_block{block + 1}', **kw)(
-            x, train)
+        x = _BasicBlock(width=width, stride=stride, **self._settings(),
+                        name=f'stage{stage + 1}_block{block + 1}')(x, train)
     return nn.Dense(self.num_classes, name='head')(jnp.mean(x, axis=(1, 2)))
 
 
-class Perceptron(nn.Module):
+class Perceptron(_Normalized):
   """Luo et al.'s (2019) building block: kernel layer, normalization, activation.
 
   ``y = g(norm(w . x))`` with one unit; ``activation`` is ``'linear'`` or
   ``'relu'``. Returns shape ``(batch,)``. Layer and group norm over a single
   unit are constant, so they are refused.
   """
-  norm: str = 'batch'
   activation: str = 'linear'
-  axis_name: Optional[str] = None
-  virtual_batch_size: int = 32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -163,9 +157,8 @@ class Perceptron(nn.Module):
                        'unit, which makes its output constant.')
     if self.activation not in ('linear', 'relu'):
       raise ValueError(f"activation must be 'linear' or 'relu', got {self.activation!r}.")
-    h = normalized(x, lambda **k: nn.Dense(1, **k), self.norm, train=train, name='dense',
-                   axis_name=self.axis_name, virtual_batch_size=self.virtual_batch_size,
-                   spatial=False)
+    h = self._normalized(x, lambda **k: nn.Dense(1, **k), train=train, name='dense',
+                         spatial=False)
     h = nn.relu(h) if self.activation == 'relu' else h
     return h[:, 0]
 
@@ -174,15 +167,13 @@ def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[st
           virtual_batch_size: int = 32, activation: str = 'linear') -> nn.Module:
   """The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``)."""
   _check_norm(norm)
+  settings = dict(norm=norm, axis_name=axis_name, virtual_batch_size=virtual_batch_size)
   if name == 'convnet':
-    return ConvNet(norm, num_classes=num_classes, axis_name=axis_name,
-                   virtual_batch_size=virtual_batch_size)
+    return ConvNet(num_classes=num_classes, **settings)
   if name == 'resnet20':
-    return ResNet20(norm, num_classes=num_classes, axis_name=axis_name,
-                    virtual_batch_size=virtual_batch_size)
+    return ResNet20(num_classes=num_classes, **settings)
   if name == 'perceptron':
-    return Perceptron(norm, activation=activation, axis_name=axis_name,
-                      virtual_batch_size=virtual_batch_size)
+    return Perceptron(activation=activation, **settings)
   raise ValueError(f'model must be one of {MODELS}, got {name!r}.')
 
 
