@@ -21,6 +21,7 @@ the collectives). All three compute the same global-batch step.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -59,6 +60,7 @@ class Config:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   regularizer: str = 'l2'
+  projection: bool = False
   batch_size: int = 128
   num_epochs: int = 1
   train_subset: int = 0
@@ -108,9 +110,11 @@ class Config:
          f'the same windows), got {self.checkpoint_every}')
     need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
          f'has no effect with --regularizer={self.regularizer}; set it to 0')
-    need(self.regularizer != 'projection' or self.norm in models.PER_UNIT_INVARIANT,
-         'regularizer', f'projection needs weights that are scale-invariant per unit; '
-         f'--norm={self.norm} makes none (use one of {models.PER_UNIT_INVARIANT})')
+    for flag, on in (('regularizer', self.regularizer == 'projection'),
+                     ('projection', self.projection)):
+      need(not on or self.norm in models.PER_UNIT_INVARIANT, flag,
+           f'projection needs weights that are scale-invariant per unit; '
+           f'--norm={self.norm} makes none (use one of {models.PER_UNIT_INVARIANT})')
     need((self.dataset == 'teacher_student') == (self.model == 'perceptron'), 'model',
          'the perceptron trains on --dataset=teacher_student, and teacher_student '
          'needs --model=perceptron')
@@ -142,6 +146,12 @@ class TrainState:
 # ------------------------------------------------------------ components
 
 
+@functools.lru_cache(maxsize=2)
+def _cached_image_dataset(name: str, data_dir: Optional[str]) -> dict:
+  """One read per process: a sweep trains many configurations on one dataset."""
+  return data.load_image_dataset(name, data_dir)
+
+
 def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
   """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``."""
   if config.dataset == 'teacher_student':
@@ -149,7 +159,7 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
                                   activation=config.activation,
                                   noise_std=config.noise_std, seed=config.seed)
   else:
-    splits = data.load_image_dataset(config.dataset, data_dir)
+    splits = _cached_image_dataset(config.dataset, data_dir)
   return {'train': splits['train'].take(config.train_subset or None),
           'test': splits['test']}
 
@@ -165,7 +175,9 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
   """bnjax's sgd/adam with the configured regularizer; tracking on every kernel.
 
   L2 and decoupled decay act on every kernel (``kernel_mask``); the
-  projection on the scale-invariant kernels only (:func:`models.scale_invariant_kernels`).
+  projection (``regularizer='projection'``, or ``projection=True`` after any
+  regularizer) on the scale-invariant kernels only
+  (:func:`models.scale_invariant_kernels`).
   """
   if config.regularizer == 'projection':
     mask = models.scale_invariant_kernels
@@ -178,8 +190,11 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
   else:
     momentum = config.momentum if config.optimizer == 'momentum' else 0.0
     base, kind = transforms.sgd(config.learning_rate, momentum, **common), 'sgd'
-  return optax.chain(base, transforms.track_dynamics(config.learning_rate, kind,
-                                                     masks.kernel_mask))
+  parts = [base]
+  if config.projection and config.regularizer != 'projection':
+    parts.append(transforms.unit_norm_projection(models.scale_invariant_kernels))
+  parts.append(transforms.track_dynamics(config.learning_rate, kind, masks.kernel_mask))
+  return optax.chain(*parts)
 
 
 def init_state(config: Config, model, tx, sample_x) -> TrainState:

@@ -12,9 +12,10 @@ Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train).
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from bnjax import data, models, train, transforms
+from experiments import study
 
 _D = train.Config()
 
@@ -35,6 +36,9 @@ flags.DEFINE_float('weight_decay', _D.weight_decay,
 flags.DEFINE_enum('regularizer', _D.regularizer, transforms.REGULARIZERS,
                   'none, l2 (coupled, before the optimizer), decoupled (after it) or '
                   'projection (scale-invariant kernels kept at unit norm per unit).')
+flags.DEFINE_boolean('projection', _D.projection,
+                     'Also project the scale-invariant kernels to unit norm per unit '
+                     'after the optimizer and --regularizer (van Laarhoven\'s proposal).')
 flags.DEFINE_integer('batch_size', _D.batch_size, 'Global batch size.')
 flags.DEFINE_integer('num_epochs', _D.num_epochs, 'Epochs over the training set.')
 flags.DEFINE_integer('train_subset', _D.train_subset,
@@ -81,8 +85,7 @@ def config_from_flags() -> train.Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not FLAGS['verbosity'].present:  # orbax logs every save at INFO
-    logging.set_verbosity(logging.WARNING)
+  study.quiet_logging()
   if FLAGS.multihost:
     import jax
     jax.distributed.initialize()

@@ -58,3 +58,21 @@ def test_train_binary_on_real_data(data_dir, tmp_path):
       assert np.isfinite(lines[-1][f'{metric}/{layer}'])
   # Learning happened: training loss fell.
   assert lines[-1]['loss'] < lines[0]['loss']
+
+
+def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
+  from experiments import effective_lr, report, study
+  runs = study.run_sweep('effective_lr', 'smoke', effective_lr.configs('smoke'), tmp_path,
+                         data_dir=data_dir)
+  assert len(runs) == len(effective_lr.configs('smoke'))
+  text = effective_lr.report(tmp_path).read_text()
+  assert text.count('**Verdict:') == 6
+  for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
+    assert (tmp_path / png).stat().st_size > 1000
+  # A rerun skips every finished configuration, and the report regenerates.
+  first = (tmp_path / 'sgd_none' / 'summary.json').read_text()
+  study.run_sweep('effective_lr', 'smoke', effective_lr.configs('smoke'), tmp_path,
+                  data_dir=data_dir)
+  assert (tmp_path / 'sgd_none' / 'summary.json').read_text() == first
+  (tmp_path / 'report.md').unlink()
+  assert report.report(tmp_path).exists()

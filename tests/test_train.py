@@ -127,7 +127,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def _binary(workdir, *flags):
   cfg = dataclasses.asdict(dataclasses.replace(TS, num_epochs=40))
-  args = [f'--{k}={v}' for k, v in cfg.items() if not isinstance(v, bool)]
+  args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'
+          for k, v in cfg.items()]
   return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={workdir}',
           '--noprogress', *flags]
 
@@ -165,6 +166,7 @@ def test_kill_9_then_rerun_gives_identical_params(tmp_path):
     (['--regularizer=projection', '--weight_decay=0', '--norm=none'],
      '--regularizer: projection needs'),
     (['--regularizer=none', '--weight_decay=0.1'], '--weight_decay: has no effect'),
+    (['--projection', '--norm=layer'], '--projection: projection needs'),
 ])
 def test_bad_flags_exit_before_work(tmp_path, flags, message):
   workdir = tmp_path / 'run'
@@ -173,3 +175,14 @@ def test_bad_flags_exit_before_work(tmp_path, flags, message):
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-1000:]
   assert not workdir.exists()
+
+
+def test_l2_with_projection_keeps_scale_invariant_kernels_at_unit_norm(tmp_path):
+  cfg = dataclasses.replace(TS, projection=True, num_epochs=1)
+  train.train(cfg, tmp_path, progress=False)
+  kernel = np.asarray(_params(tmp_path)['dense']['layer_instance']['kernel']
+                      if 'layer_instance' in _params(tmp_path)['dense']
+                      else _params(tmp_path)['dense']['kernel'])
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+  lines = _metrics(tmp_path)
+  np.testing.assert_allclose(lines[-1]['weight_norm/dense'], 1.0, rtol=1e-5)

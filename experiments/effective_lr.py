@@ -1,0 +1,194 @@
+r"""van Laarhoven (2017): with batch norm, L2 sets the effective learning rate.
+
+Trains the ConvNet with batch norm over a grid of learning rate x L2
+strength for SGD with momentum + L2 and Adam + L2, and reports
+
+1. test-error heatmaps, and whether error is roughly constant along lines of
+   constant effective learning rate (SGD: lr * lambda; Adam: lr^2 * lambda),
+   as the spread along those lines against the spread across them;
+2. test error against lambda with and without ``unit_norm_projection`` (the
+   seed's proposal: with it, lambda should stop mattering);
+3. per-layer weight norm and effective learning rate over training, including
+   the unregularized runs, where the norm should grow and the effective
+   learning rate decay.
+
+  python -m experiments.effective_lr --preset=quick --workdir=runs/effective_lr
+"""
+
+import dataclasses
+
+import numpy as np
+from absl import app, flags
+
+from bnjax import train
+from experiments import study
+
+STUDY = 'effective_lr'
+FLAGS = flags.FLAGS
+
+# Grid steps: rows multiply lr by LR_STEP, columns lambda by the optimizer's
+# step, so that anti-diagonals hold lr^p * lambda fixed (p = 1 SGD, 2 Adam).
+LR_STEP = 4.0
+OPTIMIZERS = {
+    # name: (optimizer flag, centre lr, centre lambda, lambda step)
+    'sgd': ('momentum', 0.05, 5e-4, LR_STEP),
+    'adam': ('adam', 1e-3, 5e-4, LR_STEP ** 2),
+}
+TRACKED_LAYER = 'conv2'
+
+PRESETS = {
+    'smoke': dict(grid=2, base=train.Config(train_subset=512, batch_size=64, num_epochs=1,
+                                            log_every=2, checkpoint_every=8,
+                                            eval_batch_size=2000)),
+    'quick': dict(grid=3, base=train.Config(train_subset=4096, batch_size=128, num_epochs=3,
+                                            log_every=8, checkpoint_every=32)),
+    'paper': dict(grid=5, base=train.Config(dataset='cifar10', augment=True, batch_size=128,
+                                            num_epochs=60, log_every=50,
+                                            checkpoint_every=500)),
+}
+
+
+def grid_values(centre, step, n):
+  """``n`` log-spaced values around ``centre`` (the centre cell for odd n)."""
+  return [centre * step ** (k - (n - 1) // 2) for k in range(n)]
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch',
+                             model='convnet')
+  n = spec['grid']
+  out = {}
+  for name, (opt, lr0, lam0, lam_step) in OPTIMIZERS.items():
+    lrs, lams = grid_values(lr0, LR_STEP, n), grid_values(lam0, lam_step, n)
+    for i, lr in enumerate(lrs):
+      for j, lam in enumerate(lams):
+        out[f'{name}_l2_lr{i}_wd{j}'] = dataclasses.replace(
+            base, optimizer=opt, learning_rate=lr, regularizer='l2', weight_decay=lam)
+    centre = (n - 1) // 2
+    for j, lam in enumerate(lams):
+      out[f'{name}_l2proj_lr{centre}_wd{j}'] = dataclasses.replace(
+          base, optimizer=opt, learning_rate=lrs[centre], regularizer='l2',
+          weight_decay=lam, projection=True)
+    out[f'{name}_none'] = dataclasses.replace(base, optimizer=opt, learning_rate=lrs[centre],
+                                              regularizer='none', weight_decay=0.0)
+  return out
+
+
+def _grid(runs, name, n):
+  return np.array([[runs[f'{name}_l2_lr{i}_wd{j}'].test_error
+                    if f'{name}_l2_lr{i}_wd{j}' in runs else np.nan for j in range(n)]
+                   for i in range(n)])
+
+
+@study.reporter(STUDY)
+def report(workdir):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  meta = study.study_meta(workdir)
+  runs = study.load_runs(workdir)
+  n = PRESETS[meta['preset']]['grid']
+  centre = (n - 1) // 2
+  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
+               f'runs finished. ConvNet with batch norm; every run\'s config is in its '
+               f'folder\'s `config.json`. Test error = 1 - test accuracy.')]
+
+  # 1. Heatmaps and the constant-effective-LR claim.
+  fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(6 * len(OPTIMIZERS), 4.5))
+  lines = []
+  for ax, (name, (_, lr0, lam0, lam_step)) in zip(np.atleast_1d(axes), OPTIMIZERS.items()):
+    grid = _grid(runs, name, n)
+    im = ax.imshow(grid, origin='lower', cmap='viridis')
+    ax.set_xticks(range(n), [f'{v:.1e}' for v in grid_values(lam0, lam_step, n)],
+                  rotation=45)
+    ax.set_yticks(range(n), [f'{v:.1e}' for v in grid_values(lr0, LR_STEP, n)])
+    ax.set_xlabel('L2 strength lambda')
+    ax.set_ylabel('learning rate')
+    ax.set_title(f'{name} + L2: test error')
+    for i in range(n):
+      for j in range(n):
+        if not np.isnan(grid[i, j]):
+          ax.text(j, i, f'{grid[i, j]:.3f}', ha='center', va='center', color='w', fontsize=8)
+    fig.colorbar(im, ax=ax)
+    along, across = study.line_spread(grid)
+    rule = 'lr * lambda' if name == 'sgd' else 'lr^2 * lambda'
+    lines.append(study.verdict(
+        along < across,
+        f'{name} + L2: test error varies less along lines of constant {rule} '
+        f'(anti-diagonals) than across them',
+        f'spread along {along:.4f}, across {across:.4f}'))
+  fig.tight_layout()
+  heat = study.savefig(fig, workdir, 'heatmaps')
+  sections.append(('Test error over learning rate x L2',
+                   f'![heatmaps]({heat})\n\n' + '\n\n'.join(lines)))
+
+  # 2. Projection: does lambda stop mattering?
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  lines = []
+  for name, (_, lr0, lam0, lam_step) in OPTIMIZERS.items():
+    lams = grid_values(lam0, lam_step, n)
+    plain = [runs.get(f'{name}_l2_lr{centre}_wd{j}') for j in range(n)]
+    proj = [runs.get(f'{name}_l2proj_lr{centre}_wd{j}') for j in range(n)]
+    if not all(plain) or not all(proj):
+      continue
+    e_plain = np.array([r.test_error for r in plain])
+    e_proj = np.array([r.test_error for r in proj])
+    ax.semilogx(lams, e_plain, 'o-', label=f'{name} + L2')
+    ax.semilogx(lams, e_proj, 's--', label=f'{name} + L2 + projection')
+    lines.append(study.verdict(
+        np.ptp(e_proj) < np.ptp(e_plain),
+        f'{name}: with unit-norm projection, test error depends less on lambda',
+        f'range over lambda {np.ptp(e_proj):.4f} with projection, {np.ptp(e_plain):.4f} '
+        f'without'))
+  ax.set_xlabel('L2 strength lambda')
+  ax.set_ylabel('test error')
+  ax.legend(fontsize=7)
+  proj_png = study.savefig(fig, workdir, 'projection')
+  sections.append(('Unit-norm projection', f'![projection]({proj_png})\n\nL2 also acts on '
+                   'the classifier head, which is not scale-invariant and is not '
+                   'projected.\n\n' + '\n\n'.join(lines)))
+
+  # 3. Dynamics: weight norm and effective LR over training.
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  lines = []
+  for name in OPTIMIZERS:
+    for label, key in (('no decay', f'{name}_none'), ('L2', f'{name}_l2_lr{centre}_wd{centre}'),
+                       ('L2 + projection', f'{name}_l2proj_lr{centre}_wd{centre}')):
+      if key not in runs:
+        continue
+      steps, norm = runs[key].series(f'weight_norm/{TRACKED_LAYER}')
+      _, eff = runs[key].series(f'effective_lr/{TRACKED_LAYER}')
+      axes[0].plot(steps, norm, label=f'{name}, {label}')
+      axes[1].semilogy(steps, eff, label=f'{name}, {label}')
+      if label == 'no decay' and len(norm) >= 2:
+        lines.append(study.verdict(
+            norm[-1] > norm[0] and eff[-1] < eff[0],
+            f'{name} without decay: the {TRACKED_LAYER} weight norm grows and its effective '
+            f'learning rate decays',
+            f'norm {norm[0]:.3f} -> {norm[-1]:.3f}, effective LR {eff[0]:.3g} -> {eff[-1]:.3g}'))
+  axes[0].set_title(f'{TRACKED_LAYER}: mean per-unit weight norm')
+  axes[1].set_title(f'{TRACKED_LAYER}: effective learning rate')
+  for ax in axes:
+    ax.set_xlabel('step')
+    ax.legend(fontsize=7)
+  dyn = study.savefig(fig, workdir, 'dynamics')
+  sections.append(('Weight norm and effective learning rate', f'![dynamics]({dyn})\n\n'
+                   + '\n\n'.join(lines)))
+  return study.write_report(workdir, 'Effective learning rate (van Laarhoven 2017)',
+                            sections)
+
+
+def main(argv):
+  del argv
+  study.quiet_logging()
+  runs = study.run_sweep(STUDY, FLAGS.preset, configs(FLAGS.preset, FLAGS.parallel),
+                         FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+  path = report(FLAGS.workdir)
+  print(f'{len(runs)} runs; report: {path}')
+
+
+if __name__ == '__main__':
+  study.define_flags(STUDY)
+  app.run(main)
