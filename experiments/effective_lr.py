@@ -91,9 +91,18 @@ def report(workdir):
   runs = study.load_runs(workdir)
   n = PRESETS[meta['preset']]['grid']
   centre = (n - 1) // 2
+  any_run = next(iter(runs.values()), None)
+  size = ''
+  if any_run is not None:
+    c = any_run.config
+    size = (f' Each run: {any_run.summary["steps"]} steps of batch {c["batch_size"]} on '
+            f'{c["train_subset"] or "all"} {c["dataset"]} training examples.')
   sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
                f'runs finished. ConvNet with batch norm; every run\'s config is in its '
-               f'folder\'s `config.json`. Test error = 1 - test accuracy.')]
+               f'folder\'s `config.json`. Test error = 1 - test accuracy.{size} L2 can only '
+               f'set the weight norm once training is long against its time constant '
+               f'(about (1 - momentum) / (2 lr lambda) steps for SGD), so a short preset tests '
+               f'the transient, not the equilibrium.')]
 
   # 1. Heatmaps and the constant-effective-LR claim.
   fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(6 * len(OPTIMIZERS), 4.5))

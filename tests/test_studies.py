@@ -54,7 +54,7 @@ def _fake_study(tmp_path, errors, norm_growth=True):
     folder = tmp_path / name
     folder.mkdir()
     train.write_json_atomic(folder / 'summary.json', {
-        'test_accuracy': 1.0 - errors(name, cfg), 'test_loss': 0.5,
+        'test_accuracy': 1.0 - errors(name, cfg), 'test_loss': 0.5, 'steps': 8,
         'config': dataclasses.asdict(cfg)})
     sign = 1 if norm_growth else -1
     lines = [{'step': s, 'loss': 1.0, 'weight_norm/conv2': 1.0 + sign * 0.1 * s,
