@@ -28,7 +28,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
-IMAGE_DATASETS = DATASETS[:3]
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 IDX_FILES = {
     'train_images': 'train-images-idx3-ubyte.gz',
@@ -261,9 +260,12 @@ class Batches:
       x = _crop_and_flip(x, np.random.default_rng([self.seed, epoch, index, 1]))
     return {'x': x, 'y': y}
 
-  def epoch(self, epoch: int, start: int = 0) -> Iterator[dict]:
+  def epoch(self, epoch: int, start: int = 0, stop: Optional[int] = None
+            ) -> Iterator[dict]:
+    """Batches ``start`` to ``stop`` (default: the end) of ``epoch``."""
     order = self._order(epoch)
-    for index in range(start, self.steps_per_epoch):
+    end = self.steps_per_epoch if stop is None else min(stop, self.steps_per_epoch)
+    for index in range(start, end):
       yield self.batch(epoch, index, order)
 
 

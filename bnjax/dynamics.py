@@ -71,15 +71,14 @@ class TrackDynamicsState(NamedTuple):
 def leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> LeafDynamics:
   """Summarizes the step ``w -> w + update`` of one leaf (see :class:`LeafDynamics`)."""
   norms = unit_norms(w, axis)
-  new = w + update
-  eff = theory.effective_learning_rate(learning_rate, jnp.where(norms > 0, norms, 1.0),
-                                       optimizer)
   nonzero = norms > 0
+  eff = theory.effective_learning_rate(learning_rate, jnp.where(nonzero, norms, 1.0),
+                                       optimizer)
   eff = jnp.sum(jnp.where(nonzero, eff, 0.0)) / jnp.maximum(jnp.sum(nonzero), 1)
   return LeafDynamics(
       weight_norm=jnp.mean(norms),
       update_norm=jnp.mean(unit_norms(update, axis)),
-      angular_update=jnp.mean(angular_update(w, new, axis)),
+      angular_update=jnp.mean(angular_update(w, w + update, axis)),
       effective_lr=jnp.asarray(eff, jnp.float32),
   )
 

@@ -444,7 +444,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
     while step < end:
       epoch, index = divmod(step, steps_per_epoch)
       stop = min(steps_per_epoch, index + end - step)
-      for batch in data.prefetch(train_batches.batch(epoch, i) for i in range(index, stop)):
+      for batch in data.prefetch(train_batches.epoch(epoch, index, stop)):
         state, metrics = executor.step(state, batch)
         step += 1
         window.append((step, metrics))

@@ -12,6 +12,7 @@ Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train).
 import json
 import os
 
+import jax
 from absl import app, flags
 
 from bnjax import data, models, train, transforms
@@ -86,10 +87,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   study.quiet_logging()
-  if FLAGS.multihost:
-    import jax
+  if FLAGS.multihost:  # before anything starts the backend (device_count below)
     jax.distributed.initialize()
-  import jax
   config = config_from_flags()
   try:
     config.validate(jax.device_count())

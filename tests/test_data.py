@@ -85,6 +85,7 @@ def test_batches_are_deterministic_and_cover_the_epoch():
   assert not np.array_equal(np.concatenate(epoch0), epoch1)
   # Resuming mid-epoch gives the same batches as running through.
   np.testing.assert_array_equal(next(b.epoch(0, start=3))['y'], epoch0[3])
+  assert [x['y'].tolist() for x in b.epoch(0, 2, 4)] == [e.tolist() for e in epoch0[2:4]]
   other = np.concatenate([x['y'] for x in data.Batches(_arrays(), 16, seed=6).epoch(0)])
   assert not np.array_equal(np.concatenate(epoch0), other)
 

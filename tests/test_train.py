@@ -180,9 +180,7 @@ def test_bad_flags_exit_before_work(tmp_path, flags, message):
 def test_l2_with_projection_keeps_scale_invariant_kernels_at_unit_norm(tmp_path):
   cfg = dataclasses.replace(TS, projection=True, num_epochs=1)
   train.train(cfg, tmp_path, progress=False)
-  kernel = np.asarray(_params(tmp_path)['dense']['layer_instance']['kernel']
-                      if 'layer_instance' in _params(tmp_path)['dense']
-                      else _params(tmp_path)['dense']['kernel'])
+  kernel = np.asarray(_params(tmp_path)['dense']['kernel'])
   np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
   lines = _metrics(tmp_path)
   np.testing.assert_allclose(lines[-1]['weight_norm/dense'], 1.0, rtol=1e-5)
