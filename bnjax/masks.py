@@ -18,6 +18,18 @@ def kernel_mask(params):
   return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 
+def gain_mask(params):
+  """``True`` for the normalization gains gamma: every leaf named ``scale``.
+
+  That is the ``scale`` of BatchNorm, LayerNorm, GroupNorm and the other
+  norm layers, and the gain ``g`` of :class:`bnjax.layers.WeightNorm`: the
+  parameters Luo et al. (2019)'s gamma decay acts on.
+  """
+  def mark(path, _):
+    return bool(path) and getattr(path[-1], 'key', None) == 'scale'
+  return jax.tree_util.tree_map_with_path(mark, params)
+
+
 def expand_mask(mask, params):
   """A mask (pytree, prefix pytree or callable, as in optax) as a full bool tree."""
   if callable(mask):

@@ -164,12 +164,16 @@ class Perceptron(_Normalized):
 
 
 def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[str] = None,
-          virtual_batch_size: int = 32, activation: str = 'linear') -> nn.Module:
-  """The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``)."""
+          virtual_batch_size: int = 32, activation: str = 'linear', width: int = 32
+          ) -> nn.Module:
+  """The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``).
+
+  ``width``: the ConvNet's first width (then ``2 * width`` and ``4 * width``).
+  """
   _check_norm(norm)
   settings = dict(norm=norm, axis_name=axis_name, virtual_batch_size=virtual_batch_size)
   if name == 'convnet':
-    return ConvNet(num_classes=num_classes, **settings)
+    return ConvNet(widths=(width, 2 * width, 4 * width), num_classes=num_classes, **settings)
   if name == 'resnet20':
     return ResNet20(num_classes=num_classes, **settings)
   if name == 'perceptron':

@@ -7,11 +7,14 @@
   ``loss`` and ``accuracy`` (means since the previous line), ``learning_rate``,
   ``images_per_s``, ``time_s`` and, for every kernel, ``weight_norm/<layer>``,
   ``angular_update/<layer>``, ``effective_lr/<layer>`` and ``update_norm/<layer>``
-  (from :func:`bnjax.transforms.track_dynamics`, always on);
+  (from :func:`bnjax.transforms.track_dynamics`, always on; the values of the
+  logged step), ``grad_sq_at_unit_norm/<layer>`` (window mean, see
+  :func:`unit_scale_grad_sq`), ``gamma_sq/<layer>`` for every normalization
+  gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;
 * ``summary.json`` -- written atomically at the end: test loss and accuracy,
-  wall time, config. A workdir with a summary is finished: rerunning returns it.
+  steps, wall time, ``fan_in`` (weights per unit of every kernel), config. A workdir with a summary is finished: rerunning returns it.
 
 Parallel modes: ``none`` (``jax.jit`` on one device), ``pmap`` (batch split
 over local devices; gradients and batch-norm statistics averaged with
@@ -61,6 +64,7 @@ class Config:
   weight_decay: float = 5e-4
   regularizer: str = 'l2'
   projection: bool = False
+  gamma_decay: float = 0.0
   batch_size: int = 128
   num_epochs: int = 1
   train_subset: int = 0
@@ -69,12 +73,14 @@ class Config:
   virtual_batch_size: int = 32
   augment: bool = False
   activation: str = 'relu'
+  width: int = 32
   input_dim: int = 100
   num_train: int = 1000
   num_test: int = 2000
   noise_std: float = 0.1
   log_every: int = 50
   checkpoint_every: int = 500
+  eval_every: int = 0
   eval_batch_size: int = 1000
 
   def validate(self, device_count: int = 1) -> 'Config':
@@ -98,16 +104,25 @@ class Config:
     need(self.learning_rate > 0, 'learning_rate', f'must be > 0, got {self.learning_rate}')
     need(0 <= self.momentum < 1, 'momentum', f'must be in [0, 1), got {self.momentum}')
     need(self.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {self.weight_decay}')
+    need(self.gamma_decay >= 0, 'gamma_decay', f'must be >= 0, got {self.gamma_decay}')
+    need(self.gamma_decay == 0 or self.norm != 'none', 'gamma_decay',
+         'acts on the normalization gains, and --norm=none has none; set it to 0')
     for flag in ('batch_size', 'num_epochs', 'log_every', 'checkpoint_every',
                  'eval_batch_size', 'virtual_batch_size', 'input_dim', 'num_train',
-                 'num_test'):
+                 'num_test', 'width'):
       value = getattr(self, flag)
       need(isinstance(value, int) and value > 0, flag, f'must be a positive int, got {value!r}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
          f'{self.train_subset}')
-    need(self.checkpoint_every % self.log_every == 0, 'checkpoint_every',
-         f'must be a multiple of --log_every={self.log_every} (so a resumed run logs '
-         f'the same windows), got {self.checkpoint_every}')
+    for flag in ('checkpoint_every', 'eval_every'):
+      value = getattr(self, flag)
+      need(value >= 0 and value % self.log_every == 0, flag,
+           f'must be a multiple of --log_every={self.log_every} (so a resumed run logs '
+           f'the same windows), got {value}')
+    need(self.checkpoint_every > 0, 'checkpoint_every',
+         f'must be a positive int, got {self.checkpoint_every}')
+    need(self.width == Config.width or self.model == 'convnet', 'width',
+         f'sets the ConvNet\'s widths; --model={self.model} has fixed widths')
     need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
          f'has no effect with --regularizer={self.regularizer}; set it to 0')
     for flag, on in (('regularizer', self.regularizer == 'projection'),
@@ -164,11 +179,12 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
           'test': splits['test']}
 
 
-def build_model(config: Config):
-  return models.build(config.model, config.norm,
-                      axis_name=AXIS_NAME if config.parallel == 'pmap' else None,
+def build_model(config: Config, *, host: bool = False):
+  """The configured model; ``host=True``: without the pmap axis (init, evaluation)."""
+  pmapped = config.parallel == 'pmap' and not host
+  return models.build(config.model, config.norm, axis_name=AXIS_NAME if pmapped else None,
                       virtual_batch_size=config.virtual_batch_size,
-                      activation=config.activation)
+                      activation=config.activation, width=config.width)
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
@@ -177,7 +193,9 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
   L2 and decoupled decay act on every kernel (``kernel_mask``); the
   projection (``regularizer='projection'``, or ``projection=True`` after any
   regularizer) on the scale-invariant kernels only
-  (:func:`models.scale_invariant_kernels`).
+  (:func:`models.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
+  Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
+  normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
   """
   if config.regularizer == 'projection':
     mask = models.scale_invariant_kernels
@@ -191,6 +209,9 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
     momentum = config.momentum if config.optimizer == 'momentum' else 0.0
     base, kind = transforms.sgd(config.learning_rate, momentum, **common), 'sgd'
   parts = [base]
+  if config.gamma_decay:
+    # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
+    parts.insert(0, transforms.l2_regularization(2 * config.gamma_decay, masks.gain_mask))
   if config.projection and config.regularizer != 'projection':
     parts.append(transforms.unit_norm_projection(models.scale_invariant_kernels))
   parts.append(transforms.track_dynamics(config.learning_rate, kind, masks.kernel_mask))
@@ -226,6 +247,7 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    metrics = {**metrics, **unit_scale_grad_sq(grads, state.params)}
     if axis_name is not None:
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -234,6 +256,43 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
                          batch_stats=batch_stats, opt_state=opt_state), metrics
 
   return step
+
+
+def layer_name(path) -> str:
+  """``conv2/layer_instance/kernel`` -> ``conv2``: the module path of a leaf."""
+  keys = [getattr(k, 'key', str(k)) for k in path]
+  return '/'.join(k for k in keys[:-1] if k != 'layer_instance')
+
+
+def unit_scale_grad_sq(grads, params) -> dict:
+  """``grad_sq_at_unit_norm/<layer>``: per-unit ``||g||^2 ||w||^2`` of every kernel.
+
+  For a scale-invariant unit that is ``||g~||^2``, the squared gradient at
+  unit weight norm that sets the SGD equilibrium norm
+  (:func:`bnjax.theory.equilibrium_norm`); mean over units.
+  """
+  out = {}
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, w), g in zip(flat, jax.tree_util.tree_leaves(grads)):
+    if jnp.ndim(w) >= 2:
+      out[f'grad_sq_at_unit_norm/{layer_name(path)}'] = jnp.mean(
+          jnp.square(dynamics.unit_norms(g) * dynamics.unit_norms(w)))
+  return out
+
+
+def fan_ins(params) -> dict:
+  """``{layer: C}``: the weights per unit (all kernel axes but the last) of every kernel."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {layer_name(path): int(np.prod(np.shape(w)[:-1]))
+          for path, w in flat if np.ndim(w) >= 2}
+
+
+def gain_metrics(params) -> dict:
+  """``gamma_sq/<layer>``: mean squared normalization gain (``scale``) per layer."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  on = jax.tree_util.tree_leaves(masks.gain_mask(params))
+  return {f'gamma_sq/{layer_name(path)}': float(np.mean(np.square(w)))
+          for (path, w), m in zip(flat, on) if m}
 
 
 def make_eval_step(model, regression: bool):
@@ -350,8 +409,7 @@ def layer_metrics(opt_state) -> dict:
   out = {}
   for key, value in dynamics.read(opt_state).items():
     *path, metric = key.split('/')
-    layer = '/'.join(p for p in path[:-1] if p != 'layer_instance')
-    out[f'{metric}/{layer}'] = float(value)
+    out[f'{metric}/{layer_name(path)}'] = float(value)
   return out
 
 
@@ -407,8 +465,8 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   test_batches = data.Batches(splits['test'], config.eval_batch_size, shuffle=False,
                               mean=mean, std=std)
   model, tx = build_model(config), build_optimizer(config)
-  host_model = models.build(config.model, config.norm, activation=config.activation,
-                            virtual_batch_size=config.virtual_batch_size)
+  host_model = build_model(config, host=True)
+  eval_step = make_eval_step(host_model, regression)
   state = init_state(config, host_model, tx, train_batches.batch(0, 0)['x'])
 
   manager = _checkpoint_manager(workdir)
@@ -459,7 +517,12 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
                   'time_s': elapsed + time.perf_counter() - start}
           for key in host[0]:
             line[key] = float(np.mean([m[key] for m in host]))
-          line.update(layer_metrics(executor.get_state(state).opt_state))
+          current = executor.get_state(state)
+          line.update(layer_metrics(current.opt_state))
+          line.update(gain_metrics(jax.device_get(current.params)))
+          if config.eval_every and step % config.eval_every == 0:
+            line.update(evaluate(eval_step, jax.device_get(current), splits['test'],
+                                 test_batches))
           if main_process:
             log.write(json.dumps(line) + '\n')
             log.flush()
@@ -472,10 +535,10 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
     return {}
 
   final = executor.get_state(state)
-  result = evaluate(make_eval_step(host_model, regression), jax.device_get(final),
+  result = evaluate(eval_step, jax.device_get(final),
                     splits['test'], test_batches)
   summary = dict(result, steps=step, wall_time_s=elapsed + time.perf_counter() - start,
-                 config=wanted)
+                 fan_in=fan_ins(final.params), config=wanted)
   if main_process:
     write_json_atomic(summary_path, summary)
   return summary

@@ -14,7 +14,12 @@ flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
 # Importing a study module registers its reporter.
-STUDY_MODULES = {'effective_lr': 'experiments.effective_lr'}
+STUDY_MODULES = {
+    'effective_lr': 'experiments.effective_lr',
+    'equilibrium': 'experiments.equilibrium',
+    'bn_regularization': 'experiments.bn_regularization',
+    'teacher_student': 'experiments.teacher_student',
+}
 
 
 def report(workdir) -> pathlib.Path:

@@ -12,7 +12,7 @@ import pathlib
 from typing import Callable, Dict, Optional
 
 import numpy as np
-from absl import flags, logging
+from absl import app, flags, logging
 
 from bnjax import train
 
@@ -139,6 +139,20 @@ def savefig(fig, workdir, name: str) -> str:
   import matplotlib.pyplot as plt
   plt.close(fig)
   return path.name
+
+
+def main_for(study: str, configs: Callable[[str, str], Dict[str, train.Config]],
+             report: Callable) -> Callable:
+  """The ``main`` of a study binary: run the preset's sweep, then write the report."""
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    quiet_logging()
+    FLAGS = flags.FLAGS
+    runs = run_sweep(study, FLAGS.preset, configs(FLAGS.preset, FLAGS.parallel),
+                     FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+    print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
+  return main
 
 
 REPORTERS: Dict[str, Callable] = {}

@@ -40,6 +40,9 @@ flags.DEFINE_enum('regularizer', _D.regularizer, transforms.REGULARIZERS,
 flags.DEFINE_boolean('projection', _D.projection,
                      'Also project the scale-invariant kernels to unit norm per unit '
                      'after the optimizer and --regularizer (van Laarhoven\'s proposal).')
+flags.DEFINE_float('gamma_decay', _D.gamma_decay,
+                   'zeta of an explicit penalty zeta*gamma^2 on every normalization gain '
+                   '(Luo et al. 2019: BN ~ population norm + gamma decay 1/(2M) or 1/(4M)).')
 flags.DEFINE_integer('batch_size', _D.batch_size, 'Global batch size.')
 flags.DEFINE_integer('num_epochs', _D.num_epochs, 'Epochs over the training set.')
 flags.DEFINE_integer('train_subset', _D.train_subset,
@@ -53,6 +56,8 @@ flags.DEFINE_integer('virtual_batch_size', _D.virtual_batch_size,
 flags.DEFINE_boolean('augment', _D.augment, 'Random crop and flip (cifar10).')
 flags.DEFINE_enum('activation', _D.activation, ['linear', 'relu'],
                   'Perceptron and teacher activation (teacher_student).')
+flags.DEFINE_integer('width', _D.width,
+                     'ConvNet widths: --width, 2x and 4x (convnet only).')
 flags.DEFINE_integer('input_dim', _D.input_dim, 'Input dimension N (teacher_student).')
 flags.DEFINE_integer('num_train', _D.num_train, 'Training examples P (teacher_student).')
 flags.DEFINE_integer('num_test', _D.num_test, 'Test examples (teacher_student).')
@@ -60,6 +65,9 @@ flags.DEFINE_float('noise_std', _D.noise_std, 'Label noise std (teacher_student)
 flags.DEFINE_integer('log_every', _D.log_every, 'Steps between metrics.jsonl lines.')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
                      'Steps between checkpoints (a multiple of --log_every).')
+flags.DEFINE_integer('eval_every', _D.eval_every,
+                     'Steps between test evaluations logged in metrics.jsonl (0: only '
+                     'at the end; a multiple of --log_every).')
 flags.DEFINE_integer('eval_batch_size', _D.eval_batch_size, 'Batch size of evaluation.')
 flags.DEFINE_string('workdir', None, 'Output folder (created; resumed if it exists).')
 flags.DEFINE_string('data_dir', None,

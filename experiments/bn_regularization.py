@@ -1,0 +1,196 @@
+r"""Luo et al. (2019): batch norm = population norm + gamma decay, in a CNN.
+
+Trains the ConvNet without any weight decay (so that the only regularizer is
+the one batch norm brings) and reports
+
+1. training and test curves of batch norm (BN), population norm (PN), weight
+   norm + mean-only BN and weight norm + variance-only BN at batch size M;
+2. the squared gains gamma^2 of BN against batch size (at least five sizes):
+   BN's implicit gamma decay ``zeta ~ 1/M`` should keep gamma^2 smaller at
+   smaller batches;
+3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
+   :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
+   plain PN: the decay should move PN's gamma^2 and test loss towards BN's.
+
+  python -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
+"""
+
+import dataclasses
+
+import numpy as np
+from absl import app
+
+from bnjax import theory, train
+from experiments import study
+
+STUDY = 'bn_regularization'
+CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
+LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
+          'variance_only': 'WN + variance-only BN'}
+
+PRESETS = {
+    # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
+    # steps); batch_sizes: the gamma^2 sweep.
+    'smoke': dict(batch=32, eval_every=16, batch_sizes=(8, 16, 32, 64, 128), base=train.Config(
+        train_subset=512, num_epochs=2, width=8, log_every=4, checkpoint_every=16,
+        eval_batch_size=2000)),
+    'quick': dict(batch=32, eval_every=256, batch_sizes=(8, 16, 32, 64, 128), base=train.Config(
+        train_subset=8192, num_epochs=6, width=16, log_every=32, checkpoint_every=256)),
+    'paper': dict(batch=128, eval_every=1950, batch_sizes=(16, 32, 64, 128, 256, 512), base=train.Config(
+        dataset='cifar10', model='resnet20', augment=True, num_epochs=100, log_every=50,
+        checkpoint_every=1000)),
+}
+
+
+def run_name(norm: str, batch: int, gamma_decay: bool = False) -> str:
+  return f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '')
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, optimizer='momentum',
+                             learning_rate=0.05, regularizer='none', weight_decay=0.0)
+  m = spec['batch']
+  curve = dataclasses.replace(base, batch_size=m, eval_every=spec['eval_every'])
+  out = {run_name(norm, m): dataclasses.replace(curve, norm=norm) for norm in CURVE_NORMS}
+  for size in spec['batch_sizes']:
+    out.setdefault(run_name('batch', size),
+                   dataclasses.replace(base, norm='batch', batch_size=size))
+  out[run_name('population', m, True)] = dataclasses.replace(
+      curve, norm='population', gamma_decay=theory.gamma_decay_strength(m, 'relu'))
+  return out
+
+
+def mean_gamma_sq(run: study.Run) -> float:
+  """Mean over the normalization layers of gamma^2 at the end of training."""
+  last = run.metrics[-1]
+  return float(np.mean([v for k, v in last.items() if k.startswith('gamma_sq/')]))
+
+
+def spearman(x, y) -> float:
+  """Rank correlation (no ties expected)."""
+  rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+  return float(np.corrcoef(rx, ry)[0, 1])
+
+
+@study.reporter(STUDY)
+def report(workdir):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  meta = study.study_meta(workdir)
+  spec = PRESETS[meta['preset']]
+  runs = study.load_runs(workdir)
+  m = spec['batch']
+  zeta = theory.gamma_decay_strength(m, 'relu')
+  any_run = next(iter(runs.values()), None)
+  size = ''
+  if any_run is not None:
+    c = any_run.config
+    size = (f' Each run: {c["num_epochs"]} epochs over {c["train_subset"] or "all"} '
+            f'{c["dataset"]} training examples ({c["model"]}, width {c["width"]}), SGD with '
+            f'momentum {c["momentum"]}, lr {c["learning_rate"]}, no weight decay.')
+  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
+               f'runs finished.{size} Training loss: the mean over each log window of the '
+               f'train-mode loss; test loss/error on the full test set.')]
+
+  # 1. Curves.
+  curves = [n for n in CURVE_NORMS if run_name(n, m) in runs]
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  rows = ['| normalization | final training loss | test loss | test error |',
+          '|---|---|---|---|']
+  for norm in curves:
+    run = runs[run_name(norm, m)]
+    steps, loss = run.series('loss')
+    axes[0].plot(steps, loss, label=LABELS[norm])
+    e_steps, e_loss = run.series('test_loss')
+    _, e_acc = run.series('test_accuracy')
+    axes[1].plot(e_steps, e_loss, 'o-', label=LABELS[norm])
+    axes[2].plot(e_steps, 1 - e_acc, 'o-', label=LABELS[norm])
+    rows.append(f'| {LABELS[norm]} | {loss[-1]:.4f} | {run.summary["test_loss"]:.4f} | '
+                f'{run.test_error:.4f} |')
+  for ax, title in zip(axes, ('training loss', 'test loss', 'test error')):
+    ax.set_title(f'{title} (M = {m})')
+    ax.set_xlabel('step')
+    ax.legend(fontsize=7)
+  curves_png = study.savefig(fig, workdir, 'curves')
+  lines = []
+  if 'batch' in curves and 'population' in curves:
+    bn, pn = runs[run_name('batch', m)], runs[run_name('population', m)]
+    gap_bn = bn.summary['test_loss'] - bn.series('loss')[1][-1]
+    gap_pn = pn.summary['test_loss'] - pn.series('loss')[1][-1]
+    lines.append(study.verdict(
+        gap_bn < gap_pn,
+        'BN regularizes: its gap between test and training loss is smaller than PN\'s',
+        f'gap BN {gap_bn:.4f}, PN {gap_pn:.4f}; test loss BN {bn.summary["test_loss"]:.4f}, '
+        f'PN {pn.summary["test_loss"]:.4f}'))
+  sections.append(('BN, PN and the mean-only / variance-only ablations',
+                   f'![curves]({curves_png})\n\n' + '\n'.join(rows) + '\n\n'
+                   + '\n\n'.join(lines)))
+
+  # 2. gamma^2 against batch size.
+  sizes = [s for s in spec['batch_sizes'] if run_name('batch', s) in runs]
+  if sizes:
+    g2 = [mean_gamma_sq(runs[run_name('batch', s)]) for s in sizes]
+    test_loss = [runs[run_name('batch', s)].summary['test_loss'] for s in sizes]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].semilogx(sizes, g2, 'o-', base=2)
+    axes[0].set_title('BN: mean gamma^2 at the end')
+    axes[1].semilogx(sizes, test_loss, 'o-', base=2)
+    axes[1].set_title('BN: test loss')
+    for ax in axes:
+      ax.set_xlabel('batch size M')
+    batch_png = study.savefig(fig, workdir, 'batch_size')
+    table = ['| M | mean gamma^2 | test loss | test error |', '|---|---|---|---|'] + [
+        f'| {s} | {g:.4f} | {t:.4f} | {runs[run_name("batch", s)].test_error:.4f} |'
+        for s, g, t in zip(sizes, g2, test_loss)]
+    rho = spearman(sizes, g2) if len(sizes) >= 2 else float('nan')
+    text = study.verdict(
+        len(sizes) >= 5 and rho >= 0.8,
+        'BN\'s gamma^2 grows with the batch size (weaker implicit gamma decay at larger M); '
+        'rank correlation >= 0.8 over at least 5 sizes',
+        f'Spearman {rho:.2f} over {len(sizes)} sizes; gamma^2 {g2[0]:.4f} at M={sizes[0]}, '
+        f'{g2[-1]:.4f} at M={sizes[-1]}')
+    sections.append(('gamma^2 against batch size', f'![batch size]({batch_png})\n\n'
+                     'Same epochs and learning rate at every M (so smaller batches take '
+                     'more steps).\n\n' + '\n'.join(table) + '\n\n' + text))
+
+  # 3. PN + gamma decay against BN and PN.
+  names = {'BN': run_name('batch', m), 'PN': run_name('population', m),
+           f'PN + gamma decay (zeta = 1/(4M) = {zeta:.4g})': run_name('population', m, True)}
+  if all(n in runs for n in names.values()):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    table = ['| run | mean gamma^2 | training loss | test loss | test error |',
+             '|---|---|---|---|---|']
+    for label, name in names.items():
+      run = runs[name]
+      steps, g = run.series('gamma_sq/conv2_norm')
+      axes[0].plot(steps, g, label=label)
+      e_steps, e_loss = run.series('test_loss')
+      axes[1].plot(e_steps, e_loss, 'o-', label=label)
+      table.append(f'| {label} | {mean_gamma_sq(run):.4f} | {run.series("loss")[1][-1]:.4f} '
+                   f'| {run.summary["test_loss"]:.4f} | {run.test_error:.4f} |')
+    axes[0].set_title('conv2 gamma^2')
+    axes[1].set_title('test loss')
+    for ax in axes:
+      ax.set_xlabel('step')
+      ax.legend(fontsize=7)
+    gd_png = study.savefig(fig, workdir, 'gamma_decay')
+    bn, pn, gd = (runs[n] for n in names.values())
+    lines = []
+    for what, value in (('mean gamma^2', mean_gamma_sq),
+                        ('test loss', lambda r: r.summary['test_loss'])):
+      lines.append(study.verdict(
+          abs(value(gd) - value(bn)) < abs(value(pn) - value(bn)),
+          f'gamma decay moves PN\'s {what} towards BN\'s',
+          f'BN {value(bn):.4f}, PN {value(pn):.4f}, PN + gamma decay {value(gd):.4f}'))
+    sections.append(('PN + explicit gamma decay against BN', f'![gamma decay]({gd_png})\n\n'
+                     + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  return study.write_report(workdir, 'BN as population norm + gamma decay (Luo et al. 2019)',
+                            sections)
+
+
+if __name__ == '__main__':
+  study.define_flags(STUDY)
+  app.run(study.main_for(STUDY, configs, report))

@@ -1,0 +1,176 @@
+r"""Rotational equilibrium: measured angular updates and norms against bnjax.theory.
+
+Trains the ConvNet with batch norm under SGD + L2, SGD with momentum + L2,
+AdamW and Adam + L2, each with a decay strong enough that the scale-invariant
+kernels reach equilibrium within the run, and compares, per layer, the
+measured angular update per step and per-unit weight norm (means over the
+last quarter of training) with the closed forms of :mod:`bnjax.theory`:
+
+* angular update: ``sqrt(2 lr lambda / (1 + a))`` (SGD, momentum ``a``) and
+  ``sqrt(2 lr lambda (1 - b1) / (1 + b1))`` (AdamW) need nothing measured;
+  Adam + L2's needs the gradient norm at unit weight norm ``||g~||``;
+* weight norm: AdamW's ``sqrt(lr C / (2 lambda))`` needs only the fan-in C;
+  SGD's and Adam + L2's need ``E||g~||^2``, which the run measures
+  (``grad_sq_at_unit_norm/<layer>``, averaged over the same steps).
+
+  python -m experiments.equilibrium --preset=quick --workdir=runs/equilibrium
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+from absl import app
+
+from bnjax import theory, train
+from experiments import study
+
+STUDY = 'equilibrium'
+
+# A prediction "holds" within this factor (declared before any run): the
+# closed forms assume gradient noise that is stationary and uncorrelated
+# between steps, which a real network only approximates.
+TOLERANCE = 1.25
+# Means over the last quarter of the logged steps; equilibrated means the
+# norm moved less than EQUILIBRATED between the third and the last quarter.
+EQUILIBRATED = 0.05
+
+# name: (config overrides, theory optimizer name, momentum for theory)
+OPTIMIZERS = {
+    'sgd': (dict(optimizer='sgd', learning_rate=0.2, regularizer='l2', weight_decay=1e-2),
+            'sgd', 0.0),
+    'momentum': (dict(optimizer='momentum', momentum=0.9, learning_rate=0.02,
+                      regularizer='l2', weight_decay=1e-2), 'momentum', 0.9),
+    'adamw': (dict(optimizer='adam', learning_rate=2e-3, regularizer='decoupled',
+                   weight_decay=1.0), 'adamw', 0.0),
+    'adam_l2': (dict(optimizer='adam', learning_rate=2e-3, regularizer='l2',
+                     weight_decay=5e-2), 'adam_l2', 0.0),
+}
+
+PRESETS = {
+    'smoke': train.Config(train_subset=1024, batch_size=32, num_epochs=2, width=8,
+                          log_every=4, checkpoint_every=32, eval_batch_size=2000),
+    'quick': train.Config(train_subset=0, batch_size=32, num_epochs=2, width=16,
+                          log_every=25, checkpoint_every=500),
+    'paper': train.Config(dataset='cifar10', model='resnet20', augment=True, batch_size=128,
+                          num_epochs=50, log_every=50, checkpoint_every=1000),
+}
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  base = dataclasses.replace(PRESETS[preset], parallel=parallel, norm='batch')
+  return {name: dataclasses.replace(base, **overrides)
+          for name, (overrides, _, _) in OPTIMIZERS.items()}
+
+
+def invariant_layers(run: study.Run) -> list:
+  """The tracked layers a batch-normed model makes scale-invariant (all but the head)."""
+  return sorted(k.split('/', 1)[1] for k in run.metrics[-1]
+                if k.startswith('angular_update/') and not k.endswith('/head'))
+
+
+def late_mean(run: study.Run, key: str, start: float = 0.75, stop: float = 1.0) -> float:
+  """Mean of a metric over the logged steps in ``[start, stop)`` of training (fractions)."""
+  steps, values = run.series(key)
+  total = run.summary['steps']
+  keep = (steps > start * total) & (steps <= stop * total)
+  return float(np.mean(values[keep]))
+
+
+def measure(run: study.Run, name: str) -> list:
+  """One row per invariant layer: measured and predicted angle and norm."""
+  _, kind, momentum = OPTIMIZERS[name]
+  c = run.config
+  lr, lam = c['learning_rate'], c['weight_decay']
+  rows = []
+  for layer in invariant_layers(run):
+    fan_in = run.summary['fan_in'][layer]
+    grad_norm = math.sqrt(late_mean(run, f'grad_sq_at_unit_norm/{layer}'))
+    norm_key = f'weight_norm/{layer}'
+    rows.append(dict(
+        layer=layer,
+        angle=late_mean(run, f'angular_update/{layer}'),
+        angle_theory=theory.equilibrium_angular_update(
+            kind, lr, lam, momentum=momentum, fan_in=fan_in, grad_norm=grad_norm),
+        norm=late_mean(run, norm_key),
+        norm_theory=theory.equilibrium_norm(kind, lr, lam, fan_in=fan_in,
+                                            grad_norm=grad_norm, momentum=momentum),
+        drift=abs(late_mean(run, norm_key) / late_mean(run, norm_key, 0.5, 0.75) - 1.0),
+    ))
+  return rows
+
+
+def within(ratio: float) -> bool:
+  return 1.0 / TOLERANCE <= ratio <= TOLERANCE
+
+
+@study.reporter(STUDY)
+def report(workdir):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  meta = study.study_meta(workdir)
+  runs = study.load_runs(workdir)
+  names = [n for n in OPTIMIZERS if n in runs]
+  setup = [f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished. '
+           f'ConvNet with batch norm; measured values are means over the last quarter of '
+           f'the logged steps (each log line holds one step\'s values), per-unit and '
+           f'averaged over the units of a layer. A prediction holds within a factor '
+           f'{TOLERANCE} (fixed before the runs); "equilibrated" means the norm moved less '
+           f'than {EQUILIBRATED:.0%} between the third and last quarter.', '',
+           '| run | optimizer | lr | lambda | steps |', '|---|---|---|---|---|']
+  for n in names:
+    c = runs[n].config
+    setup.append(f'| {n} | {c["optimizer"]} ({c["regularizer"]}) | {c["learning_rate"]:g} | '
+                 f'{c["weight_decay"]:g} | {runs[n].summary["steps"]} |')
+  sections = [('Setup', '\n'.join(setup))]
+  if not names:
+    return study.write_report(workdir, 'Rotational equilibrium', sections)
+
+  fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6), squeeze=False)
+  table = ['| run | layer | C | angle measured | angle theory | ratio | norm measured | '
+           'norm theory | ratio | norm drift |', '|---|---|---|---|---|---|---|---|---|---|']
+  lines = []
+  for col, n in enumerate(names):
+    run, rows = runs[n], measure(runs[n], n)
+    for i, row in enumerate(rows):
+      colour = f'C{i}'
+      steps, angle = run.series(f'angular_update/{row["layer"]}')
+      _, norm = run.series(f'weight_norm/{row["layer"]}')
+      axes[0, col].semilogy(steps, angle, colour, lw=0.8, label=row['layer'])
+      axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
+      axes[1, col].semilogy(steps, norm, colour, lw=0.8, label=row['layer'])
+      axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
+      table.append(
+          f'| {n} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
+          f'{row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
+          f'{row["angle"] / row["angle_theory"]:.3f} | {row["norm"]:.4g} | '
+          f'{row["norm_theory"]:.4g} | {row["norm"] / row["norm_theory"]:.3f} | '
+          f'{row["drift"]:.1%} |')
+    axes[0, col].set_title(f'{n}: angular update / step')
+    axes[1, col].set_title(f'{n}: per-unit weight norm')
+    axes[1, col].set_xlabel('step')
+    axes[0, col].legend(fontsize=7)
+    for quantity in ('angle', 'norm'):
+      ratios = [r[quantity] / r[f'{quantity}_theory'] for r in rows]
+      settled = all(r['drift'] < EQUILIBRATED for r in rows)
+      lines.append(study.verdict(
+          all(within(x) for x in ratios),
+          f'{n}: measured {quantity} matches bnjax.theory within a factor {TOLERANCE} '
+          f'in every layer',
+          'measured/theory ' + ', '.join(f'{r["layer"]} {x:.3f}' for r, x in zip(rows, ratios))
+          + ('' if settled else '; not equilibrated: norm drift up to '
+             f'{max(r["drift"] for r in rows):.1%}')))
+  fig.tight_layout()
+  png = study.savefig(fig, workdir, 'equilibrium')
+  sections.append(('Measured against theory',
+                   f'![equilibrium]({png})\n\nSolid: measured; dashed: theory (from the '
+                   f'late-training mean of `grad_sq_at_unit_norm` where the formula needs '
+                   f'the gradient).\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  return study.write_report(workdir, 'Rotational equilibrium under weight decay', sections)
+
+
+if __name__ == '__main__':
+  study.define_flags(STUDY)
+  app.run(study.main_for(STUDY, configs, report))

@@ -1,0 +1,147 @@
+r"""Luo et al. (2019) Figure 1: generalization against load alpha = P/N.
+
+A perceptron student ``g(norm(w . x))`` learns a noisy teacher
+``y = g(w* . x) + noise`` from P examples in N dimensions (bnjax.data.
+teacher_student), for a linear and a ReLU ``g``, trained by plain SGD with
+batch size M to convergence. Compared, at each load alpha = P/N:
+
+* BN (batch norm, M = 32);
+* WN + gamma decay: weight norm with the explicit penalty ``zeta * gamma^2``,
+  ``zeta = 1/(2M)`` (linear) or ``1/(4M)`` (ReLU) from
+  :func:`bnjax.theory.gamma_decay_strength`, which Luo et al. derive as BN's
+  implicit regularization; and, for the linear student, their stronger
+  ``zeta = 0.25``;
+* plain SGD (no normalization, a bias).
+
+Generalization error here is the test mean squared error against noisy
+targets, so it includes the noise variance ``noise_std^2``.
+
+  python -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+from absl import app
+
+from bnjax import theory, train
+from experiments import study
+
+STUDY = 'teacher_student'
+BATCH = 32
+STRONG_ZETA = 0.25  # Luo et al.'s second linear curve
+
+PRESETS = {
+    'smoke': dict(alphas=(1.0, 4.0), steps=200, base=train.Config(input_dim=20)),
+    'quick': dict(alphas=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0), steps=4000,
+                  base=train.Config(input_dim=100)),
+    'paper': dict(alphas=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0),
+                  steps=40000, base=train.Config(input_dim=500)),
+}
+
+
+def methods(activation: str) -> dict:
+  """``{key: (label, config overrides)}`` of the students compared for one activation.
+
+  The first is BN, the second WN + gamma decay at BN's zeta, the last plain SGD.
+  """
+  zeta = theory.gamma_decay_strength(BATCH, activation)
+  out = {'bn': (f'BN (M = {BATCH})', dict(norm='batch')),
+         'wn_gamma_decay': (f'WN + gamma decay (zeta = 1/{round(1 / zeta)})',
+                            dict(norm='weight', gamma_decay=zeta))}
+  if activation == 'linear':
+    out['wn_strong_gamma_decay'] = (f'WN + gamma decay (zeta = {STRONG_ZETA})',
+                                    dict(norm='weight', gamma_decay=STRONG_ZETA))
+  out['sgd'] = ('plain SGD', dict(norm='none'))
+  return out
+
+
+def run_name(activation: str, method: str, alpha: float) -> str:
+  return f'{activation}_{method}_alpha{alpha:g}'
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  n = spec['base'].input_dim
+  out = {}
+  for activation in ('linear', 'relu'):
+    for method, (_, overrides) in methods(activation).items():
+      for alpha in spec['alphas']:
+        p = max(BATCH, round(alpha * n))
+        epochs = math.ceil(spec['steps'] / (p // BATCH))
+        log_every = max(1, epochs * (p // BATCH) // 20)
+        out[run_name(activation, method, alpha)] = dataclasses.replace(
+            spec['base'], dataset='teacher_student', model='perceptron', parallel=parallel,
+            activation=activation, num_train=p, num_test=2000, noise_std=0.5,
+            batch_size=BATCH, num_epochs=epochs, optimizer='sgd', learning_rate=0.2,
+            regularizer='none', weight_decay=0.0, log_every=log_every,
+            checkpoint_every=log_every * 20, **overrides)
+  return out
+
+
+@study.reporter(STUDY)
+def report(workdir):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  meta = study.study_meta(workdir)
+  spec = PRESETS[meta['preset']]
+  runs = study.load_runs(workdir)
+  n = spec['base'].input_dim
+  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
+               f'runs finished. N = {n} inputs, P = alpha N training examples (at least '
+               f'one batch), 2000 test examples, label noise std 0.5 (so the error floor '
+               f'is 0.25), SGD lr 0.2 with batch size {BATCH} for about {spec["steps"]} '
+               f'steps, one seed per point. Error: test MSE.')]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for ax, activation in zip(axes, ('linear', 'relu')):
+    curves, compared = {}, methods(activation)
+    for method, (label, _) in compared.items():
+      pts = [(a, runs[run_name(activation, method, a)].summary['test_loss'])
+             for a in spec['alphas'] if run_name(activation, method, a) in runs]
+      if pts:
+        curves[method] = dict(pts)
+        ax.plot(*zip(*pts), 'o-', label=label)
+    ax.set_xlabel('load alpha = P / N')
+    ax.set_ylabel('test MSE')
+    ax.set_yscale('log')
+    ax.set_title(f'{activation} student')
+    ax.legend(fontsize=7)
+    keys = list(compared)
+    bn, wn, sgd = keys[0], keys[1], keys[-1]
+    alphas = [a for a in spec['alphas'] if all(a in curves.get(k, {}) for k in keys)]
+    table = ['| alpha | ' + ' | '.join(label for label, _ in compared.values()) + ' |',
+             '|---' * (len(keys) + 1) + '|']
+    table += [f'| {a:g} | ' + ' | '.join(f'{curves[k][a]:.4f}' for k in keys) + ' |'
+              for a in alphas]
+    text = '\n'.join(table)
+    if alphas:
+      gap_wn = float(np.mean([abs(curves[wn][a] - curves[bn][a]) for a in alphas]))
+      gap_sgd = float(np.mean([abs(curves[sgd][a] - curves[bn][a]) for a in alphas]))
+      text += '\n\n' + study.verdict(
+          gap_wn < gap_sgd,
+          f'{activation}: WN + gamma decay with zeta from BN\'s batch size tracks BN '
+          f'closer than plain SGD does',
+          f'mean |difference| from BN over alpha: WN + gamma decay {gap_wn:.4f}, '
+          f'plain SGD {gap_sgd:.4f}')
+      low = [a for a in alphas if a <= 2]
+      if low:
+        bn_low = float(np.mean([curves[bn][a] for a in low]))
+        sgd_low = float(np.mean([curves[sgd][a] for a in low]))
+        text += '\n\n' + study.verdict(
+            bn_low < sgd_low,
+            f'{activation}: BN generalizes better than plain SGD at small load (alpha <= 2)',
+            f'mean test MSE BN {bn_low:.4f}, plain SGD {sgd_low:.4f}')
+    sections.append((f'{activation.capitalize()} student', text))
+  fig.tight_layout()
+  png = study.savefig(fig, workdir, 'generalization')
+  sections.insert(1, ('Generalization error against load', f'![generalization]({png})'))
+  return study.write_report(workdir, 'Teacher-student generalization (Luo et al. 2019, '
+                            'Figure 1)', sections)
+
+
+if __name__ == '__main__':
+  study.define_flags(STUDY)
+  app.run(study.main_for(STUDY, configs, report))
