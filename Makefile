@@ -1,11 +1,13 @@
 # `make test` on a fresh machine: creates .venv, installs bnjax with its test
-# extra, runs the whole suite.
+# extra, runs the whole suite. `make study`: the same setup plus Fashion-MNIST,
+# then the quick presets of the effective-LR and equilibrium studies
+# (runs/<study>/report.md); `make studies` adds the two Luo et al. studies.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test bench clean
+.PHONY: test bench study studies data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,17 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile tests
+
+data:
+	scripts/install_fashion_mnist.sh
+
+study: $(STAMP) data
+	$(PY) -m experiments.effective_lr --preset=quick --workdir=runs/effective_lr
+	$(PY) -m experiments.equilibrium --preset=quick --workdir=runs/equilibrium
+
+studies: study
+	$(PY) -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
+	$(PY) -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms

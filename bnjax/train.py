@@ -14,7 +14,8 @@
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;
 * ``summary.json`` -- written atomically at the end: test loss and accuracy,
-  steps, wall time, ``fan_in`` (weights per unit of every kernel), config. A workdir with a summary is finished: rerunning returns it.
+  steps, wall time, ``fan_in`` (weights per unit of every kernel), config. A
+  workdir with a summary is finished: rerunning returns it.
 
 Parallel modes: ``none`` (``jax.jit`` on one device), ``pmap`` (batch split
 over local devices; gradients and batch-norm statistics averaged with

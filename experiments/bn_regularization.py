@@ -28,17 +28,18 @@ CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
 LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
           'variance_only': 'WN + variance-only BN'}
 
+SIZES = (8, 16, 32, 64, 128)
 PRESETS = {
     # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
     # steps); batch_sizes: the gamma^2 sweep.
-    'smoke': dict(batch=32, eval_every=16, batch_sizes=(8, 16, 32, 64, 128), base=train.Config(
-        train_subset=512, num_epochs=2, width=8, log_every=4, checkpoint_every=16,
+    'smoke': dict(batch=32, eval_every=8, batch_sizes=SIZES, base=train.Config(
+        train_subset=256, num_epochs=2, width=8, log_every=4, checkpoint_every=16,
         eval_batch_size=2000)),
-    'quick': dict(batch=32, eval_every=256, batch_sizes=(8, 16, 32, 64, 128), base=train.Config(
+    'quick': dict(batch=32, eval_every=256, batch_sizes=SIZES, base=train.Config(
         train_subset=8192, num_epochs=6, width=16, log_every=32, checkpoint_every=256)),
-    'paper': dict(batch=128, eval_every=1950, batch_sizes=(16, 32, 64, 128, 256, 512), base=train.Config(
-        dataset='cifar10', model='resnet20', augment=True, num_epochs=100, log_every=50,
-        checkpoint_every=1000)),
+    'paper': dict(batch=128, eval_every=1950, batch_sizes=(16, 32, 64, 128, 256, 512),
+                  base=train.Config(dataset='cifar10', model='resnet20', augment=True,
+                                    num_epochs=100, log_every=50, checkpoint_every=1000)),
 }
 
 

@@ -98,9 +98,10 @@ def report(workdir):
   if any_run is not None:
     c = any_run.config
     size = (f' Each run: {any_run.summary["steps"]} steps of batch {c["batch_size"]} on '
-            f'{c["train_subset"] or "all"} {c["dataset"]} training examples.')
+            f'{c["train_subset"] or "all"} {c["dataset"]} training examples, {c["model"]} '
+            f'width {c["width"]}.')
   sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
-               f'runs finished. ConvNet with batch norm; every run\'s config is in its '
+               f'runs finished. BN after every conv; every run\'s config is in its '
                f'folder\'s `config.json`. Test error = 1 - test accuracy.{size} L2 can only '
                f'set the weight norm once training is long against its time constant '
                f'(about (1 - momentum) / (2 lr lambda) steps for SGD), so a short preset tests '

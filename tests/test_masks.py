@@ -76,3 +76,14 @@ def test_bad_rtol():
   loss_fn, params, x, y = _setup()
   with pytest.raises(ValueError, match='rtol must be > 0'):
     masks.scale_invariant_mask(loss_fn, params, x, y, rtol=0.0)
+
+
+def test_gain_mask_marks_norm_scales_and_weight_norm_gains():
+  from bnjax import models
+  x = jnp.ones((4, 10))
+  params = models.build('perceptron', 'weight').init(jax.random.key(0), x)['params']
+  assert masks.gain_mask(params) == {'dense': {'scale': True, 'layer_instance': {
+      'kernel': False, 'bias': False}}}
+  params = models.build('perceptron', 'batch').init(jax.random.key(0), x)['params']
+  assert masks.gain_mask(params) == {'dense': {'kernel': False},
+                                     'dense_norm': {'scale': True, 'bias': False}}

@@ -76,3 +76,18 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
   assert (tmp_path / 'sgd_none' / 'summary.json').read_text() == first
   (tmp_path / 'report.md').unlink()
   assert report.report(tmp_path).exists()
+
+
+@pytest.mark.parametrize('module,verdicts,plots', [
+    ('equilibrium', 8, ('equilibrium.png',)),
+    ('bn_regularization', 4, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
+])
+def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
+  from experiments import study
+  mod = __import__(f'experiments.{module}', fromlist=['configs'])
+  runs = study.run_sweep(module, 'smoke', mod.configs('smoke'), tmp_path, data_dir=data_dir)
+  assert sorted(runs) == sorted(mod.configs('smoke'))
+  text = mod.report(tmp_path).read_text()
+  assert text.count('**Verdict:') == verdicts, text
+  for png in plots:
+    assert (tmp_path / png).stat().st_size > 1000

@@ -106,3 +106,153 @@ def test_report_binary_regenerates(tmp_path):
   (tmp_path / 'study.json').unlink()
   with pytest.raises(Exception, match='no study.json'):
     report.report(tmp_path)
+
+
+# ------------------------------------------------ the other studies' reports
+
+
+def _write_study(folder, study_name, preset, runs):
+  """A finished study: ``runs`` maps name -> (config, summary fields, metric lines)."""
+  train.write_json_atomic(folder / 'study.json', {'study': study_name, 'preset': preset,
+                                                  'runs': sorted(runs)})
+  for name, (cfg, summary, lines) in runs.items():
+    run = folder / name
+    run.mkdir()
+    train.write_json_atomic(run / 'summary.json',
+                            dict(summary, config=dataclasses.asdict(cfg)))
+    (run / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+
+
+@pytest.mark.parametrize('module', ['effective_lr', 'equilibrium', 'bn_regularization',
+                                    'teacher_student'])
+def test_every_preset_of_every_study_is_valid(module):
+  mod = __import__(f'experiments.{module}', fromlist=['configs'])
+  for preset in mod.PRESETS:
+    cfgs = mod.configs(preset)
+    assert cfgs
+    for c in cfgs.values():
+      c.validate()
+
+
+def _equilibrium_study(tmp_path, factor):
+  """Runs whose late angles and norms are ``factor`` x the hand-derived equilibria."""
+  from experiments import equilibrium
+  fan_in = {'conv1': 9, 'conv2': 72, 'head': 128}
+  g2 = 0.04  # E||g~||^2, planted
+  runs = {}
+  for name, cfg in equilibrium.configs('smoke').items():
+    lr, lam = cfg.learning_rate, cfg.weight_decay
+    a = cfg.momentum if name == 'momentum' else 0.0
+    rms = math.sqrt(0.1 / 1.9)  # Adam's step RMS for b1 = 0.9
+    lines = []
+    for step in range(10, 110, 10):
+      line = {'step': step, 'loss': 1.0}
+      for layer, c in fan_in.items():
+        if name in ('sgd', 'momentum'):
+          angle = math.sqrt(2 * lr * lam / (1 + a))
+          norm = (lr * g2 / (2 * lam * (1 - a))) ** 0.25
+        elif name == 'adamw':
+          angle, norm = math.sqrt(2 * lr * lam) * rms, math.sqrt(lr * c / (2 * lam))
+        else:
+          norm = (lr * c * math.sqrt(g2 / c) / (2 * lam)) ** (1 / 3)
+          angle = lr * math.sqrt(c) * rms / norm
+        line.update({f'angular_update/{layer}': factor * angle,
+                     f'weight_norm/{layer}': factor * norm,
+                     f'grad_sq_at_unit_norm/{layer}': g2})
+      lines.append(line)
+    runs[name] = (cfg, {'steps': 100, 'test_accuracy': 0.5, 'test_loss': 1.0,
+                        'fan_in': fan_in}, lines)
+  _write_study(tmp_path, 'equilibrium', 'smoke', runs)
+  return equilibrium.report(tmp_path)
+
+
+def test_equilibrium_report_matches_hand_formulas(tmp_path):
+  path = _equilibrium_study(tmp_path, 1.0)
+  verdicts = _verdicts(path)
+  assert len(verdicts) == 8 and all('does not hold' not in v for v in verdicts), verdicts
+  assert 'head' not in path.read_text().split('| run | layer')[1]
+  assert (tmp_path / 'equilibrium.png').stat().st_size > 1000
+
+
+def test_equilibrium_report_flags_a_factor_two(tmp_path):
+  verdicts = _verdicts(_equilibrium_study(tmp_path, 2.0))
+  assert len(verdicts) == 8 and all('does not hold' in v for v in verdicts), verdicts
+
+
+def _bn_regularization_study(tmp_path, claims_hold):
+  from experiments import bn_regularization as bnr
+  runs = {}
+  for name, cfg in bnr.configs('smoke').items():
+    m = cfg.batch_size
+    if cfg.norm == 'batch':
+      gamma_sq = 0.5 + m / 256 if claims_hold else 1.0 - m / 256
+      train_loss, test_loss = 0.3, 0.4
+    elif cfg.gamma_decay:
+      gamma_sq, train_loss, test_loss = (0.6, 0.3, 0.45) if claims_hold else (2.0, 0.3, 0.9)
+    else:
+      gamma_sq, train_loss, test_loss = (1.2, 0.1, 0.6) if claims_hold else (0.6, 0.3, 0.35)
+    lines = [{'step': s, 'loss': train_loss, 'gamma_sq/conv1_norm': gamma_sq,
+              'gamma_sq/conv2_norm': gamma_sq, 'test_loss': test_loss,
+              'test_accuracy': 0.8} for s in (4, 8)]
+    runs[name] = (cfg, {'steps': 8, 'test_accuracy': 0.8, 'test_loss': test_loss}, lines)
+  _write_study(tmp_path, 'bn_regularization', 'smoke', runs)
+  return bnr.report(tmp_path)
+
+
+def test_bn_regularization_report_when_the_claims_hold(tmp_path):
+  verdicts = _verdicts(_bn_regularization_study(tmp_path, True))
+  assert len(verdicts) == 4 and all('does not hold' not in v for v in verdicts), verdicts
+  for png in ('curves.png', 'batch_size.png', 'gamma_decay.png'):
+    assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_bn_regularization_report_when_the_claims_fail(tmp_path):
+  verdicts = _verdicts(_bn_regularization_study(tmp_path, False))
+  assert len(verdicts) == 4 and all('does not hold' in v for v in verdicts), verdicts
+
+
+def test_spearman_against_hand_ranks():
+  from experiments import bn_regularization as bnr
+  assert bnr.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+  assert bnr.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  # ranks (0, 1, 2, 3) vs (1, 0, 2, 3): 1 - 6 * 2 / (4 * 15) = 0.8
+  assert bnr.spearman([1, 2, 3, 4], [2, 1, 3, 4]) == pytest.approx(0.8)
+
+
+def _teacher_student_study(tmp_path, claims_hold):
+  from experiments import teacher_student as ts
+  runs = {}
+  for name, cfg in ts.configs('smoke').items():
+    alpha = cfg.num_train / cfg.input_dim
+    base = 0.25 + 1.0 / alpha
+    if cfg.norm == 'none':
+      mse = base * (1.5 if claims_hold else 0.8)
+    elif cfg.norm == 'weight' and cfg.gamma_decay < 0.1:
+      mse = base * (1.02 if claims_hold else 2.0)
+    else:
+      mse = base
+    runs[name] = (cfg, {'steps': 10, 'test_loss': mse}, [{'step': 10, 'loss': mse}])
+  _write_study(tmp_path, 'teacher_student', 'smoke', runs)
+  return ts.report(tmp_path)
+
+
+def test_teacher_student_report_when_the_claims_hold(tmp_path):
+  verdicts = _verdicts(_teacher_student_study(tmp_path, True))
+  assert len(verdicts) == 4 and all('does not hold' not in v for v in verdicts), verdicts
+  assert (tmp_path / 'generalization.png').stat().st_size > 1000
+
+
+def test_teacher_student_report_when_the_claims_fail(tmp_path):
+  verdicts = _verdicts(_teacher_student_study(tmp_path, False))
+  assert len(verdicts) == 4 and all('does not hold' in v for v in verdicts), verdicts
+
+
+def test_teacher_student_smoke_preset_end_to_end(tmp_path):
+  from experiments import teacher_student as ts
+  runs = study.run_sweep('teacher_student', 'smoke', ts.configs('smoke'), tmp_path)
+  assert len(runs) == len(ts.configs('smoke'))
+  for run in runs.values():
+    assert np.isfinite(run.summary['test_loss'])
+  wn = runs['linear_wn_gamma_decay_alpha4'].metrics[-1]
+  assert 'gamma_sq/dense' in wn  # WN's gain, which gamma decay acts on
+  assert _verdicts(ts.report(tmp_path))

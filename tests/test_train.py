@@ -184,3 +184,54 @@ def test_l2_with_projection_keeps_scale_invariant_kernels_at_unit_norm(tmp_path)
   np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
   lines = _metrics(tmp_path)
   np.testing.assert_allclose(lines[-1]['weight_norm/dense'], 1.0, rtol=1e-5)
+
+
+def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
+  """One SGD step with gamma_decay equals autodiff of loss + zeta * sum(gamma^2)."""
+  zeta, lr = 0.3, 0.1
+  cfg = dataclasses.replace(TS, norm='weight', optimizer='sgd', learning_rate=lr,
+                            regularizer='none', weight_decay=0.0, gamma_decay=zeta)
+  model, tx = train.build_model(cfg), train.build_optimizer(cfg)
+  x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
+  params = model.init(jax.random.key(0), x)['params']
+  params['dense']['scale'] = params['dense']['scale'] * 1.7  # gamma away from 1
+
+  def loss(p):
+    return jax.numpy.mean(model.apply({'params': p}, x) ** 2)
+
+  updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
+  expected = jax.grad(lambda p: loss(p) + zeta * jax.numpy.sum(p['dense']['scale'] ** 2))(
+      params)
+  chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda g: -lr * g, expected),
+                              rtol=1e-5, atol=1e-7)
+
+
+def test_grad_sq_at_unit_norm_by_hand():
+  w = np.array([[3.0, 0.0], [4.0, 1.0]], np.float32)  # unit norms 5 and 1
+  g = np.array([[1.0, 2.0], [0.0, 0.0]], np.float32)  # unit norms 1 and 2
+  out = train.unit_scale_grad_sq({'conv': {'kernel': g}, 'norm': {'scale': np.ones(2)}},
+                                 {'conv': {'kernel': w}, 'norm': {'scale': np.ones(2)}})
+  assert out == {'grad_sq_at_unit_norm/conv': pytest.approx(((1 * 5) ** 2 + (2 * 1) ** 2) / 2)}
+
+
+def test_eval_every_logs_test_metrics_and_gains(tmp_path):
+  cfg = dataclasses.replace(TS, eval_every=16)
+  summary = train.train(cfg, tmp_path, progress=False)
+  lines = _metrics(tmp_path)
+  evaluated = [l['step'] for l in lines if 'test_loss' in l]
+  assert evaluated == [16, 32, 48]  # 16 steps per epoch, 3 epochs
+  assert lines[-1]['test_loss'] == pytest.approx(summary['test_loss'])
+  assert all(l['gamma_sq/dense_norm'] > 0 for l in lines)
+  assert summary['fan_in'] == {'dense': 20}
+
+
+@pytest.mark.parametrize('fields,message', [
+    (dict(gamma_decay=-1.0), '--gamma_decay: must be >= 0'),
+    (dict(gamma_decay=0.1, norm='none'), '--gamma_decay: acts on the normalization gains'),
+    (dict(eval_every=6), '--eval_every: must be a multiple of --log_every=4'),
+    (dict(width=0), '--width: must be a positive int'),
+    (dict(width=16), '--width: sets the ConvNet'),  # TS is the perceptron
+])
+def test_config_names_the_bad_flag(fields, message):
+  with pytest.raises(ValueError, match=message):
+    dataclasses.replace(TS, **fields).validate()
