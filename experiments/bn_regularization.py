@@ -7,7 +7,8 @@ the one batch norm brings) and reports
    norm + mean-only BN and weight norm + variance-only BN at batch size M;
 2. the squared gains gamma^2 of BN against batch size (at least five sizes):
    BN's implicit gamma decay ``zeta ~ 1/M`` should keep gamma^2 smaller at
-   smaller batches;
+   smaller batches. Twice: at equal epochs (smaller batches take more steps)
+   and at equal steps (``equal_steps``, each M its own number of epochs);
 3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
    :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
    plain PN: the decay should move PN's gamma^2 and test loss towards BN's.
@@ -29,22 +30,37 @@ LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
           'variance_only': 'WN + variance-only BN'}
 
 SIZES = (8, 16, 32, 64, 128)
+TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
 PRESETS = {
     # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
-    # steps); batch_sizes: the gamma^2 sweep.
-    'smoke': dict(batch=32, eval_every=8, batch_sizes=SIZES, base=train.Config(
+    # steps); batch_sizes: the gamma^2 sweep, at the base's epochs and at equal_steps.
+    'smoke': dict(batch=32, eval_every=8, batch_sizes=SIZES, equal_steps=32, base=train.Config(
         train_subset=256, num_epochs=2, width=8, log_every=4, checkpoint_every=16,
         eval_batch_size=2000)),
-    'quick': dict(batch=32, eval_every=256, batch_sizes=SIZES, base=train.Config(
-        train_subset=8192, num_epochs=6, width=16, log_every=32, checkpoint_every=256)),
+    'quick': dict(batch=32, eval_every=256, batch_sizes=SIZES, equal_steps=1024,
+                  base=train.Config(
+                      train_subset=8192, num_epochs=6, width=16, log_every=32,
+                      checkpoint_every=256)),
     'paper': dict(batch=128, eval_every=1950, batch_sizes=(16, 32, 64, 128, 256, 512),
+                  equal_steps=15625,
                   base=train.Config(dataset='cifar10', model='resnet20', augment=True,
                                     num_epochs=100, log_every=50, checkpoint_every=1000)),
 }
 
 
-def run_name(norm: str, batch: int, gamma_decay: bool = False) -> str:
-  return f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '')
+def run_name(norm: str, batch: int, gamma_decay: bool = False,
+             equal_steps: bool = False) -> str:
+  return (f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '')
+          + ('_equal_steps' if equal_steps else ''))
+
+
+def equal_steps_epochs(steps: int, batch: int, train_size: int) -> int:
+  """Epochs that give ``steps`` steps of ``batch`` over ``train_size`` examples."""
+  epochs, rest = divmod(steps * batch, train_size)
+  if rest or not epochs:
+    raise ValueError(f'{steps} steps of batch {batch} are not whole epochs of '
+                     f'{train_size} examples.')
+  return epochs
 
 
 def configs(preset: str, parallel: str = 'none') -> dict:
@@ -54,9 +70,13 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   m = spec['batch']
   curve = dataclasses.replace(base, batch_size=m, eval_every=spec['eval_every'])
   out = {run_name(norm, m): dataclasses.replace(curve, norm=norm) for norm in CURVE_NORMS}
+  train_size = base.train_subset or TRAIN_SIZES[base.dataset]
   for size in spec['batch_sizes']:
     out.setdefault(run_name('batch', size),
                    dataclasses.replace(base, norm='batch', batch_size=size))
+    out[run_name('batch', size, equal_steps=True)] = dataclasses.replace(
+        base, norm='batch', batch_size=size,
+        num_epochs=equal_steps_epochs(spec['equal_steps'], size, train_size))
   out[run_name('population', m, True)] = dataclasses.replace(
       curve, norm='population', gamma_decay=theory.gamma_decay_strength(m, 'relu'))
   return out
@@ -130,32 +150,42 @@ def report(workdir):
                    f'![curves]({curves_png})\n\n' + '\n'.join(rows) + '\n\n'
                    + '\n\n'.join(lines)))
 
-  # 2. gamma^2 against batch size.
-  sizes = [s for s in spec['batch_sizes'] if run_name('batch', s) in runs]
-  if sizes:
-    g2 = [mean_gamma_sq(runs[run_name('batch', s)]) for s in sizes]
-    test_loss = [runs[run_name('batch', s)].summary['test_loss'] for s in sizes]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].semilogx(sizes, g2, 'o-', base=2)
-    axes[0].set_title('BN: mean gamma^2 at the end')
-    axes[1].semilogx(sizes, test_loss, 'o-', base=2)
-    axes[1].set_title('BN: test loss')
-    for ax in axes:
-      ax.set_xlabel('batch size M')
-    batch_png = study.savefig(fig, workdir, 'batch_size')
-    table = ['| M | mean gamma^2 | test loss | test error |', '|---|---|---|---|'] + [
-        f'| {s} | {g:.4f} | {t:.4f} | {runs[run_name("batch", s)].test_error:.4f} |'
-        for s, g, t in zip(sizes, g2, test_loss)]
+  # 2. gamma^2 against batch size, at equal epochs and at equal steps.
+  protocols = {'equal epochs': False, f'equal steps ({spec["equal_steps"]})': True}
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+  table = ['| protocol | M | steps | mean gamma^2 | test loss | test error |',
+           '|---|---|---|---|---|---|']
+  lines = []
+  for protocol, equal in protocols.items():
+    sized = [(s, runs[run_name('batch', s, equal_steps=equal)]) for s in spec['batch_sizes']
+             if run_name('batch', s, equal_steps=equal) in runs]
+    if not sized:
+      continue
+    sizes = [s for s, _ in sized]
+    g2 = [mean_gamma_sq(r) for _, r in sized]
+    axes[0].semilogx(sizes, g2, 'o-', base=2, label=protocol)
+    axes[1].semilogx(sizes, [r.summary['test_loss'] for _, r in sized], 'o-', base=2,
+                     label=protocol)
+    table += [f'| {protocol} | {s} | {r.summary["steps"]} | {g:.4f} | '
+              f'{r.summary["test_loss"]:.4f} | {r.test_error:.4f} |'
+              for (s, r), g in zip(sized, g2)]
     rho = spearman(sizes, g2) if len(sizes) >= 2 else float('nan')
-    text = study.verdict(
+    lines.append(study.verdict(
         len(sizes) >= 5 and rho >= 0.8,
-        'BN\'s gamma^2 grows with the batch size (weaker implicit gamma decay at larger M); '
-        'rank correlation >= 0.8 over at least 5 sizes',
+        f'{protocol}: BN\'s gamma^2 grows with the batch size (weaker implicit gamma decay '
+        f'at larger M); rank correlation >= 0.8 over at least 5 sizes',
         f'Spearman {rho:.2f} over {len(sizes)} sizes; gamma^2 {g2[0]:.4f} at M={sizes[0]}, '
-        f'{g2[-1]:.4f} at M={sizes[-1]}')
-    sections.append(('gamma^2 against batch size', f'![batch size]({batch_png})\n\n'
-                     'Same epochs and learning rate at every M (so smaller batches take '
-                     'more steps).\n\n' + '\n'.join(table) + '\n\n' + text))
+        f'{g2[-1]:.4f} at M={sizes[-1]}'))
+  axes[0].set_title('BN: mean gamma^2 at the end')
+  axes[1].set_title('BN: test loss')
+  for ax in axes:
+    ax.set_xlabel('batch size M')
+    ax.legend(fontsize=7)
+  batch_png = study.savefig(fig, workdir, 'batch_size')
+  sections.append(('gamma^2 against batch size', f'![batch size]({batch_png})\n\n'
+                   'Same learning rate at every M. At equal epochs smaller batches take '
+                   'more steps; at equal steps every M takes the same number of updates.\n\n'
+                   + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
 
   # 3. PN + gamma decay against BN and PN.
   names = {'BN': run_name('batch', m), 'PN': run_name('population', m),

@@ -10,7 +10,10 @@ batch size M to convergence. Compared, at each load alpha = P/N:
   ``zeta = 1/(2M)`` (linear) or ``1/(4M)`` (ReLU) from
   :func:`bnjax.theory.gamma_decay_strength`, which Luo et al. derive as BN's
   implicit regularization; and, for the linear student, their stronger
-  ``zeta = 0.25``;
+  ``zeta = 0.25``. gamma is BN's gain: with ``x ~ N(0, I/N)`` the population
+  std of ``v . x`` is ``||v|| / sqrt(N)``, so WN's gain ``g`` (which divides
+  by ``||v||`` only) is ``gamma * sqrt(N)`` and the penalty on ``g`` is
+  ``(zeta / N) * g^2``;
 * plain SGD (no normalization, a bias).
 
 Generalization error here is the test mean squared error against noisy
@@ -41,7 +44,7 @@ PRESETS = {
 }
 
 
-def methods(activation: str) -> dict:
+def methods(activation: str, input_dim: int) -> dict:
   """``{key: (label, config overrides)}`` of the students compared for one activation.
 
   The first is BN, the second WN + gamma decay at BN's zeta, the last plain SGD.
@@ -49,10 +52,10 @@ def methods(activation: str) -> dict:
   zeta = theory.gamma_decay_strength(BATCH, activation)
   out = {'bn': (f'BN (M = {BATCH})', dict(norm='batch')),
          'wn_gamma_decay': (f'WN + gamma decay (zeta = 1/{round(1 / zeta)})',
-                            dict(norm='weight', gamma_decay=zeta))}
+                            dict(norm='weight', gamma_decay=zeta / input_dim))}
   if activation == 'linear':
     out['wn_strong_gamma_decay'] = (f'WN + gamma decay (zeta = {STRONG_ZETA})',
-                                    dict(norm='weight', gamma_decay=STRONG_ZETA))
+                                    dict(norm='weight', gamma_decay=STRONG_ZETA / input_dim))
   out['sgd'] = ('plain SGD', dict(norm='none'))
   return out
 
@@ -66,7 +69,7 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   n = spec['base'].input_dim
   out = {}
   for activation in ('linear', 'relu'):
-    for method, (_, overrides) in methods(activation).items():
+    for method, (_, overrides) in methods(activation, n).items():
       for alpha in spec['alphas']:
         p = max(BATCH, round(alpha * n))
         epochs = math.ceil(spec['steps'] / (p // BATCH))
@@ -97,7 +100,7 @@ def report(workdir):
                f'steps, one seed per point. Error: test MSE.')]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, activation in zip(axes, ('linear', 'relu')):
-    curves, compared = {}, methods(activation)
+    curves, compared = {}, methods(activation, n)
     for method, (label, _) in compared.items():
       pts = [(a, runs[run_name(activation, method, a)].summary['test_loss'])
              for a in spec['alphas'] if run_name(activation, method, a) in runs]

@@ -80,7 +80,7 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
 
 @pytest.mark.parametrize('module,verdicts,plots', [
     ('equilibrium', 8, ('equilibrium.png',)),
-    ('bn_regularization', 4, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
+    ('bn_regularization', 5, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
 ])
 def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
   from experiments import study

@@ -201,14 +201,14 @@ def _bn_regularization_study(tmp_path, claims_hold):
 
 def test_bn_regularization_report_when_the_claims_hold(tmp_path):
   verdicts = _verdicts(_bn_regularization_study(tmp_path, True))
-  assert len(verdicts) == 4 and all('does not hold' not in v for v in verdicts), verdicts
+  assert len(verdicts) == 5 and all('does not hold' not in v for v in verdicts), verdicts
   for png in ('curves.png', 'batch_size.png', 'gamma_decay.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
 
 def test_bn_regularization_report_when_the_claims_fail(tmp_path):
   verdicts = _verdicts(_bn_regularization_study(tmp_path, False))
-  assert len(verdicts) == 4 and all('does not hold' in v for v in verdicts), verdicts
+  assert len(verdicts) == 5 and all('does not hold' in v for v in verdicts), verdicts
 
 
 def test_spearman_against_hand_ranks():
@@ -227,7 +227,7 @@ def _teacher_student_study(tmp_path, claims_hold):
     base = 0.25 + 1.0 / alpha
     if cfg.norm == 'none':
       mse = base * (1.5 if claims_hold else 0.8)
-    elif cfg.norm == 'weight' and cfg.gamma_decay < 0.1:
+    elif cfg.norm == 'weight' and cfg.gamma_decay < ts.STRONG_ZETA / cfg.input_dim:
       mse = base * (1.02 if claims_hold else 2.0)
     else:
       mse = base
@@ -256,3 +256,12 @@ def test_teacher_student_smoke_preset_end_to_end(tmp_path):
   wn = runs['linear_wn_gamma_decay_alpha4'].metrics[-1]
   assert 'gamma_sq/dense' in wn  # WN's gain, which gamma decay acts on
   assert _verdicts(ts.report(tmp_path))
+
+
+def test_teacher_student_wn_gamma_decay_is_bn_gamma_decay_in_wn_units():
+  # BN's gamma is WN's gain / sqrt(N), so zeta * gamma^2 = (zeta / N) * g^2.
+  from experiments import teacher_student as ts
+  cfgs = ts.configs('smoke')  # N = 20, M = 32
+  assert cfgs['linear_wn_gamma_decay_alpha1'].gamma_decay == pytest.approx(1 / (2 * 32 * 20))
+  assert cfgs['relu_wn_gamma_decay_alpha1'].gamma_decay == pytest.approx(1 / (4 * 32 * 20))
+  assert cfgs['linear_bn_alpha1'].gamma_decay == 0.0
