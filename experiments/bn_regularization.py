@@ -96,9 +96,7 @@ def spearman(x, y) -> float:
 
 @study.reporter(STUDY)
 def report(workdir):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = study.pyplot()
 
   meta = study.study_meta(workdir)
   spec = PRESETS[meta['preset']]
@@ -112,9 +110,9 @@ def report(workdir):
     size = (f' Each run: {c["num_epochs"]} epochs over {c["train_subset"] or "all"} '
             f'{c["dataset"]} training examples ({c["model"]}, width {c["width"]}), SGD with '
             f'momentum {c["momentum"]}, lr {c["learning_rate"]}, no weight decay.')
-  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
-               f'runs finished.{size} Training loss: the mean over each log window of the '
-               f'train-mode loss; test loss/error on the full test set.')]
+  sections = [('Setup', study.finished_line(meta, runs) + f'{size} Training loss: the mean '
+               f'over each log window of the train-mode loss; test loss/error on the full '
+               f'test set.')]
 
   # 1. Curves.
   curves = [n for n in CURVE_NORMS if run_name(n, m) in runs]
@@ -133,8 +131,7 @@ def report(workdir):
                 f'{run.test_error:.4f} |')
   for ax, title in zip(axes, ('training loss', 'test loss', 'test error')):
     ax.set_title(f'{title} (M = {m})')
-    ax.set_xlabel('step')
-    ax.legend(fontsize=7)
+  study.label_axes(axes, 'step')
   curves_png = study.savefig(fig, workdir, 'curves')
   lines = []
   if 'batch' in curves and 'population' in curves:
@@ -178,9 +175,7 @@ def report(workdir):
         f'{g2[-1]:.4f} at M={sizes[-1]}'))
   axes[0].set_title('BN: mean gamma^2 at the end')
   axes[1].set_title('BN: test loss')
-  for ax in axes:
-    ax.set_xlabel('batch size M')
-    ax.legend(fontsize=7)
+  study.label_axes(axes, 'batch size M')
   batch_png = study.savefig(fig, workdir, 'batch_size')
   sections.append(('gamma^2 against batch size', f'![batch size]({batch_png})\n\n'
                    'Same learning rate at every M. At equal epochs smaller batches take '
@@ -204,9 +199,7 @@ def report(workdir):
                    f'| {run.summary["test_loss"]:.4f} | {run.test_error:.4f} |')
     axes[0].set_title('conv2 gamma^2')
     axes[1].set_title('test loss')
-    for ax in axes:
-      ax.set_xlabel('step')
-      ax.legend(fontsize=7)
+    study.label_axes(axes, 'step')
     gd_png = study.savefig(fig, workdir, 'gamma_decay')
     bn, pn, gd = (runs[n] for n in names.values())
     lines = []

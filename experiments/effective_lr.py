@@ -85,9 +85,7 @@ def _grid(runs, name, n):
 
 @study.reporter(STUDY)
 def report(workdir):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = study.pyplot()
 
   meta = study.study_meta(workdir)
   runs = study.load_runs(workdir)
@@ -100,12 +98,12 @@ def report(workdir):
     size = (f' Each run: {any_run.summary["steps"]} steps of batch {c["batch_size"]} on '
             f'{c["train_subset"] or "all"} {c["dataset"]} training examples, {c["model"]} '
             f'width {c["width"]}.')
-  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
-               f'runs finished. BN after every conv; every run\'s config is in its '
-               f'folder\'s `config.json`. Test error = 1 - test accuracy.{size} L2 can only '
-               f'set the weight norm once training is long against its time constant '
-               f'(about (1 - momentum) / (2 lr lambda) steps for SGD), so a short preset tests '
-               f'the transient, not the equilibrium.')]
+  sections = [('Setup', study.finished_line(meta, runs) + f' BN after every conv; every '
+               f'run\'s config is in its folder\'s `config.json`. Test error = 1 - test '
+               f'accuracy.{size} L2 can only set the weight norm once training is long '
+               f'against its time constant (about (1 - momentum) / (2 lr lambda) steps for '
+               f'SGD), so a short preset tests the transient, not the equilibrium. A test '
+               f'error near 0.9 is chance: that run failed to train.')]
 
   # 1. Heatmaps and the constant-effective-LR claim.
   fig, axes = plt.subplots(1, len(OPTIMIZERS), figsize=(6 * len(OPTIMIZERS), 4.5))
@@ -154,9 +152,8 @@ def report(workdir):
         f'{name}: with unit-norm projection, test error depends less on lambda',
         f'range over lambda {np.ptp(e_proj):.4f} with projection, {np.ptp(e_plain):.4f} '
         f'without'))
-  ax.set_xlabel('L2 strength lambda')
   ax.set_ylabel('test error')
-  ax.legend(fontsize=7)
+  study.label_axes(ax, 'L2 strength lambda')
   proj_png = study.savefig(fig, workdir, 'projection')
   sections.append(('Unit-norm projection', f'![projection]({proj_png})\n\nL2 also acts on '
                    'the classifier head, which is not scale-invariant and is not '
@@ -182,9 +179,7 @@ def report(workdir):
             f'norm {norm[0]:.3f} -> {norm[-1]:.3f}, effective LR {eff[0]:.3g} -> {eff[-1]:.3g}'))
   axes[0].set_title(f'{TRACKED_LAYER}: mean per-unit weight norm')
   axes[1].set_title(f'{TRACKED_LAYER}: effective learning rate')
-  for ax in axes:
-    ax.set_xlabel('step')
-    ax.legend(fontsize=7)
+  study.label_axes(axes, 'step')
   dyn = study.savefig(fig, workdir, 'dynamics')
   sections.append(('Weight norm and effective learning rate', f'![dynamics]({dyn})\n\n'
                    + '\n\n'.join(lines)))

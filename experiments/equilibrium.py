@@ -106,14 +106,12 @@ def within(ratio: float) -> bool:
 
 @study.reporter(STUDY)
 def report(workdir):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = study.pyplot()
 
   meta = study.study_meta(workdir)
   runs = study.load_runs(workdir)
   names = [n for n in OPTIMIZERS if n in runs]
-  setup = [f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished. '
+  setup = [study.finished_line(meta, runs) + ' '
            f'ConvNet with batch norm; measured values are means over the last quarter of '
            f'the logged steps (each log line holds one step\'s values), per-unit and '
            f'averaged over the units of a layer. A prediction holds within a factor '

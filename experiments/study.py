@@ -115,6 +115,27 @@ def line_spread(grid: np.ndarray):
   return float(np.mean(within)), float(np.std(means))
 
 
+def pyplot():
+  """``matplotlib.pyplot`` on the Agg backend (reports are written headless)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def finished_line(meta: dict, runs: dict) -> str:
+  """``Preset `quick`: 9 of 9 runs finished.``"""
+  return f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished.'
+
+
+def label_axes(axes, xlabel: str, legend: bool = True):
+  """The same x label (and a small legend) on every axis."""
+  for ax in np.ravel(axes):
+    ax.set_xlabel(xlabel)
+    if legend:
+      ax.legend(fontsize=7)
+
+
 def verdict(holds: bool, claim: str, numbers: str) -> str:
   """One report line: ``**Verdict: holds** -- claim (numbers)``."""
   return f'**Verdict: {"holds" if holds else "does not hold"}**: {claim} ({numbers}).'
@@ -136,8 +157,7 @@ def savefig(fig, workdir, name: str) -> str:
   """Saves a matplotlib figure as ``<name>.png`` in the workdir; returns the name."""
   path = pathlib.Path(workdir) / f'{name}.png'
   fig.savefig(path, dpi=90, bbox_inches='tight')
-  import matplotlib.pyplot as plt
-  plt.close(fig)
+  pyplot().close(fig)
   return path.name
 
 

@@ -34,6 +34,7 @@ from experiments import study
 STUDY = 'teacher_student'
 BATCH = 32
 STRONG_ZETA = 0.25  # Luo et al.'s second linear curve
+NOISE_STD, LEARNING_RATE, NUM_TEST = 0.5, 0.2, 2000
 
 PRESETS = {
     'smoke': dict(alphas=(1.0, 4.0), steps=200, base=train.Config(input_dim=20)),
@@ -76,8 +77,8 @@ def configs(preset: str, parallel: str = 'none') -> dict:
         log_every = max(1, epochs * (p // BATCH) // 20)
         out[run_name(activation, method, alpha)] = dataclasses.replace(
             spec['base'], dataset='teacher_student', model='perceptron', parallel=parallel,
-            activation=activation, num_train=p, num_test=2000, noise_std=0.5,
-            batch_size=BATCH, num_epochs=epochs, optimizer='sgd', learning_rate=0.2,
+            activation=activation, num_train=p, num_test=NUM_TEST, noise_std=NOISE_STD,
+            batch_size=BATCH, num_epochs=epochs, optimizer='sgd', learning_rate=LEARNING_RATE,
             regularizer='none', weight_decay=0.0, log_every=log_every,
             checkpoint_every=log_every * 20, **overrides)
   return out
@@ -85,19 +86,17 @@ def configs(preset: str, parallel: str = 'none') -> dict:
 
 @study.reporter(STUDY)
 def report(workdir):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  plt = study.pyplot()
 
   meta = study.study_meta(workdir)
   spec = PRESETS[meta['preset']]
   runs = study.load_runs(workdir)
   n = spec['base'].input_dim
-  sections = [('Setup', f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} '
-               f'runs finished. N = {n} inputs, P = alpha N training examples (at least '
-               f'one batch), 2000 test examples, label noise std 0.5 (so the error floor '
-               f'is 0.25), SGD lr 0.2 with batch size {BATCH} for about {spec["steps"]} '
-               f'steps, one seed per point. Error: test MSE.')]
+  sections = [('Setup', study.finished_line(meta, runs) + f' N = {n} inputs, P = alpha N '
+               f'training examples (at least one batch), {NUM_TEST} test examples, label '
+               f'noise std {NOISE_STD} (so the error floor is {NOISE_STD ** 2:g}), SGD lr '
+               f'{LEARNING_RATE} with batch size {BATCH} for about {spec["steps"]} steps, one '
+               f'seed per point. Error: test MSE.')]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, activation in zip(axes, ('linear', 'relu')):
     curves, compared = {}, methods(activation, n)
@@ -107,11 +106,10 @@ def report(workdir):
       if pts:
         curves[method] = dict(pts)
         ax.plot(*zip(*pts), 'o-', label=label)
-    ax.set_xlabel('load alpha = P / N')
     ax.set_ylabel('test MSE')
     ax.set_yscale('log')
     ax.set_title(f'{activation} student')
-    ax.legend(fontsize=7)
+    study.label_axes(ax, 'load alpha = P / N')
     keys = list(compared)
     bn, wn, sgd = keys[0], keys[1], keys[-1]
     alphas = [a for a in spec['alphas'] if all(a in curves.get(k, {}) for k in keys)]

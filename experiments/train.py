@@ -108,7 +108,8 @@ def main(argv):
     os.environ['BNJAX_FASHION_MNIST_DIR'] = FLAGS.fashion_mnist_dir
   summary = train.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
                         progress=FLAGS.progress)
-  print(json.dumps({k: v for k, v in summary.items() if k != 'config'}, sort_keys=True))
+  print(json.dumps({k: v for k, v in summary.items() if k not in ('config', 'fan_in')},
+                   sort_keys=True))
 
 
 if __name__ == '__main__':
