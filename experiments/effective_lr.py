@@ -159,27 +159,35 @@ def report(workdir):
                    'the classifier head, which is not scale-invariant and is not '
                    'projected.\n\n' + '\n\n'.join(lines)))
 
-  # 3. Dynamics: weight norm and effective LR over training.
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  # 3. Dynamics: weight norm and effective LR over training, every scale-invariant layer.
+  layers = sorted({k.split('/', 1)[1] for r in runs.values() for k in r.metrics[-1]
+                   if k.startswith('weight_norm/') and not k.endswith('/head')})
+  fig, axes = plt.subplots(2, max(len(layers), 1), figsize=(4.5 * max(len(layers), 1), 6.5),
+                           squeeze=False)
   lines = []
   for name in OPTIMIZERS:
     for label, key in (('no decay', f'{name}_none'), ('L2', f'{name}_l2_lr{centre}_wd{centre}'),
                        ('L2 + projection', f'{name}_l2proj_lr{centre}_wd{centre}')):
       if key not in runs:
         continue
-      steps, norm = runs[key].series(f'weight_norm/{TRACKED_LAYER}')
-      _, eff = runs[key].series(f'effective_lr/{TRACKED_LAYER}')
-      axes[0].plot(steps, norm, label=f'{name}, {label}')
-      axes[1].semilogy(steps, eff, label=f'{name}, {label}')
-      if label == 'no decay' and len(norm) >= 2:
-        lines.append(study.verdict(
-            norm[-1] > norm[0] and eff[-1] < eff[0],
-            f'{name} without decay: the {TRACKED_LAYER} weight norm grows and its effective '
-            f'learning rate decays',
-            f'norm {norm[0]:.3f} -> {norm[-1]:.3f}, effective LR {eff[0]:.3g} -> {eff[-1]:.3g}'))
-  axes[0].set_title(f'{TRACKED_LAYER}: mean per-unit weight norm')
-  axes[1].set_title(f'{TRACKED_LAYER}: effective learning rate')
-  study.label_axes(axes, 'step')
+      for col, layer in enumerate(layers):
+        steps, norm = runs[key].series(f'weight_norm/{layer}')
+        _, eff = runs[key].series(f'effective_lr/{layer}')
+        axes[0, col].plot(steps, norm, label=f'{name}, {label}')
+        axes[1, col].semilogy(steps, eff, label=f'{name}, {label}')
+        if label == 'no decay' and layer == TRACKED_LAYER and len(norm) >= 2:
+          lines.append(study.verdict(
+              norm[-1] > norm[0] and eff[-1] < eff[0],
+              f'{name} without decay: the {TRACKED_LAYER} weight norm grows and its '
+              f'effective learning rate decays',
+              f'norm {norm[0]:.3f} -> {norm[-1]:.3f}, effective LR {eff[0]:.3g} -> '
+              f'{eff[-1]:.3g}'))
+  for col, layer in enumerate(layers):
+    axes[0, col].set_title(f'{layer}: mean per-unit weight norm')
+    axes[1, col].set_title(f'{layer}: effective learning rate')
+  study.label_axes(axes[1], 'step', legend=False)
+  axes[0, 0].legend(fontsize=7)
+  fig.tight_layout()
   dyn = study.savefig(fig, workdir, 'dynamics')
   sections.append(('Weight norm and effective learning rate', f'![dynamics]({dyn})\n\n'
                    + '\n\n'.join(lines)))
