@@ -34,20 +34,23 @@ OPTIMIZERS = {
     'adam': ('adam', 1e-3, 5e-3, LR_STEP ** 2),
 }
 TRACKED_LAYER = 'conv2'
+FAILED = 0.85  # test error of a run that did not train (chance is 0.9)
 
 # The SGD grid's lambdas are large on purpose: L2 sets the norm only after
 # about (1 - momentum) / (2 lr lambda) steps, so the quick preset's 1250
 # steps are 3 or more such time constants on every anti-diagonal of two or
 # more cells (400 steps on the slowest), not a transient.
+_QUICK = train.Config(train_subset=40000, batch_size=32, num_epochs=1, width=16,
+                      log_every=25, checkpoint_every=250)
 PRESETS = {
-    'smoke': dict(grid=2, base=train.Config(train_subset=1024, batch_size=32, num_epochs=1,
-                                            width=8, log_every=4, checkpoint_every=16,
-                                            eval_batch_size=2000)),
-    'quick': dict(grid=3, base=train.Config(train_subset=40000, batch_size=32, num_epochs=1,
-                                            width=16, log_every=25, checkpoint_every=250)),
-    'paper': dict(grid=5, base=train.Config(dataset='cifar10', augment=True,
-                                            batch_size=128, num_epochs=60, log_every=50,
-                                            checkpoint_every=500)),
+    # seeds: extra seeds of the grid's centre cell, for the seed-to-seed spread.
+    'smoke': dict(grid=2, seeds=(), base=train.Config(
+        train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
+        checkpoint_every=16, eval_batch_size=2000)),
+    'quick': dict(grid=3, seeds=(1, 2), base=_QUICK),
+    'paper': dict(grid=5, seeds=(1, 2), base=train.Config(
+        dataset='cifar10', augment=True, batch_size=128, num_epochs=60, log_every=50,
+        checkpoint_every=500)),
 }
 
 
@@ -72,6 +75,9 @@ def configs(preset: str, parallel: str = 'none') -> dict:
       out[f'{name}_l2proj_lr{centre}_wd{j}'] = dataclasses.replace(
           base, optimizer=opt, learning_rate=lrs[centre], regularizer='l2',
           weight_decay=lam, projection=True)
+    for seed in spec['seeds']:
+      out[f'{name}_l2_lr{centre}_wd{centre}_seed{seed}'] = dataclasses.replace(
+          out[f'{name}_l2_lr{centre}_wd{centre}'], seed=seed)
     out[f'{name}_none'] = dataclasses.replace(base, optimizer=opt, learning_rate=lrs[centre],
                                               regularizer='none', weight_decay=0.0)
   return out
@@ -120,15 +126,26 @@ def report(workdir):
     for i in range(n):
       for j in range(n):
         if not np.isnan(grid[i, j]):
-          ax.text(j, i, f'{grid[i, j]:.3f}', ha='center', va='center', color='w', fontsize=8)
+          ax.text(j, i, f'{grid[i, j]:.3f}', ha='center', va='center', color='w',
+                  fontsize=8)
     fig.colorbar(im, ax=ax)
     along, across = study.line_spread(grid)
     rule = 'lr * lambda' if name == 'sgd' else 'lr^2 * lambda'
+    numbers = f'spread along {along:.4f}, across {across:.4f}'
+    trained = np.where(grid < FAILED, grid, np.nan)
+    if np.isnan(trained).any():
+      t_along, t_across = study.line_spread(trained)
+      numbers += (f'; without the {int(np.isnan(trained).sum())} runs that failed to train '
+                  f'(error >= {FAILED}): along {t_along:.4f}, across {t_across:.4f}')
+    seeds = [runs.get(f'{name}_l2_lr{centre}_wd{centre}' + (f'_seed{s}' if s else ''))
+             for s in (0,) + PRESETS[meta['preset']]['seeds']]
+    if len(seeds) > 1 and all(seeds):
+      spread = np.std([r.test_error for r in seeds])
+      numbers += f'; seed-to-seed std at the centre cell {spread:.4f} ({len(seeds)} seeds)'
     lines.append(study.verdict(
         along < across,
         f'{name} + L2: test error varies less along lines of constant {rule} '
-        f'(anti-diagonals) than across them',
-        f'spread along {along:.4f}, across {across:.4f}'))
+        f'(anti-diagonals) than across them', numbers))
   fig.tight_layout()
   heat = study.savefig(fig, workdir, 'heatmaps')
   sections.append(('Test error over learning rate x L2',

@@ -23,6 +23,7 @@ targets, so it includes the noise variance ``noise_std^2``.
 """
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -37,11 +38,12 @@ STRONG_ZETA = 0.25  # Luo et al.'s second linear curve
 NOISE_STD, LEARNING_RATE, NUM_TEST = 0.5, 0.2, 2000
 
 PRESETS = {
-    'smoke': dict(alphas=(1.0, 4.0), steps=200, base=train.Config(input_dim=20)),
-    'quick': dict(alphas=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0), steps=4000,
+    # Each seed draws its own teacher, data and initialization.
+    'smoke': dict(alphas=(1.0, 4.0), steps=200, seeds=(0,), base=train.Config(input_dim=20)),
+    'quick': dict(alphas=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0), steps=4000, seeds=(0, 1, 2),
                   base=train.Config(input_dim=100)),
     'paper': dict(alphas=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0),
-                  steps=40000, base=train.Config(input_dim=500)),
+                  steps=40000, seeds=(0, 1, 2, 3, 4), base=train.Config(input_dim=500)),
 }
 
 
@@ -61,8 +63,8 @@ def methods(activation: str, input_dim: int) -> dict:
   return out
 
 
-def run_name(activation: str, method: str, alpha: float) -> str:
-  return f'{activation}_{method}_alpha{alpha:g}'
+def run_name(activation: str, method: str, alpha: float, seed: int = 0) -> str:
+  return f'{activation}_{method}_alpha{alpha:g}' + (f'_seed{seed}' if seed else '')
 
 
 def configs(preset: str, parallel: str = 'none') -> dict:
@@ -71,16 +73,16 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   out = {}
   for activation in ('linear', 'relu'):
     for method, (_, overrides) in methods(activation, n).items():
-      for alpha in spec['alphas']:
+      for alpha, seed in itertools.product(spec['alphas'], spec['seeds']):
         p = max(BATCH, round(alpha * n))
         epochs = math.ceil(spec['steps'] / (p // BATCH))
         log_every = max(1, epochs * (p // BATCH) // 20)
-        out[run_name(activation, method, alpha)] = dataclasses.replace(
-            spec['base'], dataset='teacher_student', model='perceptron', parallel=parallel,
-            activation=activation, num_train=p, num_test=NUM_TEST, noise_std=NOISE_STD,
-            batch_size=BATCH, num_epochs=epochs, optimizer='sgd', learning_rate=LEARNING_RATE,
-            regularizer='none', weight_decay=0.0, log_every=log_every,
-            checkpoint_every=log_every * 20, **overrides)
+        out[run_name(activation, method, alpha, seed)] = dataclasses.replace(
+            spec['base'], seed=seed, dataset='teacher_student', model='perceptron',
+            parallel=parallel, activation=activation, num_train=p, num_test=NUM_TEST,
+            noise_std=NOISE_STD, batch_size=BATCH, num_epochs=epochs, optimizer='sgd',
+            learning_rate=LEARNING_RATE, regularizer='none', weight_decay=0.0,
+            log_every=log_every, checkpoint_every=log_every * 20, **overrides)
   return out
 
 
@@ -95,17 +97,26 @@ def report(workdir):
   sections = [('Setup', study.finished_line(meta, runs) + f' N = {n} inputs, P = alpha N '
                f'training examples (at least one batch), {NUM_TEST} test examples, label '
                f'noise std {NOISE_STD} (so the error floor is {NOISE_STD ** 2:g}), SGD lr '
-               f'{LEARNING_RATE} with batch size {BATCH} for about {spec["steps"]} steps, one '
-               f'seed per point. Error: test MSE.')]
+               f'{LEARNING_RATE} with batch size {BATCH} for about {spec["steps"]} steps. '
+               f'Error: test MSE, the mean over {len(spec["seeds"])} seed(s) (each its own '
+               f'teacher, data and initialization), +- its standard error.')]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, activation in zip(axes, ('linear', 'relu')):
     curves, compared = {}, methods(activation, n)
+    sems = {}
     for method, (label, _) in compared.items():
-      pts = [(a, runs[run_name(activation, method, a)].summary['test_loss'])
-             for a in spec['alphas'] if run_name(activation, method, a) in runs]
+      pts = {}
+      for a in spec['alphas']:
+        errors = [runs[name].summary['test_loss'] for name in
+                  (run_name(activation, method, a, s) for s in spec['seeds']) if name in runs]
+        if len(errors) == len(spec['seeds']):
+          pts[a] = (float(np.mean(errors)), float(np.std(errors) / np.sqrt(len(errors))))
       if pts:
-        curves[method] = dict(pts)
-        ax.plot(*zip(*pts), 'o-', label=label)
+        curves[method] = {a: m for a, (m, _) in pts.items()}
+        sems[method] = {a: e for a, (_, e) in pts.items()}
+        xs = sorted(pts)
+        ax.errorbar(xs, [pts[a][0] for a in xs], yerr=[pts[a][1] for a in xs], fmt='o-',
+                    capsize=3, label=label)
     ax.set_ylabel('test MSE')
     ax.set_yscale('log')
     ax.set_title(f'{activation} student')
@@ -115,8 +126,8 @@ def report(workdir):
     alphas = [a for a in spec['alphas'] if all(a in curves.get(k, {}) for k in keys)]
     table = ['| alpha | ' + ' | '.join(label for label, _ in compared.values()) + ' |',
              '|---' * (len(keys) + 1) + '|']
-    table += [f'| {a:g} | ' + ' | '.join(f'{curves[k][a]:.4f}' for k in keys) + ' |'
-              for a in alphas]
+    table += [f'| {a:g} | ' + ' | '.join(f'{curves[k][a]:.4f} +- {sems[k][a]:.4f}'
+                                        for k in keys) + ' |' for a in alphas]
     text = '\n'.join(table)
     if alphas:
       gap_wn = float(np.mean([abs(curves[wn][a] - curves[bn][a]) for a in alphas]))

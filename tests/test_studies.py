@@ -45,11 +45,11 @@ def test_effective_lr_grid_holds_effective_lr_on_anti_diagonals(preset):
   assert cfgs['sgd_none'].regularizer == 'none' and cfgs['adam_none'].optimizer == 'adam'
 
 
-def _fake_study(tmp_path, errors, norm_growth=True):
-  """A finished smoke study whose test errors come from ``errors(name, config)``."""
-  cfgs = effective_lr.configs('smoke')
+def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
+  """A finished effective_lr study whose test errors come from ``errors(name, config)``."""
+  cfgs = effective_lr.configs(preset)
   train.write_json_atomic(tmp_path / 'study.json', {'study': 'effective_lr',
-                                                    'preset': 'smoke', 'runs': sorted(cfgs)})
+                                                    'preset': preset, 'runs': sorted(cfgs)})
   for name, cfg in cfgs.items():
     folder = tmp_path / name
     folder.mkdir()
@@ -96,6 +96,18 @@ def test_effective_lr_report_when_the_claims_fail(tmp_path):
   verdicts = _verdicts(effective_lr.report(tmp_path))
   assert len(verdicts) == 6
   assert all('does not hold' in v for v in verdicts), verdicts
+
+
+def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
+  def errors(name, cfg):
+    if cfg.learning_rate > 0.1 and cfg.weight_decay > 5e-3 and not cfg.projection:
+      return 0.9  # two SGD cells that did not train
+    return {0: 0.20, 1: 0.21, 2: 0.23}[cfg.seed]
+
+  _fake_study(tmp_path, errors, preset='quick')
+  sgd = next(v for v in _verdicts(effective_lr.report(tmp_path)) if 'sgd + L2' in v)
+  assert 'without the 2 runs that failed to train' in sgd
+  assert f'seed-to-seed std at the centre cell {np.std([0.2, 0.21, 0.23]):.4f} (3 seeds)' in sgd
 
 
 def test_report_binary_regenerates(tmp_path):
