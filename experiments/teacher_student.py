@@ -36,6 +36,7 @@ STUDY = 'teacher_student'
 BATCH = 32
 STRONG_ZETA = 0.25  # Luo et al.'s second linear curve
 NOISE_STD, LEARNING_RATE, NUM_TEST = 0.5, 0.2, 2000
+COLORS = {'bn': 'C0', 'wn_gamma_decay': 'C1', 'wn_strong_gamma_decay': 'C2', 'sgd': 'C3'}
 
 PRESETS = {
     # Each seed draws its own teacher, data and initialization.
@@ -116,7 +117,7 @@ def report(workdir):
         sems[method] = {a: e for a, (_, e) in pts.items()}
         xs = sorted(pts)
         ax.errorbar(xs, [pts[a][0] for a in xs], yerr=[pts[a][1] for a in xs], fmt='o-',
-                    capsize=3, label=label)
+                    capsize=3, label=label, color=COLORS[method])
     ax.set_ylabel('test MSE')
     ax.set_yscale('log')
     ax.set_title(f'{activation} student')
