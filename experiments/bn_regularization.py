@@ -98,9 +98,8 @@ def spearman(x, y) -> float:
 def report(workdir):
   plt = study.pyplot()
 
-  meta = study.study_meta(workdir)
+  meta, runs = study.load_study(workdir)
   spec = PRESETS[meta['preset']]
-  runs = study.load_runs(workdir)
   m = spec['batch']
   zeta = theory.gamma_decay_strength(m, 'relu')
   any_run = next(iter(runs.values()), None)

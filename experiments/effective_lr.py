@@ -93,8 +93,7 @@ def _grid(runs, name, n):
 def report(workdir):
   plt = study.pyplot()
 
-  meta = study.study_meta(workdir)
-  runs = study.load_runs(workdir)
+  meta, runs = study.load_study(workdir)
   n = PRESETS[meta['preset']]['grid']
   centre = (n - 1) // 2
   any_run = next(iter(runs.values()), None)

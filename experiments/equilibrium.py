@@ -108,8 +108,7 @@ def within(ratio: float) -> bool:
 def report(workdir):
   plt = study.pyplot()
 
-  meta = study.study_meta(workdir)
-  runs = study.load_runs(workdir)
+  meta, runs = study.load_study(workdir)
   names = [n for n in OPTIMIZERS if n in runs]
   setup = [study.finished_line(meta, runs) + ' '
            f'ConvNet with batch norm; measured values are means over the last quarter of '

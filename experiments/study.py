@@ -94,6 +94,11 @@ def study_meta(workdir) -> dict:
   return json.loads((pathlib.Path(workdir) / 'study.json').read_text())
 
 
+def load_study(workdir):
+  """``(meta, runs)``: ``study.json`` and every finished run of a study folder."""
+  return study_meta(workdir), load_runs(workdir)
+
+
 def line_spread(grid: np.ndarray):
   """Spread of a square grid along its anti-diagonals against across them.
 

@@ -91,9 +91,8 @@ def configs(preset: str, parallel: str = 'none') -> dict:
 def report(workdir):
   plt = study.pyplot()
 
-  meta = study.study_meta(workdir)
+  meta, runs = study.load_study(workdir)
   spec = PRESETS[meta['preset']]
-  runs = study.load_runs(workdir)
   n = spec['base'].input_dim
   sections = [('Setup', study.finished_line(meta, runs) + f' N = {n} inputs, P = alpha N '
                f'training examples (at least one batch), {NUM_TEST} test examples, label '
