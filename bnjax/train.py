@@ -115,13 +115,13 @@ class Config:
       need(isinstance(value, int) and value > 0, flag, f'must be a positive int, got {value!r}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
          f'{self.train_subset}')
+    need(self.eval_every >= 0, 'eval_every', f'must be >= 0 (0: only at the end), got '
+         f'{self.eval_every}')
     for flag in ('checkpoint_every', 'eval_every'):
       value = getattr(self, flag)
-      need(value >= 0 and value % self.log_every == 0, flag,
+      need(value % self.log_every == 0, flag,
            f'must be a multiple of --log_every={self.log_every} (so a resumed run logs '
            f'the same windows), got {value}')
-    need(self.checkpoint_every > 0, 'checkpoint_every',
-         f'must be a positive int, got {self.checkpoint_every}')
     need(self.width == Config.width or self.model == 'convnet', 'width',
          f'sets the ConvNet\'s widths; --model={self.model} has fixed widths')
     need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
@@ -518,12 +518,11 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
                   'time_s': elapsed + time.perf_counter() - start}
           for key in host[0]:
             line[key] = float(np.mean([m[key] for m in host]))
-          current = executor.get_state(state)
+          current = jax.device_get(executor.get_state(state))
           line.update(layer_metrics(current.opt_state))
-          line.update(gain_metrics(jax.device_get(current.params)))
+          line.update(gain_metrics(current.params))
           if config.eval_every and step % config.eval_every == 0:
-            line.update(evaluate(eval_step, jax.device_get(current), splits['test'],
-                                 test_batches))
+            line.update(evaluate(eval_step, current, splits['test'], test_batches))
           if main_process:
             log.write(json.dumps(line) + '\n')
             log.flush()

@@ -40,14 +40,14 @@ FAILED = 0.85  # test error of a run that did not train (chance is 0.9)
 # about (1 - momentum) / (2 lr lambda) steps, so the quick preset's 1250
 # steps are 3 or more such time constants on every anti-diagonal of two or
 # more cells (400 steps on the slowest), not a transient.
-_QUICK = train.Config(train_subset=40000, batch_size=32, num_epochs=1, width=16,
-                      log_every=25, checkpoint_every=250)
 PRESETS = {
     # seeds: extra seeds of the grid's centre cell, for the seed-to-seed spread.
     'smoke': dict(grid=2, seeds=(), base=train.Config(
         train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
         checkpoint_every=16, eval_batch_size=2000)),
-    'quick': dict(grid=3, seeds=(1, 2), base=_QUICK),
+    'quick': dict(grid=3, seeds=(1, 2), base=train.Config(
+        train_subset=40000, batch_size=32, num_epochs=1, width=16, log_every=25,
+        checkpoint_every=250)),
     'paper': dict(grid=5, seeds=(1, 2), base=train.Config(
         dataset='cifar10', augment=True, batch_size=128, num_epochs=60, log_every=50,
         checkpoint_every=500)),

@@ -86,16 +86,16 @@ def measure(run: study.Run, name: str) -> list:
   for layer in invariant_layers(run):
     fan_in = run.summary['fan_in'][layer]
     grad_norm = math.sqrt(late_mean(run, f'grad_sq_at_unit_norm/{layer}'))
-    norm_key = f'weight_norm/{layer}'
+    norm = late_mean(run, f'weight_norm/{layer}')
     rows.append(dict(
         layer=layer,
         angle=late_mean(run, f'angular_update/{layer}'),
         angle_theory=theory.equilibrium_angular_update(
             kind, lr, lam, momentum=momentum, fan_in=fan_in, grad_norm=grad_norm),
-        norm=late_mean(run, norm_key),
+        norm=norm,
         norm_theory=theory.equilibrium_norm(kind, lr, lam, fan_in=fan_in,
                                             grad_norm=grad_norm, momentum=momentum),
-        drift=abs(late_mean(run, norm_key) / late_mean(run, norm_key, 0.5, 0.75) - 1.0),
+        drift=abs(norm / late_mean(run, f'weight_norm/{layer}', 0.5, 0.75) - 1.0),
     ))
   return rows
 

@@ -229,6 +229,8 @@ def test_eval_every_logs_test_metrics_and_gains(tmp_path):
     (dict(gamma_decay=-1.0), '--gamma_decay: must be >= 0'),
     (dict(gamma_decay=0.1, norm='none'), '--gamma_decay: acts on the normalization gains'),
     (dict(eval_every=6), '--eval_every: must be a multiple of --log_every=4'),
+    (dict(eval_every=-8), '--eval_every: must be >= 0'),
+    (dict(checkpoint_every=0), '--checkpoint_every: must be a positive int'),
     (dict(width=0), '--width: must be a positive int'),
     (dict(width=16), '--width: sets the ConvNet'),  # TS is the perceptron
 ])
