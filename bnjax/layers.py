@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar, Optional
 import flax
 import flax.linen as nn
 import jax
+from jax.extend import core as jex_core
 import jax.numpy as jnp
 from flax.linen import initializers
 
@@ -294,6 +295,70 @@ def _trace_pairs(module: nn.Module, variables, *args, **kwargs):
   return pairs
 
 
+def _feeds_only_the_norm(module: nn.Module, variables, lin_path, norm_path, *args,
+                        **kwargs) -> bool:
+  """Whether the output of ``lin_path`` reaches the model's outputs only through
+  ``norm_path``.
+
+  Traces the model with a perturbation ``e`` added to the linear layer's
+  output everywhere except at the norm's input (which gets the unperturbed
+  output), and checks that no output of the jaxpr depends on ``e``. Needs no
+  FLOPs; a dependence through any path (a residual ``BN(h) + h``, a second
+  consumer, a shared layer) makes it ``False``.
+  """
+  def run(v, e):
+    clean = {}
+
+    def interceptor(next_fun, call_args, call_kwargs, context):
+      path = tuple(context.module.scope.path)
+      if context.method_name == '__call__' and path == norm_path and call_args \
+          and id(call_args[0]) in clean:
+        call_args = (clean[id(call_args[0])],) + tuple(call_args[1:])
+      out = next_fun(*call_args, **call_kwargs)
+      if context.method_name == '__call__' and path == lin_path:
+        perturbed = out + e
+        clean[id(perturbed)] = out
+        return perturbed
+      return out
+
+    with nn.intercept_methods(interceptor):
+      return module.apply(v, *args, mutable=True, **kwargs)
+
+  shapes = {}
+
+  def record(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    if context.method_name == '__call__' and tuple(context.module.scope.path) == lin_path:
+      shapes['out'] = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
+    return out
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
+  closed = jax.make_jaxpr(run)(variables, jnp.zeros(shapes['out'].shape,
+                                                    shapes['out'].dtype))
+  jaxpr = closed.jaxpr
+  tainted = {jaxpr.invars[-1]}
+  for eqn in jaxpr.eqns:  # forward taint; a nested call is tainted as a whole
+    if any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars):
+      tainted.update(eqn.outvars)
+  return not any(not isinstance(v, jex_core.Literal) and v in tainted
+                 for v in jaxpr.outvars)
+
+
+def _call_counts(module: nn.Module, variables, *args, **kwargs) -> dict:
+  counts = {}
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    if context.method_name == '__call__':
+      path = tuple(context.module.scope.path)
+      counts[path] = counts.get(path, 0) + 1
+    return next_fun(*call_args, **call_kwargs)
+
+  with nn.intercept_methods(interceptor):
+    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
+  return counts
+
+
 def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
   """Finds every Dense/Conv whose output goes straight into a batch norm.
 
@@ -307,6 +372,14 @@ def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
     names, relative to ``variables['params']``), in call order.
   """
   return [(lin, norm) for lin, norm, _ in _trace_pairs(module, variables, *args, **kwargs)]
+
+
+def _has(tree, path) -> bool:
+  for name in path:
+    if not isinstance(tree, dict) and not hasattr(tree, 'keys') or name not in tree:
+      return False
+    tree = tree[name]
+  return True
 
 
 def _get(tree, path):
@@ -327,13 +400,36 @@ def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
   same inference outputs with the folded variables, and a Dense/Conv with a
   bias can load the folded kernel and bias into a model without the norm.
 
+  A pair is folded only when the Dense/Conv output feeds nothing but the
+  norm and neither layer is called twice; otherwise (a residual ``BN(h) + h``,
+  a shared layer) folding would change the outputs, and a ValueError names
+  the layer.
+
   Returns:
     ``(folded_variables, pairs)``.
   """
+  if 'batch_stats' not in variables or 'params' not in variables:
+    raise ValueError("fold_batch_norms needs trained variables with 'params' and "
+                     "'batch_stats' collections (the batch norms' running statistics); "
+                     f'got collections {sorted(variables)}.')
   found = _trace_pairs(module, variables, *args, **kwargs)
+  counts = _call_counts(module, variables, *args, **kwargs)
+  for lin_path, norm_path, _ in found:
+    lin, norm = '/'.join(lin_path), '/'.join(norm_path)
+    for path, name in ((lin_path, lin), (norm_path, norm)):
+      if counts.get(path, 0) > 1:
+        raise ValueError(f'cannot fold {norm} into {lin}: {name} is called '
+                         f'{counts[path]} times, and folding changes every call.')
+    if not _feeds_only_the_norm(module, variables, lin_path, norm_path, *args, **kwargs):
+      raise ValueError(f'cannot fold {norm} into {lin}: the output of {lin} also feeds '
+                       f'something other than {norm} (e.g. a residual BN(h) + h), whose '
+                       f'result folding would change.')
   variables = flax.core.unfreeze(jax.tree_util.tree_map(lambda a: a, variables))
   params, batch_stats = variables['params'], variables['batch_stats']
   for lin_path, norm_path, bn in found:
+    if not _has(batch_stats, norm_path):
+      raise ValueError(f"batch_stats has no running statistics for {'/'.join(norm_path)}; "
+                       f'pass the variables of a model initialized or trained with it.')
     lin, norm_p, stats = (_get(params, lin_path), _get(params, norm_path),
                           _get(batch_stats, norm_path))
     eps = bn.epsilon

@@ -29,9 +29,11 @@ from typing import NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from bnjax._validation import check_positive, check_unit_interval, unit_axes_of
+from bnjax._validation import (check_bool, check_float_input, check_positive,
+                               check_unit_interval, unit_axes_of)
 
 Array = jax.Array
 Axes = Union[int, Sequence[int]]
@@ -55,8 +57,10 @@ def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
 
 def _canonical_axes(ndim: int, axes: Axes, what: str = 'axis') -> tuple:
   """Sorted, deduplicated non-negative axes; ValueError when out of range."""
-  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
   for a in axes:
+    if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+      raise TypeError(f'{what} must be an int or a tuple of ints, got {a!r}.')
     if not -ndim <= a < ndim:
       raise ValueError(f'{what}={a} is out of range for an input of rank {ndim}.')
   return tuple(sorted({a % ndim for a in axes}))
@@ -67,6 +71,15 @@ def _check_features(name: str, value, shape: tuple):
     raise ValueError(
         f'{name} has shape {tuple(jnp.shape(value))}, expected {tuple(shape)}: one '
         f'entry per feature of the input ({", ".join(map(str, shape))} features).')
+
+
+def _check_input(name: str, x, reduction_axes: tuple):
+  """A real floating input with at least one element on every reduced axis."""
+  check_float_input(name, x)
+  empty = [a for a in reduction_axes if jnp.shape(x)[a] == 0]
+  if empty:
+    raise ValueError(f'{name} has shape {tuple(jnp.shape(x))}: its statistics reduce over '
+                     f'axes {empty} of size 0 (an empty batch or group).')
 
 
 def _check_stats(stats, num_features: int):
@@ -281,11 +294,14 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
   _check_stats(stats, num_features)
   check_unit_interval('momentum', momentum, include_one=True)
   check_positive('epsilon', epsilon)
-  if not isinstance(training, bool):
-    raise ValueError(f'training must be a Python bool, got {training!r}.')
+  check_bool('training', training)
   if not training and stats is None:
     raise ValueError('inference (training=False) needs stats: pass the running BatchStats.')
   reduction_axes = tuple(a for a in range(x_ndim) if a != feature_axis)
+  if training:
+    _check_input('x', x, reduction_axes)
+  else:
+    check_float_input('x', x)
   return feature_axis, reduction_axes
 
 
@@ -474,6 +490,7 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)
   check_positive('epsilon', epsilon)
+  _check_input('x', x, red)
   return _per_example_normalize(x, scale, bias, red, feats, epsilon)
 
 
@@ -490,6 +507,7 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
   _check_features('scale', scale, (x.shape[feature_axis],))
   _check_features('bias', bias, (x.shape[feature_axis],))
   check_positive('epsilon', epsilon)
+  _check_input('x', x, tuple(a for a in range(1, ndim) if a != feature_axis))
   return feature_axis
 
 
@@ -554,6 +572,7 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
   unit_axis, red = unit_axes_of(v, axis)
   _check_features('g', g, (jnp.shape(v)[unit_axis],))
   check_positive('epsilon', epsilon)
+  check_float_input('v', v)
   v32 = v.astype(_stats_dtype(v))
   sq = jnp.sum(v32 * v32, axis=red)
   return _normalize(v, None, sq, g, None, reduction_axes=red,
@@ -570,6 +589,7 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
   """
   unit_axis, red = unit_axes_of(w, axis)
   check_positive('epsilon', epsilon)
+  _check_input('w', w, red)
   return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon)
 
 
@@ -584,6 +604,7 @@ def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
   Returns:
     ``(folded_kernel, folded_bias)``, the bias always an array.
   """
+  check_float_input('kernel', kernel)
   units = jnp.shape(kernel)[-1]
   for name, value in (('bias', bias), ('scale', scale), ('bn_bias', bn_bias)):
     _check_features(name, value, (units,))

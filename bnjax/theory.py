@@ -16,12 +16,15 @@ al. 2019 (arXiv 1809.00846).
 
 import math
 
+import jax
 import jax.numpy as jnp
 
-from bnjax._validation import check_nonnegative, check_positive, check_unit_interval
+from bnjax._validation import (check_nonnegative, check_optimizer, check_positive,
+                               check_positive_int, check_unit_interval)
 
-SGD_LIKE = ('sgd', 'momentum')
+SGD_LIKE = ('sgd', 'momentum')  # 'momentum' is an alias of 'sgd' (momentum argument)
 EQUILIBRIUM_OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2')
+OPTIMIZERS = EQUILIBRIUM_OPTIMIZERS + ('adam',)
 
 
 def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
@@ -32,15 +35,16 @@ def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
   Adam (Adam+L2, AdamW): ``lr / ||w||``, since Adam's step does not scale
   with the gradient (van Laarhoven 2017, section 3; Hoffer et al. 2018).
   """
-  if optimizer in SGD_LIKE:
-    power = 2
-  elif optimizer in ('adam', 'adamw', 'adam_l2'):
-    power = 1
-  else:
-    raise ValueError(f"optimizer must be one of 'sgd', 'momentum', 'adam', 'adamw', "
-                     f"'adam_l2'; got {optimizer!r}.")
+  check_optimizer('optimizer', optimizer, OPTIMIZERS)
+  power = 2 if optimizer in SGD_LIKE else 1
   check_nonnegative('learning_rate', learning_rate)
-  return learning_rate / jnp.asarray(weight_norm) ** power
+  norm = jnp.asarray(weight_norm)
+  if not jnp.issubdtype(norm.dtype, jnp.floating) and not jnp.issubdtype(
+      norm.dtype, jnp.integer):
+    raise TypeError(f'weight_norm must be real, got dtype {norm.dtype}.')
+  if not isinstance(norm, jax.core.Tracer) and bool(jnp.any(norm < 0)):
+    raise ValueError(f'weight_norm must be >= 0 (a norm), got {weight_norm}.')
+  return learning_rate / norm ** power
 
 
 def _adam_step_rms(b1):
@@ -52,7 +56,8 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
                      grad_norm=None, momentum=0.0, b1=0.9):
   """Per-unit weight norm at which decay and gradient growth balance.
 
-  * ``'sgd'`` / ``'momentum'`` (SGD with momentum ``a`` and coupled L2):
+  * ``'sgd'`` (SGD with ``momentum`` a, as ``optax.sgd``; ``'momentum'`` is an
+    alias) and coupled L2:
     ``(lr * E||g~||^2 / (2 * lambda * (1 - a)))^(1/4)``, with
     ``grad_norm = sqrt(E||g~||^2)`` (Wan et al. 2021).
   * ``'adamw'`` (decay ``lr * lambda`` per step): ``sqrt(lr * C / (2 * lambda))``
@@ -99,14 +104,11 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
 
 
 def _check_common(optimizer, learning_rate, weight_decay, momentum, b1):
-  if optimizer not in EQUILIBRIUM_OPTIMIZERS:
-    raise ValueError(f'optimizer must be one of {EQUILIBRIUM_OPTIMIZERS}, got {optimizer!r}.')
+  check_optimizer('optimizer', optimizer, EQUILIBRIUM_OPTIMIZERS)
   check_positive('learning_rate', learning_rate)
   check_positive('weight_decay', weight_decay)
   check_unit_interval('momentum', momentum, include_one=False)
   check_unit_interval('b1', b1, include_one=False)
-  if optimizer == 'sgd' and momentum:
-    raise ValueError("optimizer='sgd' has no momentum; use 'momentum'.")
 
 
 def gamma_decay_strength(batch_size: int, activation: str) -> float:
@@ -116,8 +118,7 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
   explicit penalty ``zeta * gamma^2`` with ``zeta = 1/(2M)`` for a linear
   (identity) unit and ``1/(4M)`` for ReLU (their Figure 1).
   """
-  if not isinstance(batch_size, int) or batch_size <= 0:
-    raise ValueError(f'batch_size must be a positive int, got {batch_size!r}.')
+  batch_size = check_positive_int('batch_size', batch_size)
   if activation == 'linear':
     return 1.0 / (2 * batch_size)
   if activation == 'relu':

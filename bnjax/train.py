@@ -2,7 +2,8 @@
 
 :func:`train` runs a :class:`Config` in a workdir and leaves there
 
-* ``config.json`` -- the configuration (a rerun with another config is refused);
+* ``config.json`` -- the configuration (a rerun with a config that differs in a
+  field outside ``Config.NON_RESULT_FIELDS`` is refused before any work);
 * ``metrics.jsonl`` -- one JSON object per logged step: ``step``, ``epoch``,
   ``loss`` and ``accuracy`` (means since the previous line), ``learning_rate``,
   ``images_per_s``, ``time_s`` and, for every kernel, ``weight_norm/<layer>``,
@@ -13,9 +14,13 @@
   gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;
-* ``summary.json`` -- written atomically at the end: test loss and accuracy,
-  steps, wall time, ``fan_in`` (weights per unit of every kernel), config. A
-  workdir with a summary is finished: rerunning returns it.
+* ``summary.json`` -- written atomically at the end: ``status`` (``finished``
+  or ``diverged``), test loss and accuracy, steps, wall time, ``fan_in``
+  (weights per unit of every kernel), config. A workdir with a summary is
+  done: rerunning the same config returns it (a diverged one raises again).
+
+Lock, resume, fallback past a damaged checkpoint and strict JSON are
+:mod:`bnjax.workdir`'s.
 
 Parallel modes: ``none`` (``jax.jit`` on one device), ``pmap`` (batch split
 over local devices; gradients and batch-norm statistics averaged with
@@ -26,9 +31,8 @@ the collectives). All three compute the same global-batch step.
 
 import dataclasses
 import functools
-import json
 import math
-import os
+import numbers
 import pathlib
 import time
 from typing import Any, Optional
@@ -38,11 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from bnjax import data, dynamics, masks, models, transforms
+from bnjax import workdir as workdirs
+from bnjax.workdir import ConfigMismatchError, WorkdirLockedError, write_json_atomic  # noqa: F401
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam')
 PARALLEL = ('none', 'pmap', 'sharded')
@@ -50,7 +55,7 @@ AXIS_NAME = 'batch'
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when the training loss stops being finite."""
+  """Raised when the training loss or the updated state stops being finite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +89,36 @@ class Config:
   eval_every: int = 0
   eval_batch_size: int = 1000
 
+  # Fields that change neither the trained parameters nor any logged number
+  # (checkpoint spacing, evaluation batching): a workdir accepts them changed.
+  NON_RESULT_FIELDS = ('checkpoint_every', 'eval_batch_size')
+
   def validate(self, device_count: int = 1) -> 'Config':
-    """Raises ValueError whose message starts with the offending ``--flag``."""
+    """Raises ValueError (TypeError for a wrong type) whose message starts with
+    the offending ``--flag``."""
     def need(ok, flag, message):
       if not ok:
         raise ValueError(f'--{flag}: {message}')
+
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      kind = {'int': int, 'float': float, 'bool': bool, 'str': str}[
+          field.type if isinstance(field.type, str) else field.type.__name__]
+      if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+      elif kind is int:
+        ok = isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+            value, (bool, np.bool_))
+      elif kind is float:
+        ok = isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+            value, (bool, np.bool_))
+      else:
+        ok = isinstance(value, str)
+      if not ok:
+        raise TypeError(f'--{field.name}: must be {kind.__name__}, got {value!r} '
+                        f'({type(value).__name__})')
+      if kind is float:
+        need(math.isfinite(value), field.name, f'must be finite, got {value}')
 
     need(self.dataset in data.DATASETS, 'dataset', f'must be one of {data.DATASETS}, '
          f'got {self.dataset!r}')
@@ -115,6 +145,14 @@ class Config:
       need(isinstance(value, int) and value > 0, flag, f'must be a positive int, got {value!r}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
          f'{self.train_subset}')
+    need(self.seed >= 0, 'seed', f'must be >= 0, got {self.seed}')
+    need(self.noise_std >= 0, 'noise_std', f'must be >= 0, got {self.noise_std}')
+    if self.dataset == 'teacher_student':
+      examples, flag = self.num_train, 'num_train'
+    else:
+      examples, flag = self.train_subset, 'train_subset'
+    need(not examples or self.batch_size <= examples, 'batch_size',
+         f'{self.batch_size} exceeds the {examples} training examples of --{flag}')
     need(self.eval_every >= 0, 'eval_every', f'must be >= 0 (0: only at the end), got '
          f'{self.eval_every}')
     for flag in ('checkpoint_every', 'eval_every'):
@@ -248,9 +286,9 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
 
     (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    metrics = {**metrics, **unit_scale_grad_sq(grads, state.params)}
-    if axis_name is not None:
+    if axis_name is not None:  # before any metric of the gradient: it is the global one
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+    metrics = {**metrics, **unit_scale_grad_sq(grads, state.params)}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(step=state.step + 1,
                          params=optax.apply_updates(state.params, updates),
@@ -381,28 +419,7 @@ class Executor:
     return state, metrics
 
 
-# ------------------------------------------------------------ files
-
-
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-  """Writes JSON to a temp file in the same folder, then renames it over ``path``."""
-  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-  """Keeps the metric lines up to ``last_step`` (lines after a checkpoint are redone)."""
-  if not path.exists():
-    return
-  kept = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)['step'] <= last_step]
-  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-  tmp.write_text(''.join(line + '\n' for line in kept))
-  os.replace(tmp, path)
+# ------------------------------------------------------------ metrics
 
 
 def layer_metrics(opt_state) -> dict:
@@ -414,50 +431,81 @@ def layer_metrics(opt_state) -> dict:
   return out
 
 
-def _checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      (workdir / 'checkpoints').absolute(),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                           enable_async_checkpointing=False))
+def _trained_state(state: TrainState) -> dict:
+  """What training carries forward: params, batch stats and optimizer state, without
+  the tracked dynamics (a dead unit's effective LR is legitimately infinite)."""
+  opt_state = jax.tree_util.tree_map(
+      lambda s: None if isinstance(s, dynamics.TrackDynamicsState) else s,
+      state.opt_state, is_leaf=lambda s: isinstance(s, dynamics.TrackDynamicsState))
+  return {'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': opt_state}
 
 
-def _check_finite(pending, last_checkpoint):
-  """``pending``: [(step, loss)] since the last check; raises at the first bad one."""
-  for step, loss in pending:
-    if not math.isfinite(float(loss)):
-      raise NonFiniteLossError(
-          f'the training loss became {float(loss)} at step {step}; stopped without '
-          f'saving it. The last good checkpoint is step {last_checkpoint}.')
+def _nonfinite(tree) -> list:
+  """Paths of the leaves of a host tree holding a NaN or an infinity."""
+  return [jax.tree_util.keystr(path) for path, leaf in
+          jax.tree_util.tree_flatten_with_path(tree)[0]
+          if np.issubdtype(np.asarray(leaf).dtype, np.inexact)
+          and not np.all(np.isfinite(leaf))]
 
 
 # ------------------------------------------------------------- driver
+
+
+def _diverged(workdir, wanted, message, step, last_checkpoint, main_process):
+  """Records a diverged run (strict JSON) and raises :class:`NonFiniteLossError`."""
+  if main_process:
+    write_json_atomic(pathlib.Path(workdir) / workdirs.SUMMARY, {
+        'status': 'diverged', 'error': message, 'steps': step,
+        'last_checkpoint': last_checkpoint, 'test_loss': None, 'test_accuracy': None,
+        'config': wanted})
+  raise NonFiniteLossError(message)
+
+
+def _last_good(step) -> str:
+  return ('There is no checkpoint yet.' if step is None
+          else f'The last good checkpoint is step {step}.')
+
+
+def _finished(summary: dict) -> dict:
+  if summary.get('status') == 'diverged':
+    raise NonFiniteLossError(summary.get('error', 'the run diverged'))
+  return summary
 
 
 def train(config: Config, workdir, *, data_dir: Optional[str] = None,
           progress: bool = True, stop_after: Optional[int] = None) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if possible); returns the summary.
 
+  Everything that can be refused is refused before the workdir is created or
+  written: the config (:meth:`Config.validate`), a workdir holding another
+  config (:class:`bnjax.workdir.ConfigMismatchError`), the data and the
+  model. Then the workdir is locked (:class:`bnjax.workdir.WorkdirLockedError`
+  when another process holds it) and the run resumes from its newest intact
+  checkpoint.
+
+  Raises :class:`NonFiniteLossError` when the loss or the updated state
+  stops being finite; nothing non-finite is checkpointed, and
+  ``summary.json`` records ``status: "diverged"``.
+
   ``stop_after`` ends the call after that many total steps, as an
   interruption would (no extra log line or checkpoint, no summary); the next
   call resumes from the last checkpoint.
   """
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  summary_path, config_path = workdir / 'summary.json', workdir / 'config.json'
-  if summary_path.exists():
-    return json.loads(summary_path.read_text())
   config.validate(jax.device_count())
+  workdir = pathlib.Path(workdir)
   wanted = dataclasses.asdict(config)
-  if config_path.exists():
-    previous = json.loads(config_path.read_text())
-    if previous != wanted:
-      diff = {k: (previous.get(k), v) for k, v in wanted.items() if previous.get(k) != v}
-      raise ValueError(f'{workdir} holds a run with another config (was, now): {diff}')
-  else:
-    write_json_atomic(config_path, wanted)
+  main_process = jax.process_index() == 0
+  workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
+  summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+  if summary is not None:
+    return _finished(summary)
 
   splits = load_data(config, data_dir)
   regression = config.dataset == 'teacher_student'
+  if len(splits['train']) < config.batch_size:
+    raise ValueError(f'--batch_size: {config.batch_size} exceeds the '
+                     f'{len(splits["train"])} training examples of {config.dataset}')
   mean = std = None
   if not regression:
     mean, std = data.normalization_stats(splits['train'].x)
@@ -469,28 +517,42 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   host_model = build_model(config, host=True)
   eval_step = make_eval_step(host_model, regression)
   state = init_state(config, host_model, tx, train_batches.batch(0, 0)['x'])
-
-  manager = _checkpoint_manager(workdir)
-  progress_path = workdir / 'progress.json'
-  elapsed = 0.0
-  last_checkpoint = manager.latest_step()
-  if last_checkpoint is not None:
-    state = manager.restore(last_checkpoint, args=ocp.args.StandardRestore(state))
-    _truncate_metrics(workdir / 'metrics.jsonl', last_checkpoint)
-    if progress_path.exists():
-      elapsed = json.loads(progress_path.read_text()).get(str(last_checkpoint), 0.0)
   executor = Executor(config.parallel, model, tx, regression)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdirs.locked(workdir, enabled=main_process):
+    # Checked again under the lock: another process may have finished meanwhile.
+    workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
+    summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+    if summary is not None:
+      return _finished(summary)
+    if main_process and not (workdir / workdirs.CONFIG).exists():
+      write_json_atomic(workdir / workdirs.CONFIG, wanted)
+    return _run(config, workdir, wanted, state, executor, eval_step, splits,
+                train_batches, test_batches, progress=progress, stop_after=stop_after,
+                main_process=main_process)
+
+
+def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batches,
+         test_batches, *, progress, stop_after, main_process) -> dict:
+  """The training loop of a locked workdir: resume, steps, logging, checkpoints."""
+  checkpoints = workdirs.Checkpoints(workdir)
+  progress_path = workdir / workdirs.PROGRESS
+  restored, last_checkpoint = checkpoints.restore_latest(state)
+  elapsed = 0.0
+  if restored is not None:
+    state = restored
+    elapsed = (workdirs.read_json(progress_path) or {}).get(str(last_checkpoint), 0.0)
+  log = workdirs.MetricsLog(workdir, last_checkpoint or 0, enabled=main_process)
   step = int(state.step)
   steps_per_epoch = train_batches.steps_per_epoch
   total = steps_per_epoch * config.num_epochs
   end = total if stop_after is None else min(total, stop_after)
   state = executor.put_state(state)
-  main_process = jax.process_index() == 0
 
   def save(step):
     nonlocal last_checkpoint
-    manager.save(step, args=ocp.args.StandardSave(executor.get_state(state)))
-    manager.wait_until_finished()
+    checkpoints.save(step, executor.get_state(state))
     last_checkpoint = step
     if main_process:
       write_json_atomic(progress_path, {str(step): elapsed + time.perf_counter() - start})
@@ -499,7 +561,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   window, window_start = [], time.perf_counter()
   bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
              unit='step', dynamic_ncols=True)
-  with open(workdir / 'metrics.jsonl', 'a') as log:
+  try:
     while step < end:
       epoch, index = divmod(step, steps_per_epoch)
       stop = min(steps_per_epoch, index + end - step)
@@ -510,7 +572,19 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
         bar.update(1)
         if step % config.log_every == 0 or step == total:
           host = jax.device_get([m for _, m in window])
-          _check_finite([(s, m['loss']) for (s, _), m in zip(window, host)], last_checkpoint)
+          current = jax.device_get(executor.get_state(state))
+          # Before anything is written: every loss of the window and the whole
+          # updated state must be finite, or the run ends as diverged.
+          for (s, _), m in zip(window, host):
+            if not math.isfinite(float(m['loss'])):
+              _diverged(workdir, wanted, f'the training loss became {float(m["loss"])} '
+                        f'at step {s}; stopped without saving it. '
+                        f'{_last_good(last_checkpoint)}', s, last_checkpoint, main_process)
+          bad = _nonfinite(_trained_state(current))
+          if bad:
+            _diverged(workdir, wanted, f'the state became non-finite by step {step} '
+                      f'(in {", ".join(bad[:3])}); stopped without saving it. '
+                      f'{_last_good(last_checkpoint)}', step, last_checkpoint, main_process)
           seconds = time.perf_counter() - window_start
           line = {'step': step, 'epoch': epoch,
                   'learning_rate': config.learning_rate,
@@ -518,36 +592,34 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
                   'time_s': elapsed + time.perf_counter() - start}
           for key in host[0]:
             line[key] = float(np.mean([m[key] for m in host]))
-          current = jax.device_get(executor.get_state(state))
           line.update(layer_metrics(current.opt_state))
           line.update(gain_metrics(current.params))
           if config.eval_every and step % config.eval_every == 0:
             line.update(evaluate(eval_step, current, splits['test'], test_batches))
-          if main_process:
-            log.write(json.dumps(line) + '\n')
-            log.flush()
+          log.write(line)
           bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
           window, window_start = [], time.perf_counter()
         if step % config.checkpoint_every == 0 or step == total:
           save(step)
-  bar.close()
+  finally:
+    bar.close()
+    log.close()
   if step < total:
     return {}
 
   final = executor.get_state(state)
-  result = evaluate(eval_step, jax.device_get(final),
-                    splits['test'], test_batches)
-  summary = dict(result, steps=step, wall_time_s=elapsed + time.perf_counter() - start,
+  result = evaluate(eval_step, jax.device_get(final), splits['test'], test_batches)
+  if not all(math.isfinite(v) for v in result.values()):
+    _diverged(workdir, wanted, f'the trained model\'s test metrics are not finite '
+              f'({result}) after {step} steps.', step, last_checkpoint, main_process)
+  summary = dict(result, status='finished', steps=step,
+                 wall_time_s=elapsed + time.perf_counter() - start,
                  fan_in=fan_ins(final.params), config=wanted)
   if main_process:
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(workdir / workdirs.SUMMARY, summary)
   return summary
 
 
 def load_params(workdir) -> Any:
   """The params of the latest checkpoint in ``workdir`` (as nested dicts)."""
-  manager = _checkpoint_manager(pathlib.Path(workdir))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
-  return manager.restore(step, args=ocp.args.StandardRestore())['params']
+  return workdirs.Checkpoints(workdir).latest_params()

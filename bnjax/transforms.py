@@ -2,9 +2,18 @@
 
 Every transform here is an ordinary ``optax.GradientTransformation`` and can
 be used in any ``optax.chain``, inside ``optax.masked``,
-``optax.inject_hyperparams`` or ``optax.MultiSteps``. ``mask`` is, as in
-optax, a pytree of bools (or a prefix of the params), or a callable that
-returns one from the params.
+``optax.inject_hyperparams`` or ``optax.MultiSteps``.
+
+``mask`` means one thing in every transform, as in optax: a pytree of bools
+(or a prefix of the params), or a callable that returns one from the params,
+saying which leaves the transform acts on; ``mask=None`` means *every leaf*
+(like ``optax.add_decayed_weights`` and ``optax.adamw``). The projection
+(:func:`unit_norm_projection`, ``regularizer='projection'``) has no default:
+projecting a leaf that is not scale-invariant (a classifier head, a bias)
+changes the function the network computes, so it needs an explicit mask,
+e.g. ``bnjax.models.scale_invariant_kernels`` (structural) or
+``bnjax.masks.scale_invariant_mask`` (measured). For decay restricted to
+kernels, pass ``bnjax.masks.kernel_mask``.
 
 Where a rate appears it may be a float or an optax schedule (a function of
 the step count, the count starting at 0 and advancing once per update).
@@ -17,13 +26,23 @@ import jax.numpy as jnp
 import optax
 
 from bnjax import dynamics, masks
-from bnjax._validation import (check_nonnegative, check_positive, check_unit_interval,
-                               concrete_float, unit_axes_of)
+from bnjax._validation import (check_bool, check_nonnegative, check_optimizer, check_positive,
+                               check_unit_interval, concrete_float, unit_axes_of)
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 Mask = Optional[Union[Any, Callable[[Any], Any]]]
 
 REGULARIZERS = ('none', 'l2', 'decoupled', 'projection')
+TRACKED_OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adam_l2')
+
+
+def _require_projection_mask(mask, where: str):
+  if mask is None:
+    raise ValueError(
+        f'{where} needs an explicit mask: projecting a leaf that is not scale-invariant '
+        f'(a classifier head, a bias) changes the function the network computes. Pass '
+        f'bnjax.models.scale_invariant_kernels (structural) or a measured '
+        f'bnjax.masks.scale_invariant_mask(loss_fn, params, ...).')
 
 
 def _require_params(params, name):
@@ -107,17 +126,20 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
   weight is zero stays zero (no NaN).
 
   Args:
-    mask: which leaves to project (default: all leaves; for a model pass
-      ``bnjax.masks.kernel_mask`` or a measured ``scale_invariant_mask``:
-      a 1-D leaf's units are its single entries).
+    mask: which leaves to project; required (no default, see the module
+      docstring): ``bnjax.models.scale_invariant_kernels`` or a measured
+      ``bnjax.masks.scale_invariant_mask``. Pass ``lambda p: jax.tree.map(lambda
+      _: True, p)`` to project every leaf on purpose (a 1-D leaf's units are
+      its single entries).
     axis: the unit axis.
-    radius: target norm > 0, or ``'init'`` to keep each unit's norm at
+    radius: finite target norm > 0, or ``'init'`` to keep each unit's norm at
       ``init`` time.
     epsilon: guards the division for near-zero units.
   """
+  _require_projection_mask(mask, 'unit_norm_projection')
   if isinstance(radius, str):
     if radius != 'init':
-      raise ValueError(f"radius must be a positive number or 'init', got {radius!r}.")
+      raise ValueError(f"radius must be a finite number > 0 or 'init', got {radius!r}.")
   else:
     check_positive('radius', radius)
   check_positive('epsilon', epsilon)
@@ -142,8 +164,7 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
              else jax.tree_util.tree_map(lambda _: radius, params))
     return jax.tree_util.tree_map(project, updates, params, radii), state
 
-  tx = optax.GradientTransformation(init_fn, update_fn)
-  return tx if mask is None else optax.masked(tx, mask)
+  return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
 def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
@@ -159,17 +180,21 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
 
   Args:
     learning_rate: the optimizer's learning rate, a float or the same schedule.
-    optimizer: ``'sgd'`` (with or without momentum) or ``'adam'``.
-    mask: which leaves to track (default: ``bnjax.masks.kernel_mask``).
+    optimizer: ``'sgd'`` (with or without momentum; ``'momentum'`` is an
+      alias) or ``'adam'`` (``'adamw'``, ``'adam_l2'`` alike): the names of
+      :mod:`bnjax.theory`.
+    mask: which leaves to track (``None``: every leaf; for a model's layers
+      pass ``bnjax.masks.kernel_mask``).
     axis: the unit axis.
   """
-  if optimizer not in ('sgd', 'adam'):
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+  check_optimizer('optimizer', optimizer, TRACKED_OPTIMIZERS)
   check_nonnegative('learning_rate', learning_rate)
-  kind = 'sgd' if optimizer == 'sgd' else 'adam'
+  kind = 'sgd' if optimizer in ('sgd', 'momentum') else 'adam'
 
   def tracked(params):
-    return masks.expand_mask(masks.kernel_mask if mask is None else mask, params)
+    if mask is None:
+      return jax.tree_util.tree_map(lambda _: True, params)
+    return masks.expand_mask(mask, params)
 
   def init_fn(params):
     zero = jnp.zeros([], jnp.float32)
@@ -198,12 +223,13 @@ def _regularized(base: optax.GradientTransformation, learning_rate, *, regulariz
                  ) -> optax.GradientTransformation:
   if regularizer not in REGULARIZERS:
     raise ValueError(f'regularizer must be one of {REGULARIZERS}, got {regularizer!r}.')
-  check_nonnegative('learning_rate', learning_rate)
   check_nonnegative('weight_decay', weight_decay)
-  if regularizer in ('none', 'projection') and concrete_float(weight_decay) not in (None, 0.0):
+  if regularizer in ('none', 'projection') and concrete_float(
+      weight_decay, 'weight_decay') not in (None, 0.0):
     raise ValueError(f"weight_decay={weight_decay} has no effect with "
                      f"regularizer='{regularizer}'; pass weight_decay=0.")
-  mask = masks.kernel_mask if mask is None else mask
+  if regularizer == 'projection':
+    _require_projection_mask(mask, "regularizer='projection'")
   parts = []
   if regularizer == 'l2':
     parts.append(l2_regularization(weight_decay, mask))
@@ -229,10 +255,14 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
   ``regularizer``: ``'none'``; ``'l2'`` (coupled, before the optimizer);
   ``'decoupled'`` (``lr * weight_decay * w`` subtracted after it); or
   ``'projection'`` (per-unit unit-norm projection last). ``mask`` says which
-  leaves are regularized and tracked (default: ``bnjax.masks.kernel_mask``);
-  ``track`` appends :func:`track_dynamics`.
+  leaves are regularized and tracked (``None``: every leaf, as in
+  ``optax.adamw``; ``bnjax.masks.kernel_mask`` for kernels only; required
+  for ``'projection'``); ``track`` appends :func:`track_dynamics`.
   """
+  check_positive('learning_rate', learning_rate)
+  momentum = 0.0 if momentum is None else momentum  # optax.sgd's "no momentum"
   check_unit_interval('momentum', momentum, include_one=False)
+  check_bool('nesterov', nesterov)
   base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
   return _regularized(base, learning_rate, regularizer=regularizer,
                       weight_decay=weight_decay, mask=mask, track=track, kind='sgd')
@@ -248,8 +278,10 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   normalization); ``'decoupled'`` equals ``optax.adamw(lr, b1, b2, eps,
   weight_decay)`` on the masked leaves. Other arguments as :func:`sgd`.
   """
+  check_positive('learning_rate', learning_rate)
   check_unit_interval('b1', b1, include_one=False)
   check_unit_interval('b2', b2, include_one=False)
+  check_nonnegative('eps', eps)
   base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
   return _regularized(base, learning_rate, regularizer=regularizer,
                       weight_decay=weight_decay, mask=mask, track=track, kind='adam')

@@ -3,18 +3,23 @@
 A study's workdir holds ``study.json`` (study name, preset, the run names),
 one subfolder per configuration (an ``experiments.train`` workdir), and the
 ``report.md`` with its PNG plots. Finished configurations are skipped, so a
-killed sweep resumes where it stopped.
+killed sweep resumes where it stopped; a run folder is reused only when its
+stored config equals the requested one (a *stale* run, e.g. after a preset
+changed, is refused, or with ``--rerun_stale`` moved to ``stale/`` and
+rerun), so a report never mixes old and new runs.
 """
 
 import dataclasses
-import json
 import pathlib
+import shutil
+import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
 from absl import app, flags, logging
 
 from bnjax import train
+from bnjax import workdir as workdirs
 
 PRESETS = ('smoke', 'quick', 'paper')
 
@@ -27,6 +32,9 @@ def define_flags(study: str):
   flags.DEFINE_string('data_dir', None, 'tfds data dir (default $BNJAX_DATA_DIR).')
   flags.DEFINE_enum('parallel', 'none', train.PARALLEL, 'Parallel mode of every run.')
   flags.DEFINE_boolean('progress', False, 'Show each run\'s progress bar.')
+  flags.DEFINE_boolean('rerun_stale', False,
+                       'Move runs whose stored config differs from the preset\'s to '
+                       '<workdir>/stale/ and rerun them (default: refuse, listing them).')
 
 
 def quiet_logging():
@@ -53,45 +61,96 @@ class Run:
     return np.array([l['step'] for l in lines]), np.array([l[key] for l in lines])
 
 
+class StaleRunsError(ValueError):
+  """Run folders of a study hold other configs than the ones requested."""
+
+
+def stale_runs(workdir, configs: Dict[str, train.Config]) -> Dict[str, dict]:
+  """``{name: {field: (stored, wanted)}}`` of the run folders holding another config."""
+  stale = {}
+  for name, config in configs.items():
+    stored = workdirs.read_json(pathlib.Path(workdir) / name / workdirs.CONFIG)
+    if stored is not None:
+      diff = workdirs.config_differences(stored, dataclasses.asdict(config),
+                                         train.Config.NON_RESULT_FIELDS)
+      if diff:
+        stale[name] = diff
+  return stale
+
+
 def run_sweep(study: str, preset: str, configs: Dict[str, train.Config], workdir,
-              *, data_dir: Optional[str] = None, progress: bool = False) -> Dict[str, Run]:
-  """Trains every configuration not yet finished; returns all as :class:`Run`."""
+              *, data_dir: Optional[str] = None, progress: bool = False,
+              rerun_stale: bool = False) -> Dict[str, Run]:
+  """Trains every configuration not yet finished; returns the finished ones as :class:`Run`.
+
+  A run folder whose stored config differs from the requested one raises
+  :class:`StaleRunsError` before any training, or with ``rerun_stale`` is
+  moved to ``<workdir>/stale/<name>-<time>`` and rerun. A run that diverges
+  is recorded as diverged (its ``summary.json``) and the sweep goes on.
+  """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  meta = {'study': study, 'preset': preset, 'runs': sorted(configs)}
+  for config in configs.values():
+    config.validate()
   meta_path = workdir / 'study.json'
-  if meta_path.exists():
-    old = json.loads(meta_path.read_text())
-    if (old['study'], old['preset']) != (study, preset):
-      raise ValueError(f'{workdir} holds study {old["study"]!r} preset {old["preset"]!r}; '
-                       f'use another --workdir for {study!r} preset {preset!r}.')
-  train.write_json_atomic(meta_path, meta)
+  old = workdirs.read_json(meta_path)
+  if old is not None and (old['study'], old['preset']) != (study, preset):
+    raise ValueError(f'{workdir} holds study {old["study"]!r} preset {old["preset"]!r}; '
+                     f'use another --workdir for {study!r} preset {preset!r}.')
+  stale = stale_runs(workdir, configs)
+  if stale and not rerun_stale:
+    lines = [f'  {name}: ' + '; '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in diff.items())
+             for name, diff in sorted(stale.items())]
+    raise StaleRunsError(
+        f'{len(stale)} run(s) in {workdir} hold another config than the preset asks '
+        f'for:\n' + '\n'.join(lines) + '\nRerun with --rerun_stale to move them to '
+        f'{workdir}/stale/ and train them again, or use another --workdir.')
+  workdir.mkdir(parents=True, exist_ok=True)
+  for name in sorted(stale):
+    target = workdir / 'stale' / f'{name}-{int(time.time())}'
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(str(workdir / name), str(target))
+    logging.warning('moved stale run %s to %s', name, target)
+  meta = {'study': study, 'preset': preset, 'runs': sorted(configs),
+          'configs': {name: dataclasses.asdict(c) for name, c in configs.items()}}
+  workdirs.write_json_atomic(meta_path, meta)
   for i, (name, config) in enumerate(sorted(configs.items())):
-    done = (workdir / name / 'summary.json').exists()
+    done = (workdir / name / workdirs.SUMMARY).exists()
     logging.warning('[%d/%d] %s%s', i + 1, len(configs), name, ' (done)' if done else '')
-    if not done:
+    try:
       train.train(config, workdir / name, data_dir=data_dir, progress=progress)
+    except train.NonFiniteLossError as e:
+      logging.warning('%s diverged: %s', name, e)
   return load_runs(workdir)
 
 
 def load_runs(workdir) -> Dict[str, Run]:
-  """Every finished run listed in ``study.json``."""
+  """Every finished run listed in ``study.json`` whose config is the listed one.
+
+  Diverged and unfinished runs are left out, and so is a run whose summary's
+  config differs from the one ``study.json`` records for it.
+  """
   workdir = pathlib.Path(workdir)
-  meta = json.loads((workdir / 'study.json').read_text())
+  meta = study_meta(workdir)
+  wanted = meta.get('configs', {})
   runs = {}
   for name in meta['runs']:
     folder = workdir / name
-    if not (folder / 'summary.json').exists():
+    summary = workdirs.read_json(folder / workdirs.SUMMARY)
+    if summary is None or summary.get('status', 'finished') != 'finished':
       continue
-    summary = json.loads((folder / 'summary.json').read_text())
-    lines = [json.loads(l) for l in (folder / 'metrics.jsonl').read_text().splitlines()
-             if l.strip()]
-    runs[name] = Run(name, summary['config'], summary, lines)
+    if name in wanted and workdirs.config_differences(
+        summary['config'], wanted[name], train.Config.NON_RESULT_FIELDS):
+      continue
+    runs[name] = Run(name, summary['config'], summary, workdirs.read_metrics(folder))
   return runs
 
 
 def study_meta(workdir) -> dict:
-  return json.loads((pathlib.Path(workdir) / 'study.json').read_text())
+  meta = workdirs.read_json(pathlib.Path(workdir) / 'study.json')
+  if meta is None:
+    raise FileNotFoundError(f'{workdir} holds no study (no study.json); run the study '
+                            f'binary with this --workdir first.')
+  return meta
 
 
 def load_study(workdir):
@@ -166,6 +225,24 @@ def savefig(fig, workdir, name: str) -> str:
   return path.name
 
 
+def check_ready(configs: Dict[str, train.Config], data_dir: Optional[str]) -> None:
+  """Before a sweep starts: the plotting dependency imports and every dataset loads.
+
+  Raises ``absl.app.UsageError`` naming what is missing.
+  """
+  try:
+    pyplot()
+  except ImportError as e:
+    raise app.UsageError(f'the reports need matplotlib ({e}); install it with '
+                         f"pip install 'bnjax[plot]' before running a study.")
+  for config in {c.dataset: c for c in configs.values()}.values():
+    if config.dataset != 'teacher_student':
+      try:
+        train.load_data(config, data_dir)
+      except (OSError, ValueError) as e:
+        raise app.UsageError(f'--data_dir: {config.dataset} could not be loaded: {e}')
+
+
 def main_for(study: str, configs: Callable[[str, str], Dict[str, train.Config]],
              report: Callable) -> Callable:
   """The ``main`` of a study binary: run the preset's sweep, then write the report."""
@@ -174,8 +251,13 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, train.Config]],
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     quiet_logging()
     FLAGS = flags.FLAGS
-    runs = run_sweep(study, FLAGS.preset, configs(FLAGS.preset, FLAGS.parallel),
-                     FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+    wanted = configs(FLAGS.preset, FLAGS.parallel)
+    check_ready(wanted, FLAGS.data_dir)
+    try:
+      runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                       progress=FLAGS.progress, rerun_stale=FLAGS.rerun_stale)
+    except (StaleRunsError, workdirs.WorkdirLockedError) as e:
+      raise app.UsageError(str(e))
     print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
   return main
 

@@ -9,13 +9,14 @@ Example:
 Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train).
 """
 
-import json
 import os
+import sys
 
 import jax
 from absl import app, flags
 
 from bnjax import data, models, train, transforms
+from bnjax import workdir as workdirs
 from experiments import study
 
 _D = train.Config()
@@ -91,25 +92,55 @@ def config_from_flags() -> train.Config:
   return train.Config(**{name: FLAGS[name].value for name in fields})
 
 
+def _fail(message: str, code: int = 1):
+  """One line on stderr and exit ``code`` (no traceback: the message says it all)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   study.quiet_logging()
+  config = config_from_flags()
+  if FLAGS.multihost and config.parallel != 'sharded':
+    raise app.UsageError(f'--multihost: runs one program over every host\'s devices, '
+                         f'which needs --parallel=sharded (got --parallel={config.parallel}: '
+                         f'each host would train alone and write the same files)')
+  try:
+    config.validate(1)  # the device-independent checks, before the backend starts
+  except (ValueError, TypeError) as e:
+    raise app.UsageError(str(e))
+  if FLAGS.fashion_mnist_dir is not None:
+    try:
+      data.check_fashion_mnist_dir(FLAGS.fashion_mnist_dir)
+    except (OSError, ValueError) as e:
+      raise app.UsageError(f'--fashion_mnist_dir: {e}')
+    os.environ['BNJAX_FASHION_MNIST_DIR'] = FLAGS.fashion_mnist_dir
   if FLAGS.multihost:  # before anything starts the backend (device_count below)
     jax.distributed.initialize()
-  config = config_from_flags()
   try:
     config.validate(jax.device_count())
-  except ValueError as e:
+  except (ValueError, TypeError) as e:
     raise app.UsageError(str(e))
-  if FLAGS.fashion_mnist_dir:
-    if not os.path.isdir(FLAGS.fashion_mnist_dir):
-      raise app.UsageError(f'--fashion_mnist_dir: {FLAGS.fashion_mnist_dir} is not a folder')
-    os.environ['BNJAX_FASHION_MNIST_DIR'] = FLAGS.fashion_mnist_dir
-  summary = train.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                        progress=FLAGS.progress)
-  print(json.dumps({k: v for k, v in summary.items() if k not in ('config', 'fan_in')},
-                   sort_keys=True))
+  try:
+    summary = train.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                          progress=FLAGS.progress)
+  except train.NonFiniteLossError as e:
+    _fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
+  except (workdirs.ConfigMismatchError, workdirs.WorkdirLockedError) as e:
+    _fail(str(e), code=2)
+  except ValueError as e:
+    if str(e).startswith('--'):  # a bad flag found once the data is known
+      raise app.UsageError(str(e))
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if workdirs.is_disk_full(e):
+      _fail(f'no space left on the device while writing {FLAGS.workdir} ({e}). Free some '
+            f'space and rerun the same command: the run resumes from its last checkpoint.')
+    raise
+  print(workdirs.dumps({k: v for k, v in summary.items() if k not in ('config', 'fan_in')},
+                       sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -1,8 +1,13 @@
 """Cross-replica statistics: vmap/pmap with axis_name == one device on the whole batch."""
 
+import dataclasses
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from absl.testing import parameterized
 
 from bnjax import norms
@@ -95,3 +100,29 @@ class CrossReplicaTest(chex.TestCase):
                        axis_name='i')(_split(x))
     chex.assert_trees_all_close(pnew.var[0], jnp.var(x, 0), rtol=1e-5)
     chex.assert_trees_all_close(new.var, jnp.var(x, 0), rtol=1e-5)
+
+
+TIMING = ('time_s', 'images_per_s')
+
+
+def _logged(workdir):
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  return [{k: v for k, v in json.loads(l).items() if k not in TIMING} for l in lines]
+
+
+@pytest.mark.parametrize('mode', ['pmap', 'sharded'])
+def test_every_logged_metric_equals_one_device(mode, tmp_path):
+  """All of metrics.jsonl, gradient metrics included, is the global-batch number."""
+  from bnjax import train  # pylint: disable=g-import-not-at-top
+  config = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+                        optimizer='momentum', learning_rate=0.05, regularizer='l2',
+                        weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=256,
+                        num_test=128, input_dim=20, log_every=4, checkpoint_every=8)
+  train.train(config, tmp_path / 'none', progress=False)
+  train.train(dataclasses.replace(config, parallel=mode), tmp_path / mode, progress=False)
+  one, many = _logged(tmp_path / 'none'), _logged(tmp_path / mode)
+  assert [l['step'] for l in many] == [l['step'] for l in one] == list(range(4, 25, 4))
+  assert set(many[0]) == set(one[0]) and 'grad_sq_at_unit_norm/dense' in one[0]
+  for a, b in zip(one, many):
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-7, err_msg=key)

@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from bnjax import dynamics, theory, transforms
@@ -100,8 +101,6 @@ def test_adam_l2_angle_scales_as_cube_root_of_lr_squared_lambda():
     (lambda: theory.equilibrium_angular_update('sgd', 0.1, 0.0), 'weight_decay must be > 0'),
     (lambda: theory.equilibrium_angular_update('momentum', 0.1, 1e-4, momentum=1.0),
      r'momentum must be in \[0, 1\)'),
-    (lambda: theory.equilibrium_angular_update('sgd', 0.1, 1e-4, momentum=0.9),
-     "use 'momentum'"),
     (lambda: theory.equilibrium_angular_update('adam_l2', 0.1, 1e-4), 'needs fan_in'),
     (lambda: theory.gamma_decay_strength(0, 'relu'), 'batch_size must be a positive int'),
     (lambda: theory.gamma_decay_strength(32, 'tanh'), "'linear' or 'relu'"),
@@ -109,3 +108,13 @@ def test_adam_l2_angle_scales_as_cube_root_of_lr_squared_lambda():
 def test_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_sgd_with_momentum_is_the_momentum_alias():
+  # optax.sgd(lr, momentum=...) and DESIGN.md name SGD with momentum 'sgd'.
+  for fn in (lambda o: theory.equilibrium_angular_update(o, 0.1, 5e-4, momentum=0.9),
+             lambda o: theory.equilibrium_norm(o, 0.1, 5e-4, fan_in=64, grad_norm=2.0,
+                                               momentum=0.9)):
+    assert fn('sgd') == fn('momentum')
+  assert theory.equilibrium_angular_update('sgd', 0.1, 5e-4, momentum=0.9) == \
+      pytest.approx(np.sqrt(2 * 0.1 * 5e-4 / 1.9))

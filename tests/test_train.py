@@ -12,9 +12,10 @@ import time
 import chex
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import train
+from bnjax import train, workdir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
@@ -116,12 +117,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
                             learning_rate=50.0, optimizer='sgd', activation='linear')
   with pytest.raises(train.NonFiniteLossError, match=r'at step \d+.*last good checkpoint'):
     train.train(cfg, tmp_path, progress=False)
-  assert not (tmp_path / 'summary.json').exists()
+  summary = json.loads((tmp_path / 'summary.json').read_text())  # strict JSON
+  assert summary['status'] == 'diverged' and summary['test_loss'] is None
   steps = sorted(map(int, os.listdir(tmp_path / 'checkpoints')))
   assert steps, 'the run diverged before its first checkpoint: nothing was tested'
+  manager = workdir.Checkpoints(tmp_path).manager
   for step in steps:
-    params = jax.device_get(train._checkpoint_manager(tmp_path).restore(
-        step, args=train.ocp.args.StandardRestore())['params'])
+    params = jax.device_get(manager.restore(
+        step, args=ocp.args.StandardRestore())['params'])
     assert all(np.all(np.isfinite(p)) for p in jax.tree_util.tree_leaves(params))
 
 

@@ -1,0 +1,268 @@
+"""A training run's folder: config record, lock, metrics file, checkpoints, strict JSON.
+
+What a workdir guarantees (tested in ``tests/test_faults.py``):
+
+* **Config record.** ``config.json`` holds the full config of the run. A
+  call with a config that differs in a field that changes the result is
+  refused before any work (:class:`ConfigMismatchError` names each field,
+  old and new value); fields that only change checkpoint spacing or
+  evaluation batching (``train.Config.NON_RESULT_FIELDS``) may differ.
+* **Lock.** One process per workdir: an exclusive ``flock`` on ``.lock``
+  (released by the kernel when its holder dies, so a stale lock left by a
+  killed process is simply taken over). A second process fails at once with
+  :class:`WorkdirLockedError` naming the holder's pid.
+* **Metrics.** ``metrics.jsonl`` is rewritten on resume to the valid lines of
+  the steps up to the restored checkpoint, each step once (a torn last line
+  or lines after the checkpoint are dropped and redone), then appended to
+  one whole line per write.
+* **Checkpoints.** orbax, kept two deep. A latest checkpoint that fails to
+  restore is moved to ``checkpoints_damaged/`` with one warning naming its
+  step, and the run resumes from the newest intact one.
+* **Strict JSON.** Every JSON file and line is valid JSON: non-finite
+  numbers are written as ``null``; summaries and records are written to a
+  temporary file and renamed (atomic).
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+CONFIG = 'config.json'
+SUMMARY = 'summary.json'
+METRICS = 'metrics.jsonl'
+PROGRESS = 'progress.json'
+LOCK = '.lock'
+CHECKPOINTS = 'checkpoints'
+DAMAGED = 'checkpoints_damaged'
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run of another configuration."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live process holds the workdir's lock."""
+
+
+# ------------------------------------------------------------ strict JSON
+
+
+def finite_or_none(obj):
+  """``obj`` with every non-finite float (and numpy scalar) replaced by ``None``."""
+  if isinstance(obj, dict):
+    return {k: finite_or_none(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_or_none(v) for v in obj]
+  if isinstance(obj, (np.floating, np.integer, np.bool_)):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def dumps(obj, **kwargs) -> str:
+  """``json.dumps`` that never writes NaN/Infinity (they become ``null``)."""
+  return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
+def write_json_atomic(path, obj) -> None:
+  """Writes strict JSON to a temp file in the same folder, then renames it over ``path``."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+  try:
+    with open(tmp, 'w') as f:
+      f.write(dumps(obj, indent=2, sort_keys=True))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def read_json(path) -> Optional[Any]:
+  """The JSON in ``path``, or ``None`` when the file does not exist."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); it was not written by bnjax '
+                     f'or was damaged. Move it away to start the run afresh.') from None
+
+
+# ---------------------------------------------------------- config record
+
+
+def config_differences(stored: dict, wanted: dict, ignore: Iterable[str] = ()) -> dict:
+  """``{field: (stored, wanted)}`` for every field that differs, outside ``ignore``."""
+  ignore = set(ignore)
+  keys = (set(stored) | set(wanted)) - ignore
+  return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys)
+          if stored.get(k) != wanted.get(k)}
+
+
+def check_config(workdir, wanted: dict, ignore: Iterable[str] = ()) -> None:
+  """Raises :class:`ConfigMismatchError` when ``workdir`` holds another config.
+
+  Reads only: a workdir without ``config.json`` (or no workdir) passes.
+  """
+  stored = read_json(pathlib.Path(workdir) / CONFIG)
+  if stored is None:
+    return
+  diff = config_differences(stored, wanted, ignore)
+  if diff:
+    fields = '; '.join(f'{k}: was {a!r}, now {b!r}' for k, (a, b) in diff.items())
+    raise ConfigMismatchError(
+        f'{workdir} holds a run with another config ({fields}). Use another workdir, '
+        f'or rerun with the stored values.')
+
+
+# ------------------------------------------------------------------- lock
+
+
+@contextlib.contextmanager
+def locked(workdir, enabled: bool = True):
+  """Holds the workdir's exclusive lock for the ``with`` block.
+
+  Raises :class:`WorkdirLockedError` naming the holder's pid when another
+  process (or another open of it in this process) holds it.
+  """
+  if not enabled:
+    yield
+    return
+  path = pathlib.Path(workdir) / LOCK
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+        raise
+      holder = os.pread(fd, 64, 0).decode(errors='replace').strip() or 'unknown'
+      raise WorkdirLockedError(
+          f'{workdir} is in use by another process (pid {holder}); wait for it to end '
+          f'or use another workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _valid_lines(path: pathlib.Path, last_step: int) -> list:
+  """The lines of steps ``<= last_step`` that parse, each step once (the last copy)."""
+  if not path.exists():
+    return []
+  by_step = {}
+  for line in path.read_text(errors='replace').splitlines():
+    try:
+      record = json.loads(line)
+      step = int(record['step'])
+    except (ValueError, KeyError, TypeError):
+      continue  # a torn line from an interrupted write
+    if step <= last_step:
+      by_step[step] = line
+  return [by_step[s] for s in sorted(by_step)]
+
+
+class MetricsLog:
+  """``metrics.jsonl`` of a run resumed at ``last_step`` (0: a fresh start)."""
+
+  def __init__(self, workdir, last_step: int, enabled: bool = True):
+    self.path = pathlib.Path(workdir) / METRICS
+    self.enabled = enabled
+    self._file = None
+    if enabled:
+      kept = _valid_lines(self.path, last_step)
+      tmp = self.path.with_name(f'.{self.path.name}.tmp{os.getpid()}')
+      tmp.write_text(''.join(line + '\n' for line in kept))
+      os.replace(tmp, self.path)
+      self._file = open(self.path, 'a')
+
+  def write(self, record: dict) -> None:
+    """Appends one line (one ``write`` call, flushed to the OS)."""
+    if self._file is not None:
+      self._file.write(dumps(record) + '\n')
+      self._file.flush()
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def read_metrics(workdir) -> list:
+  """Every line of ``metrics.jsonl`` as a dict (for reports of finished runs)."""
+  path = pathlib.Path(workdir) / METRICS
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------ checkpoints
+
+
+class Checkpoints:
+  """orbax checkpoints of a workdir with fallback past damaged ones."""
+
+  def __init__(self, workdir, max_to_keep: int = 2):
+    self.workdir = pathlib.Path(workdir)
+    self.manager = ocp.CheckpointManager(
+        (self.workdir / CHECKPOINTS).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=False))
+
+  def save(self, step: int, state) -> None:
+    self.manager.save(step, args=ocp.args.StandardSave(state))
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, template):
+    """``(state, step)`` of the newest checkpoint that restores, or ``(None, None)``."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return self.manager.restore(step, args=ocp.args.StandardRestore(template)), step
+      except Exception as e:  # any failure to read it back is damage
+        self._set_aside(step, e)
+    return None, None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    target = self.workdir / DAMAGED / f'{step}-{int(time.time())}'
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(str(self.workdir / CHECKPOINTS / str(step)), str(target))
+    self.manager.reload()
+    logging.warning('checkpoint of step %d in %s is damaged (%s: %s); moved it to %s and '
+                    'fell back to an earlier one.', step, self.workdir,
+                    type(error).__name__, str(error).splitlines()[0][:200], target)
+
+  def latest_params(self):
+    step = self.manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.workdir / CHECKPOINTS}')
+    return self.manager.restore(step, args=ocp.args.StandardRestore())['params']
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether ``error`` (or an exception it was raised from) is ENOSPC/EDQUOT."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    if 'No space left on device' in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
