@@ -30,6 +30,8 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 
+from bnjax._validation import check_positive_int
+
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 IDX_FILES = {
@@ -318,8 +320,7 @@ def teacher_student(num_train: int, num_test: int, input_dim: int, *,
     raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")
   for name, value in (('num_train', num_train), ('num_test', num_test),
                       ('input_dim', input_dim)):
-    if not isinstance(value, int) or value <= 0:
-      raise ValueError(f'{name} must be a positive int, got {value!r}.')
+    check_positive_int(name, value)
   if not noise_std >= 0:
     raise ValueError(f'noise_std must be >= 0, got {noise_std}.')
   rng = np.random.default_rng(seed)
@@ -359,8 +360,7 @@ class Batches:
   std: Optional[np.ndarray] = None
 
   def __post_init__(self):
-    if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-      raise ValueError(f'batch_size must be a positive int, got {self.batch_size!r}.')
+    self.batch_size = check_positive_int('batch_size', self.batch_size)
     if self.shuffle and self.batch_size > len(self.data):
       raise ValueError(f'batch_size {self.batch_size} exceeds the {len(self.data)} '
                        'training examples.')

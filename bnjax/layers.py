@@ -295,68 +295,64 @@ def _trace_pairs(module: nn.Module, variables, *args, **kwargs):
   return pairs
 
 
-def _feeds_only_the_norm(module: nn.Module, variables, lin_path, norm_path, *args,
-                        **kwargs) -> bool:
-  """Whether the output of ``lin_path`` reaches the model's outputs only through
-  ``norm_path``.
+def _shared_outputs(module: nn.Module, variables, pairs, *args, **kwargs) -> list:
+  """The pairs whose Dense/Conv output reaches the model's outputs other than through
+  their norm, or whose layers are called more than once.
 
-  Traces the model with a perturbation ``e`` added to the linear layer's
-  output everywhere except at the norm's input (which gets the unperturbed
-  output), and checks that no output of the jaxpr depends on ``e``. Needs no
-  FLOPs; a dependence through any path (a residual ``BN(h) + h``, a second
-  consumer, a shared layer) makes it ``False``.
+  One abstract trace (no FLOPs): each pair's linear output gets its own
+  perturbation ``e_i`` everywhere except at its norm's input (which gets the
+  unperturbed output); a pair is shared when an output of the jaxpr depends
+  on its ``e_i`` (a residual ``BN(h) + h``, a second consumer).
   """
-  def run(v, e):
+  lin_index = {lin: i for i, (lin, _) in enumerate(pairs)}
+  norm_index = {norm: i for i, (_, norm) in enumerate(pairs)}
+  counts, shapes = {}, {}
+
+  def survey(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    if context.method_name == '__call__':
+      path = tuple(context.module.scope.path)
+      counts[path] = counts.get(path, 0) + 1
+      if path in lin_index:
+        shapes[lin_index[path]] = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
+    return out
+
+  with nn.intercept_methods(survey):
+    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
+  shared = [i for i, (lin, norm) in enumerate(pairs)
+            if counts.get(lin, 0) > 1 or counts.get(norm, 0) > 1]
+
+  def run(v, perturbations):
     clean = {}
 
-    def interceptor(next_fun, call_args, call_kwargs, context):
+    def perturb(next_fun, call_args, call_kwargs, context):
       path = tuple(context.module.scope.path)
-      if context.method_name == '__call__' and path == norm_path and call_args \
+      if context.method_name == '__call__' and path in norm_index and call_args \
           and id(call_args[0]) in clean:
         call_args = (clean[id(call_args[0])],) + tuple(call_args[1:])
       out = next_fun(*call_args, **call_kwargs)
-      if context.method_name == '__call__' and path == lin_path:
-        perturbed = out + e
+      if context.method_name == '__call__' and path in lin_index:
+        perturbed = out + perturbations[lin_index[path]]
         clean[id(perturbed)] = out
         return perturbed
       return out
 
-    with nn.intercept_methods(interceptor):
+    with nn.intercept_methods(perturb):
       return module.apply(v, *args, mutable=True, **kwargs)
 
-  shapes = {}
-
-  def record(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    if context.method_name == '__call__' and tuple(context.module.scope.path) == lin_path:
-      shapes['out'] = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
-    return out
-
-  with nn.intercept_methods(record):
-    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
-  closed = jax.make_jaxpr(run)(variables, jnp.zeros(shapes['out'].shape,
-                                                    shapes['out'].dtype))
-  jaxpr = closed.jaxpr
-  tainted = {jaxpr.invars[-1]}
-  for eqn in jaxpr.eqns:  # forward taint; a nested call is tainted as a whole
-    if any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars):
-      tainted.update(eqn.outvars)
-  return not any(not isinstance(v, jex_core.Literal) and v in tainted
-                 for v in jaxpr.outvars)
-
-
-def _call_counts(module: nn.Module, variables, *args, **kwargs) -> dict:
-  counts = {}
-
-  def interceptor(next_fun, call_args, call_kwargs, context):
-    if context.method_name == '__call__':
-      path = tuple(context.module.scope.path)
-      counts[path] = counts.get(path, 0) + 1
-    return next_fun(*call_args, **call_kwargs)
-
-  with nn.intercept_methods(interceptor):
-    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
-  return counts
+  zeros = [jnp.zeros(shapes[i].shape, shapes[i].dtype) for i in range(len(pairs))]
+  jaxpr = jax.make_jaxpr(run)(variables, zeros).jaxpr
+  inputs = jaxpr.invars[-len(pairs):]
+  for i, e in enumerate(inputs):
+    if i in shared:
+      continue
+    tainted = {e}
+    for eqn in jaxpr.eqns:  # forward taint; a nested call is tainted as a whole
+      if any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars):
+        tainted.update(eqn.outvars)
+    if any(not isinstance(v, jex_core.Literal) and v in tainted for v in jaxpr.outvars):
+      shared.append(i)
+  return [pairs[i] for i in sorted(shared)]
 
 
 def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
@@ -413,17 +409,15 @@ def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
                      "'batch_stats' collections (the batch norms' running statistics); "
                      f'got collections {sorted(variables)}.')
   found = _trace_pairs(module, variables, *args, **kwargs)
-  counts = _call_counts(module, variables, *args, **kwargs)
-  for lin_path, norm_path, _ in found:
-    lin, norm = '/'.join(lin_path), '/'.join(norm_path)
-    for path, name in ((lin_path, lin), (norm_path, norm)):
-      if counts.get(path, 0) > 1:
-        raise ValueError(f'cannot fold {norm} into {lin}: {name} is called '
-                         f'{counts[path]} times, and folding changes every call.')
-    if not _feeds_only_the_norm(module, variables, lin_path, norm_path, *args, **kwargs):
+  if found:
+    shared = _shared_outputs(module, variables, [(l, n) for l, n, _ in found], *args,
+                             **kwargs)
+    if shared:
+      lin, norm = ('/'.join(p) for p in shared[0])
       raise ValueError(f'cannot fold {norm} into {lin}: the output of {lin} also feeds '
-                       f'something other than {norm} (e.g. a residual BN(h) + h), whose '
-                       f'result folding would change.')
+                       f'something other than {norm} (e.g. a residual BN(h) + h), or one '
+                       f'of them is called more than once; folding would change the '
+                       f'outputs.')
   variables = flax.core.unfreeze(jax.tree_util.tree_map(lambda a: a, variables))
   params, batch_stats = variables['params'], variables['batch_stats']
   for lin_path, norm_path, bn in found:

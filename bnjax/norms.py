@@ -33,6 +33,7 @@ import numpy as np
 from jax import lax
 
 from bnjax._validation import (check_bool, check_float_input, check_positive,
+                               check_positive_int,
                                check_unit_interval, unit_axes_of)
 
 Array = jax.Array
@@ -47,8 +48,7 @@ class BatchStats(NamedTuple):
 
 def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
   """Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm)."""
-  if not isinstance(num_features, int) or num_features <= 0:
-    raise ValueError(f'num_features must be a positive int, got {num_features!r}.')
+  num_features = check_positive_int('num_features', num_features)
   return BatchStats(jnp.zeros((num_features,), dtype), jnp.ones((num_features,), dtype))
 
 
@@ -57,7 +57,7 @@ def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
 
 def _canonical_axes(ndim: int, axes: Axes, what: str = 'axis') -> tuple:
   """Sorted, deduplicated non-negative axes; ValueError when out of range."""
-  axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+  axes = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
   for a in axes:
     if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
       raise TypeError(f'{what} must be an int or a tuple of ints, got {a!r}.')
@@ -447,7 +447,8 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     raise ValueError('ghost_batch_norm splits axis 0 (the batch), so the feature '
                      'axis cannot be 0.')
   n = x.shape[0]
-  if not isinstance(virtual_batch_size, int) or virtual_batch_size <= 0 \
+  if isinstance(virtual_batch_size, (bool, np.bool_)) or not isinstance(
+      virtual_batch_size, (int, np.integer)) or virtual_batch_size <= 0 \
       or n % virtual_batch_size:
     raise ValueError(f'virtual_batch_size={virtual_batch_size!r} must be a positive '
                      f'int that divides the batch size {n}.')
@@ -526,7 +527,8 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   feature_axis = _per_example_setup('group_norm', x, scale, bias, axis, epsilon,
                                     min_rank=2, ranks='batch and features')
   channels = x.shape[feature_axis]
-  if not isinstance(num_groups, int) or num_groups <= 0 or channels % num_groups:
+  if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
+      num_groups, (int, np.integer)) or num_groups <= 0 or channels % num_groups:
     raise ValueError(f'num_groups={num_groups!r} must be a positive int that divides '
                      f'the number of features {channels}.')
   # Statistics in the grouped view; normalization in x's own layout (a

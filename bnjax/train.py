@@ -142,7 +142,7 @@ class Config:
                  'eval_batch_size', 'virtual_batch_size', 'input_dim', 'num_train',
                  'num_test', 'width'):
       value = getattr(self, flag)
-      need(isinstance(value, int) and value > 0, flag, f'must be a positive int, got {value!r}')
+      need(value > 0, flag, f'must be a positive int, got {value!r}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
          f'{self.train_subset}')
     need(self.seed >= 0, 'seed', f'must be >= 0, got {self.seed}')

@@ -5,6 +5,7 @@ All tests that prepare real data live in this file so that pytest-xdist
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,10 +14,20 @@ import pytest
 
 from bnjax import data
 
+MISSING = data.fashion_mnist_dir() is None
+# CI sets BNJAX_REQUIRE_REAL_DATA=1: there a missing copy fails, never skips.
+REQUIRED = bool(os.environ.get('BNJAX_REQUIRE_REAL_DATA'))
 pytestmark = pytest.mark.skipif(
-    data.fashion_mnist_dir() is None,
+    MISSING and not REQUIRED,
     reason='no local Fashion-MNIST (apt-get install dataset-fashion-mnist, or set '
            'BNJAX_FASHION_MNIST_DIR); tests never download')
+
+
+@pytest.fixture(autouse=True)
+def _real_data_present():
+  if MISSING:
+    pytest.fail('BNJAX_REQUIRE_REAL_DATA is set but no local Fashion-MNIST was found '
+                '(scripts/install_fashion_mnist.sh --require installs it)')
 
 
 @pytest.fixture(scope='module')

@@ -1,0 +1,300 @@
+"""Faults: kills, torn lines, damaged checkpoints, concurrent processes, full disks, stale runs.
+
+Each test states a promise of bnjax.workdir / bnjax.train and fails without
+it: after any interruption the workdir resumes to exactly the numbers of an
+uninterrupted run, with every metric line present once and valid JSON.
+"""
+
+import dataclasses
+import errno
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from unittest import mock
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from bnjax import train, workdir
+from experiments import study
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+                  optimizer='momentum', learning_rate=0.05, regularizer='l2',
+                  weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=512,
+                  num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
+TIMING = ('time_s', 'images_per_s')
+
+
+def _strict(text: str):
+  def refuse(constant):
+    raise AssertionError(f'non-standard JSON constant {constant}')
+  return json.loads(text, parse_constant=refuse)
+
+
+def _metrics(path):
+  """metrics.jsonl without timing fields; fails on any invalid or duplicate line."""
+  lines = [_strict(l) for l in (pathlib.Path(path) / 'metrics.jsonl').read_text()
+           .splitlines()]
+  steps = [l['step'] for l in lines]
+  assert steps == sorted(set(steps)), f'duplicate or unordered steps: {steps}'
+  return [{k: v for k, v in l.items() if k not in TIMING} for l in lines]
+
+
+def _params(path):
+  return jax.device_get(train.load_params(path))
+
+
+def _summary(path):
+  return {k: v for k, v in _strict((pathlib.Path(path) / 'summary.json').read_text())
+          .items() if k != 'wall_time_s'}
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  path = tmp_path_factory.mktemp('reference')
+  train.train(TS, path, progress=False)
+  return path
+
+
+def _assert_same_run(path, reference):
+  chex.assert_trees_all_equal(_params(path), _params(reference))
+  assert _metrics(path) == _metrics(reference)
+  assert _summary(path) == _summary(reference)
+
+
+# ------------------------------------------------------------ interruptions
+
+
+def test_interrupted_before_the_first_checkpoint(reference, tmp_path):
+  train.train(TS, tmp_path, progress=False, stop_after=6)  # line 4 written, no checkpoint
+  assert not list((tmp_path / 'checkpoints').iterdir())
+  assert [l['step'] for l in _metrics(tmp_path)] == [4]
+  train.train(TS, tmp_path, progress=False)
+  _assert_same_run(tmp_path, reference)
+
+
+def test_torn_metrics_line_is_dropped_and_redone(reference, tmp_path):
+  train.train(TS, tmp_path, progress=False, stop_after=21)
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 24, "loss": 0.3')  # killed in the middle of a write
+  train.train(TS, tmp_path, progress=False)
+  _assert_same_run(tmp_path, reference)
+
+
+def test_damaged_latest_checkpoint_falls_back_with_one_warning(reference, tmp_path):
+  train.train(TS, tmp_path, progress=False, stop_after=21)  # checkpoints 8 and 16
+  latest = tmp_path / 'checkpoints' / '16'
+  damaged = [p for p in latest.rglob('*') if p.is_file()]
+  assert damaged
+  for p in damaged:
+    p.write_bytes(b'\x00garbage')
+  with mock.patch.object(workdir.logging, 'warning') as warning:
+    train.train(TS, tmp_path, progress=False)
+  assert warning.call_count == 1
+  message = warning.call_args[0][0] % warning.call_args[0][1:]
+  assert 'step 16' in message and 'damaged' in message
+  assert [p.name.split('-')[0] for p in (tmp_path / 'checkpoints_damaged').iterdir()] == ['16']
+  _assert_same_run(tmp_path, reference)
+
+
+def _binary(path, *flags, **fields):
+  cfg = dataclasses.asdict(dataclasses.replace(TS, **fields))
+  args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'
+          for k, v in cfg.items()]
+  return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={path}',
+          '--noprogress', *flags]
+
+
+def _kill_when(path, ready, **fields):
+  proc = subprocess.Popen(_binary(path, **fields), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None and not ready(path):
+    time.sleep(0.01)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert not (path / 'summary.json').exists(), 'the run finished before the kill'
+
+
+def test_kill_9_before_the_first_checkpoint(tmp_path):
+  """A real kill while lines but no checkpoint exist; the rerun holds each step once."""
+  fields = dict(num_epochs=40, checkpoint_every=400)
+
+  def has_lines(path):
+    m = path / 'metrics.jsonl'
+    return m.exists() and m.read_text().count('\n') >= 3
+
+  killed, clean = tmp_path / 'killed', tmp_path / 'clean'
+  _kill_when(killed, has_lines, **fields)
+  assert not [p for p in (killed / 'checkpoints').iterdir() if p.name.isdigit()]
+  for path in (killed, clean):
+    out = subprocess.run(_binary(path, **fields), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+  _assert_same_run(killed, clean)
+
+
+# ------------------------------------------------------------------ locking
+
+
+def test_second_process_is_refused_naming_the_holder(tmp_path):
+  with workdir.locked(tmp_path):
+    with pytest.raises(workdir.WorkdirLockedError, match=f'pid {os.getpid()}'):
+      train.train(TS, tmp_path, progress=False)
+  assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_concurrent_binary_refused_within_seconds(tmp_path):
+  path = tmp_path / 'run'
+  first = subprocess.Popen(_binary(path, num_epochs=200), cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (path / 'metrics.jsonl').exists():
+      time.sleep(0.05)
+    start = time.time()
+    second = subprocess.run(_binary(path, num_epochs=200), cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert time.time() - start < 30
+    assert second.returncode == 2
+    assert f'in use by another process (pid {first.pid})' in second.stderr
+  finally:
+    first.kill()
+    first.wait()
+  lines = _metrics(path)  # one writer only: each step once, strictly increasing
+  assert lines
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(reference, tmp_path):
+  (tmp_path / '.lock').write_text('999999\n')  # left behind by a killed process
+  train.train(TS, tmp_path, progress=False)
+  _assert_same_run(tmp_path, reference)
+
+
+# ---------------------------------------------------------------- disk full
+
+
+def test_disk_full_then_resume(reference, tmp_path):
+  real_write = workdir.MetricsLog.write
+  calls = []
+
+  def failing_write(self, record):
+    calls.append(record['step'])
+    if len(calls) == 5:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    real_write(self, record)
+
+  with mock.patch.object(workdir.MetricsLog, 'write', failing_write):
+    with pytest.raises(OSError, match='No space left'):
+      train.train(TS, tmp_path, progress=False)
+  assert not (tmp_path / 'summary.json').exists()
+  train.train(TS, tmp_path, progress=False)
+  _assert_same_run(tmp_path, reference)
+
+
+def test_disk_full_binary_prints_one_clear_line(tmp_path):
+  script = (
+      'import errno, sys\n'
+      'from absl import app\n'
+      'from bnjax import workdir\n'
+      'from experiments import train\n'
+      'def full(self, record):\n'
+      '  raise OSError(errno.ENOSPC, "No space left on device")\n'
+      'workdir.MetricsLog.write = full\n'
+      'sys.argv[0] = "train"\n'
+      'app.run(train.main)\n')
+  cmd = _binary(tmp_path / 'run')
+  out = subprocess.run([sys.executable, '-c', script, *cmd[3:]], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert 'Traceback' not in out.stderr, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'no space left' in errors[0] and 'resumes' in errors[0]
+
+
+# ------------------------------------------------------------ config record
+
+
+def test_finished_workdir_refuses_another_config_before_work(reference):
+  before = {p: p.stat().st_mtime_ns for p in reference.rglob('*') if p.is_file()}
+  with pytest.raises(workdir.ConfigMismatchError,
+                     match=r'learning_rate: was 0\.05, now 0\.1.*seed: was 0, now 3'):
+    train.train(dataclasses.replace(TS, learning_rate=0.1, seed=3), reference,
+                progress=False)
+  assert {p: p.stat().st_mtime_ns for p in reference.rglob('*') if p.is_file()} == before
+  # Fields that change no number may differ; the finished run answers unchanged.
+  again = train.train(dataclasses.replace(TS, eval_batch_size=7, checkpoint_every=16),
+                      reference, progress=False)
+  assert {k: v for k, v in again.items() if k != 'wall_time_s'} == _summary(reference)
+
+
+def test_binary_refuses_another_config_on_a_finished_workdir(reference):
+  out = subprocess.run(_binary(reference, learning_rate=0.1), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert 'learning_rate: was 0.05, now 0.1' in out.stderr
+
+
+# ----------------------------------------------------------------- diverged
+
+
+def test_update_that_overflows_is_not_checkpointed(tmp_path):
+  """A huge lr for one step: the loss before the update is finite, the state is not."""
+  cfg = dataclasses.replace(TS, norm='none', optimizer='momentum', regularizer='none',
+                            weight_decay=0.0, learning_rate=1e38, batch_size=512, noise_std=100.0,
+                            num_epochs=1, log_every=1, checkpoint_every=1)
+  with pytest.raises(train.NonFiniteLossError, match='state became non-finite by step 1'):
+    train.train(cfg, tmp_path, progress=False)
+  summary = _strict((tmp_path / 'summary.json').read_text())
+  assert summary['status'] == 'diverged' and summary['test_loss'] is None
+  manager = workdir.Checkpoints(tmp_path).manager
+  for step in manager.all_steps():
+    state = manager.restore(step)
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(state)]
+    assert all(np.all(np.isfinite(x)) for x in leaves if x.dtype.kind == 'f'), step
+  for line in (tmp_path / 'metrics.jsonl').read_text().splitlines():
+    _strict(line)
+  # The finished, diverged workdir answers the same way again (no retraining).
+  with pytest.raises(train.NonFiniteLossError):
+    train.train(cfg, tmp_path, progress=False)
+
+
+def test_binary_exits_1_on_divergence(tmp_path):
+  out = subprocess.run(_binary(tmp_path / 'run', norm='none', regularizer='none',
+                               weight_decay=0.0, learning_rate=1e38, batch_size=512, noise_std=100.0,
+                               num_epochs=2, log_every=1, checkpoint_every=1),
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert 'error: the run diverged' in out.stderr and 'Traceback' not in out.stderr
+
+
+# ------------------------------------------------------------------ sweeps
+
+
+def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
+  quick = dataclasses.replace(TS, num_epochs=1)
+  configs = {'a': quick, 'b': dataclasses.replace(quick, seed=1)}
+  study.run_sweep('demo', 'smoke', configs, tmp_path)
+  changed = {'a': quick, 'b': dataclasses.replace(quick, seed=1, learning_rate=0.1)}
+  with pytest.raises(study.StaleRunsError, match=r'b: learning_rate 0\.05 -> 0\.1'):
+    study.run_sweep('demo', 'smoke', changed, tmp_path)
+  runs = study.run_sweep('demo', 'smoke', changed, tmp_path, rerun_stale=True)
+  assert runs['b'].config['learning_rate'] == 0.1
+  assert runs['a'].config == dataclasses.asdict(quick)
+  assert len(list((tmp_path / 'stale').iterdir())) == 1  # the old run kept, not lost
+
+
+def test_report_loader_leaves_out_runs_of_other_configs(tmp_path):
+  quick = dataclasses.replace(TS, num_epochs=1)
+  study.run_sweep('demo', 'smoke', {'a': quick}, tmp_path)
+  meta = _strict((tmp_path / 'study.json').read_text())
+  meta['configs']['a']['learning_rate'] = 0.5  # study.json asks for another config
+  workdir.write_json_atomic(tmp_path / 'study.json', meta)
+  assert study.load_runs(tmp_path) == {}
