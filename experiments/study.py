@@ -58,7 +58,8 @@ class Run:
   def series(self, key: str):
     """``(steps, values)`` of one metrics.jsonl field."""
     lines = [l for l in self.metrics if key in l]
-    return np.array([l['step'] for l in lines]), np.array([l[key] for l in lines])
+    values = [np.nan if l[key] is None else l[key] for l in lines]  # null: non-finite
+    return np.array([l['step'] for l in lines]), np.array(values, float)
 
 
 class StaleRunsError(ValueError):

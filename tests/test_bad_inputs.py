@@ -8,10 +8,8 @@ numpy scalars alike; ``bool`` is never a number.
 import dataclasses
 import gzip
 import os
-import pathlib
 import struct
 import subprocess
-import sys
 import time
 
 import flax.linen as nn
@@ -22,12 +20,9 @@ import pytest
 
 from bnjax import data, layers, masks, norms, theory, train, transforms
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from _helpers import ROOT, TS, binary
+
 X = jnp.ones((8, 4))
-TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
-                  optimizer='momentum', learning_rate=0.05, regularizer='l2',
-                  weight_decay=1e-3, batch_size=32, num_epochs=1, num_train=512,
-                  num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
 PROJECTION_HELP = r'needs an explicit mask.*scale_invariant_kernels.*scale_invariant_mask'
 
 
@@ -265,14 +260,6 @@ def test_offline_download_fails_fast_naming_the_options(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ binary
 
 
-def _binary(workdir, *flags):
-  cfg = dataclasses.asdict(TS)
-  args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'
-          for k, v in cfg.items()]
-  return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={workdir}',
-          '--noprogress', *flags]
-
-
 BINARY = [
     (['--dataset=imagenet'], '--dataset=imagenet'),
     (['--learning_rate=0'], '--learning_rate: must be > 0'),
@@ -295,7 +282,7 @@ def test_binary_refuses_before_any_file(tmp_path, flags, message):
   workdir = tmp_path / 'run'
   (tmp_path / 'empty').mkdir()
   flags = [f.format(empty=tmp_path / 'empty') for f in flags]
-  out = subprocess.run(_binary(workdir, *flags), cwd=ROOT, capture_output=True, text=True,
+  out = subprocess.run(binary(workdir, *flags), cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert out.returncode != 0
   assert message in out.stderr, out.stderr[-1000:]

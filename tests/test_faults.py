@@ -7,7 +7,6 @@ uninterrupted run, with every metric line present once and valid JSON.
 
 import dataclasses
 import errno
-import json
 import os
 import pathlib
 import signal
@@ -24,27 +23,7 @@ import pytest
 from bnjax import train, workdir
 from experiments import study
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
-                  optimizer='momentum', learning_rate=0.05, regularizer='l2',
-                  weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=512,
-                  num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
-TIMING = ('time_s', 'images_per_s')
-
-
-def _strict(text: str):
-  def refuse(constant):
-    raise AssertionError(f'non-standard JSON constant {constant}')
-  return json.loads(text, parse_constant=refuse)
-
-
-def _metrics(path):
-  """metrics.jsonl without timing fields; fails on any invalid or duplicate line."""
-  lines = [_strict(l) for l in (pathlib.Path(path) / 'metrics.jsonl').read_text()
-           .splitlines()]
-  steps = [l['step'] for l in lines]
-  assert steps == sorted(set(steps)), f'duplicate or unordered steps: {steps}'
-  return [{k: v for k, v in l.items() if k not in TIMING} for l in lines]
+from _helpers import ROOT, TS, binary, metrics as _metrics, strict_json as _strict
 
 
 def _params(path):
@@ -105,11 +84,7 @@ def test_damaged_latest_checkpoint_falls_back_with_one_warning(reference, tmp_pa
 
 
 def _binary(path, *flags, **fields):
-  cfg = dataclasses.asdict(dataclasses.replace(TS, **fields))
-  args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'
-          for k, v in cfg.items()]
-  return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={path}',
-          '--noprogress', *flags]
+  return binary(path, *flags, **fields)
 
 
 def _kill_when(path, ready, **fields):
@@ -248,8 +223,8 @@ def test_binary_refuses_another_config_on_a_finished_workdir(reference):
 def test_update_that_overflows_is_not_checkpointed(tmp_path):
   """A huge lr for one step: the loss before the update is finite, the state is not."""
   cfg = dataclasses.replace(TS, norm='none', optimizer='momentum', regularizer='none',
-                            weight_decay=0.0, learning_rate=1e38, batch_size=512, noise_std=100.0,
-                            num_epochs=1, log_every=1, checkpoint_every=1)
+                            weight_decay=0.0, learning_rate=1e38, batch_size=512,
+                            noise_std=100.0, num_epochs=1, log_every=1, checkpoint_every=1)
   with pytest.raises(train.NonFiniteLossError, match='state became non-finite by step 1'):
     train.train(cfg, tmp_path, progress=False)
   summary = _strict((tmp_path / 'summary.json').read_text())
@@ -268,8 +243,9 @@ def test_update_that_overflows_is_not_checkpointed(tmp_path):
 
 def test_binary_exits_1_on_divergence(tmp_path):
   out = subprocess.run(_binary(tmp_path / 'run', norm='none', regularizer='none',
-                               weight_decay=0.0, learning_rate=1e38, batch_size=512, noise_std=100.0,
-                               num_epochs=2, log_every=1, checkpoint_every=1),
+                               weight_decay=0.0, learning_rate=1e38, batch_size=512,
+                               noise_std=100.0, num_epochs=2, log_every=1,
+                               checkpoint_every=1),
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
   assert 'error: the run diverged' in out.stderr and 'Traceback' not in out.stderr

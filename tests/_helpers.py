@@ -1,0 +1,42 @@
+"""Shared by the training tests: a small teacher-student run and the binary's command line."""
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+from bnjax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMING = ('time_s', 'images_per_s')
+
+# 16 steps per epoch, a line every 4 steps, a checkpoint every 8: seconds per run.
+TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+                  optimizer='momentum', learning_rate=0.05, regularizer='l2',
+                  weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=512,
+                  num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
+
+
+def binary(workdir, *flags, config: train.Config = TS, **fields) -> list:
+  """``python -m experiments.train`` with every field of ``config`` (and ``fields``)."""
+  values = dataclasses.asdict(dataclasses.replace(config, **fields))
+  args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'
+          for k, v in values.items()]
+  return [sys.executable, '-m', 'experiments.train', *args, f'--workdir={workdir}',
+          '--noprogress', *flags]
+
+
+def strict_json(text: str):
+  """``json.loads`` that fails on NaN / Infinity (not JSON)."""
+  def refuse(constant):
+    raise AssertionError(f'non-standard JSON constant {constant}')
+  return json.loads(text, parse_constant=refuse)
+
+
+def metrics(workdir) -> list:
+  """metrics.jsonl without timing fields; fails on an invalid or a repeated line."""
+  lines = [strict_json(l) for l in (pathlib.Path(workdir) / 'metrics.jsonl').read_text()
+           .splitlines()]
+  steps = [l['step'] for l in lines]
+  assert steps == sorted(set(steps)), f'duplicate or unordered steps: {steps}'
+  return [{k: v for k, v in l.items() if k not in TIMING} for l in lines]
