@@ -24,7 +24,8 @@ import numpy as np
 import optax
 
 from benchmarks.common import machine_line, time_alternating
-from bnjax import data, masks, train
+from bnjax import data, executors, masks, trainer, transforms
+from bnjax.config import Config
 
 
 class FlaxConvNet(nn.Module):
@@ -84,11 +85,11 @@ def main():
   batches = data.Batches(train_split, b, seed=0, mean=mean, std=std)
   batch = batches.batch(0, 0)
 
-  config = train.Config(batch_size=b, optimizer='momentum', regularizer='l2',
+  config = Config(batch_size=b, optimizer='momentum', regularizer='l2',
                         weight_decay=5e-4, learning_rate=0.05)
-  model, tx = train.build_model(config), train.build_optimizer(config)
-  ours = jax.jit(train.make_train_step(model, tx, regression=False))
-  ours_state = train.init_state(config, model, tx, batch['x'])
+  model, tx = trainer.build_model(config), trainer.build_optimizer(config)
+  ours = jax.jit(executors.make_train_step(model, tx, regression=False))
+  ours_state = trainer.init_state(config, model, tx, batch['x'])
 
   ref_model = FlaxConvNet()
   ref_tx = optax.chain(optax.add_decayed_weights(5e-4, masks.kernel_mask),
@@ -97,10 +98,10 @@ def main():
   ref_state = (v['params'], v['batch_stats'], ref_tx.init(v['params']))
   ref = flax_step_fn(ref_model, ref_tx)
 
-  untracked_tx = train.transforms.sgd(0.05, 0.9, regularizer='l2', weight_decay=5e-4,
+  untracked_tx = transforms.transforms.sgd(0.05, 0.9, regularizer='l2', weight_decay=5e-4,
                                       mask=masks.kernel_mask, track=False)
-  untracked = jax.jit(train.make_train_step(model, untracked_tx, regression=False))
-  untracked_state = train.init_state(config, model, untracked_tx, batch['x'])
+  untracked = jax.jit(executors.make_train_step(model, untracked_tx, regression=False))
+  untracked_state = trainer.init_state(config, model, untracked_tx, batch['x'])
   t = time_alternating({'flax.linen + optax': lambda: ref(ref_state, batch),
                         'bnjax': lambda: ours(ours_state, batch),
                         'bnjax, tracking off': lambda: untracked(untracked_state, batch)},

@@ -28,11 +28,13 @@ import urllib.parse
 from typing import Iterator, Optional
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+from bnjax import _extras
 
 from bnjax._validation import check_positive_int
 
-DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
+tfds = _extras.require('tensorflow_datasets')
+
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 IDX_FILES = {
     'train_images': 'train-images-idx3-ubyte.gz',

@@ -3,16 +3,13 @@
 A *unit* is one output feature: for a flax kernel ``(..., in, out)`` the
 per-unit quantities reduce over every axis but ``axis`` (default -1).
 
-:func:`bnjax.transforms.track_dynamics` keeps the per-leaf summaries below in
+:func:`bnjax.transforms.track_dynamics` keeps per-leaf summaries of these in
 its optimizer state; :func:`read` pulls them out of any optax state.
 """
-
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from bnjax import theory
 from bnjax._validation import unit_axes_of
 
 
@@ -42,47 +39,6 @@ def angular_update(w_old, w_new, axis: int = -1):
   return jnp.where((n_old > 0) & (n_new > 0), 2.0 * jnp.arctan2(diff, total), 0.0)
 
 
-class LeafDynamics(NamedTuple):
-  """One step of one weight leaf, each a mean over its units.
-
-  weight_norm: per-unit norm of the weight before the step.
-  update_norm: per-unit norm of the update.
-  angular_update: per-unit angle (radians) between the weight before and after.
-  effective_lr: per-unit effective learning rate at the weight before the
-    step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
-    are left out of the mean.
-  """
-  weight_norm: jax.Array
-  update_norm: jax.Array
-  angular_update: jax.Array
-  effective_lr: jax.Array
-
-
-class TrackDynamicsState(NamedTuple):
-  """State of :func:`bnjax.transforms.track_dynamics`.
-
-  ``metrics`` has the structure of the params: a :class:`LeafDynamics` for
-  each tracked leaf, ``None`` for the others.
-  """
-  count: jax.Array
-  metrics: Any
-
-
-def leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> LeafDynamics:
-  """Summarizes the step ``w -> w + update`` of one leaf (see :class:`LeafDynamics`)."""
-  norms = unit_norms(w, axis)
-  nonzero = norms > 0
-  eff = theory.effective_learning_rate(learning_rate, jnp.where(nonzero, norms, 1.0),
-                                       optimizer)
-  eff = jnp.sum(jnp.where(nonzero, eff, 0.0)) / jnp.maximum(jnp.sum(nonzero), 1)
-  return LeafDynamics(
-      weight_norm=jnp.mean(norms),
-      update_norm=jnp.mean(unit_norms(update, axis)),
-      angular_update=jnp.mean(angular_update(w, w + update, axis)),
-      effective_lr=jnp.asarray(eff, jnp.float32),
-  )
-
-
 def read(opt_state) -> dict:
   """Flat ``{'<leaf path>/<metric>': value}`` from every tracking state in ``opt_state``.
 
@@ -91,6 +47,7 @@ def read(opt_state) -> dict:
   ``optax.MultiSteps``, ...). Paths join the params' keys with ``/``, e.g.
   ``'Conv_0/kernel/angular_update'``. Values are scalar arrays.
   """
+  from bnjax.transforms import LeafDynamics, TrackDynamicsState  # pylint: disable=g-import-not-at-top
   found = [s for s in jax.tree_util.tree_leaves(
       opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
            if isinstance(s, TrackDynamicsState)]

@@ -30,6 +30,19 @@ def gain_mask(params):
   return jax.tree_util.tree_map_with_path(mark, params)
 
 
+def scale_invariant_kernels(params):
+  """Structural mask: every kernel (``ndim >= 2``) except the classifier ``head``.
+
+  For the models of :mod:`bnjax.models`, these are the weights a
+  per-unit-invariant norm (``bnjax.models.PER_UNIT_INVARIANT``) makes invariant
+  per unit (tests check it against :func:`scale_invariant_mask`).
+  """
+  def mark(path, leaf):
+    top = jax.tree_util.keystr(path[:1], simple=True, separator='/')
+    return jnp.ndim(leaf) >= 2 and top != 'head'
+  return jax.tree_util.tree_map_with_path(mark, params)
+
+
 def expand_mask(mask, params):
   """A mask (pytree, prefix pytree or callable, as in optax) as a full bool tree."""
   if callable(mask):

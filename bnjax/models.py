@@ -17,7 +17,6 @@ classifier ``head`` is never scale-invariant.
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from bnjax import layers
@@ -179,15 +178,3 @@ def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[st
   if name == 'perceptron':
     return Perceptron(activation=activation, **settings)
   raise ValueError(f'model must be one of {MODELS}, got {name!r}.')
-
-
-def scale_invariant_kernels(params):
-  """Structural mask: every kernel (``ndim >= 2``) except the classifier ``head``.
-
-  These are the weights a :data:`PER_UNIT_INVARIANT` norm makes invariant
-  per unit (tests check it against :func:`bnjax.masks.scale_invariant_mask`).
-  """
-  def mark(path, leaf):
-    top = jax.tree_util.keystr(path[:1], simple=True, separator='/')
-    return jnp.ndim(leaf) >= 2 and top != 'head'
-  return jax.tree_util.tree_map_with_path(mark, params)

@@ -11,7 +11,7 @@ saying which leaves the transform acts on; ``mask=None`` means *every leaf*
 (:func:`unit_norm_projection`, ``regularizer='projection'``) has no default:
 projecting a leaf that is not scale-invariant (a classifier head, a bias)
 changes the function the network computes, so it needs an explicit mask,
-e.g. ``bnjax.models.scale_invariant_kernels`` (structural) or
+e.g. ``bnjax.masks.scale_invariant_kernels`` (structural) or
 ``bnjax.masks.scale_invariant_mask`` (measured). For decay restricted to
 kernels, pass ``bnjax.masks.kernel_mask``.
 
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax import dynamics, masks
+from bnjax import dynamics, masks, theory
 from bnjax._validation import (check_bool, check_nonnegative, check_optimizer, check_positive,
                                check_unit_interval, concrete_float, unit_axes_of)
 
@@ -41,7 +41,7 @@ def _require_projection_mask(mask, where: str):
     raise ValueError(
         f'{where} needs an explicit mask: projecting a leaf that is not scale-invariant '
         f'(a classifier head, a bias) changes the function the network computes. Pass '
-        f'bnjax.models.scale_invariant_kernels (structural) or a measured '
+        f'bnjax.masks.scale_invariant_kernels (structural) or a measured '
         f'bnjax.masks.scale_invariant_mask(loss_fn, params, ...).')
 
 
@@ -127,7 +127,7 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
 
   Args:
     mask: which leaves to project; required (no default, see the module
-      docstring): ``bnjax.models.scale_invariant_kernels`` or a measured
+      docstring): ``bnjax.masks.scale_invariant_kernels`` or a measured
       ``bnjax.masks.scale_invariant_mask``. Pass ``lambda p: jax.tree.map(lambda
       _: True, p)`` to project every leaf on purpose (a 1-D leaf's units are
       its single entries).
@@ -167,12 +167,53 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
   return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
 
 
+class LeafDynamics(NamedTuple):
+  """One step of one weight leaf, each a mean over its units.
+
+  weight_norm: per-unit norm of the weight before the step.
+  update_norm: per-unit norm of the update.
+  angular_update: per-unit angle (radians) between the weight before and after.
+  effective_lr: per-unit effective learning rate at the weight before the
+    step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
+    are left out of the mean.
+  """
+  weight_norm: jax.Array
+  update_norm: jax.Array
+  angular_update: jax.Array
+  effective_lr: jax.Array
+
+
+class TrackDynamicsState(NamedTuple):
+  """State of :func:`bnjax.transforms.track_dynamics`.
+
+  ``metrics`` has the structure of the params: a :class:`LeafDynamics` for
+  each tracked leaf, ``None`` for the others.
+  """
+  count: jax.Array
+  metrics: Any
+
+
+def _leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> LeafDynamics:
+  """Summarizes the step ``w -> w + update`` of one leaf (see :class:`LeafDynamics`)."""
+  norms = dynamics.unit_norms(w, axis)
+  nonzero = norms > 0
+  eff = theory.effective_learning_rate(learning_rate, jnp.where(nonzero, norms, 1.0),
+                                       optimizer)
+  eff = jnp.sum(jnp.where(nonzero, eff, 0.0)) / jnp.maximum(jnp.sum(nonzero), 1)
+  return LeafDynamics(
+      weight_norm=jnp.mean(norms),
+      update_norm=jnp.mean(dynamics.unit_norms(update, axis)),
+      angular_update=jnp.mean(dynamics.angular_update(w, w + update, axis)),
+      effective_lr=jnp.asarray(eff, jnp.float32),
+  )
+
+
 def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
                    mask: Mask = None, *, axis: int = -1) -> optax.GradientTransformation:
   """Records per-leaf weight dynamics; leaves the updates unchanged.
 
   Put it last in the chain so it sees the final update ``u`` of each step.
-  Its state (:class:`bnjax.dynamics.TrackDynamicsState`) holds, for each
+  Its state (:class:`TrackDynamicsState`) holds, for each
   tracked leaf, the mean over units of the weight norm before the step, the
   update norm, the angular update ``angle(w, w + u)`` in radians, and the
   effective learning rate (``lr/||w||^2`` for SGD, ``lr/||w||`` for Adam;
@@ -199,17 +240,17 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
   def init_fn(params):
     zero = jnp.zeros([], jnp.float32)
     metrics = jax.tree_util.tree_map(
-        lambda on, _: dynamics.LeafDynamics(zero, zero, zero, zero) if on else None,
+        lambda on, _: LeafDynamics(zero, zero, zero, zero) if on else None,
         tracked(params), params)
-    return dynamics.TrackDynamicsState(jnp.zeros([], jnp.int32), metrics)
+    return TrackDynamicsState(jnp.zeros([], jnp.int32), metrics)
 
   def update_fn(updates, state, params=None):
     _require_params(params, 'track_dynamics')
     lr = _at(learning_rate, state.count)
     metrics = jax.tree_util.tree_map(
-        lambda on, u, w: dynamics.leaf_dynamics(w, u, lr, kind, axis) if on else None,
+        lambda on, u, w: _leaf_dynamics(w, u, lr, kind, axis) if on else None,
         tracked(params), updates, params)
-    return updates, dynamics.TrackDynamicsState(
+    return updates, TrackDynamicsState(
         optax.safe_increment(state.count), metrics)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -35,8 +35,11 @@ import time
 from typing import Any, Iterable, Optional
 
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
+
+from bnjax import _extras
+
+ocp = _extras.require('orbax.checkpoint')
+logging = _extras.require('absl.logging')
 
 CONFIG = 'config.json'
 SUMMARY = 'summary.json'

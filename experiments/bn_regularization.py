@@ -19,9 +19,9 @@ the one batch norm brings) and reports
 import dataclasses
 
 import numpy as np
-from absl import app
 
-from bnjax import theory, train
+from bnjax import theory
+from bnjax.config import Config
 from experiments import study
 
 STUDY = 'bn_regularization'
@@ -34,16 +34,16 @@ TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
 PRESETS = {
     # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
     # steps); batch_sizes: the gamma^2 sweep, at the base's epochs and at equal_steps.
-    'smoke': dict(batch=32, eval_every=8, batch_sizes=SIZES, equal_steps=32, base=train.Config(
+    'smoke': dict(batch=32, eval_every=8, batch_sizes=SIZES, equal_steps=32, base=Config(
         train_subset=256, num_epochs=2, width=8, log_every=4, checkpoint_every=16,
         eval_batch_size=2000)),
     'quick': dict(batch=32, eval_every=256, batch_sizes=SIZES, equal_steps=1024,
-                  base=train.Config(
+                  base=Config(
                       train_subset=8192, num_epochs=6, width=16, log_every=32,
                       checkpoint_every=256)),
     'paper': dict(batch=128, eval_every=1950, batch_sizes=(16, 32, 64, 128, 256, 512),
                   equal_steps=15625,
-                  base=train.Config(dataset='cifar10', model='resnet20', augment=True,
+                  base=Config(dataset='cifar10', model='resnet20', augment=True,
                                     num_epochs=100, log_every=50, checkpoint_every=1000)),
 }
 
@@ -65,7 +65,7 @@ def equal_steps_epochs(steps: int, batch: int, train_size: int) -> int:
 
 def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
-  base = dataclasses.replace(spec['base'], parallel=parallel, optimizer='momentum',
+  base = dataclasses.replace(spec['base'], parallel=parallel, optimizer='sgd',
                              learning_rate=0.05, regularizer='none', weight_decay=0.0)
   m = spec['batch']
   curve = dataclasses.replace(base, batch_size=m, eval_every=spec['eval_every'])
@@ -94,7 +94,6 @@ def spearman(x, y) -> float:
   return float(np.corrcoef(rx, ry)[0, 1])
 
 
-@study.reporter(STUDY)
 def report(workdir):
   plt = study.pyplot()
 
@@ -215,5 +214,4 @@ def report(workdir):
 
 
 if __name__ == '__main__':
-  study.define_flags(STUDY)
-  app.run(study.main_for(STUDY, configs, report))
+  study.run_study(STUDY)

@@ -18,9 +18,8 @@ strength for SGD with momentum + L2 and Adam + L2, and reports
 import dataclasses
 
 import numpy as np
-from absl import app
 
-from bnjax import train
+from bnjax.config import Config
 from experiments import study
 
 STUDY = 'effective_lr'
@@ -30,7 +29,7 @@ STUDY = 'effective_lr'
 LR_STEP = 4.0
 OPTIMIZERS = {
     # name: (optimizer flag, centre lr, centre lambda, lambda step)
-    'sgd': ('momentum', 0.05, 1e-2, LR_STEP),
+    'sgd': ('sgd', 0.05, 1e-2, LR_STEP),
     'adam': ('adam', 1e-3, 5e-3, LR_STEP ** 2),
 }
 TRACKED_LAYER = 'conv2'
@@ -42,13 +41,13 @@ FAILED = 0.85  # test error of a run that did not train (chance is 0.9)
 # more cells (400 steps on the slowest), not a transient.
 PRESETS = {
     # seeds: extra seeds of the grid's centre cell, for the seed-to-seed spread.
-    'smoke': dict(grid=2, seeds=(), base=train.Config(
+    'smoke': dict(grid=2, seeds=(), base=Config(
         train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
         checkpoint_every=16, eval_batch_size=2000)),
-    'quick': dict(grid=3, seeds=(1, 2), base=train.Config(
+    'quick': dict(grid=3, seeds=(1, 2), base=Config(
         train_subset=40000, batch_size=32, num_epochs=1, width=16, log_every=25,
         checkpoint_every=250)),
-    'paper': dict(grid=5, seeds=(1, 2), base=train.Config(
+    'paper': dict(grid=5, seeds=(1, 2), base=Config(
         dataset='cifar10', augment=True, batch_size=128, num_epochs=60, log_every=50,
         checkpoint_every=500)),
 }
@@ -89,7 +88,6 @@ def _grid(runs, name, n):
                    for i in range(n)])
 
 
-@study.reporter(STUDY)
 def report(workdir):
   plt = study.pyplot()
 
@@ -212,5 +210,4 @@ def report(workdir):
 
 
 if __name__ == '__main__':
-  study.define_flags(STUDY)
-  app.run(study.main_for(STUDY, configs, report))
+  study.run_study(STUDY)

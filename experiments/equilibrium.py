@@ -20,9 +20,9 @@ import dataclasses
 import math
 
 import numpy as np
-from absl import app
 
-from bnjax import theory, train
+from bnjax import theory
+from bnjax.config import Config
 from experiments import study
 
 STUDY = 'equilibrium'
@@ -37,10 +37,10 @@ EQUILIBRATED = 0.05
 
 # name: (config overrides, theory optimizer name, momentum for theory)
 OPTIMIZERS = {
-    'sgd': (dict(optimizer='sgd', learning_rate=0.2, regularizer='l2', weight_decay=1e-2),
+    'sgd': (dict(optimizer='sgd', momentum=0.0, learning_rate=0.2, regularizer='l2', weight_decay=1e-2),
             'sgd', 0.0),
-    'momentum': (dict(optimizer='momentum', momentum=0.9, learning_rate=0.02,
-                      regularizer='l2', weight_decay=1e-2), 'momentum', 0.9),
+    'momentum': (dict(optimizer='sgd', momentum=0.9, learning_rate=0.02,
+                      regularizer='l2', weight_decay=1e-2), 'sgd', 0.9),
     'adamw': (dict(optimizer='adam', learning_rate=2e-3, regularizer='decoupled',
                    weight_decay=1.0), 'adamw', 0.0),
     'adam_l2': (dict(optimizer='adam', learning_rate=2e-3, regularizer='l2',
@@ -48,11 +48,11 @@ OPTIMIZERS = {
 }
 
 PRESETS = {
-    'smoke': train.Config(train_subset=1024, batch_size=32, num_epochs=2, width=8,
+    'smoke': Config(train_subset=1024, batch_size=32, num_epochs=2, width=8,
                           log_every=4, checkpoint_every=32, eval_batch_size=2000),
-    'quick': train.Config(train_subset=0, batch_size=32, num_epochs=2, width=16,
+    'quick': Config(train_subset=0, batch_size=32, num_epochs=2, width=16,
                           log_every=25, checkpoint_every=500),
-    'paper': train.Config(dataset='cifar10', model='resnet20', augment=True, batch_size=128,
+    'paper': Config(dataset='cifar10', model='resnet20', augment=True, batch_size=128,
                           num_epochs=50, log_every=50, checkpoint_every=1000),
 }
 
@@ -104,7 +104,6 @@ def within(ratio: float) -> bool:
   return 1.0 / TOLERANCE <= ratio <= TOLERANCE
 
 
-@study.reporter(STUDY)
 def report(workdir):
   plt = study.pyplot()
 
@@ -169,5 +168,4 @@ def report(workdir):
 
 
 if __name__ == '__main__':
-  study.define_flags(STUDY)
-  app.run(study.main_for(STUDY, configs, report))
+  study.run_study(STUDY)

@@ -13,24 +13,14 @@ flags.DEFINE_string('workdir', None, 'A study folder (it holds study.json).')
 flags.mark_flag_as_required('workdir')
 FLAGS = flags.FLAGS
 
-# Importing a study module registers its reporter.
-STUDY_MODULES = {
-    'effective_lr': 'experiments.effective_lr',
-    'equilibrium': 'experiments.equilibrium',
-    'bn_regularization': 'experiments.bn_regularization',
-    'teacher_student': 'experiments.teacher_student',
-}
-
-
 def report(workdir) -> pathlib.Path:
   meta_path = pathlib.Path(workdir) / 'study.json'
   if not meta_path.exists():
     raise app.UsageError(f'--workdir: {workdir} has no study.json (not a study folder)')
   name = study.study_meta(workdir)['study']
-  if name not in STUDY_MODULES:
+  if name not in study.STUDIES:
     raise app.UsageError(f'--workdir: unknown study {name!r}')
-  __import__(STUDY_MODULES[name])
-  return study.REPORTERS[name](workdir)
+  return study.study_module(name).report(workdir)
 
 
 def main(argv):

@@ -10,18 +10,29 @@ rerun), so a report never mixes old and new runs.
 """
 
 import dataclasses
+import importlib
 import pathlib
 import shutil
+import sys
 import time
 from typing import Callable, Dict, Optional
 
 import numpy as np
 from absl import app, flags, logging
 
-from bnjax import train
+from bnjax import trainer
+from bnjax.config import Config, PARALLEL
 from bnjax import workdir as workdirs
 
 PRESETS = ('smoke', 'quick', 'paper')
+# Every study, once: name -> module with ``configs(preset, parallel)`` and
+# ``report(workdir)``. The binaries, experiments.report and bnjax-study read it.
+STUDIES = {
+    'effective_lr': 'experiments.effective_lr',
+    'equilibrium': 'experiments.equilibrium',
+    'bn_regularization': 'experiments.bn_regularization',
+    'teacher_student': 'experiments.teacher_student',
+}
 
 
 def define_flags(study: str):
@@ -30,7 +41,7 @@ def define_flags(study: str):
                     "seeds' full settings (GPU/TPU).")
   flags.DEFINE_string('workdir', f'runs/{study}', 'Study folder (resumed if it exists).')
   flags.DEFINE_string('data_dir', None, 'tfds data dir (default $BNJAX_DATA_DIR).')
-  flags.DEFINE_enum('parallel', 'none', train.PARALLEL, 'Parallel mode of every run.')
+  flags.DEFINE_enum('parallel', 'none', PARALLEL, 'Parallel mode of every run.')
   flags.DEFINE_boolean('progress', False, 'Show each run\'s progress bar.')
   flags.DEFINE_boolean('rerun_stale', False,
                        'Move runs whose stored config differs from the preset\'s to '
@@ -66,20 +77,20 @@ class StaleRunsError(ValueError):
   """Run folders of a study hold other configs than the ones requested."""
 
 
-def stale_runs(workdir, configs: Dict[str, train.Config]) -> Dict[str, dict]:
+def stale_runs(workdir, configs: Dict[str, Config]) -> Dict[str, dict]:
   """``{name: {field: (stored, wanted)}}`` of the run folders holding another config."""
   stale = {}
   for name, config in configs.items():
     stored = workdirs.read_json(pathlib.Path(workdir) / name / workdirs.CONFIG)
     if stored is not None:
       diff = workdirs.config_differences(stored, dataclasses.asdict(config),
-                                         train.Config.NON_RESULT_FIELDS)
+                                         Config.NON_RESULT_FIELDS)
       if diff:
         stale[name] = diff
   return stale
 
 
-def run_sweep(study: str, preset: str, configs: Dict[str, train.Config], workdir,
+def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
               *, data_dir: Optional[str] = None, progress: bool = False,
               rerun_stale: bool = False) -> Dict[str, Run]:
   """Trains every configuration not yet finished; returns the finished ones as :class:`Run`.
@@ -118,8 +129,8 @@ def run_sweep(study: str, preset: str, configs: Dict[str, train.Config], workdir
     done = (workdir / name / workdirs.SUMMARY).exists()
     logging.warning('[%d/%d] %s%s', i + 1, len(configs), name, ' (done)' if done else '')
     try:
-      train.train(config, workdir / name, data_dir=data_dir, progress=progress)
-    except train.NonFiniteLossError as e:
+      trainer.train(config, workdir / name, data_dir=data_dir, progress=progress)
+    except trainer.NonFiniteLossError as e:
       logging.warning('%s diverged: %s', name, e)
   return load_runs(workdir)
 
@@ -140,7 +151,7 @@ def load_runs(workdir) -> Dict[str, Run]:
     if summary is None or summary.get('status', 'finished') != 'finished':
       continue
     if name in wanted and workdirs.config_differences(
-        summary['config'], wanted[name], train.Config.NON_RESULT_FIELDS):
+        summary['config'], wanted[name], Config.NON_RESULT_FIELDS):
       continue
     runs[name] = Run(name, summary['config'], summary, workdirs.read_metrics(folder))
   return runs
@@ -226,7 +237,7 @@ def savefig(fig, workdir, name: str) -> str:
   return path.name
 
 
-def check_ready(configs: Dict[str, train.Config], data_dir: Optional[str]) -> None:
+def check_ready(configs: Dict[str, Config], data_dir: Optional[str]) -> None:
   """Before a sweep starts: the plotting dependency imports and every dataset loads.
 
   Raises ``absl.app.UsageError`` naming what is missing.
@@ -239,12 +250,12 @@ def check_ready(configs: Dict[str, train.Config], data_dir: Optional[str]) -> No
   for config in {c.dataset: c for c in configs.values()}.values():
     if config.dataset != 'teacher_student':
       try:
-        train.load_data(config, data_dir)
+        trainer.load_data(config, data_dir)
       except (OSError, ValueError) as e:
         raise app.UsageError(f'--data_dir: {config.dataset} could not be loaded: {e}')
 
 
-def main_for(study: str, configs: Callable[[str, str], Dict[str, train.Config]],
+def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
              report: Callable) -> Callable:
   """The ``main`` of a study binary: run the preset's sweep, then write the report."""
   def main(argv):
@@ -263,12 +274,16 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, train.Config]],
   return main
 
 
-REPORTERS: Dict[str, Callable] = {}
+def study_module(name: str):
+  """The module of a registered study (it has ``configs`` and ``report``)."""
+  if name not in STUDIES:
+    raise ValueError(f'unknown study {name!r}; the studies are {sorted(STUDIES)}.')
+  return importlib.import_module(STUDIES[name])
 
 
-def reporter(study: str):
-  """Registers ``fn(workdir) -> report path`` as the report of ``study``."""
-  def register(fn):
-    REPORTERS[study] = fn
-    return fn
-  return register
+def run_study(name: str, argv=None) -> None:
+  """Runs the binary of study ``name``: its flags, sweep and report."""
+  define_flags(name)
+  flags.adopt_module_key_flags(sys.modules[__name__])  # --help lists them
+  module = study_module(name)
+  app.run(main_for(name, module.configs, module.report), argv=argv)

@@ -27,9 +27,9 @@ import itertools
 import math
 
 import numpy as np
-from absl import app
 
-from bnjax import theory, train
+from bnjax import theory
+from bnjax.config import Config
 from experiments import study
 
 STUDY = 'teacher_student'
@@ -40,11 +40,11 @@ COLORS = {'bn': 'C0', 'wn_gamma_decay': 'C1', 'wn_strong_gamma_decay': 'C2', 'sg
 
 PRESETS = {
     # Each seed draws its own teacher, data and initialization.
-    'smoke': dict(alphas=(1.0, 4.0), steps=200, seeds=(0,), base=train.Config(input_dim=20)),
+    'smoke': dict(alphas=(1.0, 4.0), steps=200, seeds=(0,), base=Config(input_dim=20)),
     'quick': dict(alphas=(0.5, 1.0, 1.5, 2.0, 3.0, 5.0), steps=4000, seeds=(0, 1, 2),
-                  base=train.Config(input_dim=100)),
+                  base=Config(input_dim=100)),
     'paper': dict(alphas=(0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0),
-                  steps=40000, seeds=(0, 1, 2, 3, 4), base=train.Config(input_dim=500)),
+                  steps=40000, seeds=(0, 1, 2, 3, 4), base=Config(input_dim=500)),
 }
 
 
@@ -82,12 +82,11 @@ def configs(preset: str, parallel: str = 'none') -> dict:
             spec['base'], seed=seed, dataset='teacher_student', model='perceptron',
             parallel=parallel, activation=activation, num_train=p, num_test=NUM_TEST,
             noise_std=NOISE_STD, batch_size=BATCH, num_epochs=epochs, optimizer='sgd',
-            learning_rate=LEARNING_RATE, regularizer='none', weight_decay=0.0,
+            momentum=0.0, learning_rate=LEARNING_RATE, regularizer='none', weight_decay=0.0,
             log_every=log_every, checkpoint_every=log_every * 20, **overrides)
   return out
 
 
-@study.reporter(STUDY)
 def report(workdir):
   plt = study.pyplot()
 
@@ -155,5 +154,4 @@ def report(workdir):
 
 
 if __name__ == '__main__':
-  study.define_flags(STUDY)
-  app.run(study.main_for(STUDY, configs, report))
+  study.run_study(STUDY)

@@ -5,19 +5,19 @@ import json
 import pathlib
 import sys
 
-from bnjax import train
+from bnjax.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMING = ('time_s', 'images_per_s')
 
 # 16 steps per epoch, a line every 4 steps, a checkpoint every 8: seconds per run.
-TS = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+TS = Config(dataset='teacher_student', model='perceptron', norm='batch',
                   optimizer='momentum', learning_rate=0.05, regularizer='l2',
                   weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=512,
                   num_test=256, input_dim=20, log_every=4, checkpoint_every=8)
 
 
-def binary(workdir, *flags, config: train.Config = TS, **fields) -> list:
+def binary(workdir, *flags, config: Config = TS, **fields) -> list:
   """``python -m experiments.train`` with every field of ``config`` (and ``fields``)."""
   values = dataclasses.asdict(dataclasses.replace(config, **fields))
   args = [f'--{k}={v}' if not isinstance(v, bool) else f'--{"" if v else "no"}{k}'

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import data, layers, masks, norms, theory, train, transforms
+from bnjax import data, folding, masks, norms, theory, trainer, transforms
 
 from _helpers import ROOT, TS, binary
 
@@ -127,11 +127,11 @@ LIBRARY = [
     ('gamma decay float batch', lambda: theory.gamma_decay_strength(32.0, 'relu'), TypeError,
      'batch_size must be a positive int'),
     # folding
-    ('fold a shared output', lambda: layers.fold_batch_norms(_Residual(),
+    ('fold a shared output', lambda: folding.fold_batch_norms(_Residual(),
                                                              _residual_variables(), X),
      ValueError, 'cannot fold BatchNorm_0 into Dense_0: the output of Dense_0 also feeds'),
     ('fold without batch_stats',
-     lambda: layers.fold_batch_norms(_Residual(), {'params': _residual_variables()['params']},
+     lambda: folding.fold_batch_norms(_Residual(), {'params': _residual_variables()['params']},
                                      X),
      ValueError, "needs trained variables with 'params' and 'batch_stats'"),
     # training config
@@ -293,15 +293,15 @@ def test_data_dependent_refusal_leaves_no_file_and_the_fix_runs(tmp_path, monkey
   """A check that needs the data runs before the workdir exists, so the corrected
   command then runs in the same workdir."""
   small = data.teacher_student(48, 32, 20, seed=0)
-  monkeypatch.setattr(train, 'load_data', lambda config, data_dir=None: small)
+  monkeypatch.setattr(trainer, 'load_data', lambda config, data_dir=None: small)
   config = dataclasses.replace(TS, dataset='fashion_mnist', model='convnet', width=4,
                                batch_size=64, num_epochs=1)
   workdir = tmp_path / 'run'
   with pytest.raises(ValueError, match='--batch_size: 64 exceeds the 48 training examples'):
-    train.train(config, workdir, progress=False)
+    trainer.train(config, workdir, progress=False)
   assert not workdir.exists()
   fixed = dataclasses.replace(TS, batch_size=16, num_epochs=1)
-  assert train.train(fixed, workdir, progress=False)['status'] == 'finished'
+  assert trainer.train(fixed, workdir, progress=False)['status'] == 'finished'
 
 
 def test_study_checks_plotting_and_data_before_the_sweep(tmp_path, monkeypatch):

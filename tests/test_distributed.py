@@ -113,13 +113,14 @@ def _logged(workdir):
 @pytest.mark.parametrize('mode', ['pmap', 'sharded'])
 def test_every_logged_metric_equals_one_device(mode, tmp_path):
   """All of metrics.jsonl, gradient metrics included, is the global-batch number."""
-  from bnjax import train  # pylint: disable=g-import-not-at-top
-  config = train.Config(dataset='teacher_student', model='perceptron', norm='batch',
+  from bnjax import trainer  # pylint: disable=g-import-not-at-top
+  from bnjax.config import Config
+  config = Config(dataset='teacher_student', model='perceptron', norm='batch',
                         optimizer='momentum', learning_rate=0.05, regularizer='l2',
                         weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=256,
                         num_test=128, input_dim=20, log_every=4, checkpoint_every=8)
-  train.train(config, tmp_path / 'none', progress=False)
-  train.train(dataclasses.replace(config, parallel=mode), tmp_path / mode, progress=False)
+  trainer.train(config, tmp_path / 'none', progress=False)
+  trainer.train(dataclasses.replace(config, parallel=mode), tmp_path / mode, progress=False)
   one, many = _logged(tmp_path / 'none'), _logged(tmp_path / mode)
   assert [l['step'] for l in many] == [l['step'] for l in one] == list(range(4, 25, 4))
   assert set(many[0]) == set(one[0]) and 'grad_sq_at_unit_norm/dense' in one[0]

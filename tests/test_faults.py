@@ -20,14 +20,14 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import train, workdir
+from bnjax import trainer, workdir
 from experiments import study
 
 from _helpers import ROOT, TS, binary, metrics as _metrics, strict_json as _strict
 
 
 def _params(path):
-  return jax.device_get(train.load_params(path))
+  return jax.device_get(trainer.load_params(path))
 
 
 def _summary(path):
@@ -38,7 +38,7 @@ def _summary(path):
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   path = tmp_path_factory.mktemp('reference')
-  train.train(TS, path, progress=False)
+  trainer.train(TS, path, progress=False)
   return path
 
 
@@ -52,30 +52,30 @@ def _assert_same_run(path, reference):
 
 
 def test_interrupted_before_the_first_checkpoint(reference, tmp_path):
-  train.train(TS, tmp_path, progress=False, stop_after=6)  # line 4 written, no checkpoint
+  trainer.train(TS, tmp_path, progress=False, stop_after=6)  # line 4 written, no checkpoint
   assert not list((tmp_path / 'checkpoints').iterdir())
   assert [l['step'] for l in _metrics(tmp_path)] == [4]
-  train.train(TS, tmp_path, progress=False)
+  trainer.train(TS, tmp_path, progress=False)
   _assert_same_run(tmp_path, reference)
 
 
 def test_torn_metrics_line_is_dropped_and_redone(reference, tmp_path):
-  train.train(TS, tmp_path, progress=False, stop_after=21)
+  trainer.train(TS, tmp_path, progress=False, stop_after=21)
   with open(tmp_path / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 24, "loss": 0.3')  # killed in the middle of a write
-  train.train(TS, tmp_path, progress=False)
+  trainer.train(TS, tmp_path, progress=False)
   _assert_same_run(tmp_path, reference)
 
 
 def test_damaged_latest_checkpoint_falls_back_with_one_warning(reference, tmp_path):
-  train.train(TS, tmp_path, progress=False, stop_after=21)  # checkpoints 8 and 16
+  trainer.train(TS, tmp_path, progress=False, stop_after=21)  # checkpoints 8 and 16
   latest = tmp_path / 'checkpoints' / '16'
   damaged = [p for p in latest.rglob('*') if p.is_file()]
   assert damaged
   for p in damaged:
     p.write_bytes(b'\x00garbage')
   with mock.patch.object(workdir.logging, 'warning') as warning:
-    train.train(TS, tmp_path, progress=False)
+    trainer.train(TS, tmp_path, progress=False)
   assert warning.call_count == 1
   message = warning.call_args[0][0] % warning.call_args[0][1:]
   assert 'step 16' in message and 'damaged' in message
@@ -122,7 +122,7 @@ def test_kill_9_before_the_first_checkpoint(tmp_path):
 def test_second_process_is_refused_naming_the_holder(tmp_path):
   with workdir.locked(tmp_path):
     with pytest.raises(workdir.WorkdirLockedError, match=f'pid {os.getpid()}'):
-      train.train(TS, tmp_path, progress=False)
+      trainer.train(TS, tmp_path, progress=False)
   assert not (tmp_path / 'metrics.jsonl').exists()
 
 
@@ -149,7 +149,7 @@ def test_concurrent_binary_refused_within_seconds(tmp_path):
 
 def test_stale_lock_of_a_dead_process_is_taken_over(reference, tmp_path):
   (tmp_path / '.lock').write_text('999999\n')  # left behind by a killed process
-  train.train(TS, tmp_path, progress=False)
+  trainer.train(TS, tmp_path, progress=False)
   _assert_same_run(tmp_path, reference)
 
 
@@ -168,9 +168,9 @@ def test_disk_full_then_resume(reference, tmp_path):
 
   with mock.patch.object(workdir.MetricsLog, 'write', failing_write):
     with pytest.raises(OSError, match='No space left'):
-      train.train(TS, tmp_path, progress=False)
+      trainer.train(TS, tmp_path, progress=False)
   assert not (tmp_path / 'summary.json').exists()
-  train.train(TS, tmp_path, progress=False)
+  trainer.train(TS, tmp_path, progress=False)
   _assert_same_run(tmp_path, reference)
 
 
@@ -201,11 +201,11 @@ def test_finished_workdir_refuses_another_config_before_work(reference):
   before = {p: p.stat().st_mtime_ns for p in reference.rglob('*') if p.is_file()}
   with pytest.raises(workdir.ConfigMismatchError,
                      match=r'learning_rate: was 0\.05, now 0\.1.*seed: was 0, now 3'):
-    train.train(dataclasses.replace(TS, learning_rate=0.1, seed=3), reference,
+    trainer.train(dataclasses.replace(TS, learning_rate=0.1, seed=3), reference,
                 progress=False)
   assert {p: p.stat().st_mtime_ns for p in reference.rglob('*') if p.is_file()} == before
   # Fields that change no number may differ; the finished run answers unchanged.
-  again = train.train(dataclasses.replace(TS, eval_batch_size=7, checkpoint_every=16),
+  again = trainer.train(dataclasses.replace(TS, eval_batch_size=7, checkpoint_every=16),
                       reference, progress=False)
   assert {k: v for k, v in again.items() if k != 'wall_time_s'} == _summary(reference)
 
@@ -225,8 +225,8 @@ def test_update_that_overflows_is_not_checkpointed(tmp_path):
   cfg = dataclasses.replace(TS, norm='none', optimizer='momentum', regularizer='none',
                             weight_decay=0.0, learning_rate=1e38, batch_size=512,
                             noise_std=100.0, num_epochs=1, log_every=1, checkpoint_every=1)
-  with pytest.raises(train.NonFiniteLossError, match='state became non-finite by step 1'):
-    train.train(cfg, tmp_path, progress=False)
+  with pytest.raises(trainer.NonFiniteLossError, match='state became non-finite by step 1'):
+    trainer.train(cfg, tmp_path, progress=False)
   summary = _strict((tmp_path / 'summary.json').read_text())
   assert summary['status'] == 'diverged' and summary['test_loss'] is None
   manager = workdir.Checkpoints(tmp_path).manager
@@ -237,8 +237,8 @@ def test_update_that_overflows_is_not_checkpointed(tmp_path):
   for line in (tmp_path / 'metrics.jsonl').read_text().splitlines():
     _strict(line)
   # The finished, diverged workdir answers the same way again (no retraining).
-  with pytest.raises(train.NonFiniteLossError):
-    train.train(cfg, tmp_path, progress=False)
+  with pytest.raises(trainer.NonFiniteLossError):
+    trainer.train(cfg, tmp_path, progress=False)
 
 
 def test_binary_exits_1_on_divergence(tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from bnjax import layers, norms
+from bnjax import folding, layers, norms
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 X = 2.0 * jax.random.normal(jax.random.key(0), (8, 6, 6, 16)) + 1.0
@@ -194,7 +194,7 @@ class FoldTest(chex.TestCase):
     x = jax.random.normal(jax.random.key(0), (16, 8, 8, 3))
     model = Net()
     v = self._trained(model, x)
-    folded, pairs = layers.fold_batch_norms(model, v, x, train=False)
+    folded, pairs = folding.fold_batch_norms(model, v, x, train=False)
     self.assertEqual(pairs, [(('Conv_0',), ('BatchNorm_0',)),
                              (('Conv_1',), ('BatchNorm_1',)),
                              (('Dense_0',), ('MeanOnlyBatchNorm_0',))])
@@ -212,6 +212,6 @@ class FoldTest(chex.TestCase):
 
     x = jax.random.normal(jax.random.key(0), (32, 5))
     v = self._trained(DenseBN(), x)
-    folded, _ = layers.fold_batch_norms(DenseBN(), v, x, train=False)
+    folded, _ = folding.fold_batch_norms(DenseBN(), v, x, train=False)
     plain = nn.Dense(6).apply({'params': folded['params']['Dense_0']}, x)
     chex.assert_trees_all_close(plain, DenseBN().apply(v, x, train=False), **TOL)

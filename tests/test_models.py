@@ -79,7 +79,7 @@ def test_structural_mask_matches_measurement(norm):
   kernels = lambda mask: {jax.tree_util.keystr(p, simple=True, separator='/')
                           for p, on in jax.tree_util.tree_flatten_with_path(mask)[0]
                           if on and 'kernel' in jax.tree_util.keystr(p)}
-  structural = kernels(models.scale_invariant_kernels(v['params']))
+  structural = kernels(masks.scale_invariant_kernels(v['params']))
   if norm in models.PER_UNIT_INVARIANT:
     assert kernels(measured) == structural
   else:

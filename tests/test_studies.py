@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bnjax import train
+from bnjax.workdir import write_json_atomic
 from experiments import effective_lr, study
 
 
@@ -48,12 +48,12 @@ def test_effective_lr_grid_holds_effective_lr_on_anti_diagonals(preset):
 def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
   """A finished effective_lr study whose test errors come from ``errors(name, config)``."""
   cfgs = effective_lr.configs(preset)
-  train.write_json_atomic(tmp_path / 'study.json', {'study': 'effective_lr',
+  write_json_atomic(tmp_path / 'study.json', {'study': 'effective_lr',
                                                     'preset': preset, 'runs': sorted(cfgs)})
   for name, cfg in cfgs.items():
     folder = tmp_path / name
     folder.mkdir()
-    train.write_json_atomic(folder / 'summary.json', {
+    write_json_atomic(folder / 'summary.json', {
         'test_accuracy': 1.0 - errors(name, cfg), 'test_loss': 0.5, 'steps': 8,
         'config': dataclasses.asdict(cfg)})
     sign = 1 if norm_growth else -1
@@ -125,12 +125,12 @@ def test_report_binary_regenerates(tmp_path):
 
 def _write_study(folder, study_name, preset, runs):
   """A finished study: ``runs`` maps name -> (config, summary fields, metric lines)."""
-  train.write_json_atomic(folder / 'study.json', {'study': study_name, 'preset': preset,
+  write_json_atomic(folder / 'study.json', {'study': study_name, 'preset': preset,
                                                   'runs': sorted(runs)})
   for name, (cfg, summary, lines) in runs.items():
     run = folder / name
     run.mkdir()
-    train.write_json_atomic(run / 'summary.json',
+    write_json_atomic(run / 'summary.json',
                             dict(summary, config=dataclasses.asdict(cfg)))
     (run / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
 

@@ -14,7 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import train
+from bnjax import executors, step_metrics, trainer
+from bnjax.config import Config
+from bnjax.workdir import ConfigMismatchError
 from bnjax import workdir as workdirs
 
 from _helpers import ROOT, TIMING, TS, binary
@@ -26,7 +28,7 @@ def _metrics(workdir):
 
 
 def _params(workdir):
-  params = jax.device_get(train.load_params(workdir))
+  params = jax.device_get(trainer.load_params(workdir))
   leaves = jax.tree_util.tree_leaves(params)
   assert leaves and all(np.size(p) for p in leaves), params  # a real, non-empty tree
   return params
@@ -35,17 +37,17 @@ def _params(workdir):
 @pytest.mark.parametrize('mode', ['pmap', 'sharded'])
 def test_parallel_modes_equal_one_device(mode):
   assert jax.device_count() == 4
-  cfg = train.Config(norm='batch', batch_size=32, optimizer='momentum', regularizer='l2')
+  cfg = Config(norm='batch', batch_size=32, optimizer='momentum', regularizer='l2')
   rng = np.random.default_rng(0)
   batches = [{'x': rng.standard_normal((32, 28, 28, 1)).astype(np.float32),
               'y': rng.integers(0, 10, 32)} for _ in range(3)]
 
   def run(parallel):
     c = dataclasses.replace(cfg, parallel=parallel)
-    model, tx = train.build_model(c), train.build_optimizer(c)
-    host = train.build_model(dataclasses.replace(c, parallel='none'))
-    ex = train.Executor(parallel, model, tx, regression=False)
-    state = ex.put_state(train.init_state(c, host, tx, batches[0]['x']))
+    model, tx = trainer.build_model(c), trainer.build_optimizer(c)
+    host = trainer.build_model(dataclasses.replace(c, parallel='none'))
+    ex = executors.Executor(parallel, model, tx, regression=False)
+    state = ex.put_state(trainer.init_state(c, host, tx, batches[0]['x']))
     losses = []
     for b in batches:
       state, m = ex.step(state, b)
@@ -63,7 +65,7 @@ def test_parallel_modes_equal_one_device(mode):
 @pytest.fixture(scope='module')
 def reference_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('reference')
-  return workdir, train.train(TS, workdir, progress=False)
+  return workdir, trainer.train(TS, workdir, progress=False)
 
 
 def test_summary_and_metrics(reference_run):
@@ -78,7 +80,7 @@ def test_summary_and_metrics(reference_run):
 
 def test_same_seed_is_bit_identical(reference_run, tmp_path):
   workdir, summary = reference_run
-  again = train.train(TS, tmp_path, progress=False)
+  again = trainer.train(TS, tmp_path, progress=False)
   chex.assert_trees_all_equal(_params(tmp_path), _params(workdir))
   assert _metrics(tmp_path) == _metrics(workdir)
   assert again['test_loss'] == summary['test_loss']
@@ -86,9 +88,9 @@ def test_same_seed_is_bit_identical(reference_run, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_numbers(reference_run, tmp_path):
   workdir, summary = reference_run
-  assert train.train(TS, tmp_path, progress=False, stop_after=21) == {}
+  assert trainer.train(TS, tmp_path, progress=False, stop_after=21) == {}
   assert not (tmp_path / 'summary.json').exists()
-  resumed = train.train(TS, tmp_path, progress=False)
+  resumed = trainer.train(TS, tmp_path, progress=False)
   chex.assert_trees_all_equal(_params(tmp_path), _params(workdir))
   assert _metrics(tmp_path) == _metrics(workdir)  # lines 20 (after ckpt 16) redone once
   assert resumed['test_loss'] == summary['test_loss']
@@ -97,21 +99,22 @@ def test_interrupted_run_resumes_to_the_same_numbers(reference_run, tmp_path):
 def test_finished_workdir_is_left_alone(reference_run):
   workdir, summary = reference_run
   before = (workdir / 'metrics.jsonl').read_text()
-  assert train.train(TS, workdir, progress=False) == summary
+  assert trainer.train(TS, workdir, progress=False) == summary
   assert (workdir / 'metrics.jsonl').read_text() == before
 
 
 def test_other_config_in_same_workdir_is_refused(tmp_path):
-  train.train(TS, tmp_path, progress=False, stop_after=4)
-  with pytest.raises(train.ConfigMismatchError, match='another config.*learning_rate'):
-    train.train(dataclasses.replace(TS, learning_rate=0.1), tmp_path, progress=False)
+  trainer.train(TS, tmp_path, progress=False, stop_after=4)
+  with pytest.raises(ConfigMismatchError, match='another config.*learning_rate'):
+    trainer.train(dataclasses.replace(TS, learning_rate=0.1), tmp_path, progress=False)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   cfg = dataclasses.replace(TS, norm='none', regularizer='none', weight_decay=0.0,
-                            learning_rate=50.0, optimizer='sgd', activation='linear')
-  with pytest.raises(train.NonFiniteLossError, match=r'at step \d+.*last good checkpoint'):
-    train.train(cfg, tmp_path, progress=False)
+                            learning_rate=50.0, optimizer='sgd', momentum=0.0,
+                            activation='linear')
+  with pytest.raises(trainer.NonFiniteLossError, match=r'at step \d+.*last good checkpoint'):
+    trainer.train(cfg, tmp_path, progress=False)
   summary = json.loads((tmp_path / 'summary.json').read_text())  # strict JSON
   assert summary['status'] == 'diverged' and summary['test_loss'] is None
   steps = sorted(map(int, os.listdir(tmp_path / 'checkpoints')))
@@ -154,7 +157,7 @@ def test_kill_9_then_rerun_gives_identical_params(tmp_path):
 
 def test_l2_with_projection_keeps_scale_invariant_kernels_at_unit_norm(tmp_path):
   cfg = dataclasses.replace(TS, projection=True, num_epochs=1)
-  train.train(cfg, tmp_path, progress=False)
+  trainer.train(cfg, tmp_path, progress=False)
   kernel = np.asarray(_params(tmp_path)['dense']['kernel'])
   np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
   lines = _metrics(tmp_path)
@@ -164,9 +167,9 @@ def test_l2_with_projection_keeps_scale_invariant_kernels_at_unit_norm(tmp_path)
 def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
   """One SGD step with gamma_decay equals autodiff of loss + zeta * sum(gamma^2)."""
   zeta, lr = 0.3, 0.1
-  cfg = dataclasses.replace(TS, norm='weight', optimizer='sgd', learning_rate=lr,
+  cfg = dataclasses.replace(TS, norm='weight', optimizer='sgd', momentum=0.0, learning_rate=lr,
                             regularizer='none', weight_decay=0.0, gamma_decay=zeta)
-  model, tx = train.build_model(cfg), train.build_optimizer(cfg)
+  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
   x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
   params = model.init(jax.random.key(0), x)['params']
   params['dense']['scale'] = params['dense']['scale'] * 1.7  # gamma away from 1
@@ -184,14 +187,14 @@ def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
 def test_grad_sq_at_unit_norm_by_hand():
   w = np.array([[3.0, 0.0], [4.0, 1.0]], np.float32)  # unit norms 5 and 1
   g = np.array([[1.0, 2.0], [0.0, 0.0]], np.float32)  # unit norms 1 and 2
-  out = train.unit_scale_grad_sq({'conv': {'kernel': g}, 'norm': {'scale': np.ones(2)}},
+  out = step_metrics.unit_scale_grad_sq({'conv': {'kernel': g}, 'norm': {'scale': np.ones(2)}},
                                  {'conv': {'kernel': w}, 'norm': {'scale': np.ones(2)}})
   assert out == {'grad_sq_at_unit_norm/conv': pytest.approx(((1 * 5) ** 2 + (2 * 1) ** 2) / 2)}
 
 
 def test_eval_every_logs_test_metrics_and_gains(tmp_path):
   cfg = dataclasses.replace(TS, eval_every=16)
-  summary = train.train(cfg, tmp_path, progress=False)
+  summary = trainer.train(cfg, tmp_path, progress=False)
   lines = _metrics(tmp_path)
   evaluated = [l['step'] for l in lines if 'test_loss' in l]
   assert evaluated == [16, 32, 48]  # 16 steps per epoch, 3 epochs

@@ -1,0 +1,206 @@
+"""The configuration of one training run: fields, validation and the absl flags.
+
+Each field is declared once, with its default, help text and choices
+(:func:`_field`); :func:`define_flags` turns the fields into the flags of
+``experiments.train`` and :func:`from_flags` reads them back.
+"""
+
+import dataclasses
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+from bnjax.models import MODELS, NORMS, PER_UNIT_INVARIANT
+from bnjax.transforms import REGULARIZERS
+
+DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
+OPTIMIZERS = ('sgd', 'adam')
+PARALLEL = ('none', 'pmap', 'sharded')
+
+
+def _field(default, help_text: str, choices: Sequence[str] = ()):
+  return dataclasses.field(default=default, metadata={'help': help_text,
+                                                      'choices': tuple(choices)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """One training run; each field is a flag of ``experiments.train`` (:func:`define_flags`).
+
+  ``optimizer='momentum'`` is read as ``'sgd'`` (SGD takes ``momentum``, as
+  ``optax.sgd`` does), so both spellings name one run.
+  """
+  dataset: str = _field('fashion_mnist', 'Dataset.', DATASETS)
+  model: str = _field('convnet', 'Model: convnet (4-layer), resnet20 (CIFAR) or perceptron '
+                      '(teacher_student only).', MODELS)
+  norm: str = _field('batch', 'Normalization after each kernel layer (mean_only and '
+                     'variance_only add weight norm, as in Luo et al. 2019).', NORMS)
+  optimizer: str = _field('sgd', "sgd (SGD with --momentum, as optax.sgd; 'momentum' is an "
+                          'alias) or adam.', OPTIMIZERS + ('momentum',))
+  learning_rate: float = _field(0.05, 'Learning rate (> 0).')
+  momentum: float = _field(0.9, 'Momentum of --optimizer=sgd, in [0, 1) (0: plain SGD).')
+  weight_decay: float = _field(5e-4, 'lambda of --regularizer=l2 (gradient lambda*w) or '
+                               'decoupled (lr*lambda*w per step); must be 0 for none and '
+                               'projection.')
+  regularizer: str = _field('l2', 'none, l2 (coupled, before the optimizer), decoupled '
+                            '(after it) or projection (scale-invariant kernels kept at unit '
+                            'norm per unit).', REGULARIZERS)
+  projection: bool = _field(False, "Also project the scale-invariant kernels to unit norm "
+                            "per unit after the optimizer and --regularizer (van "
+                            "Laarhoven's proposal).")
+  gamma_decay: float = _field(0.0, 'zeta of an explicit penalty zeta*gamma^2 on every '
+                              'normalization gain (Luo et al. 2019: BN ~ population norm + '
+                              'gamma decay 1/(2M) or 1/(4M)).')
+  batch_size: int = _field(128, 'Global batch size.')
+  num_epochs: int = _field(1, 'Epochs over the training set.')
+  train_subset: int = _field(0, 'Use the first N training examples (0: all).')
+  seed: int = _field(0, 'Seed of init, data order and augmentation.')
+  parallel: str = _field('none', 'none (jit, one device), pmap (local devices) or sharded '
+                         '(jit over a device mesh).', PARALLEL)
+  virtual_batch_size: int = _field(32, 'Virtual batch of --norm=ghost (per device under '
+                                   'pmap).')
+  augment: bool = _field(False, 'Random crop and flip (cifar10).')
+  activation: str = _field('relu', 'Perceptron and teacher activation (teacher_student).',
+                           ('linear', 'relu'))
+  width: int = _field(32, 'ConvNet widths: --width, 2x and 4x (convnet only).')
+  input_dim: int = _field(100, 'Input dimension N (teacher_student).')
+  num_train: int = _field(1000, 'Training examples P (teacher_student).')
+  num_test: int = _field(2000, 'Test examples (teacher_student).')
+  noise_std: float = _field(0.1, 'Label noise std (teacher_student).')
+  log_every: int = _field(50, 'Steps between metrics.jsonl lines.')
+  checkpoint_every: int = _field(500, 'Steps between checkpoints (a multiple of '
+                                 '--log_every).')
+  eval_every: int = _field(0, 'Steps between test evaluations logged in metrics.jsonl (0: '
+                           'only at the end; a multiple of --log_every).')
+  eval_batch_size: int = _field(1000, 'Batch size of evaluation.')
+
+  # Fields that change neither the trained parameters nor any logged number
+  # (checkpoint spacing, evaluation batching): a workdir accepts them changed.
+  NON_RESULT_FIELDS = ('checkpoint_every', 'eval_batch_size')
+
+  def __post_init__(self):
+    if self.optimizer == 'momentum':
+      object.__setattr__(self, 'optimizer', 'sgd')
+
+  def validate(self, device_count: int = 1) -> 'Config':
+    """Raises ValueError (TypeError for a wrong type) whose message starts with
+    the offending ``--flag``."""
+    def need(ok, flag, message):
+      if not ok:
+        raise ValueError(f'--{flag}: {message}')
+
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      kind = {'int': int, 'float': float, 'bool': bool, 'str': str}[
+          field.type if isinstance(field.type, str) else field.type.__name__]
+      if kind is bool:
+        ok = isinstance(value, (bool, np.bool_))
+      elif kind is int:
+        ok = isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
+            value, (bool, np.bool_))
+      elif kind is float:
+        ok = isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(
+            value, (bool, np.bool_))
+      else:
+        ok = isinstance(value, str)
+      if not ok:
+        raise TypeError(f'--{field.name}: must be {kind.__name__}, got {value!r} '
+                        f'({type(value).__name__})')
+      if kind is float:
+        need(math.isfinite(value), field.name, f'must be finite, got {value}')
+
+    need(self.dataset in DATASETS, 'dataset', f'must be one of {DATASETS}, '
+         f'got {self.dataset!r}')
+    need(self.model in MODELS, 'model', f'must be one of {MODELS}, '
+         f'got {self.model!r}')
+    need(self.norm in NORMS, 'norm', f'must be one of {NORMS}, '
+         f'got {self.norm!r}')
+    need(self.optimizer in OPTIMIZERS, 'optimizer', f'must be one of {OPTIMIZERS}, '
+         f'got {self.optimizer!r}')
+    need(self.regularizer in REGULARIZERS, 'regularizer',
+         f'must be one of {REGULARIZERS}, got {self.regularizer!r}')
+    need(self.parallel in PARALLEL, 'parallel', f'must be one of {PARALLEL}, '
+         f'got {self.parallel!r}')
+    need(self.learning_rate > 0, 'learning_rate', f'must be > 0, got {self.learning_rate}')
+    need(0 <= self.momentum < 1, 'momentum', f'must be in [0, 1), got {self.momentum}')
+    need(self.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {self.weight_decay}')
+    need(self.gamma_decay >= 0, 'gamma_decay', f'must be >= 0, got {self.gamma_decay}')
+    need(self.gamma_decay == 0 or self.norm != 'none', 'gamma_decay',
+         'acts on the normalization gains, and --norm=none has none; set it to 0')
+    for flag in ('batch_size', 'num_epochs', 'log_every', 'checkpoint_every',
+                 'eval_batch_size', 'virtual_batch_size', 'input_dim', 'num_train',
+                 'num_test', 'width'):
+      value = getattr(self, flag)
+      need(value > 0, flag, f'must be a positive int, got {value!r}')
+    need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
+         f'{self.train_subset}')
+    need(self.seed >= 0, 'seed', f'must be >= 0, got {self.seed}')
+    need(self.noise_std >= 0, 'noise_std', f'must be >= 0, got {self.noise_std}')
+    if self.dataset == 'teacher_student':
+      examples, flag = self.num_train, 'num_train'
+    else:
+      examples, flag = self.train_subset, 'train_subset'
+    need(not examples or self.batch_size <= examples, 'batch_size',
+         f'{self.batch_size} exceeds the {examples} training examples of --{flag}')
+    need(self.eval_every >= 0, 'eval_every', f'must be >= 0 (0: only at the end), got '
+         f'{self.eval_every}')
+    for flag in ('checkpoint_every', 'eval_every'):
+      value = getattr(self, flag)
+      need(value % self.log_every == 0, flag,
+           f'must be a multiple of --log_every={self.log_every} (so a resumed run logs '
+           f'the same windows), got {value}')
+    need(self.width == Config.width or self.model == 'convnet', 'width',
+         f'sets the ConvNet\'s widths; --model={self.model} has fixed widths')
+    need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
+         f'has no effect with --regularizer={self.regularizer}; set it to 0')
+    for flag, on in (('regularizer', self.regularizer == 'projection'),
+                     ('projection', self.projection)):
+      need(not on or self.norm in PER_UNIT_INVARIANT, flag,
+           f'projection needs weights that are scale-invariant per unit; '
+           f'--norm={self.norm} makes none (use one of {PER_UNIT_INVARIANT})')
+    need((self.dataset == 'teacher_student') == (self.model == 'perceptron'), 'model',
+         'the perceptron trains on --dataset=teacher_student, and teacher_student '
+         'needs --model=perceptron')
+    need(not (self.model == 'perceptron' and self.norm in ('layer', 'group')), 'norm',
+         f'{self.norm} norm over the perceptron\'s single unit is constant')
+    need(self.activation in ('linear', 'relu'), 'activation',
+         f"must be 'linear' or 'relu', got {self.activation!r}")
+    need(not self.augment or self.dataset == 'cifar10', 'augment',
+         'crop-and-flip augmentation is for --dataset=cifar10')
+    if self.parallel != 'none':
+      need(self.batch_size % device_count == 0, 'batch_size',
+           f'{self.batch_size} is not divisible by the {device_count} devices of '
+           f'--parallel={self.parallel}')
+    if self.norm == 'ghost':
+      per_device = self.batch_size // (device_count if self.parallel == 'pmap' else 1)
+      need(per_device % self.virtual_batch_size == 0, 'virtual_batch_size',
+           f'{self.virtual_batch_size} must divide the per-device batch {per_device}')
+    return self
+
+
+def define_flags(flag_values=None) -> None:
+  """Defines one absl flag per :class:`Config` field (type, default, help, choices)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  for f in dataclasses.fields(Config):
+    kw = dict(name=f.name, default=f.default, help=f.metadata['help'],
+              flag_values=flag_values)
+    if f.metadata['choices']:
+      flags.DEFINE_enum(enum_values=list(f.metadata['choices']), **kw)
+    elif f.type is bool:
+      flags.DEFINE_boolean(**kw)
+    elif f.type is int:
+      flags.DEFINE_integer(**kw)
+    elif f.type is float:
+      flags.DEFINE_float(**kw)
+    else:
+      flags.DEFINE_string(**kw)
+
+
+def from_flags(flag_values=None) -> Config:
+  """The :class:`Config` of the parsed flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})

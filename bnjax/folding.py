@@ -1,0 +1,206 @@
+"""Folding inference batch norms into the Dense/Conv layers that feed them.
+
+A trained Dense/Conv followed by an inference batch norm is one affine map:
+with ``k = gamma / sqrt(var + eps)``, ``BN(x W + b) = x (W k) + (b - mu) k +
+beta`` (the standard inference-time folding, e.g. Jacob et al. 2018,
+"Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference", section 3.2). :func:`fold_batch_norms`
+finds the pairs in a flax.linen model by an abstract trace and folds them
+with :func:`bnjax.norms.fold_batch_norm`, refusing any pair whose folding
+would change the model's outputs.
+"""
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+from bnjax import layers, norms
+
+_LINEAR = (nn.Dense, nn.Conv)
+_BATCH_NORMS = (nn.BatchNorm, layers.BatchNormBase)
+
+
+def _trace_pairs(module: nn.Module, variables, *args, **kwargs):
+  """``[(linear_path, norm_path, norm_module)]`` found by an abstract trace."""
+  calls = []
+
+  def interceptor(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    if context.method_name == '__call__' and isinstance(context.module,
+                                                        _LINEAR + _BATCH_NORMS):
+      inp = call_args[0] if call_args else None
+      calls.append((context.module, tuple(context.module.scope.path), inp, out))
+    return out
+
+  def run(v):
+    with nn.intercept_methods(interceptor):
+      return module.apply(v, *args, mutable=True, **kwargs)
+
+  jax.eval_shape(run, variables)
+  produced_by = {}
+  pairs = []
+  for mdl, path, inp, out in calls:
+    if isinstance(mdl, _LINEAR):
+      produced_by[id(out)] = path
+    elif id(inp) in produced_by and isinstance(mdl.axis, int) \
+        and mdl.axis % jnp.ndim(inp) == jnp.ndim(inp) - 1:
+      pairs.append((produced_by[id(inp)], path, mdl))
+  return pairs
+
+
+def _shared_outputs(module: nn.Module, variables, pairs, *args, **kwargs) -> list:
+  """The pairs whose Dense/Conv output reaches the model's outputs other than through
+  their norm, or whose layers are called more than once.
+
+  One abstract trace (no FLOPs): each pair's linear output gets its own
+  perturbation ``e_i`` everywhere except at its norm's input (which gets the
+  unperturbed output); a pair is shared when an output of the jaxpr depends
+  on its ``e_i`` (a residual ``BN(h) + h``, a second consumer).
+  """
+  lin_index = {lin: i for i, (lin, _) in enumerate(pairs)}
+  norm_index = {norm: i for i, (_, norm) in enumerate(pairs)}
+  counts, shapes = {}, {}
+
+  def survey(next_fun, call_args, call_kwargs, context):
+    out = next_fun(*call_args, **call_kwargs)
+    if context.method_name == '__call__':
+      path = tuple(context.module.scope.path)
+      counts[path] = counts.get(path, 0) + 1
+      if path in lin_index:
+        shapes[lin_index[path]] = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
+    return out
+
+  with nn.intercept_methods(survey):
+    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
+  shared = [i for i, (lin, norm) in enumerate(pairs)
+            if counts.get(lin, 0) > 1 or counts.get(norm, 0) > 1]
+
+  def run(v, perturbations):
+    clean = {}
+
+    def perturb(next_fun, call_args, call_kwargs, context):
+      path = tuple(context.module.scope.path)
+      if context.method_name == '__call__' and path in norm_index and call_args \
+          and id(call_args[0]) in clean:
+        call_args = (clean[id(call_args[0])],) + tuple(call_args[1:])
+      out = next_fun(*call_args, **call_kwargs)
+      if context.method_name == '__call__' and path in lin_index:
+        perturbed = out + perturbations[lin_index[path]]
+        clean[id(perturbed)] = out
+        return perturbed
+      return out
+
+    with nn.intercept_methods(perturb):
+      return module.apply(v, *args, mutable=True, **kwargs)
+
+  zeros = [jnp.zeros(shapes[i].shape, shapes[i].dtype) for i in range(len(pairs))]
+  jaxpr = jax.make_jaxpr(run)(variables, zeros).jaxpr
+  inputs = jaxpr.invars[-len(pairs):]
+  for i, e in enumerate(inputs):
+    if i in shared:
+      continue
+    tainted = {e}
+    for eqn in jaxpr.eqns:  # forward taint; a nested call is tainted as a whole
+      if any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars):
+        tainted.update(eqn.outvars)
+    if any(not isinstance(v, jex_core.Literal) and v in tainted for v in jaxpr.outvars):
+      shared.append(i)
+  return [pairs[i] for i in sorted(shared)]
+
+
+def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
+  """Finds every Dense/Conv whose output goes straight into a batch norm.
+
+  Traces ``module.apply(variables, *args, **kwargs)`` abstractly (no FLOPs)
+  and records, for each bnjax or flax batch-norm layer normalizing the last
+  axis, whether its input is the very array a ``nn.Dense``/``nn.Conv``
+  returned. Pass the inference arguments (e.g. ``train=False``).
+
+  Returns:
+    A list of ``(linear_path, norm_path)`` tuples of module paths (tuples of
+    names, relative to ``variables['params']``), in call order.
+  """
+  return [(lin, norm) for lin, norm, _ in _trace_pairs(module, variables, *args, **kwargs)]
+
+
+def _has(tree, path) -> bool:
+  for name in path:
+    if not isinstance(tree, dict) and not hasattr(tree, 'keys') or name not in tree:
+      return False
+    tree = tree[name]
+  return True
+
+
+def _get(tree, path):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
+  """Folds every Dense/Conv + batch-norm pair of trained variables for inference.
+
+  Each pair found by :func:`find_batch_norm_pairs` gets, per
+  :func:`bnjax.norms.fold_batch_norm`, ``kernel * k`` and a bias carrying the
+  normalization, ``k = gamma / sqrt(var + eps)``. The batch norm is turned
+  into the identity at inference (scale 1, mean 0, var ``1 - eps``); when the
+  Dense/Conv has no bias the shift stays in the norm (its ``bias``, or minus
+  its running mean when it has none). The same module therefore gives the
+  same inference outputs with the folded variables, and a Dense/Conv with a
+  bias can load the folded kernel and bias into a model without the norm.
+
+  A pair is folded only when the Dense/Conv output feeds nothing but the
+  norm and neither layer is called twice; otherwise (a residual ``BN(h) + h``,
+  a shared layer) folding would change the outputs, and a ValueError names
+  the layer.
+
+  Returns:
+    ``(folded_variables, pairs)``.
+  """
+  if 'batch_stats' not in variables or 'params' not in variables:
+    raise ValueError("fold_batch_norms needs trained variables with 'params' and "
+                     "'batch_stats' collections (the batch norms' running statistics); "
+                     f'got collections {sorted(variables)}.')
+  found = _trace_pairs(module, variables, *args, **kwargs)
+  if found:
+    shared = _shared_outputs(module, variables, [(l, n) for l, n, _ in found], *args,
+                             **kwargs)
+    if shared:
+      lin, norm = ('/'.join(p) for p in shared[0])
+      raise ValueError(f'cannot fold {norm} into {lin}: the output of {lin} also feeds '
+                       f'something other than {norm} (e.g. a residual BN(h) + h), or one '
+                       f'of them is called more than once; folding would change the '
+                       f'outputs.')
+  variables = flax.core.unfreeze(jax.tree_util.tree_map(lambda a: a, variables))
+  params, batch_stats = variables['params'], variables['batch_stats']
+  for lin_path, norm_path, bn in found:
+    if not _has(batch_stats, norm_path):
+      raise ValueError(f"batch_stats has no running statistics for {'/'.join(norm_path)}; "
+                       f'pass the variables of a model initialized or trained with it.')
+    lin, norm_p, stats = (_get(params, lin_path), _get(params, norm_path),
+                          _get(batch_stats, norm_path))
+    eps = bn.epsilon
+    mean = stats['mean'] if getattr(bn, 'uses_mean', True) else jnp.zeros_like(stats['mean'])
+    var = stats['var'] if getattr(bn, 'uses_var', True) else jnp.ones_like(stats['var']) - eps
+    kernel, bias = norms.fold_batch_norm(
+        lin['kernel'], lin.get('bias'), norm_p.get('scale'), norm_p.get('bias'),
+        norms.BatchStats(mean, var), epsilon=eps)
+    lin['kernel'] = kernel
+    if 'scale' in norm_p:
+      norm_p['scale'] = jnp.ones_like(norm_p['scale'])
+    stats['mean'] = jnp.zeros_like(stats['mean'])
+    stats['var'] = jnp.full_like(stats['var'], 1.0 - eps)
+    if 'bias' in lin:
+      lin['bias'] = bias
+      if 'bias' in norm_p:
+        norm_p['bias'] = jnp.zeros_like(norm_p['bias'])
+    elif 'bias' in norm_p:
+      norm_p['bias'] = bias
+    elif getattr(bn, 'uses_mean', True):
+      stats['mean'] = -bias
+    else:
+      raise ValueError(f'cannot fold {"/".join(norm_path)}: neither it nor '
+                       f'{"/".join(lin_path)} has a bias to carry the shift.')
+  return variables, [(lin, norm) for lin, norm, _ in found]

@@ -1,0 +1,295 @@
+"""The training loop of one configuration: build, resume, step, log, checkpoint, summarize.
+
+:func:`train` runs a :class:`Config` in a workdir and leaves there
+
+* ``config.json`` -- the configuration (a rerun with a config that differs in a
+  field outside ``Config.NON_RESULT_FIELDS`` is refused before any work);
+* ``metrics.jsonl`` -- one JSON object per logged step: ``step``, ``epoch``,
+  ``loss`` and ``accuracy`` (means since the previous line), ``learning_rate``,
+  ``images_per_s``, ``time_s`` and, for every kernel, ``weight_norm/<layer>``,
+  ``angular_update/<layer>``, ``effective_lr/<layer>`` and ``update_norm/<layer>``
+  (from :func:`bnjax.transforms.track_dynamics`, always on; the values of the
+  logged step), ``grad_sq_at_unit_norm/<layer>`` (window mean, see
+  :func:`unit_scale_grad_sq`), ``gamma_sq/<layer>`` for every normalization
+  gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
+* ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
+  at the end; a rerun resumes from the latest and ends with the same numbers;
+* ``summary.json`` -- written atomically at the end: ``status`` (``finished``
+  or ``diverged``), test loss and accuracy, steps, wall time, ``fan_in``
+  (weights per unit of every kernel), config. A workdir with a summary is
+  done: rerunning the same config returns it (a diverged one raises again).
+
+Lock, resume, fallback past a damaged checkpoint and strict JSON are
+:mod:`bnjax.workdir`'s.
+
+The steps and parallel modes are :mod:`bnjax.executors`'s, the metrics
+:mod:`bnjax.step_metrics`'s, the config :mod:`bnjax.config`'s.
+"""
+
+import dataclasses
+import functools
+import math
+import pathlib
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bnjax import _extras
+from bnjax import data, executors, masks, models, step_metrics, transforms
+from bnjax import workdir as workdirs
+from bnjax.config import Config
+from bnjax.workdir import write_json_atomic
+
+tqdm = _extras.require('tqdm').tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss or the updated state stops being finite."""
+
+
+# ------------------------------------------------------------ components
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_image_dataset(name: str, data_dir: Optional[str]) -> dict:
+  """One read per process: a sweep trains many configurations on one dataset."""
+  return data.load_image_dataset(name, data_dir)
+
+
+def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
+  """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``."""
+  if config.dataset == 'teacher_student':
+    splits = data.teacher_student(config.num_train, config.num_test, config.input_dim,
+                                  activation=config.activation,
+                                  noise_std=config.noise_std, seed=config.seed)
+  else:
+    splits = _cached_image_dataset(config.dataset, data_dir)
+  return {'train': splits['train'].take(config.train_subset or None),
+          'test': splits['test']}
+
+
+def build_model(config: Config, *, host: bool = False):
+  """The configured model; ``host=True``: without the pmap axis (init, evaluation)."""
+  pmapped = config.parallel == 'pmap' and not host
+  return models.build(config.model, config.norm, axis_name=executors.AXIS_NAME if pmapped else None,
+                      virtual_batch_size=config.virtual_batch_size,
+                      activation=config.activation, width=config.width)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+  """bnjax's sgd (with ``momentum``)/adam with the configured regularizer; tracking on
+  every kernel.
+
+  L2 and decoupled decay act on every kernel (``kernel_mask``); the
+  projection (``regularizer='projection'``, or ``projection=True`` after any
+  regularizer) on the scale-invariant kernels only
+  (:func:`masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
+  Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
+  normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
+  """
+  if config.regularizer == 'projection':
+    mask = masks.scale_invariant_kernels
+  else:
+    mask = masks.kernel_mask
+  common = dict(regularizer=config.regularizer, weight_decay=config.weight_decay,
+                mask=mask, track=False)
+  if config.optimizer == 'adam':
+    base, kind = transforms.adam(config.learning_rate, **common), 'adam'
+  else:
+    base, kind = transforms.sgd(config.learning_rate, config.momentum, **common), 'sgd'
+  parts = [base]
+  if config.gamma_decay:
+    # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
+    parts.insert(0, transforms.l2_regularization(2 * config.gamma_decay, masks.gain_mask))
+  if config.projection and config.regularizer != 'projection':
+    parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
+  parts.append(transforms.track_dynamics(config.learning_rate, kind, masks.kernel_mask))
+  return optax.chain(*parts)
+
+
+def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
+  variables = model.init(jax.random.key(config.seed), sample_x, train=True)
+  params = variables['params']
+  return executors.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params))
+
+
+# ------------------------------------------------------------- driver
+
+
+def _diverged(workdir, wanted, message, step, last_checkpoint, main_process):
+  """Records a diverged run (strict JSON) and raises :class:`NonFiniteLossError`."""
+  if main_process:
+    write_json_atomic(pathlib.Path(workdir) / workdirs.SUMMARY, {
+        'status': 'diverged', 'error': message, 'steps': step,
+        'last_checkpoint': last_checkpoint, 'test_loss': None, 'test_accuracy': None,
+        'config': wanted})
+  raise NonFiniteLossError(message)
+
+
+def _last_good(step) -> str:
+  return ('There is no checkpoint yet.' if step is None
+          else f'The last good checkpoint is step {step}.')
+
+
+def _finished(summary: dict) -> dict:
+  if summary.get('status') == 'diverged':
+    raise NonFiniteLossError(summary.get('error', 'the run diverged'))
+  return summary
+
+
+def train(config: Config, workdir, *, data_dir: Optional[str] = None,
+          progress: bool = True, stop_after: Optional[int] = None) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if possible); returns the summary.
+
+  Everything that can be refused is refused before the workdir is created or
+  written: the config (:meth:`Config.validate`), a workdir holding another
+  config (:class:`bnjax.workdir.ConfigMismatchError`), the data and the
+  model. Then the workdir is locked (:class:`bnjax.workdir.WorkdirLockedError`
+  when another process holds it) and the run resumes from its newest intact
+  checkpoint.
+
+  Raises :class:`NonFiniteLossError` when the loss or the updated state
+  stops being finite; nothing non-finite is checkpointed, and
+  ``summary.json`` records ``status: "diverged"``.
+
+  ``stop_after`` ends the call after that many total steps, as an
+  interruption would (no extra log line or checkpoint, no summary); the next
+  call resumes from the last checkpoint.
+  """
+  config.validate(jax.device_count())
+  workdir = pathlib.Path(workdir)
+  wanted = dataclasses.asdict(config)
+  main_process = jax.process_index() == 0
+  workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
+  summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+  if summary is not None:
+    return _finished(summary)
+
+  splits = load_data(config, data_dir)
+  regression = config.dataset == 'teacher_student'
+  if len(splits['train']) < config.batch_size:
+    raise ValueError(f'--batch_size: {config.batch_size} exceeds the '
+                     f'{len(splits["train"])} training examples of {config.dataset}')
+  mean = std = None
+  if not regression:
+    mean, std = data.normalization_stats(splits['train'].x)
+  train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed,
+                               augment=config.augment, mean=mean, std=std)
+  test_batches = data.Batches(splits['test'], config.eval_batch_size, shuffle=False,
+                              mean=mean, std=std)
+  model, tx = build_model(config), build_optimizer(config)
+  host_model = build_model(config, host=True)
+  eval_step = executors.make_eval_step(host_model, regression)
+  state = init_state(config, host_model, tx, train_batches.batch(0, 0)['x'])
+  executor = executors.Executor(config.parallel, model, tx, regression)
+
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdirs.locked(workdir, enabled=main_process):
+    # Checked again under the lock: another process may have finished meanwhile.
+    workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
+    summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+    if summary is not None:
+      return _finished(summary)
+    if main_process and not (workdir / workdirs.CONFIG).exists():
+      write_json_atomic(workdir / workdirs.CONFIG, wanted)
+    return _run(config, workdir, wanted, state, executor, eval_step, splits,
+                train_batches, test_batches, progress=progress, stop_after=stop_after,
+                main_process=main_process)
+
+
+def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batches,
+         test_batches, *, progress, stop_after, main_process) -> dict:
+  """The training loop of a locked workdir: resume, steps, logging, checkpoints."""
+  checkpoints = workdirs.Checkpoints(workdir)
+  progress_path = workdir / workdirs.PROGRESS
+  restored, last_checkpoint = checkpoints.restore_latest(state)
+  elapsed = 0.0
+  if restored is not None:
+    state = restored
+    elapsed = (workdirs.read_json(progress_path) or {}).get(str(last_checkpoint), 0.0)
+  log = workdirs.MetricsLog(workdir, last_checkpoint or 0, enabled=main_process)
+  step = int(state.step)
+  steps_per_epoch = train_batches.steps_per_epoch
+  total = steps_per_epoch * config.num_epochs
+  end = total if stop_after is None else min(total, stop_after)
+  state = executor.put_state(state)
+
+  def save(step):
+    nonlocal last_checkpoint
+    checkpoints.save(step, executor.get_state(state))
+    last_checkpoint = step
+    if main_process:
+      write_json_atomic(progress_path, {str(step): elapsed + time.perf_counter() - start})
+
+  start = time.perf_counter()
+  window, window_start = [], time.perf_counter()
+  bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
+             unit='step', dynamic_ncols=True)
+  try:
+    while step < end:
+      epoch, index = divmod(step, steps_per_epoch)
+      stop = min(steps_per_epoch, index + end - step)
+      for batch in data.prefetch(train_batches.epoch(epoch, index, stop)):
+        state, metrics = executor.step(state, batch)
+        step += 1
+        window.append((step, metrics))
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+          host = jax.device_get([m for _, m in window])
+          current = jax.device_get(executor.get_state(state))
+          # Before anything is written: every loss of the window and the whole
+          # updated state must be finite, or the run ends as diverged.
+          for (s, _), m in zip(window, host):
+            if not math.isfinite(float(m['loss'])):
+              _diverged(workdir, wanted, f'the training loss became {float(m["loss"])} '
+                        f'at step {s}; stopped without saving it. '
+                        f'{_last_good(last_checkpoint)}', s, last_checkpoint, main_process)
+          bad = step_metrics.nonfinite_leaves(step_metrics.trained_state(current))
+          if bad:
+            _diverged(workdir, wanted, f'the state became non-finite by step {step} '
+                      f'(in {", ".join(bad[:3])}); stopped without saving it. '
+                      f'{_last_good(last_checkpoint)}', step, last_checkpoint, main_process)
+          seconds = time.perf_counter() - window_start
+          line = {'step': step, 'epoch': epoch,
+                  'learning_rate': config.learning_rate,
+                  'images_per_s': len(window) * config.batch_size / seconds,
+                  'time_s': elapsed + time.perf_counter() - start}
+          for key in host[0]:
+            line[key] = float(np.mean([m[key] for m in host]))
+          line.update(step_metrics.layer_metrics(current.opt_state))
+          line.update(step_metrics.gain_metrics(current.params))
+          if config.eval_every and step % config.eval_every == 0:
+            line.update(executors.evaluate(eval_step, current, splits['test'], test_batches))
+          log.write(line)
+          bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
+          window, window_start = [], time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == total:
+          save(step)
+  finally:
+    bar.close()
+    log.close()
+  if step < total:
+    return {}
+
+  final = executor.get_state(state)
+  result = executors.evaluate(eval_step, jax.device_get(final), splits['test'], test_batches)
+  if not all(math.isfinite(v) for v in result.values()):
+    _diverged(workdir, wanted, f'the trained model\'s test metrics are not finite '
+              f'({result}) after {step} steps.', step, last_checkpoint, main_process)
+  summary = dict(result, status='finished', steps=step,
+                 wall_time_s=elapsed + time.perf_counter() - start,
+                 fan_in=step_metrics.fan_ins(final.params), config=wanted)
+  if main_process:
+    write_json_atomic(workdir / workdirs.SUMMARY, summary)
+  return summary
+
+
+def load_params(workdir) -> Any:
+  """The params of the latest checkpoint in ``workdir`` (as nested dicts)."""
+  return workdirs.Checkpoints(workdir).latest_params()
