@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test bench study studies data clean
+.PHONY: test test-floors bench study studies data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --durations=12 tests
+
+# The oldest dependency versions setup.cfg allows, in their own venv.
+FLOORS := jax==0.5.0 jaxlib==0.5.0 flax==0.10.2 optax==0.2.4 numpy==1.26.4
+test-floors:
+	$(PYTHON) -m venv .venv-floors
+	printf '%s\n' $(FLOORS) > .venv-floors/constraints.txt
+	.venv-floors/bin/pip install --quiet -c .venv-floors/constraints.txt $(FLOORS) \
+	    'tensorflow-datasets==4.9.7' array-record orbax-checkpoint absl-py tqdm matplotlib \
+	    chex pytest pytest-xdist
+	.venv-floors/bin/pip install --quiet --no-deps -e .
+	.venv-floors/bin/python -m pytest -n 2 --dist loadfile tests
 
 data:
 	scripts/install_fashion_mnist.sh
@@ -37,4 +48,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.train_step
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-floors build *.egg-info .pytest_cache

@@ -1,4 +1,5 @@
-"""Argument checks shared by bnjax's modules: errors that name the argument and its range.
+"""Argument checks shared by bnjax's modules (errors that name the argument and its
+range), and pytree key-path names.
 
 Numbers are checked alike whether they are Python or numpy scalars (or 0-d
 arrays); ``bool`` is refused wherever a number is expected; a value that
@@ -105,3 +106,22 @@ def unit_axes(ndim: int, axis: int):
 
 def unit_axes_of(w, axis: int):
   return unit_axes(jnp.ndim(w), axis)
+
+
+def key_names(path) -> list:
+  """The plain names of a pytree key path (dict keys, attribute names, indices),
+  as ``jax.tree_util.keystr(..., simple=True)`` gives them in jax >= 0.5.1."""
+  names = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)))
+        break
+    else:
+      names.append(str(k))
+  return names
+
+
+def path_str(path, separator: str = '/') -> str:
+  """``'conv/kernel'`` for the key path of ``params['conv']['kernel']``."""
+  return separator.join(key_names(path))

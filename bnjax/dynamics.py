@@ -10,7 +10,7 @@ its optimizer state; :func:`read` pulls them out of any optax state.
 import jax
 import jax.numpy as jnp
 
-from bnjax._validation import unit_axes_of
+from bnjax._validation import path_str, unit_axes_of
 
 
 def unit_norms(w, axis: int = -1):
@@ -58,7 +58,7 @@ def read(opt_state) -> dict:
     for path, leaf in flat:
       if not isinstance(leaf, LeafDynamics):
         continue
-      name = jax.tree_util.keystr(path, simple=True, separator='/')
+      name = path_str(path)
       for field, value in leaf._asdict().items():
         out[f'{name}/{field}'] = value
   return out

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax.linen import initializers
 
 from bnjax import norms
+from bnjax._validation import path_str
 
 Initializer = Callable[..., jax.Array]
 
@@ -167,8 +168,8 @@ class LayerNorm(_AffineNorm):
     return self.feature_axes
 
   def _apply(self, x, scale, bias):
-    return norms.layer_norm(x, scale, bias, axis=self.reduction_axes,
-                            feature_axes=self.feature_axes, epsilon=self.epsilon)
+    return norms.layer_norm(x, scale, bias, axis=self.feature_axes,
+                            reduction_axes=self.reduction_axes, epsilon=self.epsilon)
 
 
 class GroupNorm(_AffineNorm):
@@ -216,7 +217,7 @@ class _KernelReparam(nn.Module):
   @nn.compact
   def __call__(self, *args, **kwargs):
     def rewrite(path, value):
-      if jax.tree_util.keystr(path[-1:], simple=True) != 'kernel':
+      if path_str(path[-1:]) != 'kernel':
         return value
       return self._reparam(value)
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnjax._validation import path_str
+
 
 def kernel_mask(params):
   """``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for biases and scales.
@@ -38,7 +40,7 @@ def scale_invariant_kernels(params):
   per unit (tests check it against :func:`scale_invariant_mask`).
   """
   def mark(path, leaf):
-    top = jax.tree_util.keystr(path[:1], simple=True, separator='/')
+    top = path_str(path[:1])
     return jnp.ndim(leaf) >= 2 and top != 'head'
   return jax.tree_util.tree_map_with_path(mark, params)
 

@@ -25,7 +25,7 @@ the effective learning rate instead of on the function (van Laarhoven 2017).
 
 import functools
 import math
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -470,23 +470,47 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
 
 def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
-               feature_axes: Axes = -1):
-  """Layer normalization (Ba et al. 2016), the numbers of flax.linen.LayerNorm.
+               reduction_axes: Optional[Axes] = None):
+  r"""Layer normalization (Ba et al. 2016, arXiv 1607.06450, eq. 3-4).
 
-  ``y = (x - mu) / sqrt(var + epsilon) * scale + bias`` with per-example
-  statistics over ``axis`` (an int or a tuple: flax's ``reduction_axes``);
-  ``scale``/``bias`` have the shape of ``feature_axes``.
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\, \gamma + \beta
+
+  with per-example mean and variance over ``reduction_axes``. ``axis`` is
+  the feature axis (or axes), as in every bnjax norm: ``scale``/``bias``
+  have its shape. ``reduction_axes`` defaults to ``axis`` (statistics over
+  the features); pass e.g. ``(1, 2, 3)`` with ``axis=1`` for NCHW layer
+  norm. The numbers of ``flax.linen.LayerNorm(reduction_axes=...,
+  feature_axes=axis)``.
 
   Scale invariance: per layer. Rescaling the whole kernel feeding the
   normalized axes by one ``a > 0`` leaves the output unchanged; rescaling a
   single unit does not.
+
+  Args:
+    x: input of real floating dtype.
+    scale, bias: gamma and beta of the shape of ``axis`` (or ``None``).
+    axis: feature axis or axes.
+    epsilon: added to the variance, > 0.
+    reduction_axes: axes of the statistics (default: ``axis``).
+
+  Returns:
+    ``y`` with the shape and dtype of ``x`` (promoted with the parameters).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> y = norms.layer_norm(jnp.array([[1.0, 2.0, 3.0]]))
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.225, 0.0, 1.225]
   """
   ndim = jnp.ndim(x)
-  red = _canonical_axes(ndim, axis)
+  feats = _canonical_axes(ndim, axis)
+  red = feats if reduction_axes is None else _canonical_axes(ndim, reduction_axes,
+                                                             'reduction_axes')
   if len(red) == ndim:
-    raise ValueError('layer_norm must keep at least one (batch) axis: axis covers '
-                     f'all {ndim} axes.')
-  feats = _canonical_axes(ndim, feature_axes, 'feature_axes')
+    raise ValueError('layer_norm must keep at least one (batch) axis: reduction_axes '
+                     f'cover all {ndim} axes.')
   feature_shape = tuple(x.shape[a] for a in feats)
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax import dynamics, masks, transforms
+from bnjax._validation import key_names
 
 
 def layer_name(path) -> str:
   """``conv2/layer_instance/kernel`` -> ``conv2``: the module path of a leaf."""
-  keys = [getattr(k, 'key', str(k)) for k in path]
+  keys = key_names(path)
   return '/'.join(k for k in keys[:-1] if k != 'layer_instance')
 
 

@@ -66,6 +66,33 @@ def _at(rate, count):
   return rate(count) if callable(rate) else rate
 
 
+class ScheduledScaleState(NamedTuple):
+  """Step count of a scheduled ``u + rate(count) * w``."""
+  count: jax.Array
+
+
+def _add_scaled_params(rate: ScalarOrSchedule, sign: float, mask: Mask, name: str
+                       ) -> optax.GradientTransformation:
+  """``u <- u + sign * rate * w``; a schedule is read at the transform's own count
+  (optax.add_decayed_weights takes schedules only from optax 0.2.6 on)."""
+  if not callable(rate):
+    return _needs_params(optax.add_decayed_weights(sign * rate, mask), name)
+
+  def init_fn(params):
+    del params
+    return ScheduledScaleState(jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, name)
+    r = sign * rate(state.count)
+    updates = jax.tree_util.tree_map(lambda u, w: (u + r * w).astype(u.dtype), updates,
+                                     params)
+    return updates, ScheduledScaleState(optax.safe_increment(state.count))
+
+  tx = optax.GradientTransformation(init_fn, update_fn)
+  return tx if mask is None else optax.masked(tx, mask)
+
+
 def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
                       ) -> optax.GradientTransformation:
   """Coupled L2 regularization: ``u <- u + lambda * w``.
@@ -82,8 +109,7 @@ def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
     mask: which leaves to regularize (default: all).
   """
   check_nonnegative('weight_decay', weight_decay)
-  return _needs_params(optax.add_decayed_weights(weight_decay, mask),
-                       'l2_regularization')
+  return _add_scaled_params(weight_decay, 1.0, mask, 'l2_regularization')
 
 
 def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
@@ -101,9 +127,7 @@ def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
     mask: which leaves to decay (default: all).
   """
   check_nonnegative('rate', rate)
-  negated = (lambda count: -rate(count)) if callable(rate) else -rate
-  return _needs_params(optax.add_decayed_weights(negated, mask),
-                       'decoupled_weight_decay')
+  return _add_scaled_params(rate, -1.0, mask, 'decoupled_weight_decay')
 
 
 class UnitNormProjectionState(NamedTuple):

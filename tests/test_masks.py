@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from bnjax import layers, masks
+from bnjax._validation import path_str
 
 
 class Model(nn.Module):
@@ -44,7 +45,7 @@ def _setup():
 def test_scale_invariant_mask_marks_kernels_feeding_a_per_unit_norm():
   loss_fn, params, x, y = _setup()
   mask = masks.scale_invariant_mask(loss_fn, params, x, y)
-  flat = {jax.tree_util.keystr(p, simple=True, separator='/'): v
+  flat = {path_str(p): v
           for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
   assert {k for k, v in flat.items() if v} == {
       'conv_bn/kernel', 'conv_in/kernel', 'dense_bn/kernel'}, flat

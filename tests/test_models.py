@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from bnjax import masks, models
+from bnjax._validation import path_str
 
 X = jax.random.normal(jax.random.key(0), (64, 28, 28, 1))
 Y = jax.random.randint(jax.random.key(1), (64,), 0, 10)
@@ -76,7 +77,7 @@ def test_structural_mask_matches_measurement(norm):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   measured = masks.scale_invariant_mask(loss, v['params'], X, Y)
-  kernels = lambda mask: {jax.tree_util.keystr(p, simple=True, separator='/')
+  kernels = lambda mask: {path_str(p)
                           for p, on in jax.tree_util.tree_flatten_with_path(mask)[0]
                           if on and 'kernel' in jax.tree_util.keystr(p)}
   structural = kernels(masks.scale_invariant_kernels(v['params']))

@@ -188,7 +188,7 @@ class PerExampleNormsTest(chex.TestCase):
       red, module = -1, nn.LayerNorm()
     else:  # NCHW: statistics over C, H, W; affine parameters per channel.
       red, module = (1, 2, 3), nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1)
-    y = self.variant(lambda *a: norms.layer_norm(*a, axis=red, feature_axes=axis))(
+    y = self.variant(lambda *a: norms.layer_norm(*a, axis=axis, reduction_axes=red))(
         x, scale, bias)
     y_ref = module.apply({'params': {'scale': scale, 'bias': bias}}, x)
     chex.assert_trees_all_close(y, y_ref, **TOL)

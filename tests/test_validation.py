@@ -72,7 +72,7 @@ def test_layer_and_instance_norm_bad_arguments():
   with pytest.raises(ValueError, match='bias has shape'):
     norms.layer_norm(X, None, jnp.ones(4))
   with pytest.raises(ValueError, match='must keep at least one'):
-    norms.layer_norm(X, axis=(0, 1, 2, 3))
+    norms.layer_norm(X, axis=-1, reduction_axes=(0, 1, 2, 3))
   with pytest.raises(ValueError, match='rank >= 3'):
     norms.instance_norm(jnp.ones((8, 6)))
   with pytest.raises(ValueError, match='feature axis cannot be 0'):
