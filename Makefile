@@ -21,12 +21,12 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --durations=12 tests
 
 # The oldest dependency versions setup.cfg allows, in their own venv.
-FLOORS := jax==0.5.0 jaxlib==0.5.0 flax==0.10.2 optax==0.2.4 numpy==1.26.4
+FLOORS := jax==0.5.0 jaxlib==0.5.0 flax==0.10.2 optax==0.2.5 numpy==1.26.4
 test-floors:
 	$(PYTHON) -m venv .venv-floors
 	printf '%s\n' $(FLOORS) > .venv-floors/constraints.txt
 	.venv-floors/bin/pip install --quiet -c .venv-floors/constraints.txt $(FLOORS) \
-	    'tensorflow-datasets==4.9.7' array-record orbax-checkpoint absl-py tqdm matplotlib \
+	    'tensorflow-datasets==4.9.10' importlib_resources array-record 'orbax-checkpoint==0.11.5' absl-py tqdm matplotlib \
 	    chex pytest pytest-xdist
 	.venv-floors/bin/pip install --quiet --no-deps -e .
 	.venv-floors/bin/python -m pytest -n 2 --dist loadfile tests

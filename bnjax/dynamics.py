@@ -44,21 +44,35 @@ def read(opt_state) -> dict:
 
   Works on any optax state holding a :func:`bnjax.transforms.track_dynamics`
   state (inside ``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
-  ``optax.MultiSteps``, ...). Paths join the params' keys with ``/``, e.g.
-  ``'Conv_0/kernel/angular_update'``. Values are scalar arrays.
+  ``optax.MultiSteps``, ``flax.nnx.Optimizer.opt_state``, ...). Paths join
+  the params' keys with ``/``, e.g. ``'Conv_0/kernel/angular_update'``.
+  Values are scalar arrays.
   """
   from bnjax.transforms import LeafDynamics, TrackDynamicsState  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  if hasattr(nnx, 'as_pure'):  # nnx.Optimizer keeps its state in nnx Variables
+    opt_state = nnx.as_pure(opt_state)
+  fields = set(LeafDynamics._fields)
+
+  def summary(x):  # a LeafDynamics, or the mapping nnx.Optimizer turns it into
+    if isinstance(x, LeafDynamics):
+      return x._asdict()
+    if hasattr(x, 'keys') and set(x.keys()) == fields:
+      return dict(x)
+    return None
+
   found = [s for s in jax.tree_util.tree_leaves(
       opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
            if isinstance(s, TrackDynamicsState)]
   out = {}
   for state in found:
     flat, _ = jax.tree_util.tree_flatten_with_path(
-        state.metrics, is_leaf=lambda x: isinstance(x, LeafDynamics))
+        state.metrics, is_leaf=lambda x: summary(x) is not None)
     for path, leaf in flat:
-      if not isinstance(leaf, LeafDynamics):
+      values = summary(leaf)
+      if values is None:
         continue
       name = path_str(path)
-      for field, value in leaf._asdict().items():
-        out[f'{name}/{field}'] = value
+      for field in LeafDynamics._fields:
+        out[f'{name}/{field}'] = values[field]
   return out

@@ -1,0 +1,295 @@
+"""flax.nnx modules over :mod:`bnjax.norms`, with flax.nnx's signatures.
+
+Every normalizer of :mod:`bnjax.layers` as an ``nnx.Module`` built on the same
+functional code. Where flax.nnx has the layer, the constructor and call
+signatures are flax.nnx's (``BatchNorm(num_features, *, momentum=..., rngs=...)``,
+``bn(x, use_running_average=...)``; ``GroupNorm(num_features, num_groups=...,
+rngs=...)``) and so are the variable names (``scale``, ``bias`` as
+``nnx.Param``; ``mean``, ``var`` as ``nnx.BatchStat``), so switching is a
+change of import. ``axis`` / ``feature_axes`` is the feature axis, as in
+flax; statistics are computed in float32.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx as fnnx
+  >>> from bnjax import nnx
+  >>> bn = nnx.BatchNorm(3, rngs=fnnx.Rngs(0))
+  >>> y = bn(jnp.arange(12.0).reshape(4, 3))
+  >>> [round(float(v), 3) for v in y[:, 0]]
+  [-1.342, -0.447, 0.447, 1.342]
+  >>> [round(float(v), 3) for v in bn.mean[...]]
+  [0.045, 0.055, 0.065]
+
+References:
+  Ioffe & Szegedy 2015 (batch norm); Luo et al. 2019, arXiv 1809.00846
+  (population, mean-only and variance-only BN); Hoffer et al. 2017 (ghost
+  BN); Ba et al. 2016 (layer norm); Wu & He 2018 (group norm); Ulyanov et
+  al. 2016 (instance norm); Salimans & Kingma 2016 (weight norm); Qiao et
+  al. 2019 (weight standardization).
+"""
+
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+from flax import nnx
+
+from bnjax import norms
+
+Initializer = Callable[..., Any]
+
+
+def _affine(module, shape, use_scale, use_bias, scale_init, bias_init, param_dtype, rngs):
+  """Creates ``module.scale`` / ``module.bias`` (``nnx.Param`` or ``None``)."""
+  module.scale = (nnx.Param(scale_init(rngs.params(), shape, param_dtype))
+                  if use_scale else None)
+  module.bias = (nnx.Param(bias_init(rngs.params(), shape, param_dtype))
+                 if use_bias else None)
+
+
+def _value(variable):
+  """The array of an nnx Variable (``get_value`` from flax 0.11 on, ``.value`` before)."""
+  if variable is None:
+    return None
+  return variable.get_value() if hasattr(variable, 'get_value') else variable.value
+
+
+def _set(variable, value):
+  if hasattr(variable, 'set_value'):
+    variable.set_value(value)
+  else:
+    variable.value = value
+
+
+def _cast(y, dtype):
+  return y if dtype is None else y.astype(dtype)
+
+
+class _BatchNormBase(nnx.Module):
+  """Shared body of the batch-norm family; ``norm_fn`` picks the variant."""
+  norm_fn: Callable = staticmethod(norms.batch_norm)
+
+  def __init__(self, num_features: int, *, use_running_average: bool = False,
+               axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-5,
+               dtype: Any = None, param_dtype: Any = jnp.float32, use_bias: bool = True,
+               use_scale: bool = True, bias_init: Initializer = nnx.initializers.zeros_init(),
+               scale_init: Initializer = nnx.initializers.ones_init(),
+               axis_name: Optional[str] = None, frozen: bool = False, rngs: nnx.Rngs):
+    stats = norms.init_batch_stats(num_features)
+    self.mean = nnx.BatchStat(stats.mean)
+    self.var = nnx.BatchStat(stats.var)
+    _affine(self, (num_features,), use_scale, use_bias, scale_init, bias_init,
+            param_dtype, rngs)
+    self.use_running_average = use_running_average
+    self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
+    self.dtype, self.axis_name, self.frozen = dtype, axis_name, frozen
+
+  def _norm_kwargs(self) -> dict:
+    return {}
+
+  def __call__(self, x, use_running_average: Optional[bool] = None):
+    """Normalizes ``x``; in training mode also updates ``mean`` and ``var``.
+
+    Args:
+      x: input whose ``axis`` has ``num_features`` entries.
+      use_running_average: overrides the constructor's setting when given;
+        ``True`` normalizes with the running statistics (inference).
+        ``frozen=True`` always does and never updates them.
+    """
+    if use_running_average is None:
+      use_running_average = self.use_running_average
+    training = not (use_running_average or self.frozen)
+    y, new = type(self).norm_fn(
+        x, _value(self.scale), _value(self.bias),
+        norms.BatchStats(_value(self.mean), _value(self.var)), training=training,
+        momentum=self.momentum, epsilon=self.epsilon, axis=self.axis,
+        axis_name=self.axis_name, **self._norm_kwargs())
+    if training:
+      _set(self.mean, new.mean)
+      _set(self.var, new.var)
+    return _cast(y, self.dtype)
+
+
+class BatchNorm(_BatchNormBase):
+  """Batch normalization; the numbers and variables of ``flax.nnx.BatchNorm``.
+
+  See :func:`bnjax.norms.batch_norm`. Scale invariance: per unit.
+  """
+
+
+class PopulationNorm(_BatchNormBase):
+  """Population normalization (Luo et al. 2019): running statistics in training too.
+
+  See :func:`bnjax.norms.population_norm`. Scale invariance: none.
+  """
+  norm_fn = staticmethod(norms.population_norm)
+
+
+class MeanOnlyBatchNorm(_BatchNormBase):
+  """Mean-only batch normalization; see :func:`bnjax.norms.mean_only_batch_norm`."""
+  norm_fn = staticmethod(norms.mean_only_batch_norm)
+
+
+class VarianceOnlyBatchNorm(_BatchNormBase):
+  """Variance-only batch normalization; see :func:`bnjax.norms.variance_only_batch_norm`."""
+  norm_fn = staticmethod(norms.variance_only_batch_norm)
+
+
+class GhostBatchNorm(_BatchNormBase):
+  """Ghost batch normalization over virtual batches (Hoffer et al. 2017).
+
+  See :func:`bnjax.norms.ghost_batch_norm`; ``virtual_batch_size`` is its
+  one extra keyword.
+  """
+  norm_fn = staticmethod(norms.ghost_batch_norm)
+
+  def __init__(self, num_features: int, *, virtual_batch_size: int = 32, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.virtual_batch_size = virtual_batch_size
+
+  def _norm_kwargs(self) -> dict:
+    return {'virtual_batch_size': self.virtual_batch_size}
+
+
+class _PerExampleNorm(nnx.Module):
+  """Shared body of the per-example norms: affine parameters of ``num_features``."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-6, dtype: Any = None,
+               param_dtype: Any = jnp.float32, use_bias: bool = True,
+               use_scale: bool = True,
+               bias_init: Initializer = nnx.initializers.zeros_init(),
+               scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
+    _affine(self, (num_features,), use_scale, use_bias, scale_init, bias_init,
+            param_dtype, rngs)
+    self.num_features, self.epsilon, self.dtype = num_features, epsilon, dtype
+
+
+class LayerNorm(_PerExampleNorm):
+  """Layer normalization; the numbers and variables of ``flax.nnx.LayerNorm``.
+
+  ``reduction_axes`` and ``feature_axes`` mean what they mean in flax; the
+  ``num_features`` parameters cover the feature axes (reshaped onto them).
+  See :func:`bnjax.norms.layer_norm`. Scale invariance: per layer.
+  """
+
+  def __init__(self, num_features: int, *, reduction_axes=-1, feature_axes=-1, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.reduction_axes, self.feature_axes = reduction_axes, feature_axes
+
+  def __call__(self, x):
+    axes = norms._canonical_axes(jnp.ndim(x), self.feature_axes, 'feature_axes')
+    shape = tuple(jnp.shape(x)[a] for a in axes)
+    reshape = lambda p: None if p is None else jnp.reshape(_value(p), shape)
+    return _cast(norms.layer_norm(x, reshape(self.scale), reshape(self.bias),
+                                  axis=self.feature_axes,
+                                  reduction_axes=self.reduction_axes,
+                                  epsilon=self.epsilon), self.dtype)
+
+
+class GroupNorm(_PerExampleNorm):
+  """Group normalization; the numbers and variables of ``flax.nnx.GroupNorm``.
+
+  Give ``num_groups`` or ``group_size`` (features per group), as in flax.
+  Features are on the last axis. See :func:`bnjax.norms.group_norm`. Scale
+  invariance: per group.
+  """
+
+  def __init__(self, num_features: int, num_groups: Optional[int] = 32,
+               group_size: Optional[int] = None, **kwargs):
+    super().__init__(num_features, **kwargs)
+    if (num_groups is None) == (group_size is None):
+      raise ValueError(f'give exactly one of num_groups and group_size, got '
+                       f'num_groups={num_groups!r}, group_size={group_size!r}.')
+    if group_size is not None:
+      if not isinstance(group_size, int) or group_size <= 0 or num_features % group_size:
+        raise ValueError(f'group_size={group_size!r} must be a positive int that divides '
+                         f'num_features={num_features}.')
+      num_groups = num_features // group_size
+    self.num_groups = num_groups
+
+  def __call__(self, x):
+    return _cast(norms.group_norm(x, _value(self.scale), _value(self.bias),
+                                  num_groups=self.num_groups, epsilon=self.epsilon),
+                 self.dtype)
+
+
+class InstanceNorm(_PerExampleNorm):
+  """Instance normalization; the numbers and variables of ``flax.nnx.InstanceNorm``.
+
+  See :func:`bnjax.norms.instance_norm`. Scale invariance: per unit.
+  """
+
+  def __init__(self, num_features: int, *, feature_axes: int = -1, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.feature_axes = feature_axes
+
+  def __call__(self, x):
+    return _cast(norms.instance_norm(x, _value(self.scale), _value(self.bias),
+                                     epsilon=self.epsilon, axis=self.feature_axes),
+                 self.dtype)
+
+
+class _KernelReparam(nnx.Module):
+  """Wraps a layer and calls it with its ``kernel`` rewritten by ``_reparam``.
+
+  The stored kernel is left as it is (flax.nnx.WeightNorm writes the
+  normalized kernel back into the layer); gradients reach it through the
+  reparametrization.
+  """
+
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1):
+    if not isinstance(getattr(layer_instance, 'kernel', None), nnx.Param):
+      raise ValueError(f'{type(self).__name__} wraps a layer with a `kernel` nnx.Param '
+                       f'(nnx.Linear, nnx.Conv), got {type(layer_instance).__name__}.')
+    self.layer_instance = layer_instance
+    self.feature_axes = feature_axes
+
+  def _reparam(self, kernel):
+    raise NotImplementedError
+
+  def __call__(self, x, *args, **kwargs):
+    kernel = self.layer_instance.kernel
+    stored = _value(kernel)
+    _set(kernel, self._reparam(stored))
+    try:
+      return self.layer_instance(x, *args, **kwargs)
+    finally:
+      _set(kernel, stored)
+
+
+class WeightNorm(_KernelReparam):
+  """Weight normalization of a wrapped layer's kernel: ``w = g * v / ||v||`` per unit.
+
+  ``flax.nnx.WeightNorm``'s constructor (``layer_instance``, ``feature_axes``,
+  ``use_scale``, ``scale_init``, ``epsilon``, ``rngs``); the gain ``g`` is
+  the ``nnx.Param`` ``scale`` of shape ``(units,)``. See
+  :func:`bnjax.norms.weight_norm`. Scale invariance: per unit in ``v``.
+  """
+
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,
+               use_scale: bool = True,
+               scale_init: Initializer = nnx.initializers.ones_init(),
+               epsilon: float = 1e-12, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    super().__init__(layer_instance, feature_axes=feature_axes)
+    units = (jnp.shape(_value(layer_instance.kernel))[feature_axes],)
+    self.scale = (nnx.Param(scale_init(rngs.params(), units, param_dtype))
+                  if use_scale else None)
+    self.epsilon = epsilon
+
+  def _reparam(self, kernel):
+    return norms.weight_norm(kernel, _value(self.scale), axis=self.feature_axes,
+                             epsilon=self.epsilon)
+
+
+class WeightStandardization(_KernelReparam):
+  """Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
+
+  See :func:`bnjax.norms.weight_standardize`. Scale invariance: per unit.
+  """
+
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,
+               epsilon: float = 1e-5):
+    super().__init__(layer_instance, feature_axes=feature_axes)
+    self.epsilon = epsilon
+
+  def _reparam(self, kernel):
+    return norms.weight_standardize(kernel, axis=self.feature_axes, epsilon=self.epsilon)
