@@ -18,7 +18,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --durations=12 tests
+	$(PY) -m pytest -n 2 --dist loadfile --durations=12
 
 # The oldest dependency versions setup.cfg allows, in their own venv.
 FLOORS := jax==0.5.0 jaxlib==0.5.0 flax==0.10.2 optax==0.2.5 numpy==1.26.4
@@ -29,7 +29,7 @@ test-floors:
 	    'tensorflow-datasets==4.9.10' importlib_resources array-record 'orbax-checkpoint==0.11.5' absl-py tqdm matplotlib \
 	    chex pytest pytest-xdist
 	.venv-floors/bin/pip install --quiet --no-deps -e .
-	.venv-floors/bin/python -m pytest -n 2 --dist loadfile tests
+	.venv-floors/bin/python -m pytest -n 2 --dist loadfile
 
 data:
 	scripts/install_fashion_mnist.sh

@@ -14,7 +14,14 @@ from bnjax._validation import path_str, unit_axes_of
 
 
 def unit_norms(w, axis: int = -1):
-  """L2 norm of each unit, shape ``(w.shape[axis],)``, in float32 or wider."""
+  r"""L2 norm of each unit, shape ``(w.shape[axis],)``, in float32 or wider.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import dynamics
+    >>> dynamics.unit_norms(jnp.array([[3.0, 0.0], [4.0, 2.0]]))
+    Array([5., 2.], dtype=float32)
+  """
   w = jnp.asarray(w)
   w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
   return jnp.sqrt(jnp.sum(w * w, axis=unit_axes_of(w, axis)[1]))
@@ -26,6 +33,13 @@ def angular_update(w_old, w_new, axis: int = -1):
   Computed as ``2 * atan2(||a - b||, ||a + b||)`` on the unit vectors, which
   stays accurate for tiny angles (where ``arccos`` of a cosine does not). A
   unit of zero norm on either side gets angle 0.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import dynamics
+    >>> a = dynamics.angular_update(jnp.array([[1.0], [0.0]]), jnp.array([[1.0], [1.0]]))
+    >>> round(float(a[0]), 4)  # pi / 4
+    0.7854
   """
   if jnp.shape(w_old) != jnp.shape(w_new):
     raise ValueError(f'w_old has shape {jnp.shape(w_old)} but w_new has '

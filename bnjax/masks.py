@@ -16,6 +16,12 @@ def kernel_mask(params):
 
   The usual "decay the weights, not the biases and norm parameters" mask
   (timm's ``param_groups_weight_decay``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks
+    >>> masks.kernel_mask({'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)})
+    {'bias': False, 'kernel': True}
   """
   return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 

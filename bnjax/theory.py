@@ -28,12 +28,34 @@ OPTIMIZERS = EQUILIBRIUM_OPTIMIZERS + ('adam',)
 
 
 def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
-  """Learning rate of the direction ``w / ||w||`` of a scale-invariant weight.
+  r"""Learning rate of the direction ``w / ||w||`` of a scale-invariant weight.
 
   SGD (and SGD with momentum): ``lr / ||w||^2``, since the gradient scales
   as ``1/||w||`` and the angle moved as ``step / ||w||``.
   Adam (Adam+L2, AdamW): ``lr / ||w||``, since Adam's step does not scale
   with the gradient (van Laarhoven 2017, section 3; Hoffer et al. 2018).
+
+  .. math::
+    \eta_\text{eff} = \eta / \lVert w \rVert^2 \ \text{(SGD)}, \qquad
+    \eta_\text{eff} = \eta / \lVert w \rVert \ \text{(Adam)}
+
+  Args:
+    learning_rate: eta >= 0.
+    weight_norm: ||w|| >= 0 (an array: one value per unit).
+    optimizer: ``'sgd'`` (``'momentum'``), ``'adam'``, ``'adamw'``, ``'adam_l2'``.
+
+  Returns:
+    The effective learning rate, shaped like ``weight_norm``.
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(float(theory.effective_learning_rate(0.1, 2.0, 'sgd')), 6)
+    0.025
+    >>> round(float(theory.effective_learning_rate(0.1, 2.0, 'adam')), 6)
+    0.05
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, eq. 9 (SGD) and section 3.3 (Adam).
   """
   check_optimizer('optimizer', optimizer, OPTIMIZERS)
   power = 2 if optimizer in SGD_LIKE else 1
@@ -65,6 +87,21 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
   * ``'adam_l2'`` (Adam with coupled L2): ``(lr * C * sigma / (2 * lambda))^(1/3)``
     with ``sigma = ||g~|| / sqrt(C)``: radial shrink ``lr * lambda * ||w||^2 / sigma``
     per step against Pythagorean growth ``lr^2 * C`` of ``||w||^2``.
+
+  Returns:
+    The per-unit norm ``||w*||`` (a float).
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.equilibrium_norm('adamw', 1e-3, 0.1, fan_in=512), 4)
+    1.6
+    >>> round(theory.equilibrium_norm('sgd', 0.1, 5e-4, fan_in=512, grad_norm=22.6,
+    ...                               momentum=0.9), 2)
+    26.73
+
+  References:
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419, Theorem 1;
+    Kosson et al. 2024, arXiv 2305.17212, eq. 7 (AdamW).
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
   check_positive('fan_in', fan_in)
@@ -90,6 +127,20 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
   * ``'adam_l2'``: step RMS ``lr * sqrt(C (1 - b1) / (1 + b1))`` over the
     equilibrium norm, so it needs ``fan_in`` and ``grad_norm``; it scales as
     ``(lr^2 * lambda)^(1/3)``.
+
+  Returns:
+    The expected angle per step, radians (a float).
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.equilibrium_angular_update('sgd', 0.1, 5e-4, momentum=0.9), 5)
+    0.00725
+    >>> round(theory.equilibrium_angular_update('adamw', 1e-3, 0.1), 5)
+    0.00324
+
+  References:
+    Wan et al. 2021, arXiv 2006.08419, Theorem 1; Kosson et al. 2024, arXiv
+    2305.17212, Table 1.
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
   if optimizer in SGD_LIKE:
@@ -117,6 +168,18 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
   BN with batch size M behaves like population normalization plus an
   explicit penalty ``zeta * gamma^2`` with ``zeta = 1/(2M)`` for a linear
   (identity) unit and ``1/(4M)`` for ReLU (their Figure 1).
+
+  Returns:
+    zeta, a float.
+
+  Example:
+    >>> from bnjax import theory
+    >>> theory.gamma_decay_strength(32, 'relu')
+    0.0078125
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2 and Figure 1.
   """
   batch_size = check_positive_int('batch_size', batch_size)
   if activation == 'linear':

@@ -95,7 +95,7 @@ def _add_scaled_params(rate: ScalarOrSchedule, sign: float, mask: Mask, name: st
 
 def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
                       ) -> optax.GradientTransformation:
-  """Coupled L2 regularization: ``u <- u + lambda * w``.
+  r"""Coupled L2 regularization: ``u <- u + lambda * w``.
 
   The gradient of the penalty ``lambda/2 * ||w||^2``. Put it *before* the
   optimizer (``optax.chain(l2_regularization(l), optax.adam(lr))``) so the
@@ -107,6 +107,25 @@ def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
   Args:
     weight_decay: lambda >= 0, a float or a schedule.
     mask: which leaves to regularize (default: all).
+
+  .. math::
+    u_t' = u_t + \lambda\, w_t
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> tx = optax.chain(transforms.l2_regularization(0.1), optax.sgd(1.0))
+    >>> params = {'w': jnp.array([1.0, 2.0])}
+    >>> updates, _ = tx.update({'w': jnp.zeros(2)}, tx.init(params), params)
+    >>> updates['w']
+    Array([-0.1, -0.2], dtype=float32)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight Normalization",
+    2017, arXiv 1706.05350, eq. 2-5.
   """
   check_nonnegative('weight_decay', weight_decay)
   return _add_scaled_params(weight_decay, 1.0, mask, 'l2_regularization')
@@ -114,7 +133,7 @@ def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None
 
 def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
                            ) -> optax.GradientTransformation:
-  """Decoupled weight decay: ``u <- u - rate * w``, placed *after* the optimizer.
+  r"""Decoupled weight decay: ``u <- u - rate * w``, placed *after* the optimizer.
 
   Loshchilov & Hutter (2019, arXiv 1711.05101). ``rate`` is the full
   per-step shrink factor, i.e. ``learning_rate * weight_decay``:
@@ -125,6 +144,25 @@ def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
   Args:
     rate: shrink factor >= 0 per step, a float or a schedule.
     mask: which leaves to decay (default: all).
+
+  .. math::
+    u_t' = u_t - \eta_t \lambda\, w_t
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> tx = optax.chain(optax.adam(1e-3), transforms.decoupled_weight_decay(1e-4))
+    >>> params = {'w': jnp.ones(3)}
+    >>> updates, _ = tx.update({'w': jnp.zeros(3)}, tx.init(params), params)
+    >>> updates['w']
+    Array([-0.0001, -0.0001, -0.0001], dtype=float32)
+
+  References:
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+    arXiv 1711.05101, Algorithm 2 line 12.
   """
   check_nonnegative('rate', rate)
   return _add_scaled_params(rate, -1.0, mask, 'decoupled_weight_decay')
@@ -138,7 +176,7 @@ class UnitNormProjectionState(NamedTuple):
 def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
                          radius: Union[float, str] = 1.0, epsilon: float = 1e-12
                          ) -> optax.GradientTransformation:
-  """Projects each unit of the updated weight onto the sphere of ``radius``.
+  r"""Projects each unit of the updated weight onto the sphere of ``radius``.
 
   Put it last in the chain. It returns ``u' = P(w + u) - w`` with
   ``P(v)_j = radius * v_j / ||v_j||`` per unit j (every axis but ``axis``),
@@ -159,6 +197,29 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
     radius: finite target norm > 0, or ``'init'`` to keep each unit's norm at
       ``init`` time.
     epsilon: guards the division for near-zero units.
+
+  .. math::
+    u' = r\, \frac{w + u}{\lVert w + u \rVert_j} - w \quad \text{per unit } j
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import masks, transforms
+    >>> tx = optax.chain(optax.sgd(0.5),
+    ...                  transforms.unit_norm_projection(masks.kernel_mask))
+    >>> params = {'kernel': jnp.array([[3.0, 0.0], [4.0, 2.0]]), 'bias': jnp.ones(2)}
+    >>> grads = {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> new = optax.apply_updates(params, updates)
+    >>> [round(float(n), 4) for n in jnp.linalg.norm(new['kernel'], axis=0)]
+    [1.0, 1.0]
+    >>> new['bias']  # not in the mask: plain SGD
+    Array([0.5, 0.5], dtype=float32)
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, section 4 ("force ||w|| = 1").
   """
   _require_projection_mask(mask, 'unit_norm_projection')
   if isinstance(radius, str):
@@ -234,7 +295,7 @@ def _leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> 
 
 def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
                    mask: Mask = None, *, axis: int = -1) -> optax.GradientTransformation:
-  """Records per-leaf weight dynamics; leaves the updates unchanged.
+  r"""Records per-leaf weight dynamics; leaves the updates unchanged.
 
   Put it last in the chain so it sees the final update ``u`` of each step.
   Its state (:class:`TrackDynamicsState`) holds, for each
@@ -251,6 +312,28 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
     mask: which leaves to track (``None``: every leaf; for a model's layers
       pass ``bnjax.masks.kernel_mask``).
     axis: the unit axis.
+
+  .. math::
+    \Delta\theta_j = \angle(w_j, w_j + u_j), \qquad
+    \eta_\text{eff} = \eta / \lVert w_j \rVert^2 \ \text{(SGD)}, \
+    \eta / \lVert w_j \rVert \ \text{(Adam)}
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a
+    :class:`TrackDynamicsState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import dynamics, transforms
+    >>> tx = optax.chain(optax.sgd(0.1), transforms.track_dynamics(0.1, 'sgd'))
+    >>> params = {'w': jnp.array([[2.0], [0.0]])}
+    >>> _, state = tx.update({'w': jnp.array([[0.0], [1.0]])}, tx.init(params), params)
+    >>> {k: round(float(v), 4) for k, v in dynamics.read(state).items()}
+    {'w/weight_norm': 2.0, 'w/update_norm': 0.1, 'w/angular_update': 0.05, 'w/effective_lr': 0.025}
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, eq. 9 and 13; Kosson et al.,
+    "Rotational Equilibrium", 2024, arXiv 2305.17212, section 3.
   """
   check_optimizer('optimizer', optimizer, TRACKED_OPTIMIZERS)
   check_nonnegative('learning_rate', learning_rate)
@@ -323,6 +406,26 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
   leaves are regularized and tracked (``None``: every leaf, as in
   ``optax.adamw``; ``bnjax.masks.kernel_mask`` for kernels only; required
   for ``'projection'``); ``track`` appends :func:`track_dynamics`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import dynamics, masks, transforms
+    >>> tx = transforms.sgd(0.1, 0.9, regularizer='l2', weight_decay=5e-4,
+    ...                     mask=masks.kernel_mask)
+    >>> params = {'kernel': jnp.ones((4, 2)), 'bias': jnp.zeros(2)}
+    >>> updates, state = tx.update({'kernel': jnp.zeros((4, 2)), 'bias': jnp.zeros(2)},
+    ...                            tx.init(params), params)
+    >>> [round(float(u), 8) for u in updates['kernel'][0]]  # -lr * lambda * w
+    [-5e-05, -5e-05]
+    >>> sorted(dynamics.read(state))[:2]
+    ['kernel/angular_update', 'kernel/effective_lr']
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350; Loshchilov & Hutter 2019, arXiv
+    1711.05101 (decoupled).
   """
   check_positive('learning_rate', learning_rate)
   momentum = 0.0 if momentum is None else momentum  # optax.sgd's "no momentum"
@@ -342,6 +445,25 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   ``'l2'`` is "Adam + L2" (the penalty's gradient goes through Adam's
   normalization); ``'decoupled'`` equals ``optax.adamw(lr, b1, b2, eps,
   weight_decay)`` on the masked leaves. Other arguments as :func:`sgd`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> ours = transforms.adam(1e-3, regularizer='decoupled', weight_decay=0.1,
+    ...                        track=False)
+    >>> ref = optax.adamw(1e-3, weight_decay=0.1)
+    >>> params, grads = {'w': jnp.array([1.0, -2.0])}, {'w': jnp.array([0.5, 0.5])}
+    >>> a, _ = ours.update(grads, ours.init(params), params)
+    >>> b, _ = ref.update(grads, ref.init(params), params)
+    >>> bool(jnp.allclose(a['w'], b['w']))
+    True
+
+  References:
+    Kingma & Ba 2015 (Adam); Loshchilov & Hutter 2019, arXiv 1711.05101
+    (AdamW, Algorithm 2).
   """
   check_positive('learning_rate', learning_rate)
   check_unit_interval('b1', b1, include_one=False)
