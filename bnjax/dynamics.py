@@ -87,6 +87,6 @@ def read(opt_state) -> dict:
       if values is None:
         continue
       name = path_str(path)
-      for field in LeafDynamics._fields:
-        out[f'{name}/{field}'] = values[field]
+      for field in LeafDynamics._fields:  # a bare array as params: just the field
+        out[f'{name}/{field}' if name else field] = values[field]
   return out

@@ -33,7 +33,8 @@ class BatchNormBase(nn.Module):
     use_bias, use_scale: learn beta / gamma.
     bias_init, scale_init: their initializers.
     axis_name: mapped axis over which batch statistics are averaged.
-    frozen: frozen BN (seed 003): always normalize with the running
+    frozen: frozen BN (He et al. 2016, "Deep Residual Learning", appendix A:
+      BN fixed when fine-tuning for detection): always normalize with the running
       statistics and never update them, whatever ``use_running_average`` says;
       ``scale``/``bias`` stay trainable, so the layer is a learnable affine map.
   """
@@ -172,31 +173,31 @@ class LayerNorm(_AffineNorm):
                             reduction_axes=self.reduction_axes, epsilon=self.epsilon)
 
 
-class GroupNorm(_AffineNorm):
+class _OnFeatureAxis(_AffineNorm):
+  """A per-example norm whose parameters sit on one feature ``axis``."""
+  axis: int = -1
+
+  def _feature_axes(self, x):
+    return self.axis
+
+
+class GroupNorm(_OnFeatureAxis):
   """Group normalization; same numbers and variables as flax.linen.GroupNorm.
 
   Scale invariance: per group.
   """
   num_groups: int = 32
-  axis: int = -1
-
-  def _feature_axes(self, x):
-    return self.axis
 
   def _apply(self, x, scale, bias):
     return norms.group_norm(x, scale, bias, num_groups=self.num_groups,
                             epsilon=self.epsilon, axis=self.axis)
 
 
-class InstanceNorm(_AffineNorm):
+class InstanceNorm(_OnFeatureAxis):
   """Instance normalization; same numbers and variables as flax.linen.InstanceNorm.
 
   Scale invariance: per unit.
   """
-  axis: int = -1
-
-  def _feature_axes(self, x):
-    return self.axis
 
   def _apply(self, x, scale, bias):
     return norms.instance_norm(x, scale, bias, epsilon=self.epsilon, axis=self.axis)

@@ -182,8 +182,9 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
   ``P(v)_j = radius * v_j / ||v_j||`` per unit j (every axis but ``axis``),
   so ``w + u'`` has per-unit norm ``radius`` (the "last in chain" pattern of
   ``optax.keep_params_nonnegative``). This is van Laarhoven's proposal
-  (2017; seed blog): for scale-invariant weights, fixing ``||w||`` removes
-  weight decay as a hyperparameter and fixes the effective learning rate at
+  (2017, arXiv 1706.05350, section 4): for scale-invariant weights, fixing
+  ``||w||`` removes weight decay as a hyperparameter and fixes the effective
+  learning rate at
   ``lr / radius^2`` (SGD) or ``lr / radius`` (Adam). A unit whose updated
   weight is zero stays zero (no NaN).
 

@@ -101,13 +101,10 @@ def report(workdir):
   spec = PRESETS[meta['preset']]
   m = spec['batch']
   zeta = theory.gamma_decay_strength(m, 'relu')
-  any_run = next(iter(runs.values()), None)
-  size = ''
-  if any_run is not None:
-    c = any_run.config
-    size = (f' Each run: {c["num_epochs"]} epochs over {c["train_subset"] or "all"} '
-            f'{c["dataset"]} training examples ({c["model"]}, width {c["width"]}), SGD with '
-            f'momentum {c["momentum"]}, lr {c["learning_rate"]}, no weight decay.')
+  size = study.each_run(runs, lambda c, _: (
+      f'{c["num_epochs"]} epochs over {c["train_subset"] or "all"} {c["dataset"]} training '
+      f'examples ({c["model"]}, width {c["width"]}), SGD with momentum {c["momentum"]}, '
+      f'lr {c["learning_rate"]}, no weight decay.'))
   sections = [('Setup', study.finished_line(meta, runs) + f'{size} Training loss: the mean '
                f'over each log window of the train-mode loss; test loss/error on the full '
                f'test set.')]

@@ -94,13 +94,9 @@ def report(workdir):
   meta, runs = study.load_study(workdir)
   n = PRESETS[meta['preset']]['grid']
   centre = (n - 1) // 2
-  any_run = next(iter(runs.values()), None)
-  size = ''
-  if any_run is not None:
-    c = any_run.config
-    size = (f' Each run: {any_run.summary["steps"]} steps of batch {c["batch_size"]} on '
-            f'{c["train_subset"] or "all"} {c["dataset"]} training examples, {c["model"]} '
-            f'width {c["width"]}.')
+  size = study.each_run(runs, lambda c, summary: (
+      f'{summary["steps"]} steps of batch {c["batch_size"]} on {c["train_subset"] or "all"} '
+      f'{c["dataset"]} training examples, {c["model"]} width {c["width"]}.'))
   sections = [('Setup', study.finished_line(meta, runs) + f' BN after every conv; every '
                f'run\'s config is in its folder\'s `config.json`. Test error = 1 - test '
                f'accuracy.{size} L2 can only set the weight norm once training is long '

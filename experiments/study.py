@@ -204,6 +204,12 @@ def finished_line(meta: dict, runs: dict) -> str:
   return f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished.'
 
 
+def each_run(runs: dict, describe: Callable[[dict, dict], str]) -> str:
+  """`` Each run: <describe(config, summary)>`` of any finished run ('' when none)."""
+  run = next(iter(runs.values()), None)
+  return '' if run is None else f' Each run: {describe(run.config, run.summary)}'
+
+
 def label_axes(axes, xlabel: str, legend: bool = True):
   """The same x label (and a small legend) on every axis."""
   for ax in np.ravel(axes):

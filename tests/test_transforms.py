@@ -265,3 +265,42 @@ def test_params_required(tx):
   for call in (lambda: tx.update(p, tx.init(p)), lambda: tx.update(p, tx.init(p), None)):
     with pytest.raises(ValueError, match='needs the current params'):
       call()
+
+
+class VariantsAndDtypesTest(chex.TestCase):
+  """Each transform under jit and without, in float32 and bfloat16, against the
+  hand formula computed in float64."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16),
+                         kind=('l2', 'decoupled', 'projection'))
+  def test_against_hand_formula(self, dtype, kind):
+    w = jnp.array([[3.0, 0.5], [4.0, -1.0], [0.0, 2.0]], dtype)
+    u = jnp.array([[0.1, -0.2], [0.3, 0.1], [-0.1, 0.2]], dtype)
+    tx = {'l2': lambda: transforms.l2_regularization(0.1),
+          'decoupled': lambda: transforms.decoupled_weight_decay(0.1),
+          'projection': lambda: transforms.unit_norm_projection(lambda p: True,
+                                                                radius=2.0)}[kind]()
+    out, _ = self.variant(tx.update)(u, tx.init(w), w)
+    w64, u64 = np.asarray(w, np.float64), np.asarray(u, np.float64)
+    if kind == 'l2':
+      want = u64 + 0.1 * w64
+    elif kind == 'decoupled':
+      want = u64 - 0.1 * w64
+    else:
+      new = w64 + u64
+      want = 2.0 * new / np.linalg.norm(new, axis=0) - w64
+    self.assertEqual(out.dtype, dtype)
+    tol = 1e-6 if dtype == jnp.float32 else 3e-2
+    chex.assert_trees_all_close(np.asarray(out, np.float64), want, atol=tol, rtol=tol)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16))
+  def test_tracking_is_float32_for_any_dtype(self, dtype):
+    w = jnp.array([[2.0], [0.0]], dtype)
+    tx = transforms.track_dynamics(0.1, 'sgd')
+    _, state = self.variant(tx.update)(jnp.array([[0.0], [-0.1]], dtype), tx.init(w), w)
+    got = dynamics.read(state)
+    self.assertEqual(got['weight_norm'].dtype, jnp.float32)
+    np.testing.assert_allclose(float(got['angular_update']), np.arctan2(0.1, 2.0),
+                               rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
