@@ -47,7 +47,13 @@ class BatchStats(NamedTuple):
 
 
 def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
-  """Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm)."""
+  """Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm).
+
+  Example:
+    >>> from bnjax import norms
+    >>> norms.init_batch_stats(2)
+    BatchStats(mean=Array([0., 0.], dtype=float32), var=Array([1., 1.], dtype=float32))
+  """
   num_features = check_positive_int('num_features', num_features)
   return BatchStats(jnp.zeros((num_features,), dtype), jnp.ones((num_features,), dtype))
 
@@ -339,6 +345,19 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
   Returns:
     ``(y, new_stats)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> x = jnp.array([[1.0], [3.0]])
+    >>> y, stats = norms.batch_norm(x, stats=norms.init_batch_stats(1), training=True,
+    ...                             momentum=0.9)
+    >>> [round(float(v), 3) for v in y[:, 0]], [round(float(stats.mean[0]), 3)]
+    ([-1.0, 1.0], [0.2])
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithm 1.
   """
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
@@ -363,6 +382,19 @@ def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
   Scale invariance: none. The output is linear in the kernel feeding it,
   since mu_P and var_P are constants for the gradient.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> stats = norms.BatchStats(jnp.array([1.0]), jnp.array([4.0]))
+    >>> y, _ = norms.population_norm(jnp.array([[3.0]]), stats=stats, training=True,
+    ...                              epsilon=1e-12)
+    >>> round(float(y[0, 0]), 3)  # (3 - 1) / sqrt(4), whatever the batch
+    1.0
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, eq. 2.
   """
   if stats is None:
     raise ValueError('population_norm needs stats (the population statistics) '
@@ -438,6 +470,14 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   variances. Inference is batch_norm's.
 
   Scale invariance: per unit, as batch_norm.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> x = jnp.array([[1.0], [3.0], [10.0], [30.0]])
+    >>> y, _ = norms.ghost_batch_norm(x, training=True, virtual_batch_size=2)
+    >>> [round(float(v), 3) for v in y[:, 0]]  # each half normalized alone
+    [-1.0, 1.0, -1.0, 1.0]
   """
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
@@ -546,6 +586,13 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
 
   Scale invariance: per group. Rescaling together the kernel columns of the
   units in one group leaves the output unchanged; a single unit does not.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> y = norms.group_norm(jnp.array([[1.0, 3.0, 10.0, 30.0]]), num_groups=2)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.0, 1.0, -1.0, 1.0]
   """
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('group_norm', x, scale, bias, axis, epsilon,
@@ -594,6 +641,13 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
   ``g`` has shape ``(units,)`` (``None``: unit gain).
 
   Scale invariance: per unit in ``v``, exactly up to ``epsilon``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> norms.weight_norm(jnp.array([[3.0, 0.0], [4.0, 2.0]]), jnp.array([1.0, 2.0]))
+    Array([[0.6, 0. ],
+           [0.8, 2. ]], dtype=float32)
   """
   unit_axis, red = unit_axes_of(v, axis)
   _check_features('g', g, (jnp.shape(v)[unit_axis],))
@@ -629,6 +683,15 @@ def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
 
   Returns:
     ``(folded_kernel, folded_bias)``, the bias always an array.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> stats = norms.BatchStats(jnp.array([1.0]), jnp.array([4.0]))
+    >>> kernel, bias = norms.fold_batch_norm(jnp.array([[2.0]]), None, None, None, stats,
+    ...                                      epsilon=1e-12)
+    >>> round(float(kernel[0, 0]), 6), round(float(bias[0]), 6)  # (2x - 1) / 2
+    (1.0, -0.5)
   """
   check_float_input('kernel', kernel)
   units = jnp.shape(kernel)[-1]
