@@ -20,6 +20,12 @@ OPTIMIZERS = ('sgd', 'adam')
 PARALLEL = ('none', 'pmap', 'sharded')
 
 
+# Written into every config record. 2: --optimizer=sgd takes --momentum (format 1,
+# without the key, ignored it), so a format-1 record is refused, never resumed
+# under the new meaning.
+CONFIG_VERSION = 2
+
+
 def _field(default, help_text: str, choices: Sequence[str] = ()):
   return dataclasses.field(default=default, metadata={'help': help_text,
                                                       'choices': tuple(choices)})
@@ -178,6 +184,11 @@ class Config:
       need(per_device % self.virtual_batch_size == 0, 'virtual_batch_size',
            f'{self.virtual_batch_size} must divide the per-device batch {per_device}')
     return self
+
+
+def record(config: 'Config') -> dict:
+  """What a workdir stores and compares: every field, and ``config_version``."""
+  return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
 
 
 def define_flags(flag_values=None) -> None:

@@ -26,7 +26,6 @@ The steps and parallel modes are :mod:`bnjax.executors`'s, the metrics
 :mod:`bnjax.step_metrics`'s, the config :mod:`bnjax.config`'s.
 """
 
-import dataclasses
 import functools
 import math
 import pathlib
@@ -41,6 +40,7 @@ import optax
 from bnjax import _extras
 from bnjax import data, executors, masks, models, step_metrics, transforms
 from bnjax import workdir as workdirs
+from bnjax import config as config_lib
 from bnjax.config import Config
 from bnjax.workdir import write_json_atomic
 
@@ -164,7 +164,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   """
   config.validate(jax.device_count())
   workdir = pathlib.Path(workdir)
-  wanted = dataclasses.asdict(config)
+  wanted = config_lib.record(config)
   main_process = jax.process_index() == 0
   workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
   summary = workdirs.read_json(workdir / workdirs.SUMMARY)

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 from absl import app, flags, logging
 
+from bnjax import config as config_lib
 from bnjax import trainer
 from bnjax.config import Config, PARALLEL
 from bnjax import workdir as workdirs
@@ -83,7 +84,7 @@ def stale_runs(workdir, configs: Dict[str, Config]) -> Dict[str, dict]:
   for name, config in configs.items():
     stored = workdirs.read_json(pathlib.Path(workdir) / name / workdirs.CONFIG)
     if stored is not None:
-      diff = workdirs.config_differences(stored, dataclasses.asdict(config),
+      diff = workdirs.config_differences(stored, config_lib.record(config),
                                          Config.NON_RESULT_FIELDS)
       if diff:
         stale[name] = diff
@@ -123,7 +124,7 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
     shutil.move(str(workdir / name), str(target))
     logging.warning('moved stale run %s to %s', name, target)
   meta = {'study': study, 'preset': preset, 'runs': sorted(configs),
-          'configs': {name: dataclasses.asdict(c) for name, c in configs.items()}}
+          'configs': {name: config_lib.record(c) for name, c in configs.items()}}
   workdirs.write_json_atomic(meta_path, meta)
   for i, (name, config) in enumerate(sorted(configs.items())):
     done = (workdir / name / workdirs.SUMMARY).exists()

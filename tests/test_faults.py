@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import trainer, workdir
+from bnjax import config, trainer, workdir
 from experiments import study
 
 from _helpers import ROOT, TS, binary, metrics as _metrics, strict_json as _strict
@@ -263,7 +263,7 @@ def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
     study.run_sweep('demo', 'smoke', changed, tmp_path)
   runs = study.run_sweep('demo', 'smoke', changed, tmp_path, rerun_stale=True)
   assert runs['b'].config['learning_rate'] == 0.1
-  assert runs['a'].config == dataclasses.asdict(quick)
+  assert runs['a'].config == config.record(quick)
   assert len(list((tmp_path / 'stale').iterdir())) == 1  # the old run kept, not lost
 
 
@@ -274,3 +274,14 @@ def test_report_loader_leaves_out_runs_of_other_configs(tmp_path):
   meta['configs']['a']['learning_rate'] = 0.5  # study.json asks for another config
   workdir.write_json_atomic(tmp_path / 'study.json', meta)
   assert study.load_runs(tmp_path) == {}
+
+
+def test_record_of_an_older_format_is_refused_not_resumed(tmp_path):
+  """Format 1 (no config_version) let --optimizer=sgd ignore --momentum; resuming
+  such a run under the new meaning would silently change it."""
+  trainer.train(TS, tmp_path, progress=False, stop_after=8)
+  old = _strict((tmp_path / 'config.json').read_text())
+  del old['config_version']
+  workdir.write_json_atomic(tmp_path / 'config.json', old)
+  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 2'):
+    trainer.train(TS, tmp_path, progress=False)
