@@ -7,9 +7,11 @@ numpy scalars alike; ``bool`` is never a number.
 
 import dataclasses
 import gzip
+import json
 import os
 import struct
 import subprocess
+import sys
 import time
 
 import flax.linen as nn
@@ -277,16 +279,60 @@ BINARY = [
 ]
 
 
-@pytest.mark.parametrize('flags,message', BINARY, ids=[' '.join(f) for f, _ in BINARY])
-def test_binary_refuses_before_any_file(tmp_path, flags, message):
-  workdir = tmp_path / 'run'
-  (tmp_path / 'empty').mkdir()
-  flags = [f.format(empty=tmp_path / 'empty') for f in flags]
-  out = subprocess.run(binary(workdir, *flags), cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert out.returncode != 0
-  assert message in out.stderr, out.stderr[-1000:]
-  assert not workdir.exists()
+# Every row is checked in one child process (one JAX start for all rows): each row
+# parses its flags and calls the binary's main, which must refuse with a UsageError
+# or a non-zero SystemExit before creating the workdir.
+_ROWS_DRIVER = """
+import contextlib, io, json, sys
+from absl import app, flags
+from experiments import train
+rows = json.loads(sys.argv[1])
+out = []
+for argv in rows:
+  flags.FLAGS.unparse_flags()
+  err = io.StringIO()
+  code, message = 0, ''
+  try:
+    with contextlib.redirect_stderr(err):
+      train.main(flags.FLAGS(['train'] + argv))
+  except (app.UsageError, flags.Error) as e:
+    code, message = 1, str(e)
+  except SystemExit as e:
+    code, message = e.code, err.getvalue()
+  out.append([code, message])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope='module')
+def binary_refusals(tmp_path_factory):
+  root = tmp_path_factory.mktemp('binary')
+  (root / 'empty').mkdir()
+  rows = [binary(root / f'run{i}', *[f.format(empty=root / 'empty') for f in flags])[3:]
+          for i, (flags, _) in enumerate(BINARY)]
+  out = subprocess.run([sys.executable, '-c', _ROWS_DRIVER, json.dumps(rows)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 0, out.stderr[-2000:]
+  return root, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('index', range(len(BINARY)), ids=[' '.join(f) for f, _ in BINARY])
+def test_binary_refuses_before_any_file(binary_refusals, index):
+  root, results = binary_refusals
+  code, message = results[index]
+  assert code != 0
+  assert BINARY[index][1] in message, message[-1000:]
+  assert not (root / f'run{index}').exists()
+
+
+def test_binary_refusal_exits_non_zero_naming_the_flag(tmp_path):
+  """The same through a real process: absl turns the refusal into exit code 1."""
+  out = subprocess.run(binary(tmp_path / 'run', '--learning_rate=inf'), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert '--learning_rate: must be finite' in out.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 def test_data_dependent_refusal_leaves_no_file_and_the_fix_runs(tmp_path, monkeypatch):
