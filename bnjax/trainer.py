@@ -137,8 +137,15 @@ def _last_good(step) -> str:
           else f'The last good checkpoint is step {step}.')
 
 
-def _finished(summary: dict) -> dict:
-  if summary.get('status') == 'diverged':
+def _answered(workdir: pathlib.Path, wanted: dict) -> Optional[dict]:
+  """The summary of a done run of ``wanted`` in ``workdir`` (None when not done).
+
+  Raises ConfigMismatchError for another config, NonFiniteLossError for a
+  diverged run.
+  """
+  workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
+  summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+  if summary is not None and summary.get('status') == 'diverged':
     raise NonFiniteLossError(summary.get('error', 'the run diverged'))
   return summary
 
@@ -166,10 +173,9 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   workdir = pathlib.Path(workdir)
   wanted = config_lib.record(config)
   main_process = jax.process_index() == 0
-  workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
-  summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+  summary = _answered(workdir, wanted)
   if summary is not None:
-    return _finished(summary)
+    return summary
 
   splits = load_data(config, data_dir)
   regression = config.dataset == 'teacher_student'
@@ -191,11 +197,10 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
 
   workdir.mkdir(parents=True, exist_ok=True)
   with workdirs.locked(workdir, enabled=main_process):
-    # Checked again under the lock: another process may have finished meanwhile.
-    workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
-    summary = workdirs.read_json(workdir / workdirs.SUMMARY)
+    # Asked again under the lock: another process may have finished meanwhile.
+    summary = _answered(workdir, wanted)
     if summary is not None:
-      return _finished(summary)
+      return summary
     if main_process and not (workdir / workdirs.CONFIG).exists():
       write_json_atomic(workdir / workdirs.CONFIG, wanted)
     return _run(config, workdir, wanted, state, executor, eval_step, splits,

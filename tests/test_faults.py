@@ -83,12 +83,8 @@ def test_damaged_latest_checkpoint_falls_back_with_one_warning(reference, tmp_pa
   _assert_same_run(tmp_path, reference)
 
 
-def _binary(path, *flags, **fields):
-  return binary(path, *flags, **fields)
-
-
 def _kill_when(path, ready, **fields):
-  proc = subprocess.Popen(_binary(path, **fields), cwd=ROOT, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(binary(path, **fields), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None and not ready(path):
@@ -110,7 +106,7 @@ def test_kill_9_before_the_first_checkpoint(tmp_path):
   _kill_when(killed, has_lines, **fields)
   assert not [p for p in (killed / 'checkpoints').iterdir() if p.name.isdigit()]
   for path in (killed, clean):
-    out = subprocess.run(_binary(path, **fields), cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(binary(path, **fields), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
   _assert_same_run(killed, clean)
@@ -128,14 +124,14 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
 
 def test_concurrent_binary_refused_within_seconds(tmp_path):
   path = tmp_path / 'run'
-  first = subprocess.Popen(_binary(path, num_epochs=200), cwd=ROOT,
+  first = subprocess.Popen(binary(path, num_epochs=200), cwd=ROOT,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 300
     while time.time() < deadline and not (path / 'metrics.jsonl').exists():
       time.sleep(0.05)
     start = time.time()
-    second = subprocess.run(_binary(path, num_epochs=200), cwd=ROOT, capture_output=True,
+    second = subprocess.run(binary(path, num_epochs=200), cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert time.time() - start < 30
     assert second.returncode == 2
@@ -185,7 +181,7 @@ def test_disk_full_binary_prints_one_clear_line(tmp_path):
       'workdir.MetricsLog.write = full\n'
       'sys.argv[0] = "train"\n'
       'app.run(train.main)\n')
-  cmd = _binary(tmp_path / 'run')
+  cmd = binary(tmp_path / 'run')
   out = subprocess.run([sys.executable, '-c', script, *cmd[3:]], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 1
@@ -211,7 +207,7 @@ def test_finished_workdir_refuses_another_config_before_work(reference):
 
 
 def test_binary_refuses_another_config_on_a_finished_workdir(reference):
-  out = subprocess.run(_binary(reference, learning_rate=0.1), cwd=ROOT,
+  out = subprocess.run(binary(reference, learning_rate=0.1), cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2
   assert 'learning_rate: was 0.05, now 0.1' in out.stderr
@@ -242,7 +238,7 @@ def test_update_that_overflows_is_not_checkpointed(tmp_path):
 
 
 def test_binary_exits_1_on_divergence(tmp_path):
-  out = subprocess.run(_binary(tmp_path / 'run', norm='none', regularizer='none',
+  out = subprocess.run(binary(tmp_path / 'run', norm='none', regularizer='none',
                                weight_decay=0.0, learning_rate=1e38, batch_size=512,
                                noise_std=100.0, num_epochs=2, log_every=1,
                                checkpoint_every=1),
