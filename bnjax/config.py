@@ -15,6 +15,13 @@ import numpy as np
 from bnjax.models import MODELS, NORMS, PER_UNIT_INVARIANT
 from bnjax.transforms import REGULARIZERS
 
+__all__ = [
+    'Config',
+    'define_flags',
+    'from_flags',
+    'record',
+]
+
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
 OPTIMIZERS = ('sgd', 'adam')
 PARALLEL = ('none', 'pmap', 'sharded')
@@ -36,7 +43,29 @@ class Config:
   """One training run; each field is a flag of ``experiments.train`` (:func:`define_flags`).
 
   ``optimizer='momentum'`` is read as ``'sgd'`` (SGD takes ``momentum``, as
-  ``optax.sgd`` does), so both spellings name one run.
+  ``optax.sgd`` does), so both spellings name one run. Each field's meaning
+  is its ``help`` metadata (``dataclasses.fields(Config)``), the flag's help.
+
+  Attributes:
+    dataset, model, norm, optimizer, learning_rate, momentum, weight_decay,
+    regularizer, projection, gamma_decay, batch_size, num_epochs,
+    train_subset, seed, parallel, virtual_batch_size, augment, activation,
+    width, input_dim, num_train, num_test, noise_std, log_every,
+    checkpoint_every, eval_every, eval_batch_size: see ``--help`` of
+    ``bnjax-train``.
+
+  Example:
+    >>> from bnjax.config import Config
+    >>> Config(optimizer='momentum').optimizer
+    'sgd'
+    >>> Config(learning_rate=-1.0).validate()
+    Traceback (most recent call last):
+    ...
+    ValueError: --learning_rate: must be > 0, got -1.0
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 5 (the default run).
   """
   dataset: str = _field('fashion_mnist', 'Dataset.', DATASETS)
   model: str = _field('convnet', 'Model: convnet (4-layer), resnet20 (CIFAR) or perceptron '
@@ -187,12 +216,46 @@ class Config:
 
 
 def record(config: 'Config') -> dict:
-  """What a workdir stores and compares: every field, and ``config_version``."""
+  """What a workdir stores and compares: every field, and ``config_version``.
+
+  Args:
+    config: a :class:`Config`.
+
+  Returns:
+    A JSON-serializable dict.
+
+  Example:
+    >>> from bnjax import config
+    >>> config.record(config.Config())['config_version']
+    2
+
+  References:
+    RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
+  """
   return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
 
 
 def define_flags(flag_values=None) -> None:
-  """Defines one absl flag per :class:`Config` field (type, default, help, choices)."""
+  """Defines one absl flag per :class:`Config` field (type, default, help, choices).
+
+  Args:
+    flag_values: an ``absl.flags.FlagValues`` (default: ``absl.flags.FLAGS``).
+
+  Returns:
+    None.
+
+  Example:
+    >>> from absl import flags
+    >>> from bnjax import config
+    >>> fv = flags.FlagValues()
+    >>> config.define_flags(fv)
+    >>> _ = fv(['prog', '--optimizer=adam', '--learning_rate=0.001'])
+    >>> config.from_flags(fv).optimizer
+    'adam'
+
+  References:
+    absl-py flags, https://abseil.io/docs/python/guides/flags.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
   for f in dataclasses.fields(Config):
@@ -211,7 +274,27 @@ def define_flags(flag_values=None) -> None:
 
 
 def from_flags(flag_values=None) -> Config:
-  """The :class:`Config` of the parsed flags."""
+  """The :class:`Config` of the parsed flags.
+
+  Args:
+    flag_values: parsed ``absl.flags.FlagValues`` holding :func:`define_flags`'s
+      flags (default: ``absl.flags.FLAGS``).
+
+  Returns:
+    A :class:`Config` (not yet validated).
+
+  Example:
+    >>> from absl import flags
+    >>> from bnjax import config
+    >>> fv = flags.FlagValues()
+    >>> config.define_flags(fv)
+    >>> _ = fv(['prog', '--batch_size=64'])
+    >>> config.from_flags(fv).batch_size
+    64
+
+  References:
+    absl-py flags, https://abseil.io/docs/python/guides/flags.
+  """
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
   return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})

@@ -33,6 +33,17 @@ from bnjax import _extras
 
 from bnjax._validation import check_positive_int
 
+__all__ = [
+    'Arrays',
+    'Batches',
+    'DataUnavailableError',
+    'fashion_mnist_dir',
+    'load_image_dataset',
+    'prefetch',
+    'read_idx',
+    'teacher_student',
+]
+
 tfds = _extras.require('tensorflow_datasets')
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
@@ -74,7 +85,19 @@ CONNECT_TIMEOUT_S = 5.0
 
 
 class DataUnavailableError(OSError):
-  """A dataset can be neither found locally nor downloaded."""
+  """A dataset can be neither found locally nor downloaded.
+
+  Raised within seconds when offline (a bounded connection attempt), with
+  the local folders and the URL it tried.
+
+  Example:
+    >>> from bnjax import data
+    >>> issubclass(data.DataUnavailableError, OSError)
+    True
+
+  References:
+    Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017, arXiv 1708.07747.
+  """
 
 
 def default_data_dir() -> str:
@@ -97,6 +120,22 @@ def fashion_mnist_dir() -> Optional[str]:
 
   ``$BNJAX_FASHION_MNIST_DIR`` when set (an error when it lacks a file: no
   silent fallback), else Debian's folder when complete, else ``None``.
+
+  Returns:
+    A folder path or ``None``.
+
+  Example:
+    >>> import os, tempfile
+    >>> from bnjax import data
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {'BNJAX_FASHION_MNIST_DIR': tempfile.mkdtemp()}):
+    ...   data.fashion_mnist_dir()
+    Traceback (most recent call last):
+    ...
+    ValueError: ... lacks the Fashion-MNIST file(s) ...
+
+  References:
+    Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017, arXiv 1708.07747.
   """
   named = os.environ.get('BNJAX_FASHION_MNIST_DIR')
   if named:
@@ -112,6 +151,25 @@ def read_idx(path) -> np.ndarray:
 
   Checks the magic number, the rank and that the payload holds exactly the
   product of the dimensions; a ValueError names the file otherwise.
+
+  Args:
+    path: the ``.gz`` or raw IDX file.
+
+  Returns:
+    A ``uint8`` array of the file's shape.
+
+  Example:
+    >>> import gzip, tempfile
+    >>> from bnjax import data
+    >>> path = tempfile.mkdtemp() + '/labels-idx1-ubyte.gz'
+    >>> with gzip.open(path, 'wb') as f:
+    ...   _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+    >>> data.read_idx(path)
+    array([7, 8, 9], dtype=uint8)
+
+  References:
+    LeCun et al., "The MNIST database", http://yann.lecun.com/exdb/mnist/
+    (the IDX file format).
   """
   opener = gzip.open if str(path).endswith('.gz') else open
   try:
@@ -259,7 +317,23 @@ BUILDERS = {'fashion_mnist': 'bnjax_fashion_mnist', 'mnist': 'bnjax_mnist',
 
 @dataclasses.dataclass(frozen=True)
 class Arrays:
-  """One split in memory: ``x`` (N, ...) and ``y`` (N,)."""
+  """One split in memory: ``x`` (N, ...) and ``y`` (N,).
+
+  Attributes:
+    x: inputs, first axis the examples.
+    y: labels or targets.
+
+  Example:
+    >>> import numpy as np
+    >>> from bnjax import data
+    >>> split = data.Arrays(np.zeros((5, 2)), np.arange(5))
+    >>> len(split), len(split.take(3))
+    (5, 3)
+
+  References:
+    Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017, arXiv 1708.07747 (the
+    splits held this way).
+  """
   x: np.ndarray
   y: np.ndarray
 
@@ -295,6 +369,42 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
   The first call builds the array_record files into ``data_dir`` (from the
   local copy or the official download); later calls read them through
   ``tfds.data_source``.
+
+  Args:
+    name: ``'fashion_mnist'``, ``'mnist'`` or ``'cifar10'``.
+    data_dir: the tfds data dir (default ``$BNJAX_DATA_DIR`` or
+      ``~/bnjax_data``).
+
+  Returns:
+    A dict of two :class:`Arrays`, images ``(N, H, W, C)`` uint8.
+
+  Raises:
+    DataUnavailableError: no local copy and no download.
+
+  Example:
+    A local copy of four (tiny) IDX files, prepared into a fresh data dir:
+
+    >>> import contextlib, gzip, io, os, tempfile
+    >>> from unittest import mock
+    >>> from bnjax import data
+    >>> src = tempfile.mkdtemp()
+    >>> def idx(name, dims, payload):
+    ...   header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
+    ...   with gzip.open(os.path.join(src, name), 'wb') as f:
+    ...     _ = f.write(header + bytes(payload))
+    >>> for split, n in (('train', 3), ('t10k', 2)):
+    ...   idx(f'{split}-images-idx3-ubyte.gz', (n, 28, 28), [0] * (n * 784))
+    ...   idx(f'{split}-labels-idx1-ubyte.gz', (n,), range(n))
+    >>> with mock.patch.dict(os.environ, {'BNJAX_FASHION_MNIST_DIR': src}), \\
+    ...      contextlib.redirect_stdout(io.StringIO()):
+    ...   splits = data.load_image_dataset('fashion_mnist', data_dir=tempfile.mkdtemp())
+    >>> splits['train'].x.shape, sorted(int(y) for y in splits['test'].y)
+    ((3, 28, 28, 1), [0, 1])
+
+  References:
+    Xiao, Rasul & Vollgraf, "Fashion-MNIST", 2017, arXiv 1708.07747;
+    Krizhevsky, "Learning Multiple Layers of Features from Tiny Images",
+    2009 (CIFAR-10).
   """
   if name not in BUILDERS:
     raise ValueError(f'unknown image dataset {name!r}; choose from {sorted(BUILDERS)}.')
@@ -309,14 +419,33 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
 def teacher_student(num_train: int, num_test: int, input_dim: int, *,
                     activation: str = 'linear', noise_std: float = 0.1,
                     seed: int = 0) -> dict:
-  """Luo et al. (2019)'s teacher-student regression data.
+  r"""Luo et al. (2019)'s teacher-student regression data.
 
-  Inputs ``x ~ N(0, I/N)`` (N = ``input_dim``), a fixed teacher
-  ``w* ~ N(0, I)`` (so ``w*.x ~ N(0, 1)``), targets
-  ``y = g(w*.x) + noise_std * eps`` with ``g`` identity (``'linear'``) or ReLU.
+  .. math::
+    x \sim \mathcal{N}(0, I/N), \quad w^* \sim \mathcal{N}(0, I), \quad
+    y = g(w^{*\top} x) + \sigma_\text{noise}\,\varepsilon
+
+  with ``g`` identity (``'linear'``) or ReLU, so ``w*.x ~ N(0, 1)``.
+
+  Args:
+    num_train, num_test: examples per split.
+    input_dim: ``N``.
+    activation: ``'linear'`` or ``'relu'``.
+    noise_std: label noise standard deviation.
+    seed: seed of the teacher, inputs and noise.
 
   Returns:
     ``{'train': Arrays, 'test': Arrays, 'teacher': w*}``, float32.
+
+  Example:
+    >>> from bnjax import data
+    >>> d = data.teacher_student(8, 4, 3, noise_std=0.0)
+    >>> d['train'].x.shape, d['test'].y.shape, d['teacher'].shape
+    ((8, 3), (4,), (3,))
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 3.
   """
   if activation not in ('linear', 'relu'):
     raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")
@@ -345,13 +474,38 @@ def normalization_stats(x: np.ndarray):
 
 @dataclasses.dataclass
 class Batches:
-  """Deterministic, shuffled, normalized batches of an in-memory split.
+  r"""Deterministic, shuffled, normalized batches of an in-memory split.
 
-  Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``. ``uint8``
-  images become ``(x / 255 - mean) / std`` in float32; ``augment`` adds a
-  random crop (4-pixel zero padding) and horizontal flip (CIFAR-style).
-  ``shuffle=False`` keeps the order (evaluation) and keeps the last partial
-  batch; training drops it.
+  .. math::
+    x \mapsto \frac{x / 255 - \mu}{\sigma}, \qquad
+    \text{batch}(e, i) = f(\text{seed}, e, i)
+
+  Batch ``i`` of epoch ``e`` depends only on ``(seed, e, i)``, so a resumed
+  run sees the batches an uninterrupted one would. ``uint8`` images become
+  float32; ``augment`` adds a random crop (4-pixel zero padding) and
+  horizontal flip (CIFAR-style). ``shuffle=False`` keeps the order
+  (evaluation) and keeps the last partial batch; training drops it.
+
+  Args:
+    data: the :class:`Arrays` to batch.
+    batch_size: examples per batch.
+    seed: seed of the order and augmentation.
+    shuffle: a new permutation per epoch (training) or the stored order.
+    augment: crop and flip.
+    mean, std: per-channel normalization of ``uint8`` images (or ``None``).
+
+  Example:
+    >>> import numpy as np
+    >>> from bnjax import data
+    >>> batches = data.Batches(data.Arrays(np.arange(10.0), np.arange(10)), 4, seed=1)
+    >>> batches.steps_per_epoch
+    2
+    >>> bool(np.array_equal(batches.batch(0, 1)['y'], next(batches.epoch(0, 1))['y']))
+    True
+
+  References:
+    He et al., "Deep Residual Learning", CVPR 2016, arXiv 1512.03385,
+    section 4.2 (the crop-and-flip augmentation).
   """
   data: Arrays
   batch_size: int
@@ -415,6 +569,22 @@ def prefetch(iterator: Iterator, size: int = 4) -> Iterator:
 
   Exceptions in the producer surface in the consumer; a consumer that stops
   early (break, exception, garbage collection) stops the producer too.
+
+  Args:
+    iterator: any iterator (e.g. :meth:`Batches.epoch`).
+    size: items buffered ahead.
+
+  Returns:
+    An iterator of the same items, in order.
+
+  Example:
+    >>> from bnjax import data
+    >>> list(data.prefetch(iter(range(5)), size=2))
+    [0, 1, 2, 3, 4]
+
+  References:
+    ``tf.data.Dataset.prefetch`` (the same overlap of input and compute),
+    https://www.tensorflow.org/guide/data_performance.
   """
   buffer: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()

@@ -14,13 +14,27 @@ from bnjax._validation import path_str, unit_axes_of
 
 
 def unit_norms(w, axis: int = -1):
-  r"""L2 norm of each unit, shape ``(w.shape[axis],)``, in float32 or wider.
+  r"""L2 norm of each unit, in float32 or wider.
+
+  .. math::
+    \lVert w_j \rVert = \Big(\sum_{i} w_{ij}^2\Big)^{1/2}
+
+  Args:
+    w: a weight, units along ``axis``.
+    axis: the unit axis (the last axis for flax kernels).
+
+  Returns:
+    An array of shape ``(w.shape[axis],)``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from bnjax import dynamics
     >>> dynamics.unit_norms(jnp.array([[3.0, 0.0], [4.0, 2.0]]))
     Array([5., 2.], dtype=float32)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 7 (per-unit norm).
   """
   w = jnp.asarray(w)
   w = w.astype(jnp.promote_types(w.dtype, jnp.float32))
@@ -28,11 +42,21 @@ def unit_norms(w, axis: int = -1):
 
 
 def angular_update(w_old, w_new, axis: int = -1):
-  """Angle in radians between each unit's old and new weight vector.
+  r"""Angle in radians between each unit's old and new weight vector.
 
-  Computed as ``2 * atan2(||a - b||, ||a + b||)`` on the unit vectors, which
-  stays accurate for tiny angles (where ``arccos`` of a cosine does not). A
-  unit of zero norm on either side gets angle 0.
+  .. math::
+    \Delta\theta_j = 2 \operatorname{atan2}\big(\lVert \hat a_j - \hat b_j \rVert,
+    \lVert \hat a_j + \hat b_j \rVert\big), \qquad \hat a_j = a_j / \lVert a_j \rVert
+
+  This stays accurate for tiny angles (where ``arccos`` of a cosine does
+  not). A unit of zero norm on either side gets angle 0.
+
+  Args:
+    w_old, w_new: weights of the same shape, units along ``axis``.
+    axis: the unit axis.
+
+  Returns:
+    An array of shape ``(w_old.shape[axis],)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -40,6 +64,11 @@ def angular_update(w_old, w_new, axis: int = -1):
     >>> a = dynamics.angular_update(jnp.array([[1.0], [0.0]]), jnp.array([[1.0], [1.0]]))
     >>> round(float(a[0]), 4)  # pi / 4
     0.7854
+
+  References:
+    Kahan, "How Futile are Mindless Assessments of Roundoff in
+    Floating-Point Computation?", 2006 (the atan2 form of the angle);
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419, eq. 5.
   """
   if jnp.shape(w_old) != jnp.shape(w_new):
     raise ValueError(f'w_old has shape {jnp.shape(w_old)} but w_new has '
@@ -54,13 +83,34 @@ def angular_update(w_old, w_new, axis: int = -1):
 
 
 def read(opt_state) -> dict:
-  """Flat ``{'<leaf path>/<metric>': value}`` from every tracking state in ``opt_state``.
+  r"""Flat ``{'<leaf path>/<metric>': value}`` from every tracking state in ``opt_state``.
+
+  .. math::
+    \text{read}(s) = \{\, p/f : \mathrm{LeafDynamics}_p.f \,\}
 
   Works on any optax state holding a :func:`bnjax.transforms.track_dynamics`
   state (inside ``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
   ``optax.MultiSteps``, ``flax.nnx.Optimizer.opt_state``, ...). Paths join
   the params' keys with ``/``, e.g. ``'Conv_0/kernel/angular_update'``.
-  Values are scalar arrays.
+
+  Args:
+    opt_state: an optax (or ``nnx.Optimizer``) optimizer state.
+
+  Returns:
+    A dict of scalar arrays, empty when nothing is tracked.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import dynamics, transforms
+    >>> tx = optax.chain(optax.sgd(0.1), transforms.track_dynamics(0.1, 'sgd'))
+    >>> params = {'kernel': jnp.ones((2, 2))}
+    >>> _, state = tx.update({'kernel': jnp.ones((2, 2))}, tx.init(params), params)
+    >>> sorted(dynamics.read(state))
+    ['kernel/angular_update', 'kernel/effective_lr', 'kernel/update_norm', 'kernel/weight_norm']
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 3.
   """
   from bnjax.transforms import LeafDynamics, TrackDynamicsState  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top

@@ -20,11 +20,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from bnjax import data
 from bnjax.step_metrics import unit_scale_grad_sq
 
+__all__ = [
+    'Executor',
+    'TrainState',
+    'evaluate',
+    'make_eval_step',
+    'make_train_step',
+    'objective',
+]
+
 AXIS_NAME = 'batch'
 
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a training step carries: step, params, batch stats, optimizer state.
+
+  Attributes:
+    step: number of steps taken (int32 scalar).
+    params: the model's parameters.
+    batch_stats: the running statistics (``{}`` without batch norm).
+    opt_state: the optax state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax.executors import TrainState
+    >>> params = {'w': jnp.ones(2)}
+    >>> state = TrainState(jnp.int32(0), params, {}, optax.sgd(0.1).init(params))
+    >>> int(state.replace(step=state.step + 1).step)
+    1
+
+  References:
+    flax.training.train_state.TrainState (the same fields, without
+    ``apply_fn``, so the state is a plain pytree to checkpoint).
+  """
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -32,7 +61,32 @@ class TrainState:
 
 
 def objective(outputs, targets, regression: bool):
-  """Mean loss and metrics: cross-entropy and accuracy, or squared error."""
+  r"""Mean loss and metrics: cross-entropy and accuracy, or squared error.
+
+  .. math::
+    L = -\frac{1}{B}\sum_b \log \operatorname{softmax}(o_b)_{y_b}
+    \quad\text{or}\quad L = \frac{1}{B}\sum_b (o_b - y_b)^2
+
+  Args:
+    outputs: model outputs, logits ``(B, classes)`` or predictions ``(B,)``.
+    targets: integer labels or regression targets, ``(B,)``.
+    regression: squared error (True) or cross-entropy (False).
+
+  Returns:
+    ``(loss, metrics)``; metrics hold ``loss`` and, for classification,
+    ``accuracy``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import executors
+    >>> loss, m = executors.objective(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]), True)
+    >>> float(loss)  # (1 + 4) / 2
+    2.5
+
+  References:
+    Luo et al. 2019, arXiv 1809.00846, section 2 (squared error of the
+    teacher-student task).
+  """
   if regression:
     loss = jnp.mean(jnp.square(outputs - targets))
     return loss, {'loss': loss}
@@ -41,7 +95,38 @@ def objective(outputs, targets, regression: bool):
 
 
 def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None):
-  """``step(state, batch) -> (state, metrics)``; with ``axis_name`` under pmap."""
+  r"""One SGD step of the model's objective: ``step(state, batch) -> (state, metrics)``.
+
+  .. math::
+    g = \nabla_w L(w; \text{batch}), \qquad w \leftarrow w + \text{tx}(g)
+
+  With ``axis_name`` (under ``pmap``) the gradient and metrics are averaged
+  over devices before any metric of the gradient is taken.
+
+  Args:
+    model: a flax.linen model called as ``model.apply(v, x, train=True)``.
+    tx: an optax transform.
+    regression: the loss of :func:`objective`.
+    axis_name: the pmap axis, or ``None``.
+
+  Returns:
+    The step function (not jitted).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from bnjax import executors, models
+    >>> model, tx = models.Perceptron(norm='none'), optax.sgd(0.1)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4)
+    >>> params = model.init(jax.random.key(0), x)['params']
+    >>> state = executors.TrainState(jnp.int32(0), params, {}, tx.init(params))
+    >>> state, metrics = jax.jit(executors.make_train_step(model, tx, True))(
+    ...     state, {'x': x, 'y': y})
+    >>> int(state.step), sorted(metrics)
+    (1, ['grad_sq_at_unit_norm/dense', 'loss'])
+
+  References:
+    Robbins & Monro, "A Stochastic Approximation Method", 1951.
+  """
 
   def step(state: TrainState, batch):
     def loss_fn(params):
@@ -64,7 +149,31 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
 
 
 def make_eval_step(model, regression: bool):
-  """Sums of loss (and correct predictions) over a batch, with running statistics."""
+  r"""Sums of loss (and correct predictions) over a batch, with running statistics.
+
+  .. math::
+    \Big(\sum_b \ell(o_b, y_b),\ \sum_b [\arg\max o_b = y_b]\Big)
+
+  Args:
+    model: a flax.linen model called as ``model.apply(v, x, train=False)``.
+    regression: squared error (True) or cross-entropy (False).
+
+  Returns:
+    A jitted ``step(params, batch_stats, x, y) -> dict`` of sums.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import executors, models
+    >>> model = models.Perceptron(norm='none')
+    >>> params = model.init(jax.random.key(0), jnp.ones((2, 3)))['params']
+    >>> sorted(executors.make_eval_step(model, True)(params, {}, jnp.ones((2, 3)),
+    ...                                               jnp.zeros(2)))
+    ['loss']
+
+  References:
+    Ioffe & Szegedy 2015, arXiv 1502.03167, Algorithm 2 (inference with
+    population statistics).
+  """
 
   @jax.jit
   def step(params, batch_stats, x, y):
@@ -79,6 +188,35 @@ def make_eval_step(model, regression: bool):
 
 def evaluate(eval_step, state: TrainState, split: data.Arrays, batches: data.Batches
              ) -> dict:
+  r"""Mean test loss (and accuracy) of ``state`` over a whole split.
+
+  .. math::
+    L_{\text{test}} = \frac{1}{N}\sum_{n=1}^{N} \ell(o_n, y_n)
+
+  Args:
+    eval_step: from :func:`make_eval_step`.
+    state: a single-copy :class:`TrainState`.
+    split: the :class:`bnjax.data.Arrays` to evaluate.
+    batches: unshuffled :class:`bnjax.data.Batches` of ``split``.
+
+  Returns:
+    ``{'test_loss': ...}`` and, for classification, ``'test_accuracy'``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> from bnjax import data, executors, models
+    >>> model = models.Perceptron(norm='none')
+    >>> split = data.Arrays(np.ones((5, 3), np.float32), np.zeros(5, np.float32))
+    >>> params = model.init(jax.random.key(0), split.x)['params']
+    >>> state = executors.TrainState(jnp.int32(0), params, {}, None)
+    >>> batches = data.Batches(split, 2, shuffle=False)
+    >>> sorted(executors.evaluate(executors.make_eval_step(model, True), state, split,
+    ...                           batches))
+    ['test_loss']
+
+  References:
+    Ioffe & Szegedy 2015, arXiv 1502.03167, Algorithm 2.
+  """
   totals = {}
   for batch in batches.epoch(0):
     out = eval_step(state.params, state.batch_stats, batch['x'], batch['y'])
@@ -95,7 +233,33 @@ def evaluate(eval_step, state: TrainState, split: data.Arrays, batches: data.Bat
 
 
 class Executor:
-  """Places state and batches and runs the step for one parallel mode."""
+  """Places state and batches and runs the jitted step for one parallel mode.
+
+  Modes: ``'none'`` (``jax.jit`` on one device), ``'pmap'`` (one replica per
+  local device, batch split on a leading axis, gradients ``pmean``-ed) and
+  ``'sharded'`` (``jax.jit`` over a 1-D device mesh: state replicated, batch
+  split). Every mode computes the same step on the global batch.
+
+  Args:
+    mode: ``'none'``, ``'pmap'`` or ``'sharded'``.
+    model, tx, regression: as :func:`make_train_step`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from bnjax import executors, models
+    >>> model, tx = models.Perceptron(norm='none'), optax.sgd(0.1)
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4)
+    >>> params = model.init(jax.random.key(0), x)['params']
+    >>> ex = executors.Executor('sharded', model, tx, True)
+    >>> state = ex.put_state(executors.TrainState(jnp.int32(0), params, {}, tx.init(params)))
+    >>> state, metrics = ex.step(state, {'x': x, 'y': y})
+    >>> int(ex.get_state(state).step)
+    1
+
+  References:
+    Goyal et al., "Accurate, Large Minibatch SGD", 2017, arXiv 1706.02677
+    (data-parallel SGD on the global batch).
+  """
 
   def __init__(self, mode: str, model, tx, regression: bool):
     self.mode = mode

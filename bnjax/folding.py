@@ -111,16 +111,43 @@ def _shared_outputs(module: nn.Module, variables, pairs, *args, **kwargs) -> lis
 
 
 def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
-  """Finds every Dense/Conv whose output goes straight into a batch norm.
+  r"""Finds every Dense/Conv whose output goes straight into a batch norm.
+
+  .. math::
+    h = x W + b, \quad y = \mathrm{BN}(h) \ \Rightarrow\ (W, \mathrm{BN}) \text{ is a pair}
 
   Traces ``module.apply(variables, *args, **kwargs)`` abstractly (no FLOPs)
   and records, for each bnjax or flax batch-norm layer normalizing the last
   axis, whether its input is the very array a ``nn.Dense``/``nn.Conv``
   returned. Pass the inference arguments (e.g. ``train=False``).
 
+  Args:
+    module: a flax.linen module.
+    variables: its variables (``params`` and ``batch_stats``).
+    *args, **kwargs: the inference call's arguments.
+
   Returns:
     A list of ``(linear_path, norm_path)`` tuples of module paths (tuples of
     names, relative to ``variables['params']``), in call order.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from bnjax import folding, layers
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return layers.BatchNorm(use_running_average=True, name='bn')(
+    ...         nn.Dense(2, name='dense')(x))
+    >>> x = jnp.ones((1, 3))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> folding.find_batch_norm_pairs(Net(), variables, x)
+    [(('dense',), ('bn',))]
+
+  References:
+    Jacob et al., "Quantization and Training of Neural Networks for
+    Efficient Integer-Arithmetic-Only Inference", CVPR 2018, arXiv
+    1712.05877, section 3.2.
   """
   return [(lin, norm) for lin, norm, _ in _trace_pairs(module, variables, *args, **kwargs)]
 
@@ -140,24 +167,53 @@ def _get(tree, path):
 
 
 def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
-  """Folds every Dense/Conv + batch-norm pair of trained variables for inference.
+  r"""Folds every Dense/Conv + batch-norm pair of trained variables for inference.
+
+  .. math::
+    k = \frac{\gamma}{\sqrt{\sigma^2_P + \epsilon}}, \qquad
+    \mathrm{BN}(xW + b) = x\,(W k) + (b - \mu_P)\,k + \beta
 
   Each pair found by :func:`find_batch_norm_pairs` gets, per
   :func:`bnjax.norms.fold_batch_norm`, ``kernel * k`` and a bias carrying the
-  normalization, ``k = gamma / sqrt(var + eps)``. The batch norm is turned
-  into the identity at inference (scale 1, mean 0, var ``1 - eps``); when the
-  Dense/Conv has no bias the shift stays in the norm (its ``bias``, or minus
-  its running mean when it has none). The same module therefore gives the
-  same inference outputs with the folded variables, and a Dense/Conv with a
-  bias can load the folded kernel and bias into a model without the norm.
+  normalization. The batch norm is turned into the identity at inference
+  (scale 1, mean 0, var ``1 - eps``); when the Dense/Conv has no bias the
+  shift stays in the norm (its ``bias``, or minus its running mean when it
+  has none). The same module therefore gives the same inference outputs with
+  the folded variables, and a Dense/Conv with a bias can load the folded
+  kernel and bias into a model without the norm.
 
   A pair is folded only when the Dense/Conv output feeds nothing but the
   norm and neither layer is called twice; otherwise (a residual ``BN(h) + h``,
   a shared layer) folding would change the outputs, and a ValueError names
   the layer.
 
+  Args:
+    module: a flax.linen module.
+    variables: its trained variables (``params`` and ``batch_stats``).
+    *args, **kwargs: the inference call's arguments.
+
   Returns:
     ``(folded_variables, pairs)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from bnjax import folding, layers
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return layers.BatchNorm(use_running_average=True, name='bn')(
+    ...         nn.Dense(2, name='dense')(x))
+    >>> x = jnp.ones((1, 3))
+    >>> variables = Net().init(jax.random.key(0), x)
+    >>> folded, pairs = folding.fold_batch_norms(Net(), variables, x)
+    >>> bool(jnp.allclose(Net().apply(folded, x), Net().apply(variables, x), atol=1e-6))
+    True
+
+  References:
+    Jacob et al., "Quantization and Training of Neural Networks for
+    Efficient Integer-Arithmetic-Only Inference", CVPR 2018, arXiv
+    1712.05877, section 3.2.
   """
   if 'batch_stats' not in variables or 'params' not in variables:
     raise ValueError("fold_batch_norms needs trained variables with 'params' and "

@@ -21,7 +21,13 @@ Initializer = Callable[..., jax.Array]
 
 
 class BatchNormBase(nn.Module):
-  """Shared module body of the batch-norm family; ``norm_fn`` picks the variant.
+  r"""Shared module body of the batch-norm family; ``norm_fn`` picks the variant.
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+  with batch statistics (training) or the running ones (``batch_stats``
+  collection, inference); subclasses set which of mu and sigma are used.
 
   Attributes:
     use_running_average: normalize with the running statistics (inference).
@@ -37,6 +43,20 @@ class BatchNormBase(nn.Module):
       BN fixed when fine-tuning for detection): always normalize with the running
       statistics and never update them, whatever ``use_running_average`` says;
       ``scale``/``bias`` stay trainable, so the layer is a learnable affine map.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = layers.BatchNorm(use_running_average=False, frozen=True)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]  # (x - 0) / sqrt(1 + eps)
+    [1.0, 3.0]
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithms 1-2.
   """
   use_running_average: Optional[bool] = None
   axis: int = -1
@@ -86,10 +106,30 @@ class BatchNormBase(nn.Module):
 
 
 class BatchNorm(BatchNormBase):
-  """Batch normalization; same numbers and variables as flax.linen.BatchNorm.
+  r"""Batch normalization; same numbers and variables as flax.linen.BatchNorm.
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
 
   See :func:`bnjax.norms.batch_norm`. Scale invariance: per unit.
-  ``fused_backward=False`` allows forward-mode differentiation.
+
+  Attributes:
+    fused_backward: bnjax's analytic backward; ``False`` allows forward-mode
+      differentiation. Every other attribute as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = layers.BatchNorm(use_running_average=False)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithm 1.
   """
   fused_backward: bool = True
 
@@ -98,27 +138,110 @@ class BatchNorm(BatchNormBase):
 
 
 class PopulationNorm(BatchNormBase):
-  """Population normalization (Luo et al. 2019): running statistics in training too.
+  r"""Population normalization (Luo et al. 2019): running statistics in training too.
+
+  .. math::
+    y = \frac{x - \mu_P}{\sqrt{\sigma^2_P + \epsilon}}\,\gamma + \beta
 
   See :func:`bnjax.norms.population_norm`. Scale invariance: none.
+  Attributes as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = layers.PopulationNorm(use_running_average=False, epsilon=1e-12)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]  # initial stats: mean 0, var 1
+    [1.0, 3.0]
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, eq. 2.
   """
   norm_fn: ClassVar[Callable] = staticmethod(norms.population_norm)
 
 
 class MeanOnlyBatchNorm(BatchNormBase):
-  """Mean-only batch normalization; see :func:`bnjax.norms.mean_only_batch_norm`."""
+  r"""Mean-only batch normalization; see :func:`bnjax.norms.mean_only_batch_norm`.
+
+  .. math::
+    y = (x - \mu_B)\,\gamma + \beta
+
+  Attributes as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = layers.MeanOnlyBatchNorm(use_running_average=False)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, section 2.2.
+  """
   norm_fn: ClassVar[Callable] = staticmethod(norms.mean_only_batch_norm)
   uses_var: ClassVar[bool] = False
 
 
 class VarianceOnlyBatchNorm(BatchNormBase):
-  """Variance-only batch normalization; see :func:`bnjax.norms.variance_only_batch_norm`."""
+  r"""Variance-only batch normalization; see :func:`bnjax.norms.variance_only_batch_norm`.
+
+  .. math::
+    y = \frac{x}{\sqrt{\sigma^2_B + \epsilon}}\,\gamma + \beta
+
+  Attributes as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = layers.VarianceOnlyBatchNorm(use_running_average=False, epsilon=1e-12)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [1.0, 3.0]
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2.
+  """
   norm_fn: ClassVar[Callable] = staticmethod(norms.variance_only_batch_norm)
   uses_mean: ClassVar[bool] = False
 
 
 class GhostBatchNorm(BatchNormBase):
-  """Ghost batch normalization over virtual batches; see :func:`bnjax.norms.ghost_batch_norm`."""
+  r"""Ghost batch normalization over virtual batches; see :func:`bnjax.norms.ghost_batch_norm`.
+
+  .. math::
+    y_g = \frac{x_g - \mu_g}{\sqrt{\sigma^2_g + \epsilon}}\,\gamma + \beta
+
+  for each virtual batch ``g`` of ``virtual_batch_size`` examples.
+
+  Attributes:
+    virtual_batch_size: examples per virtual batch.
+    fused_backward: as :class:`BatchNorm`. Every other attribute as
+      :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0], [3.0], [10.0], [30.0]])
+    >>> layer = layers.GhostBatchNorm(use_running_average=False, virtual_batch_size=2)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x, mutable=['batch_stats'])[0]
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS 2017,
+    arXiv 1705.08741, Algorithm 1.
+  """
   virtual_batch_size: int = 32
   fused_backward: bool = True
   norm_fn: ClassVar[Callable] = staticmethod(norms.ghost_batch_norm)
@@ -157,10 +280,32 @@ class _AffineNorm(nn.Module):
 
 
 class LayerNorm(_AffineNorm):
-  """Layer normalization; same numbers and variables as flax.linen.LayerNorm.
+  r"""Layer normalization; same numbers and variables as flax.linen.LayerNorm.
 
-  ``reduction_axes`` and ``feature_axes`` mean what they mean in flax.
-  Scale invariance: per layer.
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+  statistics over ``reduction_axes``, parameters over ``feature_axes`` (both
+  as in flax). See :func:`bnjax.norms.layer_norm`. Scale invariance: per layer.
+
+  Attributes:
+    reduction_axes: axes of the statistics.
+    feature_axes: axes of ``scale`` and ``bias``.
+    epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
+      as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 2.0, 3.0]])
+    >>> layer = layers.LayerNorm()
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.225, 0.0, 1.225]
+
+  References:
+    Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450, eq. 3-4.
   """
   reduction_axes: Any = -1
   feature_axes: Any = -1
@@ -182,9 +327,31 @@ class _OnFeatureAxis(_AffineNorm):
 
 
 class GroupNorm(_OnFeatureAxis):
-  """Group normalization; same numbers and variables as flax.linen.GroupNorm.
+  r"""Group normalization; same numbers and variables as flax.linen.GroupNorm.
 
-  Scale invariance: per group.
+  .. math::
+    y = \frac{x - \mu_{n,g}}{\sqrt{\sigma^2_{n,g} + \epsilon}}\,\gamma + \beta
+
+  See :func:`bnjax.norms.group_norm`. Scale invariance: per group.
+
+  Attributes:
+    num_groups: number of groups; divides the number of features.
+    axis: the feature axis.
+    epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
+      as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[1.0, 3.0, 10.0, 30.0]])
+    >>> layer = layers.GroupNorm(num_groups=2)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Wu & He, "Group Normalization", ECCV 2018, arXiv 1803.08494, eq. 1-3.
   """
   num_groups: int = 32
 
@@ -194,9 +361,31 @@ class GroupNorm(_OnFeatureAxis):
 
 
 class InstanceNorm(_OnFeatureAxis):
-  """Instance normalization; same numbers and variables as flax.linen.InstanceNorm.
+  r"""Instance normalization; same numbers and variables as flax.linen.InstanceNorm.
 
-  Scale invariance: per unit.
+  .. math::
+    y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}\,\gamma_c + \beta_c
+
+  See :func:`bnjax.norms.instance_norm`. Scale invariance: per unit.
+
+  Attributes:
+    axis: the feature axis.
+    epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
+      as :class:`BatchNormBase`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import layers
+    >>> x = jnp.array([[[1.0], [3.0]]])
+    >>> layer = layers.InstanceNorm(epsilon=1e-12)
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y = layer.apply(variables, x)
+    >>> [round(float(v), 3) for v in y[0, :, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Ulyanov, Vedaldi & Lempitsky, "Instance Normalization", arXiv
+    1607.08022, eq. 4.
   """
 
   def _apply(self, x, scale, bias):
@@ -230,12 +419,35 @@ class _KernelReparam(nn.Module):
 
 
 class WeightNorm(_KernelReparam):
-  """Weight normalization of a wrapped layer's kernel: ``w = g * v / ||v||`` per unit.
+  r"""Weight normalization of a wrapped layer's kernel, per unit.
+
+  .. math::
+    w = g\,\frac{v}{\lVert v \rVert}
 
   The gain ``g`` is this module's ``scale`` parameter (shape ``(units,)``);
   ``use_scale=False`` fixes ``g = 1`` (unit-norm kernels). Numbers equal
   flax.linen.WeightNorm's; see :func:`bnjax.norms.weight_norm`.
   Scale invariance: per unit in ``v``.
+
+  Attributes:
+    layer_instance: the wrapped layer (its ``kernel`` is ``v``).
+    axis: the unit axis of the kernel.
+    epsilon: added to the squared norm.
+    use_scale, scale_init, param_dtype: the gain ``g``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from bnjax import layers
+    >>> layer = layers.WeightNorm(nn.Dense(2, use_bias=False), use_scale=False)
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> w = layer.apply(variables, jnp.eye(3))  # rows of the effective kernel
+    >>> [round(float(v), 3) for v in jnp.linalg.norm(w, axis=0)]
+    [1.0, 1.0]
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, eq. 2.
   """
   epsilon: float = 1e-12
   use_scale: bool = True
@@ -251,9 +463,31 @@ class WeightNorm(_KernelReparam):
 
 
 class WeightStandardization(_KernelReparam):
-  """Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
+  r"""Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
+
+  .. math::
+    \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
 
   See :func:`bnjax.norms.weight_standardize`. Scale invariance: per unit.
+
+  Attributes:
+    layer_instance: the wrapped layer.
+    axis: the unit axis of the kernel.
+    epsilon: added to the variance.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from bnjax import layers
+    >>> layer = layers.WeightStandardization(nn.Dense(2, use_bias=False))
+    >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3)))
+    >>> w = layer.apply(variables, jnp.eye(3))
+    >>> [round(float(v), 3) for v in jnp.std(w, axis=0)]
+    [1.0, 1.0]
+
+  References:
+    Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization", arXiv 1903.10520, eq. 5.
   """
   epsilon: float = 1e-5
 

@@ -12,26 +12,59 @@ from bnjax._validation import path_str
 
 
 def kernel_mask(params):
-  """``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for biases and scales.
+  r"""``True`` for leaves with ``ndim >= 2`` (kernels), ``False`` for biases and scales.
+
+  .. math::
+    m(w) = [\operatorname{ndim}(w) \ge 2]
 
   The usual "decay the weights, not the biases and norm parameters" mask
   (timm's ``param_groups_weight_decay``).
+
+  Args:
+    params: a parameter pytree.
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from bnjax import masks
     >>> masks.kernel_mask({'kernel': jnp.ones((3, 2)), 'bias': jnp.ones(2)})
     {'bias': False, 'kernel': True}
+
+  References:
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+    arXiv 1711.05101 (decay on weights); van Laarhoven 2017, arXiv
+    1706.05350, section 3 (kernels feeding a normalizer).
   """
   return jax.tree_util.tree_map(lambda p: jnp.ndim(p) >= 2, params)
 
 
 def gain_mask(params):
-  """``True`` for the normalization gains gamma: every leaf named ``scale``.
+  r"""``True`` for the normalization gains gamma: every leaf named ``scale``.
+
+  .. math::
+    m(w) = [\text{name}(w) = \texttt{scale}]
 
   That is the ``scale`` of BatchNorm, LayerNorm, GroupNorm and the other
   norm layers, and the gain ``g`` of :class:`bnjax.layers.WeightNorm`: the
   parameters Luo et al. (2019)'s gamma decay acts on.
+
+  Args:
+    params: a parameter pytree (dicts keyed by names, as flax makes).
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks
+    >>> masks.gain_mask({'bn': {'scale': jnp.ones(2), 'bias': jnp.zeros(2)}})
+    {'bn': {'bias': False, 'scale': True}}
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2 (gamma decay).
   """
   def mark(path, _):
     return bool(path) and getattr(path[-1], 'key', None) == 'scale'
@@ -39,11 +72,31 @@ def gain_mask(params):
 
 
 def scale_invariant_kernels(params):
-  """Structural mask: every kernel (``ndim >= 2``) except the classifier ``head``.
+  r"""Structural mask: every kernel (``ndim >= 2``) except the classifier ``head``.
+
+  .. math::
+    m(w) = [\operatorname{ndim}(w) \ge 2] \wedge [w \notin \texttt{head}]
 
   For the models of :mod:`bnjax.models`, these are the weights a
   per-unit-invariant norm (``bnjax.models.PER_UNIT_INVARIANT``) makes invariant
   per unit (tests check it against :func:`scale_invariant_mask`).
+
+  Args:
+    params: the ``params`` of a :mod:`bnjax.models` model.
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks
+    >>> masks.scale_invariant_kernels({'conv1': {'kernel': jnp.ones((3, 3, 1, 4))},
+    ...                                'head': {'kernel': jnp.ones((4, 10))}})
+    {'conv1': {'kernel': True}, 'head': {'kernel': False}}
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 3.
   """
   def mark(path, leaf):
     top = path_str(path[:1])
@@ -52,7 +105,29 @@ def scale_invariant_kernels(params):
 
 
 def expand_mask(mask, params):
-  """A mask (pytree, prefix pytree or callable, as in optax) as a full bool tree."""
+  r"""A mask (pytree, prefix pytree or callable, as in optax) as a full bool tree.
+
+  .. math::
+    m_{\text{leaf}} = m_{\text{prefix}(\text{leaf})}
+
+  Args:
+    mask: a pytree of bools with the structure of ``params`` or a prefix of
+      it, or a callable ``params -> mask`` (``optax.masked``'s forms).
+    params: the parameter pytree.
+
+  Returns:
+    A pytree of Python bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks
+    >>> masks.expand_mask({'a': True, 'b': False}, {'a': {'w': jnp.ones(2)}, 'b': jnp.ones(1)})
+    {'a': {'w': True}, 'b': False}
+
+  References:
+    The mask semantics of ``optax.masked`` (DeepMind et al., "The DeepMind
+    JAX Ecosystem", 2020).
+  """
   if callable(mask):
     mask = mask(params)
   return jax.tree_util.tree_map(
@@ -61,16 +136,16 @@ def expand_mask(mask, params):
 
 def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int = -1,
                          seed: int = 0):
-  """Measures which leaves the loss is invariant to rescaling, unit by unit.
+  r"""Measures which leaves the loss is invariant to rescaling, unit by unit.
 
-  A leaf is marked ``True`` when both hold, relative to the sizes involved:
+  .. math::
+    |L(a \odot w) - L(w)| \le \mathrm{rtol}\,|L(w)|, \qquad
+    |\langle g_j, w_j \rangle| \le \mathrm{rtol}\, \lVert g_j \rVert \lVert w_j \rVert
 
-  * rescaling each of its units (slices along ``axis``) by its own random
-    factor in [0.5, 2] leaves the loss unchanged:
-    ``|L(a*w) - L(w)| <= rtol * max(|L(w)|, 1e-30)``;
-  * the gradient is orthogonal to the weight per unit:
-    ``|<g_j, w_j>| <= rtol * ||g_j|| * ||w_j||`` for every unit j (Euler's
-    theorem for a degree-0 homogeneous loss).
+  A leaf is marked ``True`` when both hold: rescaling each of its units
+  (slices along ``axis``) by its own random factor in [0.5, 2] leaves the loss
+  unchanged, and the gradient is orthogonal to the weight per unit (Euler's
+  theorem for a degree-0 homogeneous loss).
 
   Normalizers are invariant only up to their epsilon: batch norm's
   ``(a x) / sqrt(a^2 var + eps)`` is invariant to ``O(eps / var)``, so a kernel
@@ -92,6 +167,21 @@ def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int =
 
   Returns:
     A pytree of Python bools with the structure of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks, norms
+    >>> x = jnp.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]])
+    >>> def loss(p, x):
+    ...   y, _ = norms.batch_norm(x @ p['w'], training=True)
+    ...   return jnp.sum(jnp.sin(y)) + jnp.sum((x @ p['v']) ** 2)
+    >>> masks.scale_invariant_mask(loss, {'w': jnp.eye(2), 'v': jnp.eye(2)}, x)
+    {'v': False, 'w': True}
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 3-5 (invariance and the
+    orthogonal gradient).
   """
   if not rtol > 0:
     raise ValueError(f'rtol must be > 0, got {rtol}.')

@@ -35,10 +35,42 @@ def _check_norm(norm):
 def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: bool,
                name: str, axis_name: Optional[str] = None, virtual_batch_size: int = 32,
                num_groups: int = 8, spatial: bool = True):
-  """``norm(layer(x))`` for a Dense/Conv built by ``make_layer(use_bias=...)``.
+  r"""``norm(layer(x))`` for a Dense/Conv built by ``make_layer(use_bias=...)``.
+
+  .. math::
+    y = \mathrm{norm}(x W + b)
 
   Call from inside a compact method; submodules are named ``name`` (the
   layer, or its WeightNorm wrapper) and ``name + '_norm'``.
+
+  Args:
+    x: the input.
+    make_layer: ``make_layer(use_bias=..., name=...)`` builds the Dense/Conv.
+    norm: the normalization (one of ``bnjax.models.NORMS``).
+    train: batch statistics (True) or running statistics (False).
+    name: the layer's name.
+    axis_name, virtual_batch_size, num_groups: as the models' attributes.
+    spatial: whether ``x`` has spatial axes (instance-style norms need them).
+
+  Returns:
+    The normalized output.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import flax.linen as nn
+    >>> from bnjax import models
+    >>> class Block(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return models.normalized(x, lambda **k: nn.Dense(2, **k), 'batch',
+    ...                              train=True, name='fc', spatial=False)
+    >>> variables = Block().init(jax.random.key(0), jnp.ones((4, 3)))
+    >>> sorted(variables['params'])
+    ['fc', 'fc_norm']
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    section 3.2 (normalizing ``x W``, the bias subsumed by beta).
   """
   _check_norm(norm)
   use_bias = norm in ('none', 'weight')
@@ -87,10 +119,34 @@ class _Normalized(nn.Module):
 
 
 class ConvNet(_Normalized):
-  """The seed's simple 4-layer ConvNet (van Laarhoven 2017).
+  r"""The seed's simple 4-layer ConvNet (van Laarhoven 2017).
+
+  .. math::
+    f(x) = W_{\text{head}}\, \phi_3(\phi_2(\phi_1(x))), \qquad
+    \phi_i(h) = \operatorname{maxpool}(\operatorname{relu}(\mathrm{norm}(h * K_i)))
 
   Three 3x3 convolutions (widths ``widths``), each followed by the
   normalization, ReLU and 2x2 max-pooling, then a dense classifier ``head``.
+
+  Attributes:
+    widths: the three convolutions' widths.
+    num_classes: outputs of the head.
+    norm: the normalization (one of ``bnjax.models.NORMS``).
+    axis_name: mapped axis for cross-device batch statistics.
+    virtual_batch_size: ghost batch norm's virtual batch.
+    num_groups: group norm's groups.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import models
+    >>> net, x = models.ConvNet(widths=(4, 8, 8)), jnp.ones((2, 28, 28, 1))
+    >>> variables = jax.eval_shape(lambda k: net.init(k, x, train=False), jax.random.key(0))
+    >>> jax.eval_shape(lambda v: net.apply(v, x, train=False), variables).shape
+    (2, 10)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 5.
   """
   widths: Sequence[int] = (32, 64, 128)
   num_classes: int = 10
@@ -122,9 +178,33 @@ class _BasicBlock(_Normalized):
 
 
 class ResNet20(_Normalized):
-  """ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 basic blocks, widths 16/32/64.
+  r"""ResNet-20 for CIFAR (He et al. 2016): 3 stages x 3 basic blocks, widths 16/32/64.
 
-  Shortcuts that change shape are 1x1 convolutions with the normalization.
+  .. math::
+    h_{l+1} = \operatorname{relu}\big(s(h_l) + \mathrm{norm}(\operatorname{relu}(\mathrm{norm}(h_l * K_1)) * K_2)\big)
+
+  Shortcuts ``s`` that change shape are 1x1 convolutions with the
+  normalization; the others are the identity.
+
+  Attributes:
+    num_classes: outputs of the head.
+    norm: the normalization (one of ``bnjax.models.NORMS``).
+    axis_name: mapped axis for cross-device batch statistics.
+    virtual_batch_size: ghost batch norm's virtual batch.
+    num_groups: group norm's groups.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import models
+    >>> variables = jax.eval_shape(
+    ...     lambda k: models.ResNet20().init(k, jnp.ones((1, 8, 8, 3)), train=False),
+    ...     jax.random.key(0))
+    >>> sorted(variables['params'])[:3]
+    ['head', 'stage1_block1', 'stage1_block2']
+
+  References:
+    He et al., "Deep Residual Learning for Image Recognition", CVPR 2016,
+    arXiv 1512.03385, section 4.2.
   """
   num_classes: int = 10
 
@@ -141,11 +221,33 @@ class ResNet20(_Normalized):
 
 
 class Perceptron(_Normalized):
-  """Luo et al.'s (2019) building block: kernel layer, normalization, activation.
+  r"""Luo et al.'s (2019) building block: kernel layer, normalization, activation.
 
-  ``y = g(norm(w . x))`` with one unit; ``activation`` is ``'linear'`` or
-  ``'relu'``. Returns shape ``(batch,)``. Layer and group norm over a single
-  unit are constant, so they are refused.
+  .. math::
+    y = g\big(\mathrm{norm}(w^\top x)\big)
+
+  with one unit; ``activation`` ``g`` is ``'linear'`` or ``'relu'``. Returns
+  shape ``(batch,)``. Layer and group norm over a single unit are constant,
+  so they are refused.
+
+  Attributes:
+    activation: ``'linear'`` or ``'relu'``.
+    norm: the normalization (one of ``bnjax.models.NORMS``).
+    axis_name: mapped axis for cross-device batch statistics.
+    virtual_batch_size: ghost batch norm's virtual batch.
+    num_groups: group norm's groups.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import models
+    >>> net = models.Perceptron(activation='relu')
+    >>> variables = net.init(jax.random.key(0), jnp.ones((4, 3)))
+    >>> net.apply(variables, jnp.ones((4, 3)), train=False).shape
+    (4,)
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2 (eq. 1).
   """
   activation: str = 'linear'
 
@@ -165,9 +267,31 @@ class Perceptron(_Normalized):
 def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[str] = None,
           virtual_batch_size: int = 32, activation: str = 'linear', width: int = 32
           ) -> nn.Module:
-  """The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``).
+  r"""The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``).
 
-  ``width``: the ConvNet's first width (then ``2 * width`` and ``4 * width``).
+  .. math::
+    \text{build}(\text{name}, \text{norm}) = \text{Model}_{\text{name}}(\text{norm})
+
+  Args:
+    name: one of ``bnjax.models.MODELS``.
+    norm: one of ``bnjax.models.NORMS``.
+    num_classes: outputs of the classifier head.
+    axis_name: mapped axis for cross-device batch statistics.
+    virtual_batch_size: ghost batch norm's virtual batch.
+    activation: the perceptron's activation.
+    width: the ConvNet's first width (then ``2 * width`` and ``4 * width``).
+
+  Returns:
+    An unbound flax.linen module.
+
+  Example:
+    >>> from bnjax import models
+    >>> models.build('convnet', 'batch', width=8).widths
+    (8, 16, 32)
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350 (ConvNet); He et al. 2016, arXiv
+    1512.03385 (ResNet-20); Luo et al. 2019, arXiv 1809.00846 (perceptron).
   """
   _check_norm(norm)
   settings = dict(norm=norm, axis_name=axis_name, virtual_batch_size=virtual_batch_size)

@@ -110,35 +110,207 @@ class _BatchNormBase(nnx.Module):
 
 
 class BatchNorm(_BatchNormBase):
-  """Batch normalization; the numbers and variables of ``flax.nnx.BatchNorm``.
+  r"""Batch normalization; the numbers and variables of ``flax.nnx.BatchNorm``.
 
   See :func:`bnjax.norms.batch_norm`. Scale invariance: per unit.
+
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features on ``axis``.
+    use_running_average: normalize with the running statistics (inference);
+      a call's ``use_running_average`` overrides it.
+    axis: the feature axis.
+    momentum: running-average decay (flax convention, default 0.99).
+    epsilon: added to the variance.
+    dtype: output dtype (default: promotion of input and parameters).
+    param_dtype: dtype of ``scale`` and ``bias``.
+    use_bias, use_scale: learn beta / gamma.
+    bias_init, scale_init: their initializers.
+    axis_name: mapped axis over which batch statistics are averaged.
+    frozen: always normalize with the running statistics and never update
+      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
+    rngs: ``nnx.Rngs`` for the parameter initializers.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = nnx.BatchNorm(2, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithm 1.
   """
 
 
 class PopulationNorm(_BatchNormBase):
-  """Population normalization (Luo et al. 2019): running statistics in training too.
+  r"""Population normalization (Luo et al. 2019): running statistics in training too.
 
   See :func:`bnjax.norms.population_norm`. Scale invariance: none.
+
+
+  .. math::
+    y = \frac{x - \mu_P}{\sqrt{\sigma^2_P + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features on ``axis``.
+    use_running_average: normalize with the running statistics (inference);
+      a call's ``use_running_average`` overrides it.
+    axis: the feature axis.
+    momentum: running-average decay (flax convention, default 0.99).
+    epsilon: added to the variance.
+    dtype: output dtype (default: promotion of input and parameters).
+    param_dtype: dtype of ``scale`` and ``bias``.
+    use_bias, use_scale: learn beta / gamma.
+    bias_init, scale_init: their initializers.
+    axis_name: mapped axis over which batch statistics are averaged.
+    frozen: always normalize with the running statistics and never update
+      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
+    rngs: ``nnx.Rngs`` for the parameter initializers.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = nnx.PopulationNorm(2, epsilon=1e-12, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [1.0, 3.0]
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, eq. 2.
   """
   norm_fn = staticmethod(norms.population_norm)
 
 
 class MeanOnlyBatchNorm(_BatchNormBase):
-  """Mean-only batch normalization; see :func:`bnjax.norms.mean_only_batch_norm`."""
+  r"""Mean-only batch normalization; see :func:`bnjax.norms.mean_only_batch_norm`.
+
+
+  .. math::
+    y = (x - \mu_B)\,\gamma + \beta
+
+  Args:
+    num_features: number of features on ``axis``.
+    use_running_average: normalize with the running statistics (inference);
+      a call's ``use_running_average`` overrides it.
+    axis: the feature axis.
+    momentum: running-average decay (flax convention, default 0.99).
+    epsilon: added to the variance.
+    dtype: output dtype (default: promotion of input and parameters).
+    param_dtype: dtype of ``scale`` and ``bias``.
+    use_bias, use_scale: learn beta / gamma.
+    bias_init, scale_init: their initializers.
+    axis_name: mapped axis over which batch statistics are averaged.
+    frozen: always normalize with the running statistics and never update
+      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
+    rngs: ``nnx.Rngs`` for the parameter initializers.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = nnx.MeanOnlyBatchNorm(2, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, section 2.2.
+  """
   norm_fn = staticmethod(norms.mean_only_batch_norm)
 
 
 class VarianceOnlyBatchNorm(_BatchNormBase):
-  """Variance-only batch normalization; see :func:`bnjax.norms.variance_only_batch_norm`."""
+  r"""Variance-only batch normalization; see :func:`bnjax.norms.variance_only_batch_norm`.
+
+
+  .. math::
+    y = \frac{x}{\sqrt{\sigma^2_B + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features on ``axis``.
+    use_running_average: normalize with the running statistics (inference);
+      a call's ``use_running_average`` overrides it.
+    axis: the feature axis.
+    momentum: running-average decay (flax convention, default 0.99).
+    epsilon: added to the variance.
+    dtype: output dtype (default: promotion of input and parameters).
+    param_dtype: dtype of ``scale`` and ``bias``.
+    use_bias, use_scale: learn beta / gamma.
+    bias_init, scale_init: their initializers.
+    axis_name: mapped axis over which batch statistics are averaged.
+    frozen: always normalize with the running statistics and never update
+      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
+    rngs: ``nnx.Rngs`` for the parameter initializers.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 0.0], [3.0, 2.0]])
+    >>> layer = nnx.VarianceOnlyBatchNorm(2, epsilon=1e-12, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [1.0, 3.0]
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2.
+  """
   norm_fn = staticmethod(norms.variance_only_batch_norm)
 
 
 class GhostBatchNorm(_BatchNormBase):
-  """Ghost batch normalization over virtual batches (Hoffer et al. 2017).
+  r"""Ghost batch normalization over virtual batches (Hoffer et al. 2017).
 
-  See :func:`bnjax.norms.ghost_batch_norm`; ``virtual_batch_size`` is its
-  one extra keyword.
+  See :func:`bnjax.norms.ghost_batch_norm`.
+
+
+  .. math::
+    y_g = \frac{x_g - \mu_g}{\sqrt{\sigma^2_g + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features on ``axis``.
+    use_running_average: normalize with the running statistics (inference);
+      a call's ``use_running_average`` overrides it.
+    axis: the feature axis.
+    momentum: running-average decay (flax convention, default 0.99).
+    epsilon: added to the variance.
+    dtype: output dtype (default: promotion of input and parameters).
+    param_dtype: dtype of ``scale`` and ``bias``.
+    use_bias, use_scale: learn beta / gamma.
+    bias_init, scale_init: their initializers.
+    axis_name: mapped axis over which batch statistics are averaged.
+    frozen: always normalize with the running statistics and never update
+      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
+    rngs: ``nnx.Rngs`` for the parameter initializers.
+    virtual_batch_size: examples per virtual batch (keyword only).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0], [3.0], [10.0], [30.0]])
+    >>> layer = nnx.GhostBatchNorm(1, virtual_batch_size=2, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[:, 0]]
+    [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS 2017,
+    arXiv 1705.08741, Algorithm 1.
   """
   norm_fn = staticmethod(norms.ghost_batch_norm)
 
@@ -164,11 +336,36 @@ class _PerExampleNorm(nnx.Module):
 
 
 class LayerNorm(_PerExampleNorm):
-  """Layer normalization; the numbers and variables of ``flax.nnx.LayerNorm``.
+  r"""Layer normalization; the numbers and variables of ``flax.nnx.LayerNorm``.
 
   ``reduction_axes`` and ``feature_axes`` mean what they mean in flax; the
   ``num_features`` parameters cover the feature axes (reshaped onto them).
   See :func:`bnjax.norms.layer_norm`. Scale invariance: per layer.
+
+
+  .. math::
+    y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features (the size of ``scale`` and ``bias``).
+    epsilon: added to the variance.
+    dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
+      :class:`BatchNorm`.
+    reduction_axes: axes of the statistics.
+    feature_axes: axes of the parameters.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 2.0, 3.0]])
+    >>> layer = nnx.LayerNorm(3, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.225, 0.0, 1.225]
+
+  References:
+    Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450, eq. 3-4.
   """
 
   def __init__(self, num_features: int, *, reduction_axes=-1, feature_axes=-1, **kwargs):
@@ -186,11 +383,36 @@ class LayerNorm(_PerExampleNorm):
 
 
 class GroupNorm(_PerExampleNorm):
-  """Group normalization; the numbers and variables of ``flax.nnx.GroupNorm``.
+  r"""Group normalization; the numbers and variables of ``flax.nnx.GroupNorm``.
 
   Give ``num_groups`` or ``group_size`` (features per group), as in flax.
   Features are on the last axis. See :func:`bnjax.norms.group_norm`. Scale
   invariance: per group.
+
+
+  .. math::
+    y = \frac{x - \mu_{n,g}}{\sqrt{\sigma^2_{n,g} + \epsilon}}\,\gamma + \beta
+
+  Args:
+    num_features: number of features (the size of ``scale`` and ``bias``).
+    epsilon: added to the variance.
+    dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
+      :class:`BatchNorm`.
+    num_groups: number of groups (or ``None`` with ``group_size``).
+    group_size: features per group (or ``None`` with ``num_groups``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[1.0, 3.0, 10.0, 30.0]])
+    >>> layer = nnx.GroupNorm(4, num_groups=2, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[0]]
+    [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Wu & He, "Group Normalization", ECCV 2018, arXiv 1803.08494, eq. 1-3.
   """
 
   def __init__(self, num_features: int, num_groups: Optional[int] = 32,
@@ -213,9 +435,34 @@ class GroupNorm(_PerExampleNorm):
 
 
 class InstanceNorm(_PerExampleNorm):
-  """Instance normalization; the numbers and variables of ``flax.nnx.InstanceNorm``.
+  r"""Instance normalization; the numbers and variables of ``flax.nnx.InstanceNorm``.
 
   See :func:`bnjax.norms.instance_norm`. Scale invariance: per unit.
+
+
+  .. math::
+    y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}\,\gamma_c + \beta_c
+
+  Args:
+    num_features: number of features (the size of ``scale`` and ``bias``).
+    epsilon: added to the variance.
+    dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
+      :class:`BatchNorm`.
+    feature_axes: the feature axis.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> x = jnp.array([[[1.0], [3.0]]])
+    >>> layer = nnx.InstanceNorm(1, epsilon=1e-12, rngs=fnnx.Rngs(0))
+    >>> y = layer(x)
+    >>> [round(float(v), 3) for v in y[0, :, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Ulyanov, Vedaldi & Lempitsky, "Instance Normalization", arXiv
+    1607.08022, eq. 4.
   """
 
   def __init__(self, num_features: int, *, feature_axes: int = -1, **kwargs):
@@ -257,12 +504,37 @@ class _KernelReparam(nnx.Module):
 
 
 class WeightNorm(_KernelReparam):
-  """Weight normalization of a wrapped layer's kernel: ``w = g * v / ||v||`` per unit.
+  r"""Weight normalization of a wrapped layer's kernel, per unit.
 
-  ``flax.nnx.WeightNorm``'s constructor (``layer_instance``, ``feature_axes``,
-  ``use_scale``, ``scale_init``, ``epsilon``, ``rngs``); the gain ``g`` is
-  the ``nnx.Param`` ``scale`` of shape ``(units,)``. See
-  :func:`bnjax.norms.weight_norm`. Scale invariance: per unit in ``v``.
+  .. math::
+    w = g\,\frac{v}{\lVert v \rVert}
+
+  ``flax.nnx.WeightNorm``'s constructor; the gain ``g`` is the ``nnx.Param``
+  ``scale`` of shape ``(units,)``. The stored kernel ``v`` is left as it is
+  (flax.nnx.WeightNorm writes the normalized kernel back into the layer).
+  See :func:`bnjax.norms.weight_norm`. Scale invariance: per unit in ``v``.
+
+  Args:
+    layer_instance: a layer with a ``kernel`` ``nnx.Param`` (``nnx.Linear``,
+      ``nnx.Conv``).
+    feature_axes: the unit axis of the kernel.
+    use_scale, scale_init, param_dtype: the gain ``g``.
+    epsilon: added to the squared norm.
+    rngs: ``nnx.Rngs`` for ``scale_init``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> dense = fnnx.Linear(3, 2, use_bias=False, rngs=fnnx.Rngs(0))
+    >>> layer = nnx.WeightNorm(dense, use_scale=False, rngs=fnnx.Rngs(0))
+    >>> w = layer(jnp.eye(3))  # rows of the effective kernel
+    >>> [round(float(v), 3) for v in jnp.linalg.norm(w, axis=0)]
+    [1.0, 1.0]
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, eq. 2.
   """
 
   def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,
@@ -281,9 +553,30 @@ class WeightNorm(_KernelReparam):
 
 
 class WeightStandardization(_KernelReparam):
-  """Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
+  r"""Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
+
+  .. math::
+    \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
 
   See :func:`bnjax.norms.weight_standardize`. Scale invariance: per unit.
+
+  Args:
+    layer_instance: a layer with a ``kernel`` ``nnx.Param``.
+    feature_axes: the unit axis of the kernel.
+    epsilon: added to the variance.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> dense = fnnx.Linear(3, 2, use_bias=False, rngs=fnnx.Rngs(0))
+    >>> w = nnx.WeightStandardization(dense)(jnp.eye(3))
+    >>> [round(float(v), 3) for v in jnp.std(w, axis=0)]
+    [1.0, 1.0]
+
+  References:
+    Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization", arXiv 1903.10520, eq. 5.
   """
 
   def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,

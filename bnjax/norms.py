@@ -41,18 +41,51 @@ Axes = Union[int, Sequence[int]]
 
 
 class BatchStats(NamedTuple):
-  """Running (population) statistics of a batch-norm layer, shape ``(features,)``."""
+  r"""Running (population) statistics of a batch-norm layer.
+
+  .. math::
+    \mu_P \leftarrow m\,\mu_P + (1 - m)\,\mu_B, \qquad
+    \sigma^2_P \leftarrow m\,\sigma^2_P + (1 - m)\,\sigma^2_B
+
+  Attributes:
+    mean: running mean ``mu_P``, shape ``(features,)``.
+    var: running (biased) variance ``sigma^2_P``, shape ``(features,)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> norms.BatchStats(jnp.zeros(2), jnp.ones(2)).var.shape
+    (2,)
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithm 2 (inference with population statistics).
+  """
   mean: Array
   var: Array
 
 
 def init_batch_stats(num_features: int, dtype=jnp.float32) -> BatchStats:
-  """Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm).
+  r"""Initial running statistics: mean 0, variance 1 (as flax.linen.BatchNorm).
+
+  .. math::
+    \mu_P = 0, \qquad \sigma^2_P = 1
+
+  Args:
+    num_features: number of features, a positive int.
+    dtype: dtype of both arrays.
+
+  Returns:
+    A :class:`BatchStats` of shape ``(num_features,)`` arrays.
 
   Example:
     >>> from bnjax import norms
     >>> norms.init_batch_stats(2)
     BatchStats(mean=Array([0., 0.], dtype=float32), var=Array([1., 1.], dtype=float32))
+
+  References:
+    Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
+    Algorithm 2.
   """
   num_features = check_positive_int('num_features', num_features)
   return BatchStats(jnp.zeros((num_features,), dtype), jnp.ones((num_features,), dtype))
@@ -317,34 +350,36 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
 def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None,
                fused_backward: bool = True):
-  """Batch normalization (Ioffe & Szegedy 2015), the numbers of flax.linen.BatchNorm.
+  r"""Batch normalization (Ioffe & Szegedy 2015), the numbers of flax.linen.BatchNorm.
 
-  Training: ``y = (x - mu_B) / sqrt(var_B + epsilon) * scale + bias`` with the
-  batch mean and biased variance over every axis but ``axis`` (averaged over
-  devices when ``axis_name`` is given), and
-  ``new_stats = momentum * stats + (1 - momentum) * (mu_B, var_B)``.
-  Inference (``training=False``): the same with ``stats`` in place of the
-  batch statistics; ``stats`` is returned unchanged.
+  .. math::
+    y = \frac{x - \mu_B}{\sqrt{\sigma^2_B + \epsilon}}\,\gamma + \beta, \qquad
+    s' = m\,s + (1 - m)\,(\mu_B, \sigma^2_B)
+
+  Training: batch mean and biased variance over every axis but ``axis``
+  (averaged over devices when ``axis_name`` is given). Inference
+  (``training=False``): the same with ``stats`` in place of the batch
+  statistics; ``stats`` is returned unchanged.
 
   Scale invariance: per unit. Rescaling the kernel column that feeds one
   feature by ``a > 0`` rescales that feature's mu_B and sigma_B by ``a``, so
   the training output is unchanged (exactly as ``epsilon -> 0``).
 
-  Args:
-    x: input, features along ``axis``.
-    scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-    stats: optional running :class:`BatchStats`; required for inference.
-    training: use batch statistics (True) or ``stats`` (False).
-    momentum: running-average decay in [0, 1].
-    epsilon: added to the variance, > 0.
-    axis: the feature axis.
-    axis_name: mapped axis over which batch statistics are averaged.
-    fused_backward: differentiate with bnjax's analytic backward (a
-      ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
-      autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
+    Args:
+      x: input of real floating dtype, features along ``axis``.
+      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+      stats: running :class:`BatchStats`; required for inference.
+      training: normalize with batch statistics (True) or ``stats`` (False).
+      momentum: running-average decay in [0, 1].
+      epsilon: added to the variance, > 0.
+      axis: the feature axis.
+      axis_name: mapped axis over which batch statistics are averaged.
+      fused_backward: differentiate with bnjax's analytic backward (a
+        ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
+        autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
 
   Returns:
-    ``(y, new_stats)``.
+    ``(y, new_stats)``; ``new_stats`` is ``None`` when ``stats`` is.
 
   Example:
     >>> import jax.numpy as jnp
@@ -372,16 +407,31 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
 def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                     momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
-  """Population normalization, PN (Luo et al. 2019, arXiv 1809.00846).
+  r"""Population normalization, PN (Luo et al. 2019, arXiv 1809.00846).
 
-  Normalizes with the running (population) statistics in training too:
-  ``y = (x - mu_P) / sqrt(var_P + epsilon) * scale + bias`` using ``stats``
-  as passed in, then updates ``stats`` from the batch statistics with no
-  gradient through them. Luo et al. decompose BN into PN plus an explicit
-  gamma decay; PN alone keeps no batch-dependent noise.
+  .. math::
+    y = \frac{x - \mu_P}{\sqrt{\sigma^2_P + \epsilon}}\,\gamma + \beta
+
+  Normalizes with the running (population) statistics in training too, using
+  ``stats`` as passed in, then updates ``stats`` from the batch statistics
+  with no gradient through them. Luo et al. decompose BN into PN plus an
+  explicit gamma decay; PN alone keeps no batch-dependent noise.
 
   Scale invariance: none. The output is linear in the kernel feeding it,
   since mu_P and var_P are constants for the gradient.
+
+    Args:
+      x: input of real floating dtype, features along ``axis``.
+      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+      stats: running :class:`BatchStats`; required for inference.
+      training: normalize with batch statistics (True) or ``stats`` (False).
+      momentum: running-average decay in [0, 1].
+      epsilon: added to the variance, > 0.
+      axis: the feature axis.
+      axis_name: mapped axis over which batch statistics are averaged.
+
+  Returns:
+    ``(y, new_stats)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -426,15 +476,41 @@ def _one_statistic_batch_norm(x, scale, bias, stats, *, use_mean, training, mome
 
 def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                          momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
-  """Mean-only batch normalization (Salimans & Kingma 2016; Luo et al. 2019).
+  r"""Mean-only batch normalization (Salimans & Kingma 2016; Luo et al. 2019).
 
-  ``y = (x - mu_B) * scale + bias`` in training, ``mu_B`` replaced by the
-  running mean in inference. Only ``stats.mean`` is tracked; ``stats.var``
-  is passed through. Usually paired with weight normalization.
-  ``epsilon`` is unused (validated for a uniform signature).
+  .. math::
+    y = (x - \mu_B)\,\gamma + \beta
+
+  The running mean replaces ``mu_B`` in inference. Only ``stats.mean`` is
+  tracked; ``stats.var`` is passed through. Usually paired with weight
+  normalization. ``epsilon`` is unused (validated for a uniform signature).
 
   Scale invariance: none. The output is positively homogeneous of degree 1
   in the kernel: ``f(a * w) = a * f(w)``.
+
+    Args:
+      x: input of real floating dtype, features along ``axis``.
+      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+      stats: running :class:`BatchStats`; required for inference.
+      training: normalize with batch statistics (True) or ``stats`` (False).
+      momentum: running-average decay in [0, 1].
+      epsilon: added to the variance, > 0.
+      axis: the feature axis.
+      axis_name: mapped axis over which batch statistics are averaged.
+
+  Returns:
+    ``(y, new_stats)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> y, _ = norms.mean_only_batch_norm(jnp.array([[1.0], [5.0]]), training=True)
+    >>> [float(v) for v in y[:, 0]]
+    [-2.0, 2.0]
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, section 2.2.
   """
   return _one_statistic_batch_norm(
       x, scale, bias, stats, use_mean=True, training=training, momentum=momentum,
@@ -444,14 +520,41 @@ def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool
 def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                              momentum=0.99, epsilon=1e-5, axis: int = -1,
                              axis_name=None):
-  """Variance-only batch normalization (Luo et al. 2019's ablation).
+  r"""Variance-only batch normalization (Luo et al. 2019's ablation).
 
-  ``y = x / sqrt(var_B + epsilon) * scale + bias``: divides by the batch
-  standard deviation (about the batch mean) without centering; inference
-  uses the running variance. Only ``stats.var`` is tracked; ``stats.mean``
-  is passed through.
+  .. math::
+    y = \frac{x}{\sqrt{\sigma^2_B + \epsilon}}\,\gamma + \beta
+
+  Divides by the batch standard deviation (about the batch mean) without
+  centering; inference uses the running variance. Only ``stats.var`` is
+  tracked; ``stats.mean`` is passed through.
 
   Scale invariance: per unit, as batch_norm.
+
+    Args:
+      x: input of real floating dtype, features along ``axis``.
+      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+      stats: running :class:`BatchStats`; required for inference.
+      training: normalize with batch statistics (True) or ``stats`` (False).
+      momentum: running-average decay in [0, 1].
+      epsilon: added to the variance, > 0.
+      axis: the feature axis.
+      axis_name: mapped axis over which batch statistics are averaged.
+
+  Returns:
+    ``(y, new_stats)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> y, _ = norms.variance_only_batch_norm(jnp.array([[1.0], [3.0]]), training=True,
+    ...                                       epsilon=1e-12)
+    >>> [round(float(v), 3) for v in y[:, 0]]  # divided by the std 1, not centred
+    [1.0, 3.0]
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2.
   """
   return _one_statistic_batch_norm(
       x, scale, bias, stats, use_mean=False, training=training, momentum=momentum,
@@ -461,15 +564,34 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
 def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                      virtual_batch_size: int, momentum=0.99, epsilon=1e-5,
                      axis: int = -1, axis_name=None, fused_backward: bool = True):
-  """Ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741).
+  r"""Ghost batch normalization (Hoffer et al. 2017, arXiv 1705.08741).
+
+  .. math::
+    y_{g} = \frac{x_{g} - \mu_{g}}{\sqrt{\sigma^2_{g} + \epsilon}}\,\gamma + \beta,
+    \qquad g = 1, \dots, n / v
 
   Training splits the batch (axis 0) into consecutive virtual batches of
-  ``virtual_batch_size`` examples and batch-normalizes each with its own
+  ``v = virtual_batch_size`` examples and batch-normalizes each with its own
   statistics. The running statistics move toward the mean over virtual
   batches (and over devices, with ``axis_name``) of their means and
   variances. Inference is batch_norm's.
 
   Scale invariance: per unit, as batch_norm.
+
+    Args:
+      x: input of real floating dtype, features along ``axis``.
+      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+      stats: running :class:`BatchStats`; required for inference.
+      training: normalize with batch statistics (True) or ``stats`` (False).
+      momentum: running-average decay in [0, 1].
+      epsilon: added to the variance, > 0.
+      axis: the feature axis.
+      axis_name: mapped axis over which batch statistics are averaged.
+      virtual_batch_size: examples per virtual batch; divides the batch.
+      fused_backward: as in :func:`batch_norm`.
+
+  Returns:
+    ``(y, new_stats)``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -478,6 +600,10 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     >>> y, _ = norms.ghost_batch_norm(x, training=True, virtual_batch_size=2)
     >>> [round(float(v), 3) for v in y[:, 0]]  # each half normalized alone
     [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Hoffer, Hubara & Soudry, "Train longer, generalize better", NeurIPS 2017,
+    arXiv 1705.08741, Algorithm 1.
   """
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
@@ -543,6 +669,9 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
     >>> y = norms.layer_norm(jnp.array([[1.0, 2.0, 3.0]]))
     >>> [round(float(v), 3) for v in y[0]]
     [-1.225, 0.0, 1.225]
+
+  References:
+    Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450, eq. 3-4.
   """
   ndim = jnp.ndim(x)
   feats = _canonical_axes(ndim, axis)
@@ -578,14 +707,27 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
 
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
                axis: int = -1):
-  """Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
+  r"""Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
+
+  .. math::
+    y = \frac{x - \mu_{n,g}}{\sqrt{\sigma^2_{n,g} + \epsilon}}\,\gamma + \beta
 
   The ``C`` features on ``axis`` are split into ``num_groups`` consecutive
-  groups; each example's group is normalized with statistics over the group's
-  features and every axis except the batch axis 0.
+  groups; each example ``n``'s group ``g`` is normalized with statistics over
+  the group's features and every axis except the batch axis 0.
 
   Scale invariance: per group. Rescaling together the kernel columns of the
   units in one group leaves the output unchanged; a single unit does not.
+
+  Args:
+    x: input of rank >= 2, batch on axis 0, features on ``axis``.
+    scale, bias: optional ``(features,)`` gamma and beta.
+    num_groups: number of groups; divides the number of features.
+    epsilon: added to the variance, > 0.
+    axis: the feature axis (not 0).
+
+  Returns:
+    ``y`` with the shape of ``x``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -593,6 +735,9 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
     >>> y = norms.group_norm(jnp.array([[1.0, 3.0, 10.0, 30.0]]), num_groups=2)
     >>> [round(float(v), 3) for v in y[0]]
     [-1.0, 1.0, -1.0, 1.0]
+
+  References:
+    Wu & He, "Group Normalization", ECCV 2018, arXiv 1803.08494, eq. 1-3.
   """
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('group_norm', x, scale, bias, axis, epsilon,
@@ -616,12 +761,35 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
 
 
 def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
-  """Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
+  r"""Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
+
+  .. math::
+    y_{n,c} = \frac{x_{n,c} - \mu_{n,c}}{\sqrt{\sigma^2_{n,c} + \epsilon}}\,\gamma_c + \beta_c
 
   Each example's feature is normalized over the spatial axes (every axis but
   the batch axis 0 and the feature ``axis``).
 
   Scale invariance: per unit (per channel).
+
+  Args:
+    x: input of rank >= 3 (batch, spatial..., features).
+    scale, bias: optional ``(features,)`` gamma and beta.
+    epsilon: added to the variance, > 0.
+    axis: the feature axis (not 0).
+
+  Returns:
+    ``y`` with the shape of ``x``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> y = norms.instance_norm(jnp.array([[[1.0], [3.0]]]), epsilon=1e-12)
+    >>> [round(float(v), 3) for v in y[0, :, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Ulyanov, Vedaldi & Lempitsky, "Instance Normalization", arXiv
+    1607.08022, eq. 4.
   """
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('instance_norm', x, scale, bias, axis, epsilon,
@@ -634,13 +802,24 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
 
 
 def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
-  """Weight normalization (Salimans & Kingma 2016): ``w = g * v / ||v||``.
+  r"""Weight normalization (Salimans & Kingma 2016).
+
+  .. math::
+    w = g\,\frac{v}{\lVert v \rVert}
 
   ``||v||`` is the L2 norm of each unit (over every axis but ``axis``),
-  computed as ``v * rsqrt(sum(v^2) + epsilon)`` like flax.linen.WeightNorm;
-  ``g`` has shape ``(units,)`` (``None``: unit gain).
+  computed as ``v * rsqrt(sum(v^2) + epsilon)`` like flax.linen.WeightNorm.
 
   Scale invariance: per unit in ``v``, exactly up to ``epsilon``.
+
+  Args:
+    v: the unnormalized kernel, units along ``axis``.
+    g: optional ``(units,)`` gain (``None``: unit gain).
+    axis: the unit axis.
+    epsilon: added to the squared norm, > 0.
+
+  Returns:
+    ``w`` with the shape of ``v``.
 
   Example:
     >>> import jax.numpy as jnp
@@ -648,6 +827,10 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
     >>> norms.weight_norm(jnp.array([[3.0, 0.0], [4.0, 2.0]]), jnp.array([1.0, 2.0]))
     Array([[0.6, 0. ],
            [0.8, 2. ]], dtype=float32)
+
+  References:
+    Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
+    1602.07868, eq. 2.
   """
   unit_axis, red = unit_axes_of(v, axis)
   _check_features('g', g, (jnp.shape(v)[unit_axis],))
@@ -660,12 +843,34 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
 
 
 def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
-  """Weight standardization (Qiao et al. 2019, arXiv 1903.10520).
+  r"""Weight standardization (Qiao et al. 2019, arXiv 1903.10520).
 
-  ``w_hat = (w - mean(w)) / sqrt(var(w) + epsilon)`` per unit (over every axis
-  but ``axis``: fan-in and receptive field for a flax kernel).
+  .. math::
+    \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
+
+  per unit (over every axis but ``axis``: fan-in and receptive field for a
+  flax kernel).
 
   Scale invariance: per unit (and invariance to a per-unit shift).
+
+  Args:
+    w: kernel, units along ``axis``.
+    axis: the unit axis.
+    epsilon: added to the variance, > 0.
+
+  Returns:
+    ``w_hat`` with the shape of ``w``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> w = norms.weight_standardize(jnp.array([[1.0], [3.0]]), epsilon=1e-12)
+    >>> [round(float(v), 3) for v in w[:, 0]]
+    [-1.0, 1.0]
+
+  References:
+    Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
+    Weight Standardization", arXiv 1903.10520, eq. 5.
   """
   unit_axis, red = unit_axes_of(w, axis)
   check_positive('epsilon', epsilon)
@@ -674,12 +879,21 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
 
 
 def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
-  """Folds an inference batch norm into the Dense/Conv that feeds it.
+  r"""Folds an inference batch norm into the Dense/Conv that feeds it.
 
-  With ``k = scale / sqrt(stats.var + epsilon)`` per output unit (the last
-  kernel axis), ``BN(x @ kernel + bias) == x @ (kernel * k) + bias'`` where
-  ``bias' = (bias - stats.mean) * k + bn_bias``. ``bias``, ``scale`` and
-  ``bn_bias`` may be ``None`` (0, 1 and 0).
+  .. math::
+    k = \frac{\gamma}{\sqrt{\sigma^2_P + \epsilon}}, \qquad
+    \mathrm{BN}(xW + b) = x\,(W k) + (b - \mu_P)\,k + \beta
+
+  per output unit (the last kernel axis). ``bias``, ``scale`` and ``bn_bias``
+  may be ``None`` (0, 1 and 0).
+
+  Args:
+    kernel: Dense/Conv kernel, units on the last axis.
+    bias: its bias or ``None``.
+    scale, bn_bias: the batch norm's gamma and beta or ``None``.
+    stats: the batch norm's running :class:`BatchStats`.
+    epsilon: the batch norm's epsilon.
 
   Returns:
     ``(folded_kernel, folded_bias)``, the bias always an array.
@@ -692,6 +906,11 @@ def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):
     ...                                      epsilon=1e-12)
     >>> round(float(kernel[0, 0]), 6), round(float(bias[0]), 6)  # (2x - 1) / 2
     (1.0, -0.5)
+
+  References:
+    Jacob et al., "Quantization and Training of Neural Networks for
+    Efficient Integer-Arithmetic-Only Inference", CVPR 2018, arXiv
+    1712.05877, section 3.2 (batch norm folding).
   """
   check_float_input('kernel', kernel)
   units = jnp.shape(kernel)[-1]

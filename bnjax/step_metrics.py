@@ -11,6 +11,12 @@ import numpy as np
 from bnjax import dynamics, masks, transforms
 from bnjax._validation import key_names
 
+__all__ = [
+    'gain_metrics',
+    'layer_metrics',
+    'unit_scale_grad_sq',
+]
+
 
 def layer_name(path) -> str:
   """``conv2/layer_instance/kernel`` -> ``conv2``: the module path of a leaf."""
@@ -19,11 +25,33 @@ def layer_name(path) -> str:
 
 
 def unit_scale_grad_sq(grads, params) -> dict:
-  """``grad_sq_at_unit_norm/<layer>``: per-unit ``||g||^2 ||w||^2`` of every kernel.
+  r"""``grad_sq_at_unit_norm/<layer>``: per-unit ``||g||^2 ||w||^2`` of every kernel.
 
-  For a scale-invariant unit that is ``||g~||^2``, the squared gradient at
-  unit weight norm that sets the SGD equilibrium norm
+  .. math::
+    \lVert \tilde g_j \rVert^2 = \lVert g_j \rVert^2 \lVert w_j \rVert^2
+
+  For a scale-invariant unit that is the squared gradient at unit weight
+  norm, which sets the SGD equilibrium norm
   (:func:`bnjax.theory.equilibrium_norm`); mean over units.
+
+  Args:
+    grads: gradients with the structure of ``params``.
+    params: the parameters.
+
+  Returns:
+    A dict of scalar arrays, one per kernel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import step_metrics
+    >>> w = {'conv1': {'kernel': jnp.array([[2.0], [0.0]])}}
+    >>> g = {'conv1': {'kernel': jnp.array([[0.0], [3.0]])}}
+    >>> step_metrics.unit_scale_grad_sq(g, w)
+    {'grad_sq_at_unit_norm/conv1': Array(36., dtype=float32)}
+
+  References:
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
+    Theorem 1.
   """
   out = {}
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -42,7 +70,27 @@ def fan_ins(params) -> dict:
 
 
 def gain_metrics(params) -> dict:
-  """``gamma_sq/<layer>``: mean squared normalization gain (``scale``) per layer."""
+  r"""``gamma_sq/<layer>``: mean squared normalization gain (``scale``) per layer.
+
+  .. math::
+    \overline{\gamma^2} = \frac{1}{C} \sum_{c} \gamma_c^2
+
+  Args:
+    params: the model's parameters.
+
+  Returns:
+    A dict of floats, one per layer with a ``scale``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import step_metrics
+    >>> step_metrics.gain_metrics({'conv1_norm': {'scale': jnp.array([1.0, 3.0])}})
+    {'gamma_sq/conv1_norm': 5.0}
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2 (gamma decay).
+  """
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   on = jax.tree_util.tree_leaves(masks.gain_mask(params))
   return {f'gamma_sq/{layer_name(path)}': float(np.mean(np.square(w)))
@@ -50,7 +98,30 @@ def gain_metrics(params) -> dict:
 
 
 def layer_metrics(opt_state) -> dict:
-  """``dynamics.read`` keys ``<path>/kernel/<metric>`` as ``<metric>/<layer>``."""
+  r""":func:`bnjax.dynamics.read`'s kernel metrics as ``<metric>/<layer>``.
+
+  .. math::
+    \texttt{<path>/kernel/<metric>} \mapsto \texttt{<metric>/<layer>}
+
+  Args:
+    opt_state: an optimizer state holding a ``track_dynamics`` state.
+
+  Returns:
+    A dict of scalar arrays, one per tracked kernel and metric.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import step_metrics, transforms
+    >>> tx = optax.chain(optax.sgd(0.1), transforms.track_dynamics(0.1, 'sgd'))
+    >>> params = {'conv1': {'kernel': jnp.ones((2, 2))}}
+    >>> _, state = tx.update(params, tx.init(params), params)
+    >>> sorted(step_metrics.layer_metrics(state))[0]
+    'angular_update/conv1'
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 3.
+  """
   out = {}
   for key, value in dynamics.read(opt_state).items():
     *path, metric = key.split('/')

@@ -76,17 +76,27 @@ def _adam_step_rms(b1):
 
 def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
                      grad_norm=None, momentum=0.0, b1=0.9):
-  """Per-unit weight norm at which decay and gradient growth balance.
+  r"""Per-unit weight norm at which decay and gradient growth balance.
 
-  * ``'sgd'`` (SGD with ``momentum`` a, as ``optax.sgd``; ``'momentum'`` is an
-    alias) and coupled L2:
-    ``(lr * E||g~||^2 / (2 * lambda * (1 - a)))^(1/4)``, with
-    ``grad_norm = sqrt(E||g~||^2)`` (Wan et al. 2021).
-  * ``'adamw'`` (decay ``lr * lambda`` per step): ``sqrt(lr * C / (2 * lambda))``
-    (Kosson et al. 2024).
-  * ``'adam_l2'`` (Adam with coupled L2): ``(lr * C * sigma / (2 * lambda))^(1/3)``
-    with ``sigma = ||g~|| / sqrt(C)``: radial shrink ``lr * lambda * ||w||^2 / sigma``
-    per step against Pythagorean growth ``lr^2 * C`` of ``||w||^2``.
+  .. math::
+    \lVert w^* \rVert_{\mathrm{SGD}} = \Big(\frac{\eta\, \mathbb{E}\lVert \tilde g \rVert^2}{2\lambda (1 - a)}\Big)^{1/4}, \quad
+    \lVert w^* \rVert_{\mathrm{AdamW}} = \sqrt{\frac{\eta C}{2\lambda}}, \quad
+    \lVert w^* \rVert_{\mathrm{Adam+L2}} = \Big(\frac{\eta C \sigma}{2\lambda}\Big)^{1/3}
+
+  ``grad_norm = sqrt(E||g~||^2)`` is the gradient norm at unit weight norm
+  and ``sigma = ||g~|| / sqrt(C)``. Adam + L2: radial shrink
+  ``lr * lambda * ||w||^2 / sigma`` per step against Pythagorean growth
+  ``lr^2 * C`` of ``||w||^2``.
+
+  Args:
+    optimizer: ``'sgd'`` (as ``optax.sgd``; ``'momentum'`` is an alias),
+      ``'adamw'`` or ``'adam_l2'``.
+    learning_rate: ``eta`` > 0.
+    weight_decay: ``lambda`` > 0.
+    fan_in: ``C``, inputs per unit.
+    grad_norm: gradient norm at unit weight norm (not needed for ``'adamw'``).
+    momentum: ``a`` in [0, 1) (SGD).
+    b1: Adam's first-moment decay in [0, 1).
 
   Returns:
     The per-unit norm ``||w*||`` (a float).
@@ -101,7 +111,8 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
 
   References:
     Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419, Theorem 1;
-    Kosson et al. 2024, arXiv 2305.17212, eq. 7 (AdamW).
+    Kosson, Messmer & Jaggi, "Rotational Equilibrium", 2024, arXiv
+    2305.17212, eq. 7 (AdamW).
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
   check_positive('fan_in', fan_in)
@@ -120,13 +131,25 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
 
 def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
                                momentum=0.0, b1=0.9, fan_in=None, grad_norm=None):
-  """Expected per-step angle (radians) of each unit's weight at equilibrium.
+  r"""Expected per-step angle (radians) of each unit's weight at equilibrium.
 
-  * ``'sgd'`` / ``'momentum'``: ``sqrt(2 * lr * lambda / (1 + a))`` (Wan et al. 2021).
-  * ``'adamw'``: ``sqrt(2 * lr * lambda * (1 - b1) / (1 + b1))`` (Kosson et al. 2024).
-  * ``'adam_l2'``: step RMS ``lr * sqrt(C (1 - b1) / (1 + b1))`` over the
-    equilibrium norm, so it needs ``fan_in`` and ``grad_norm``; it scales as
-    ``(lr^2 * lambda)^(1/3)``.
+  .. math::
+    \Delta\theta^*_{\mathrm{SGD}} = \sqrt{\frac{2\eta\lambda}{1 + a}}, \qquad
+    \Delta\theta^*_{\mathrm{AdamW}} = \sqrt{2\eta\lambda\,\frac{1 - \beta_1}{1 + \beta_1}}, \qquad
+    \Delta\theta^*_{\mathrm{Adam+L2}} = \frac{\eta \sqrt{C (1 - \beta_1)/(1 + \beta_1)}}{\lVert w^* \rVert}
+
+  ``'momentum'`` is an alias of ``'sgd'``. The Adam + L2 angle needs
+  ``fan_in`` and ``grad_norm`` (through the equilibrium norm); it scales as
+  ``(lr^2 * lambda)^(1/3)``.
+
+  Args:
+    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'`` or ``'adam_l2'``.
+    learning_rate: ``eta`` > 0.
+    weight_decay: ``lambda`` > 0.
+    momentum: ``a`` in [0, 1) (SGD).
+    b1: Adam's first-moment decay in [0, 1).
+    fan_in: ``C``, inputs per unit (``'adam_l2'``).
+    grad_norm: per-unit gradient norm at unit weight norm (``'adam_l2'``).
 
   Returns:
     The expected angle per step, radians (a float).
@@ -139,7 +162,8 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
     0.00324
 
   References:
-    Wan et al. 2021, arXiv 2006.08419, Theorem 1; Kosson et al. 2024, arXiv
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
+    Theorem 1; Kosson, Messmer & Jaggi, "Rotational Equilibrium", 2024, arXiv
     2305.17212, Table 1.
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
@@ -163,11 +187,18 @@ def _check_common(optimizer, learning_rate, weight_decay, momentum, b1):
 
 
 def gamma_decay_strength(batch_size: int, activation: str) -> float:
-  """Luo et al. (2019): BN's implicit regularization of its scale gamma.
+  r"""Luo et al. (2019): BN's implicit regularization of its scale gamma.
 
-  BN with batch size M behaves like population normalization plus an
-  explicit penalty ``zeta * gamma^2`` with ``zeta = 1/(2M)`` for a linear
-  (identity) unit and ``1/(4M)`` for ReLU (their Figure 1).
+  .. math::
+    \mathcal{L}_{\mathrm{BN}} \approx \mathcal{L}_{\mathrm{PN}} + \zeta\gamma^2, \qquad
+    \zeta = \frac{1}{2M}\ (\text{linear}), \quad \frac{1}{4M}\ (\text{ReLU})
+
+  BN with batch size ``M`` behaves like population normalization plus an
+  explicit penalty on gamma (their Figure 1).
+
+  Args:
+    batch_size: ``M``, a positive int.
+    activation: ``'linear'`` or ``'relu'``.
 
   Returns:
     zeta, a float.

@@ -44,11 +44,33 @@ from bnjax import config as config_lib
 from bnjax.config import Config
 from bnjax.workdir import write_json_atomic
 
+__all__ = [
+    'NonFiniteLossError',
+    'build_model',
+    'build_optimizer',
+    'init_state',
+    'load_data',
+    'load_params',
+    'train',
+]
+
 tqdm = _extras.require('tqdm').tqdm
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Raised when the training loss or the updated state stops being finite."""
+  """Raised when the training loss or the updated state stops being finite.
+
+  Nothing non-finite is checkpointed; ``summary.json`` records
+  ``status: "diverged"`` and a rerun answers the same without retraining.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> issubclass(trainer.NonFiniteLossError, FloatingPointError)
+    True
+
+  References:
+    IEEE 754-2019 (non-finite values).
+  """
 
 
 # ------------------------------------------------------------ components
@@ -61,7 +83,28 @@ def _cached_image_dataset(name: str, data_dir: Optional[str]) -> dict:
 
 
 def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
-  """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``."""
+  """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``.
+
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+    data_dir: tfds data dir for image datasets (default ``$BNJAX_DATA_DIR``).
+
+  Returns:
+    A dict of two :class:`bnjax.data.Arrays`.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> len(trainer.load_data(config)['train'])
+    32
+
+  References:
+    Luo et al. 2019, arXiv 1809.00846, section 3 (teacher-student data);
+    Xiao et al. 2017, arXiv 1708.07747 (Fashion-MNIST).
+  """
   if config.dataset == 'teacher_student':
     splits = data.teacher_student(config.num_train, config.num_test, config.input_dim,
                                   activation=config.activation,
@@ -73,7 +116,27 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
 
 
 def build_model(config: Config, *, host: bool = False):
-  """The configured model; ``host=True``: without the pmap axis (init, evaluation)."""
+  """The configured model; ``host=True``: without the pmap axis (init, evaluation).
+
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+    host: build without the ``pmap`` axis name.
+
+  Returns:
+    An unbound flax.linen module (:func:`bnjax.models.build`).
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> type(trainer.build_model(config)).__name__
+    'Perceptron'
+
+  References:
+    See :func:`bnjax.models.build`.
+  """
   pmapped = config.parallel == 'pmap' and not host
   return models.build(config.model, config.norm, axis_name=executors.AXIS_NAME if pmapped else None,
                       virtual_batch_size=config.virtual_batch_size,
@@ -81,15 +144,39 @@ def build_model(config: Config, *, host: bool = False):
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
-  """bnjax's sgd (with ``momentum``)/adam with the configured regularizer; tracking on
-  every kernel.
+  r"""bnjax's sgd (with ``momentum``) or adam with the configured regularizer, tracked.
+
+  .. math::
+    \text{tx} = \text{chain}(\text{gamma decay}?,\ \text{opt}(\eta, \lambda),\
+    \text{projection}?,\ \text{track\_dynamics})
 
   L2 and decoupled decay act on every kernel (``kernel_mask``); the
   projection (``regularizer='projection'``, or ``projection=True`` after any
   regularizer) on the scale-invariant kernels only
-  (:func:`masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
+  (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
   Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
   normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
+  Dynamics are tracked on every kernel.
+
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> tx = trainer.build_optimizer(config)
+    >>> callable(tx.update)
+    True
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, eq. 6-9; Luo et al. 2019, arXiv
+    1809.00846, section 2 (gamma decay).
   """
   if config.regularizer == 'projection':
     mask = masks.scale_invariant_kernels
@@ -112,6 +199,33 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
 
 
 def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
+  """The initial :class:`bnjax.executors.TrainState` of ``config``'s seed.
+
+  Args:
+    config: the run's :class:`bnjax.config.Config` (its ``seed``).
+    model: from :func:`build_model` with ``host=True``.
+    tx: from :func:`build_optimizer`.
+    sample_x: a batch of inputs (its shape sets the parameters').
+
+  Returns:
+    A :class:`bnjax.executors.TrainState` at step 0.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> import jax.numpy as jnp
+    >>> model, tx = trainer.build_model(config, host=True), trainer.build_optimizer(config)
+    >>> state = trainer.init_state(config, model, tx, jnp.ones((8, 4)))
+    >>> int(state.step), state.params['dense']['kernel'].shape
+    (0, (4, 1))
+
+  References:
+    He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv 1502.01852
+    (flax's default kernel initialization scale).
+  """
   variables = model.init(jax.random.key(config.seed), sample_x, train=True)
   params = variables['params']
   return executors.TrainState(step=jnp.zeros([], jnp.int32), params=params,
@@ -159,15 +273,40 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   config (:class:`bnjax.workdir.ConfigMismatchError`), the data and the
   model. Then the workdir is locked (:class:`bnjax.workdir.WorkdirLockedError`
   when another process holds it) and the run resumes from its newest intact
-  checkpoint.
+  checkpoint. A finished workdir answers with its summary without training.
 
-  Raises :class:`NonFiniteLossError` when the loss or the updated state
-  stops being finite; nothing non-finite is checkpointed, and
-  ``summary.json`` records ``status: "diverged"``.
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+    workdir: the run's folder (config.json, metrics.jsonl, checkpoints/,
+      summary.json).
+    data_dir: tfds data dir for image datasets.
+    progress: show a tqdm progress bar.
+    stop_after: end the call after that many total steps, as an interruption
+      would (no extra log line or checkpoint, no summary); the next call
+      resumes from the last checkpoint.
 
-  ``stop_after`` ends the call after that many total steps, as an
-  interruption would (no extra log line or checkpoint, no summary); the next
-  call resumes from the last checkpoint.
+  Returns:
+    The summary dict (also ``summary.json``); ``None`` when ``stop_after``
+    ended the call.
+
+  Raises:
+    NonFiniteLossError: the loss or the updated state stopped being finite;
+      nothing non-finite is checkpointed and ``summary.json`` records
+      ``status: "diverged"``.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> import tempfile
+    >>> summary = trainer.train(config, tempfile.mkdtemp(), progress=False)
+    >>> summary['status'], summary['steps']
+    ('finished', 4)
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, section 5 (the training setup).
   """
   config.validate(jax.device_count())
   workdir = pathlib.Path(workdir)
@@ -296,5 +435,27 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
 
 
 def load_params(workdir) -> Any:
-  """The params of the latest checkpoint in ``workdir`` (as nested dicts)."""
+  """The params of the latest checkpoint in ``workdir`` (as nested dicts).
+
+  Args:
+    workdir: a run's folder.
+
+  Returns:
+    The params pytree.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _ = trainer.train(config, d, progress=False)
+    >>> trainer.load_params(d)['dense']['kernel'].shape
+    (4, 1)
+
+  References:
+    orbax-checkpoint, https://orbax.readthedocs.io.
+  """
   return workdirs.Checkpoints(workdir).latest_params()

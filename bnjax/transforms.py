@@ -67,7 +67,26 @@ def _at(rate, count):
 
 
 class ScheduledScaleState(NamedTuple):
-  """Step count of a scheduled ``u + rate(count) * w``."""
+  r"""State of a scheduled weight-decay term: the step count the schedule reads.
+
+  .. math::
+    u_t \leftarrow u_t \pm \eta(t)\, w_t
+
+  Attributes:
+    count: number of updates so far (int32 scalar).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> tx = transforms.decoupled_weight_decay(optax.constant_schedule(0.1))
+    >>> state = tx.init({'w': jnp.ones(2)})
+    >>> int(optax.tree_utils.tree_get(state, 'count'))
+    0
+
+  References:
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+    arXiv 1711.05101, Algorithm 2 line 12 (schedule multiplier).
+  """
   count: jax.Array
 
 
@@ -169,7 +188,27 @@ def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
 
 
 class UnitNormProjectionState(NamedTuple):
-  """Per-unit target norms (``radius='init'``) or ``None`` (a fixed radius)."""
+  r"""State of :func:`unit_norm_projection`: the per-unit target radii.
+
+  .. math::
+    w_j \leftarrow r_j \, \frac{w_j}{\lVert w_j \rVert}
+
+  Attributes:
+    radius: a pytree of per-unit norms ``r_j`` taken at init
+      (``radius='init'``) or ``None`` (a fixed radius).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks, transforms
+    >>> tx = transforms.unit_norm_projection(masks.kernel_mask, radius='init')
+    >>> state = tx.init({'kernel': jnp.array([[3.0], [4.0]])})
+    >>> [float(v) for v in state.inner_state.radius['kernel'].ravel()]
+    [5.0]
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 4.
+  """
   radius: Any
 
 
@@ -254,14 +293,33 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
 
 
 class LeafDynamics(NamedTuple):
-  """One step of one weight leaf, each a mean over its units.
+  r"""One step of one weight leaf, each field a mean over its units.
 
-  weight_norm: per-unit norm of the weight before the step.
-  update_norm: per-unit norm of the update.
-  angular_update: per-unit angle (radians) between the weight before and after.
-  effective_lr: per-unit effective learning rate at the weight before the
-    step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
-    are left out of the mean.
+  .. math::
+    \Delta\theta_j = \angle(w_j, w_j + u_j), \qquad
+    \eta_{\mathrm{eff}, j} = \eta / \lVert w_j \rVert^2 \ (\text{SGD}),\ \eta / \lVert w_j \rVert \ (\text{Adam})
+
+  Attributes:
+    weight_norm: per-unit norm of the weight before the step.
+    update_norm: per-unit norm of the update.
+    angular_update: per-unit angle (radians) between the weight before and after.
+    effective_lr: per-unit effective learning rate at the weight before the
+      step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
+      are left out of the mean.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> tx = optax.chain(optax.sgd(0.5), transforms.track_dynamics(0.5, 'sgd'))
+    >>> params = {'kernel': jnp.array([[1.0], [0.0]])}
+    >>> _, state = tx.update({'kernel': jnp.array([[0.0], [-2.0]])}, tx.init(params), params)
+    >>> leaf = state[1].metrics['kernel']
+    >>> round(float(leaf.angular_update), 4), float(leaf.effective_lr)  # pi / 4, 0.5 / 1
+    (0.7854, 0.5)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 9 (effective learning rate).
   """
   weight_norm: jax.Array
   update_norm: jax.Array
@@ -270,10 +328,26 @@ class LeafDynamics(NamedTuple):
 
 
 class TrackDynamicsState(NamedTuple):
-  """State of :func:`bnjax.transforms.track_dynamics`.
+  r"""State of :func:`bnjax.transforms.track_dynamics`.
 
-  ``metrics`` has the structure of the params: a :class:`LeafDynamics` for
-  each tracked leaf, ``None`` for the others.
+  .. math::
+    \text{metrics}_t = \mathrm{LeafDynamics}(w_t, u_t)
+
+  Attributes:
+    count: number of updates so far.
+    metrics: a pytree with the structure of the params: a :class:`LeafDynamics`
+      for each tracked leaf, ``None`` for the others.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import transforms
+    >>> state = transforms.track_dynamics(0.1, 'sgd').init({'kernel': jnp.ones((2, 2))})
+    >>> int(state.count), type(state.metrics['kernel']).__name__
+    (0, 'LeafDynamics')
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 3.
   """
   count: jax.Array
   metrics: Any
@@ -399,14 +473,28 @@ def _regularized(base: optax.GradientTransformation, learning_rate, *, regulariz
 def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: bool = False,
         regularizer: str = 'none', weight_decay: ScalarOrSchedule = 0.0,
         mask: Mask = None, track: bool = True) -> optax.GradientTransformation:
-  """SGD (with optional momentum) with a regularizer for scale-invariant weights.
+  r"""SGD (with optional momentum) with a regularizer for scale-invariant weights.
 
-  ``regularizer``: ``'none'``; ``'l2'`` (coupled, before the optimizer);
-  ``'decoupled'`` (``lr * weight_decay * w`` subtracted after it); or
-  ``'projection'`` (per-unit unit-norm projection last). ``mask`` says which
-  leaves are regularized and tracked (``None``: every leaf, as in
-  ``optax.adamw``; ``bnjax.masks.kernel_mask`` for kernels only; required
-  for ``'projection'``); ``track`` appends :func:`track_dynamics`.
+  .. math::
+    g_t = \nabla L(w_t) + \lambda w_t \ (\text{l2}), \quad
+    v_t = a\, v_{t-1} + g_t, \quad
+    w_{t+1} = w_t - \eta\, v_t - \eta\lambda w_t \ (\text{decoupled})
+
+  With ``'projection'`` each masked unit is then put back on the unit sphere.
+
+  Args:
+    learning_rate: ``lr``, a float or an optax schedule.
+    momentum: heavy-ball momentum ``a`` in [0, 1) (``optax.sgd``'s meaning).
+    nesterov: Nesterov momentum.
+    regularizer: ``'none'``; ``'l2'`` (coupled, before the optimizer);
+      ``'decoupled'`` (``lr * weight_decay * w`` subtracted after it); or
+      ``'projection'`` (per-unit unit-norm projection last).
+    weight_decay: ``lambda``, a float or an optax schedule; 0 for ``'none'``
+      and ``'projection'``.
+    mask: which leaves are regularized and tracked, as ``optax.masked``
+      (``None``: every leaf, as in ``optax.adamw``; ``bnjax.masks.kernel_mask``
+      for kernels only); required for ``'projection'``.
+    track: append :func:`track_dynamics` (read it with :func:`bnjax.dynamics.read`).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -425,8 +513,10 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
     ['kernel/angular_update', 'kernel/effective_lr']
 
   References:
-    van Laarhoven 2017, arXiv 1706.05350; Loshchilov & Hutter 2019, arXiv
-    1711.05101 (decoupled).
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 6-9; Loshchilov & Hutter,
+    "Decoupled Weight Decay Regularization", ICLR 2019, arXiv 1711.05101,
+    Algorithm 1 (decoupled).
   """
   check_positive('learning_rate', learning_rate)
   momentum = 0.0 if momentum is None else momentum  # optax.sgd's "no momentum"
@@ -441,11 +531,22 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
          eps: float = 1e-8, *, regularizer: str = 'none',
          weight_decay: ScalarOrSchedule = 0.0, mask: Mask = None, track: bool = True
          ) -> optax.GradientTransformation:
-  """Adam with a regularizer; ``regularizer='decoupled'`` is AdamW.
+  r"""Adam with a regularizer; ``regularizer='decoupled'`` is AdamW.
+
+  .. math::
+    g_t = \nabla L(w_t) + \lambda w_t \ (\text{l2}), \quad
+    w_{t+1} = w_t - \eta\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+              - \eta\lambda w_t \ (\text{decoupled})
 
   ``'l2'`` is "Adam + L2" (the penalty's gradient goes through Adam's
   normalization); ``'decoupled'`` equals ``optax.adamw(lr, b1, b2, eps,
-  weight_decay)`` on the masked leaves. Other arguments as :func:`sgd`.
+  weight_decay)`` on the masked leaves.
+
+  Args:
+    learning_rate: ``lr``, a float or an optax schedule.
+    b1, b2: decay rates of the first and second moment estimates.
+    eps: added to the root of the second moment.
+    regularizer, weight_decay, mask, track: as :func:`sgd`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -463,8 +564,9 @@ def adam(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
     True
 
   References:
-    Kingma & Ba 2015 (Adam); Loshchilov & Hutter 2019, arXiv 1711.05101
-    (AdamW, Algorithm 2).
+    Kingma & Ba, "Adam", ICLR 2015, arXiv 1412.6980, Algorithm 1; Loshchilov
+    & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, arXiv
+    1711.05101, Algorithm 2.
   """
   check_positive('learning_rate', learning_rate)
   check_unit_interval('b1', b1, include_one=False)

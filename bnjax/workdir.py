@@ -38,6 +38,16 @@ import numpy as np
 
 from bnjax import _extras
 
+__all__ = [
+    'Checkpoints',
+    'ConfigMismatchError',
+    'MetricsLog',
+    'WorkdirLockedError',
+    'locked',
+    'read_metrics',
+    'write_json_atomic',
+]
+
 ocp = _extras.require('orbax.checkpoint')
 logging = _extras.require('absl.logging')
 
@@ -51,11 +61,43 @@ DAMAGED = 'checkpoints_damaged'
 
 
 class ConfigMismatchError(ValueError):
-  """The workdir holds a run of another configuration."""
+  """The workdir holds a run of another configuration.
+
+  Raised before any work; the message names each differing field, old and
+  new value.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax import workdir
+    >>> d = tempfile.mkdtemp()
+    >>> workdir.write_json_atomic(f'{d}/config.json', {'seed': 0})
+    >>> workdir.check_config(d, {'seed': 1})
+    Traceback (most recent call last):
+    ...
+    bnjax.workdir.ConfigMismatchError: ... (seed: was 0, now 1)....
+
+  References:
+    POSIX ``rename(2)`` (the record is written atomically, so it is whole).
+  """
 
 
 class WorkdirLockedError(RuntimeError):
-  """Another live process holds the workdir's lock."""
+  """Another live process holds the workdir's lock.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax import workdir
+    >>> d = tempfile.mkdtemp()
+    >>> with workdir.locked(d):
+    ...   with workdir.locked(d):
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    bnjax.workdir.WorkdirLockedError: ...
+
+  References:
+    POSIX ``flock(2)``: the kernel releases the lock when its holder dies.
+  """
 
 
 # ------------------------------------------------------------ strict JSON
@@ -80,7 +122,29 @@ def dumps(obj, **kwargs) -> str:
 
 
 def write_json_atomic(path, obj) -> None:
-  """Writes strict JSON to a temp file in the same folder, then renames it over ``path``."""
+  """Writes strict JSON to a temp file in the same folder, then renames it over ``path``.
+
+  Non-finite numbers become ``null``; a reader sees the old or the new file,
+  never a torn one.
+
+  Args:
+    path: the destination file.
+    obj: a JSON-serializable object (numpy scalars and arrays allowed).
+
+  Returns:
+    None.
+
+  Example:
+    >>> import json, tempfile
+    >>> from bnjax import workdir
+    >>> path = tempfile.mkdtemp() + '/summary.json'
+    >>> workdir.write_json_atomic(path, {'loss': float('nan'), 'step': 3})
+    >>> json.load(open(path))
+    {'loss': None, 'step': 3}
+
+  References:
+    RFC 8259 (JSON has no NaN or Infinity); POSIX ``rename(2)`` (atomic).
+  """
   path = pathlib.Path(path)
   tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
   try:
@@ -141,7 +205,25 @@ def locked(workdir, enabled: bool = True):
   """Holds the workdir's exclusive lock for the ``with`` block.
 
   Raises :class:`WorkdirLockedError` naming the holder's pid when another
-  process (or another open of it in this process) holds it.
+  process (or another open of it in this process) holds it. A lock left by
+  a killed process is free: the kernel drops it with the process.
+
+  Args:
+    workdir: the run's folder (created if missing).
+    enabled: ``False`` makes it a no-op (non-main processes of a multi-host
+      run).
+
+  Returns:
+    A context manager.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax import workdir
+    >>> with workdir.locked(tempfile.mkdtemp()):
+    ...   pass
+
+  References:
+    POSIX ``flock(2)``.
   """
   if not enabled:
     yield
@@ -185,7 +267,32 @@ def _valid_lines(path: pathlib.Path, last_step: int) -> list:
 
 
 class MetricsLog:
-  """``metrics.jsonl`` of a run resumed at ``last_step`` (0: a fresh start)."""
+  """``metrics.jsonl`` of a run resumed at ``last_step`` (0: a fresh start).
+
+  On opening, the file is rewritten (atomically) to its valid lines of steps
+  ``<= last_step``, each step once: a torn last line or lines logged after
+  the restored checkpoint are dropped, so the resumed run redoes them once.
+
+  Args:
+    workdir: the run's folder.
+    last_step: the step of the restored checkpoint (0: none).
+    enabled: ``False`` writes nothing (non-main processes).
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax import workdir
+    >>> d = tempfile.mkdtemp()
+    >>> log = workdir.MetricsLog(d, last_step=0)
+    >>> for step in (4, 8):
+    ...   log.write({'step': step})
+    >>> log.close()
+    >>> workdir.MetricsLog(d, last_step=4).close()  # resumed from step 4
+    >>> workdir.read_metrics(d)
+    [{'step': 4}]
+
+  References:
+    JSON Lines, https://jsonlines.org.
+  """
 
   def __init__(self, workdir, last_step: int, enabled: bool = True):
     self.path = pathlib.Path(workdir) / METRICS
@@ -211,7 +318,26 @@ class MetricsLog:
 
 
 def read_metrics(workdir) -> list:
-  """Every line of ``metrics.jsonl`` as a dict (for reports of finished runs)."""
+  """Every line of ``metrics.jsonl`` as a dict (for reports of finished runs).
+
+  Args:
+    workdir: the run's folder.
+
+  Returns:
+    A list of dicts, one per logged window, in step order.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax import workdir
+    >>> d = tempfile.mkdtemp()
+    >>> log = workdir.MetricsLog(d, last_step=0)
+    >>> log.write({'step': 4, 'loss': 0.5}); log.close()
+    >>> workdir.read_metrics(d)
+    [{'step': 4, 'loss': 0.5}]
+
+  References:
+    JSON Lines, https://jsonlines.org.
+  """
   path = pathlib.Path(workdir) / METRICS
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -220,7 +346,29 @@ def read_metrics(workdir) -> list:
 
 
 class Checkpoints:
-  """orbax checkpoints of a workdir with fallback past damaged ones."""
+  """orbax checkpoints of a workdir with fallback past damaged ones.
+
+  A checkpoint that fails to restore is moved to ``checkpoints_damaged/``
+  (kept, with one warning naming its step) and the next newest is tried.
+
+  Args:
+    workdir: the run's folder (``checkpoints/`` inside it).
+    max_to_keep: how many checkpoints to keep.
+
+  Example:
+    >>> import tempfile
+    >>> import jax.numpy as jnp
+    >>> from bnjax import workdir
+    >>> ckpt = workdir.Checkpoints(tempfile.mkdtemp())
+    >>> ckpt.save(8, {'params': {'w': jnp.ones(2)}})
+    >>> state, step = ckpt.restore_latest({'params': {'w': jnp.zeros(2)}})
+    >>> step, [float(v) for v in state['params']['w']]
+    (8, [1.0, 1.0])
+
+  References:
+    orbax-checkpoint ``CheckpointManager``,
+    https://orbax.readthedocs.io/en/latest/guides/checkpoint/.
+  """
 
   def __init__(self, workdir, max_to_keep: int = 2):
     self.workdir = pathlib.Path(workdir)

@@ -40,3 +40,17 @@ def metrics(workdir) -> list:
   steps = [l['step'] for l in lines]
   assert steps == sorted(set(steps)), f'duplicate or unordered steps: {steps}'
   return [{k: v for k, v in l.items() if k not in TIMING} for l in lines]
+
+
+def dtype_context(dtype):
+  """A context in which arrays of ``dtype`` exist: 64-bit types need x64 enabled
+  (``jax.enable_x64`` from jax 0.7 on, ``jax.experimental.enable_x64`` before)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if np.dtype(dtype).itemsize < 8:
+    return contextlib.nullcontext()
+  if hasattr(jax, 'enable_x64'):
+    return jax.enable_x64(True)
+  from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
+  return enable_x64()

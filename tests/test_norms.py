@@ -8,6 +8,7 @@ import numpy as np
 from absl.testing import parameterized
 
 from bnjax import norms
+from _helpers import dtype_context
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -274,3 +275,66 @@ class FoldBatchNormTest(chex.TestCase):
     ref, _ = norms.batch_norm(x @ kernel + bias, stats=stats, training=False)
     k2, b2 = norms.fold_batch_norm(kernel, bias, None, None, stats)
     chex.assert_trees_all_close(x @ k2 + b2, ref, **TOL)
+
+
+def _ref_standardize(x, red, eps):
+  return (x - x.mean(red, keepdims=True)) / np.sqrt(x.var(red, keepdims=True) + eps)
+
+
+def _ghost_ref(x, eps):
+  return np.concatenate([_ref_standardize(g, (0, 1), eps) for g in np.split(x, 2)])
+
+
+def _group_ref(x, eps):
+  g = x.reshape(x.shape[:-1] + (2, x.shape[-1] // 2))
+  return _ref_standardize(g, (1, 3), eps).reshape(x.shape)
+
+
+# name -> (bnjax call on (x, stats), float64 NumPy formula on (x, stats)); x is (4, 3, 8).
+_DTYPE_SWEEP = {
+    'batch': (lambda x, s: norms.batch_norm(x, stats=s, training=True)[0],
+              lambda x, s: _ref_standardize(x, (0, 1), 1e-5)),
+    'batch_inference': (lambda x, s: norms.batch_norm(x, stats=s, training=False)[0],
+                        lambda x, s: (x - s.mean) / np.sqrt(s.var + 1e-5)),
+    'population': (lambda x, s: norms.population_norm(x, stats=s, training=True)[0],
+                   lambda x, s: (x - s.mean) / np.sqrt(s.var + 1e-5)),
+    'mean_only': (lambda x, s: norms.mean_only_batch_norm(x, training=True)[0],
+                  lambda x, s: x - x.mean((0, 1))),
+    'variance_only': (lambda x, s: norms.variance_only_batch_norm(x, training=True)[0],
+                      lambda x, s: x / np.sqrt(x.var((0, 1)) + 1e-5)),
+    'ghost': (lambda x, s: norms.ghost_batch_norm(x, training=True,
+                                                  virtual_batch_size=2)[0],
+              lambda x, s: _ghost_ref(x, 1e-5)),
+    'layer': (lambda x, s: norms.layer_norm(x), lambda x, s: _ref_standardize(x, -1, 1e-6)),
+    'group': (lambda x, s: norms.group_norm(x, num_groups=2),
+              lambda x, s: _group_ref(x, 1e-6)),
+    'instance': (lambda x, s: norms.instance_norm(x),
+                 lambda x, s: _ref_standardize(x, 1, 1e-6)),
+    'weight_norm': (lambda x, s: norms.weight_norm(x[0]),
+                    lambda x, s: x[0] / np.linalg.norm(x[0], axis=0)),
+    'weight_standardize': (lambda x, s: norms.weight_standardize(x[0]),
+                           lambda x, s: _ref_standardize(x[0], 0, 1e-5)),
+}
+
+
+class DtypeSweepTest(chex.TestCase):
+  """Every norm in float32, bfloat16 and float64 (x64 enabled), with and without
+  jit, against its formula computed in float64 on the same (rounded) inputs."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(name=tuple(_DTYPE_SWEEP),
+                         dtype=(jnp.float32, jnp.bfloat16, jnp.float64))
+  def test_norm_against_float64_formula(self, name, dtype):
+    fn, ref = _DTYPE_SWEEP[name]
+    rng = np.random.default_rng(0)
+    with dtype_context(dtype):
+      x = jnp.asarray(2.0 * rng.standard_normal((4, 3, 8)) + 1.0, dtype)
+      stats_dtype = jnp.promote_types(dtype, jnp.float32)  # running stats as stored
+      stats = norms.BatchStats(jnp.asarray(rng.standard_normal(8), stats_dtype),
+                               jnp.asarray(rng.uniform(0.5, 2.0, 8), stats_dtype))
+      y = self.variant(fn)(x, stats)
+      self.assertEqual(y.dtype, dtype)
+      want = ref(np.asarray(x, np.float64), norms.BatchStats(
+          *(np.asarray(a, np.float64) for a in stats)))
+      tol = {jnp.float64: 1e-10, jnp.float32: 2e-5, jnp.bfloat16: 4e-2}[dtype]
+      chex.assert_trees_all_close(np.asarray(y, np.float64), want, atol=tol, rtol=tol)

@@ -10,6 +10,7 @@ import pytest
 from absl.testing import parameterized
 
 from bnjax import dynamics, layers, masks, transforms
+from _helpers import dtype_context
 
 STEPS = 25
 
@@ -268,13 +269,17 @@ def test_params_required(tx):
 
 
 class VariantsAndDtypesTest(chex.TestCase):
-  """Each transform under jit and without, in float32 and bfloat16, against the
-  hand formula computed in float64."""
+  """Each transform under jit and without, in float32, bfloat16 and float64 (x64
+  enabled), against the hand formula computed in float64."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16),
+  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16, jnp.float64),
                          kind=('l2', 'decoupled', 'projection'))
   def test_against_hand_formula(self, dtype, kind):
+    with dtype_context(dtype):
+      self._check_against_hand_formula(dtype, kind)
+
+  def _check_against_hand_formula(self, dtype, kind):
     w = jnp.array([[3.0, 0.5], [4.0, -1.0], [0.0, 2.0]], dtype)
     u = jnp.array([[0.1, -0.2], [0.3, 0.1], [-0.1, 0.2]], dtype)
     tx = {'l2': lambda: transforms.l2_regularization(0.1),
@@ -291,16 +296,20 @@ class VariantsAndDtypesTest(chex.TestCase):
       new = w64 + u64
       want = 2.0 * new / np.linalg.norm(new, axis=0) - w64
     self.assertEqual(out.dtype, dtype)
-    tol = 1e-6 if dtype == jnp.float32 else 3e-2
+    tol = {jnp.float64: 1e-12, jnp.float32: 1e-6, jnp.bfloat16: 3e-2}[dtype]
     chex.assert_trees_all_close(np.asarray(out, np.float64), want, atol=tol, rtol=tol)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16))
-  def test_tracking_is_float32_for_any_dtype(self, dtype):
+  @parameterized.product(dtype=(jnp.float32, jnp.bfloat16, jnp.float64))
+  def test_tracking_is_at_least_float32_for_any_dtype(self, dtype):
+    with dtype_context(dtype):
+      self._check_tracking(dtype)
+
+  def _check_tracking(self, dtype):
     w = jnp.array([[2.0], [0.0]], dtype)
     tx = transforms.track_dynamics(0.1, 'sgd')
     _, state = self.variant(tx.update)(jnp.array([[0.0], [-0.1]], dtype), tx.init(w), w)
     got = dynamics.read(state)
-    self.assertEqual(got['weight_norm'].dtype, jnp.float32)
+    self.assertEqual(got['weight_norm'].dtype, jnp.promote_types(dtype, jnp.float32))
     np.testing.assert_allclose(float(got['angular_update']), np.arctan2(0.1, 2.0),
                                rtol=1e-2 if dtype == jnp.bfloat16 else 1e-6)
