@@ -27,21 +27,20 @@ The steps and parallel modes are :mod:`bnjax.executors`'s, the metrics
 """
 
 import functools
-import math
 import pathlib
 import time
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from bnjax import _extras
-from bnjax import data, executors, masks, models, step_metrics, transforms
+from bnjax import data, executors, masks, models, transforms
 from bnjax import workdir as workdirs
 from bnjax import config as config_lib
 from bnjax.config import Config
+from bnjax.run_files import NonFiniteLossError, RunFiles
 from bnjax.workdir import write_json_atomic
 
 __all__ = [
@@ -55,22 +54,6 @@ __all__ = [
 ]
 
 tqdm = _extras.require('tqdm').tqdm
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Raised when the training loss or the updated state stops being finite.
-
-  Nothing non-finite is checkpointed; ``summary.json`` records
-  ``status: "diverged"`` and a rerun answers the same without retraining.
-
-  Example:
-    >>> from bnjax import trainer
-    >>> issubclass(trainer.NonFiniteLossError, FloatingPointError)
-    True
-
-  References:
-    IEEE 754-2019 (non-finite values).
-  """
 
 
 # ------------------------------------------------------------ components
@@ -236,21 +219,6 @@ def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
 # ------------------------------------------------------------- driver
 
 
-def _diverged(workdir, wanted, message, step, last_checkpoint, main_process):
-  """Records a diverged run (strict JSON) and raises :class:`NonFiniteLossError`."""
-  if main_process:
-    write_json_atomic(pathlib.Path(workdir) / workdirs.SUMMARY, {
-        'status': 'diverged', 'error': message, 'steps': step,
-        'last_checkpoint': last_checkpoint, 'test_loss': None, 'test_accuracy': None,
-        'config': wanted})
-  raise NonFiniteLossError(message)
-
-
-def _last_good(step) -> str:
-  return ('There is no checkpoint yet.' if step is None
-          else f'The last good checkpoint is step {step}.')
-
-
 def _answered(workdir: pathlib.Path, wanted: dict) -> Optional[dict]:
   """The summary of a done run of ``wanted`` in ``workdir`` (None when not done).
 
@@ -350,28 +318,12 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
 def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batches,
          test_batches, *, progress, stop_after, main_process) -> dict:
   """The training loop of a locked workdir: resume, steps, logging, checkpoints."""
-  checkpoints = workdirs.Checkpoints(workdir)
-  progress_path = workdir / workdirs.PROGRESS
-  restored, last_checkpoint = checkpoints.restore_latest(state)
-  elapsed = 0.0
-  if restored is not None:
-    state = restored
-    elapsed = (workdirs.read_json(progress_path) or {}).get(str(last_checkpoint), 0.0)
-  log = workdirs.MetricsLog(workdir, last_checkpoint or 0, enabled=main_process)
-  step = int(state.step)
+  files = RunFiles(config, workdir, wanted, main_process)
+  state = executor.put_state(files.resume(state))
+  step = int(executor.get_state(state).step)
   steps_per_epoch = train_batches.steps_per_epoch
   total = steps_per_epoch * config.num_epochs
   end = total if stop_after is None else min(total, stop_after)
-  state = executor.put_state(state)
-
-  def save(step):
-    nonlocal last_checkpoint
-    checkpoints.save(step, executor.get_state(state))
-    last_checkpoint = step
-    if main_process:
-      write_json_atomic(progress_path, {str(step): elapsed + time.perf_counter() - start})
-
-  start = time.perf_counter()
   window, window_start = [], time.perf_counter()
   bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
              unit='step', dynamic_ncols=True)
@@ -387,51 +339,24 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
         if step % config.log_every == 0 or step == total:
           host = jax.device_get([m for _, m in window])
           current = jax.device_get(executor.get_state(state))
-          # Before anything is written: every loss of the window and the whole
-          # updated state must be finite, or the run ends as diverged.
-          for (s, _), m in zip(window, host):
-            if not math.isfinite(float(m['loss'])):
-              _diverged(workdir, wanted, f'the training loss became {float(m["loss"])} '
-                        f'at step {s}; stopped without saving it. '
-                        f'{_last_good(last_checkpoint)}', s, last_checkpoint, main_process)
-          bad = step_metrics.nonfinite_leaves(step_metrics.trained_state(current))
-          if bad:
-            _diverged(workdir, wanted, f'the state became non-finite by step {step} '
-                      f'(in {", ".join(bad[:3])}); stopped without saving it. '
-                      f'{_last_good(last_checkpoint)}', step, last_checkpoint, main_process)
-          seconds = time.perf_counter() - window_start
-          line = {'step': step, 'epoch': epoch,
-                  'learning_rate': config.learning_rate,
-                  'images_per_s': len(window) * config.batch_size / seconds,
-                  'time_s': elapsed + time.perf_counter() - start}
-          for key in host[0]:
-            line[key] = float(np.mean([m[key] for m in host]))
-          line.update(step_metrics.layer_metrics(current.opt_state))
-          line.update(step_metrics.gain_metrics(current.params))
+          files.check_window([s for s, _ in window], host, current, step)
+          test = None
           if config.eval_every and step % config.eval_every == 0:
-            line.update(executors.evaluate(eval_step, current, splits['test'], test_batches))
-          log.write(line)
+            test = executors.evaluate(eval_step, current, splits['test'], test_batches)
+          line = files.write_line(step, epoch, host, current,
+                                  time.perf_counter() - window_start, test)
           bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
           window, window_start = [], time.perf_counter()
         if step % config.checkpoint_every == 0 or step == total:
-          save(step)
+          files.save(step, executor.get_state(state))
   finally:
     bar.close()
-    log.close()
+    files.close()
   if step < total:
     return {}
-
-  final = executor.get_state(state)
-  result = executors.evaluate(eval_step, jax.device_get(final), splits['test'], test_batches)
-  if not all(math.isfinite(v) for v in result.values()):
-    _diverged(workdir, wanted, f'the trained model\'s test metrics are not finite '
-              f'({result}) after {step} steps.', step, last_checkpoint, main_process)
-  summary = dict(result, status='finished', steps=step,
-                 wall_time_s=elapsed + time.perf_counter() - start,
-                 fan_in=step_metrics.fan_ins(final.params), config=wanted)
-  if main_process:
-    write_json_atomic(workdir / workdirs.SUMMARY, summary)
-  return summary
+  final = jax.device_get(executor.get_state(state))
+  return files.finish(step, final, executors.evaluate(eval_step, final, splits['test'],
+                                                      test_batches))
 
 
 def load_params(workdir) -> Any:

@@ -1,0 +1,154 @@
+"""One run's files while it trains: resume point, metric lines, divergence, checkpoints, summary.
+
+:class:`RunFiles` is what a training loop writes through, whichever loop it
+is (one run in :mod:`bnjax.trainer`, one member of a vectorized group in
+:mod:`bnjax.vectorized`), so every run's workdir holds the same files in the
+same format. Before a metrics line or checkpoint is written, every loss of
+the window and the whole carried state must be finite; otherwise the run
+ends as diverged (``summary.json`` with ``status: "diverged"``) and
+:class:`NonFiniteLossError` is raised.
+"""
+
+import math
+import pathlib
+import time
+from typing import Optional
+
+import numpy as np
+
+from bnjax import step_metrics
+from bnjax import workdir as workdirs
+from bnjax.config import Config
+from bnjax.workdir import write_json_atomic
+
+__all__ = ['NonFiniteLossError', 'RunFiles']
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss or the updated state stops being finite.
+
+  Nothing non-finite is checkpointed; ``summary.json`` records
+  ``status: "diverged"`` and a rerun answers the same without retraining.
+
+  Example:
+    >>> from bnjax import trainer
+    >>> issubclass(trainer.NonFiniteLossError, FloatingPointError)
+    True
+
+  References:
+    IEEE 754-2019 (non-finite values).
+  """
+
+
+class RunFiles:
+  """The files of one run in a locked workdir, written as it trains.
+
+  Args:
+    config: the run's config.
+    workdir: its folder (locked by the caller).
+    wanted: its config record (:func:`bnjax.config.record`).
+    main_process: whether this process writes (the first of a multi-host run).
+
+  Example:
+    >>> import tempfile
+    >>> import jax.numpy as jnp
+    >>> from bnjax import config, run_files
+    >>> c = config.Config()
+    >>> files = run_files.RunFiles(c, tempfile.mkdtemp(), config.record(c))
+    >>> state = files.resume({'params': {'w': jnp.ones(2)}})
+    >>> files.last_checkpoint is None
+    True
+    >>> files.save(4, state); files.close()
+    >>> files.last_checkpoint
+    4
+
+  References:
+    orbax-checkpoint (the checkpoints); JSON Lines (the metrics file).
+  """
+
+  def __init__(self, config: Config, workdir, wanted: dict, main_process: bool = True):
+    self.config, self.wanted, self.main_process = config, wanted, main_process
+    self.workdir = pathlib.Path(workdir)
+    self.checkpoints = workdirs.Checkpoints(self.workdir)
+    self.last_checkpoint: Optional[int] = None
+    self.elapsed = 0.0
+    self.log = None
+    self.start = time.perf_counter()
+
+  def resume(self, template):
+    """The newest intact checkpoint's state (``template`` when there is none)."""
+    restored, self.last_checkpoint = self.checkpoints.restore_latest(template)
+    state = template
+    if restored is not None:
+      state = restored
+      progress = workdirs.read_json(self.workdir / workdirs.PROGRESS) or {}
+      self.elapsed = progress.get(str(self.last_checkpoint), 0.0)
+    self.log = workdirs.MetricsLog(self.workdir, self.last_checkpoint or 0,
+                                   enabled=self.main_process)
+    self.start = time.perf_counter()
+    return state
+
+  def seconds(self) -> float:
+    """Training time of the run so far, over all its resumptions."""
+    return self.elapsed + time.perf_counter() - self.start
+
+  def diverged(self, message: str, step: int):
+    """Records the run as diverged (strict JSON) and raises :class:`NonFiniteLossError`."""
+    good = ('There is no checkpoint yet.' if self.last_checkpoint is None
+            else f'The last good checkpoint is step {self.last_checkpoint}.')
+    message = f'{message} {good}'
+    if self.main_process:
+      write_json_atomic(self.workdir / workdirs.SUMMARY, {
+          'status': 'diverged', 'error': message, 'steps': step,
+          'last_checkpoint': self.last_checkpoint, 'test_loss': None,
+          'test_accuracy': None, 'config': self.wanted})
+    raise NonFiniteLossError(message)
+
+  def check_window(self, steps, host_metrics, current, step: int) -> None:
+    """Every loss of the window and the whole carried state must be finite."""
+    for s, m in zip(steps, host_metrics):
+      if not math.isfinite(float(m['loss'])):
+        self.diverged(f'the training loss became {float(m["loss"])} at step {s}; '
+                      'stopped without saving it.', s)
+    bad = step_metrics.nonfinite_leaves(step_metrics.trained_state(current))
+    if bad:
+      self.diverged(f'the state became non-finite by step {step} (in '
+                    f'{", ".join(bad[:3])}); stopped without saving it.', step)
+
+  def write_line(self, step: int, epoch: int, host_metrics, current, window_seconds: float,
+                 test_metrics: Optional[dict] = None) -> dict:
+    """Writes the metrics line of the window ending at ``step``; returns it."""
+    line = {'step': step, 'epoch': epoch, 'learning_rate': self.config.learning_rate,
+            'images_per_s': len(host_metrics) * self.config.batch_size / window_seconds,
+            'time_s': self.seconds()}
+    for key in host_metrics[0]:
+      line[key] = float(np.mean([m[key] for m in host_metrics]))
+    line.update(step_metrics.layer_metrics(current.opt_state))
+    line.update(step_metrics.gain_metrics(current.params))
+    line.update(test_metrics or {})
+    if self.log is not None:
+      self.log.write(line)
+    return line
+
+  def save(self, step: int, host_state) -> None:
+    """Checkpoints ``host_state`` at ``step`` and records the time trained so far."""
+    self.checkpoints.save(step, host_state)
+    self.last_checkpoint = step
+    if self.main_process:
+      write_json_atomic(self.workdir / workdirs.PROGRESS, {str(step): self.seconds()})
+
+  def finish(self, step: int, final, test_metrics: dict) -> dict:
+    """Writes ``summary.json`` of the finished run (diverged when the test metrics
+    are not finite); returns it."""
+    if not all(math.isfinite(v) for v in test_metrics.values()):
+      self.diverged(f'the trained model\'s test metrics are not finite ({test_metrics}) '
+                    f'after {step} steps.', step)
+    summary = dict(test_metrics, status='finished', steps=step, wall_time_s=self.seconds(),
+                   fan_in=step_metrics.fan_ins(final.params), config=self.wanted)
+    if self.main_process:
+      write_json_atomic(self.workdir / workdirs.SUMMARY, summary)
+    return summary
+
+  def close(self) -> None:
+    if self.log is not None:
+      self.log.close()

@@ -1,0 +1,207 @@
+"""Many training runs at once: worker processes on CPU, vectorized groups on accelerators.
+
+:func:`train_many` takes configs and workdirs and returns their summaries in
+order. Every member is an ordinary run: its workdir gets the files a single
+run writes (``config.json``, ``metrics.jsonl``, ``checkpoints/``,
+``summary.json``), resumes from its own checkpoints, is checked against its
+stored config and locked while it trains, and a member that diverges is
+recorded as diverged without stopping the others.
+
+How the members are trained:
+
+* **Workers** (the default on CPU): a pool of ``workers`` processes (default:
+  one per available core), each with XLA limited to one thread. On a CPU one
+  XLA program does not use every core well (small convolutions, serial
+  steps), so independent single-threaded runs side by side give more runs
+  per second.
+* **Vectorized groups** (the default on GPU/TPU; ``vectorize=True`` forces
+  it): members that differ only in learning rate, momentum, weight decay,
+  gamma decay and seed are trained in one jitted program, ``jax.vmap``-ed over
+  those values (:mod:`bnjax.vectorized`).
+* One config, or ``workers=1``: one after another in the calling process.
+"""
+
+import concurrent.futures
+import multiprocessing
+import os
+import pathlib
+import time
+from typing import List, Optional, Sequence
+
+from bnjax import _extras
+from bnjax import config as config_lib
+from bnjax import trainer
+from bnjax import workdir as workdirs
+from bnjax.config import Config
+
+logging = _extras.require('absl.logging')
+
+__all__ = ['train_many', 'default_workers', 'SINGLE_THREAD_XLA_FLAGS']
+
+# XLA's CPU backend with one compute thread (Eigen's pool off, one intra-op thread).
+SINGLE_THREAD_XLA_FLAGS = ('--xla_cpu_multi_thread_eigen=false '
+                           'intra_op_parallelism_threads=1')
+
+
+def default_workers() -> int:
+  """The cores this process may run on (its CPU affinity), at least 1."""
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # no sched_getaffinity (macOS)
+    return max(1, os.cpu_count() or 1)
+
+
+def _check_members(configs, workdirs_) -> List[pathlib.Path]:
+  """Refuses bad lists before any work; returns the workdirs as paths."""
+  if isinstance(configs, Config) or not isinstance(configs, Sequence):
+    raise TypeError(f'configs must be a list of Config, got {type(configs).__name__}.')
+  if isinstance(workdirs_, (str, os.PathLike)) or not isinstance(workdirs_, Sequence):
+    raise TypeError(f'workdirs must be a list of folders, got {type(workdirs_).__name__}.')
+  if len(configs) != len(workdirs_):
+    raise ValueError(f'configs and workdirs differ in length: {len(configs)} configs, '
+                     f'{len(workdirs_)} workdirs.')
+  if not configs:
+    raise ValueError('configs is empty: nothing to train.')
+  for i, c in enumerate(configs):
+    if not isinstance(c, Config):
+      raise TypeError(f'configs[{i}] must be a Config, got {type(c).__name__}.')
+  paths = [pathlib.Path(w) for w in workdirs_]
+  seen = {}
+  for i, p in enumerate(paths):
+    key = os.path.abspath(p)
+    if key in seen:
+      raise ValueError(f'workdirs[{seen[key]}] and workdirs[{i}] are the same folder '
+                       f'{p}: every member needs its own workdir.')
+    seen[key] = i
+  for i, (c, p) in enumerate(zip(configs, paths)):
+    try:
+      c.validate()
+      workdirs.check_config(p, config_lib.record(c), Config.NON_RESULT_FIELDS)
+    except (TypeError, ValueError) as e:
+      raise type(e)(f'member {i} ({p}): {e}') from e
+  return paths
+
+
+def _check_count(name: str, value) -> Optional[int]:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f'{name} must be a positive int or None, got {value!r}.')
+  return value
+
+
+def train_member(config: Config, workdir, data_dir: Optional[str] = None,
+                 progress: bool = False) -> dict:
+  """One member: :func:`bnjax.trainer.train`, a divergence answered by its summary."""
+  try:
+    return trainer.train(config, workdir, data_dir=data_dir, progress=progress)
+  except trainer.NonFiniteLossError:
+    return workdirs.read_json(pathlib.Path(workdir) / workdirs.SUMMARY)
+
+
+def _init_worker(xla_flags: str) -> None:
+  """Runs first in each worker process, before any XLA backend starts."""
+  os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {xla_flags}'.strip()
+
+
+def _log_done(i: int, n: int, workdir, summary: Optional[dict], seconds: float) -> None:
+  status = (summary or {}).get('status', 'finished')
+  logging.warning('[%d/%d] %s %s (%.0f s)', i, n, workdir, status, seconds)
+
+
+def _train_in_workers(configs, paths, data_dir, workers: int) -> list:
+  """Every member in a spawned process pool; other members finish before an error
+  of one is raised (naming its workdir)."""
+  pool = concurrent.futures.ProcessPoolExecutor(
+      max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
+      initializer=_init_worker, initargs=(SINGLE_THREAD_XLA_FLAGS,))
+  start = time.perf_counter()
+  summaries, errors = [None] * len(configs), []
+  with pool:
+    futures = {pool.submit(train_member, c, str(p), data_dir): i
+               for i, (c, p) in enumerate(zip(configs, paths))}
+    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+      i = futures[future]
+      try:
+        summaries[i] = future.result()
+      except Exception as e:  # reported after the other members are done
+        errors.append((i, e))
+        logging.warning('[%d/%d] %s failed: %s', done, len(configs), paths[i], e)
+        continue
+      _log_done(done, len(configs), paths[i], summaries[i], time.perf_counter() - start)
+  if errors:
+    i, e = min(errors, key=lambda ie: ie[0])
+    more = f' ({len(errors) - 1} more member(s) failed too)' if len(errors) > 1 else ''
+    raise type(e)(f'member {i} ({paths[i]}): {e}{more}') from e
+  return summaries
+
+
+def train_many(configs: Sequence[Config], workdirs: Sequence, *,
+               data_dir: Optional[str] = None, workers: Optional[int] = None,
+               vectorize: Optional[bool] = None, progress: bool = False,
+               max_group: Optional[int] = None) -> List[dict]:
+  """Trains every config in its workdir; returns their summaries in order.
+
+  Each member behaves as :func:`bnjax.trainer.train` on its own: a finished
+  workdir answers with its summary, an unfinished one resumes, a workdir
+  holding another config is refused, and a member that diverges returns its
+  ``status: "diverged"`` summary while the others go on. Everything that can
+  be refused (list shapes, types, duplicate workdirs, invalid configs, a
+  workdir holding another config) is refused before any member starts.
+
+  Args:
+    configs: the members' :class:`bnjax.config.Config`.
+    workdirs: one folder per member (distinct).
+    data_dir: tfds data dir for image datasets.
+    workers: worker processes (default: one per core on CPU, 1 elsewhere);
+      ``1`` trains the members one after another in this process.
+    vectorize: train members that differ only in hyperparameters and seed as
+      one vmapped program (default: on for GPU/TPU, off for CPU).
+    progress: progress bars (members trained in this process only).
+    max_group: the most members in one vectorized program (a memory cap;
+      default: all of a group).
+
+  Returns:
+    A list of summary dicts, ``summaries[i]`` for ``configs[i]``.
+
+  Example:
+    >>> import dataclasses, tempfile
+    >>> from bnjax import sweep
+    >>> from bnjax.config import Config
+    >>> base = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...               num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...               checkpoint_every=4)
+    >>> configs = [dataclasses.replace(base, learning_rate=lr) for lr in (0.01, 0.1)]
+    >>> root = tempfile.mkdtemp()
+    >>> summaries = sweep.train_many(configs, [f'{root}/a', f'{root}/b'], workers=1)
+    >>> [s['config']['learning_rate'] for s in summaries]
+    [0.01, 0.1]
+
+  References:
+    Bergstra & Bengio, "Random Search for Hyper-Parameter Optimization",
+    JMLR 2012 (independent trials of a grid or random search).
+  """
+  paths = _check_members(configs, workdirs)
+  workers = _check_count('workers', workers)
+  max_group = _check_count('max_group', max_group)
+  if vectorize is not None and not isinstance(vectorize, bool):
+    raise TypeError(f'vectorize must be True, False or None, got {vectorize!r}.')
+  import jax  # pylint: disable=g-import-not-at-top
+  on_cpu = jax.default_backend() == 'cpu'
+  if vectorize is None:
+    vectorize = not on_cpu and len(configs) > 1
+  if vectorize:
+    from bnjax import vectorized  # pylint: disable=g-import-not-at-top
+    return vectorized.train_groups(list(configs), paths, data_dir=data_dir,
+                                   max_group=max_group, progress=progress)
+  if workers is None:
+    workers = default_workers() if on_cpu else 1
+  workers = min(workers, len(configs))
+  if workers > 1:
+    return _train_in_workers(list(configs), paths, data_dir, workers)
+  summaries = []
+  start = time.perf_counter()
+  for i, (c, p) in enumerate(zip(configs, paths)):
+    summaries.append(train_member(c, p, data_dir, progress))
+    _log_done(i + 1, len(configs), p, summaries[-1], time.perf_counter() - start)
+  return summaries
