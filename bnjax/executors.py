@@ -222,7 +222,12 @@ def evaluate(eval_step, state: TrainState, split: data.Arrays, batches: data.Bat
     out = eval_step(state.params, state.batch_stats, batch['x'], batch['y'])
     for k, v in jax.device_get(out).items():
       totals[k] = totals.get(k, 0.0) + float(v)
-  n = len(split)
+  return eval_metrics(totals, len(split))
+
+
+def eval_metrics(totals: dict, n: int) -> dict:
+  """``test_loss`` (and ``test_accuracy``) from :func:`make_eval_step`'s sums over ``n``
+  examples."""
   result = {'test_loss': totals['loss'] / n}
   if 'correct' in totals:
     result['test_accuracy'] = totals['correct'] / n

@@ -58,6 +58,9 @@ tqdm = _extras.require('tqdm').tqdm
 
 # ------------------------------------------------------------ components
 
+# The config fields build_optimizer takes as values (see its ``hyper``).
+HYPERPARAMETERS = ('learning_rate', 'momentum', 'weight_decay', 'gamma_decay')
+
 
 @functools.lru_cache(maxsize=2)
 def _cached_image_dataset(name: str, data_dir: Optional[str]) -> dict:
@@ -126,7 +129,8 @@ def build_model(config: Config, *, host: bool = False):
                       activation=config.activation, width=config.width)
 
 
-def build_optimizer(config: Config) -> optax.GradientTransformation:
+def build_optimizer(config: Config, hyper: Optional[dict] = None
+                    ) -> optax.GradientTransformation:
   r"""bnjax's sgd (with ``momentum``) or adam with the configured regularizer, tracked.
 
   .. math::
@@ -143,6 +147,10 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
 
   Args:
     config: the run's :class:`bnjax.config.Config`.
+    hyper: values (arrays, possibly traced) that replace the config's
+      ``learning_rate``, ``momentum``, ``weight_decay`` and ``gamma_decay``;
+      the config still decides which transforms are chained (e.g. whether
+      ``gamma_decay`` is on). :mod:`bnjax.vectorized` vmaps over them.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -161,23 +169,25 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
     van Laarhoven 2017, arXiv 1706.05350, eq. 6-9; Luo et al. 2019, arXiv
     1809.00846, section 2 (gamma decay).
   """
+  h = {k: getattr(config, k) for k in HYPERPARAMETERS}
+  h.update(hyper or {})
   if config.regularizer == 'projection':
     mask = masks.scale_invariant_kernels
   else:
     mask = masks.kernel_mask
-  common = dict(regularizer=config.regularizer, weight_decay=config.weight_decay,
+  common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
                 mask=mask, track=False)
   if config.optimizer == 'adam':
-    base, kind = transforms.adam(config.learning_rate, **common), 'adam'
+    base, kind = transforms.adam(h['learning_rate'], **common), 'adam'
   else:
-    base, kind = transforms.sgd(config.learning_rate, config.momentum, **common), 'sgd'
+    base, kind = transforms.sgd(h['learning_rate'], h['momentum'], **common), 'sgd'
   parts = [base]
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
-    parts.insert(0, transforms.l2_regularization(2 * config.gamma_decay, masks.gain_mask))
+    parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
   if config.projection and config.regularizer != 'projection':
     parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
-  parts.append(transforms.track_dynamics(config.learning_rate, kind, masks.kernel_mask))
+  parts.append(transforms.track_dynamics(h['learning_rate'], kind, masks.kernel_mask))
   return optax.chain(*parts)
 
 

@@ -522,7 +522,9 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
   momentum = 0.0 if momentum is None else momentum  # optax.sgd's "no momentum"
   check_unit_interval('momentum', momentum, include_one=False)
   check_bool('nesterov', nesterov)
-  base = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+  no_momentum = concrete_float(momentum, 'momentum') == 0.0  # traced: vmapped momenta
+  base = optax.sgd(learning_rate, momentum=None if no_momentum else momentum,
+                   nesterov=nesterov)
   return _regularized(base, learning_rate, regularizer=regularizer,
                       weight_decay=weight_decay, mask=mask, track=track, kind='sgd')
 

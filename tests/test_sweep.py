@@ -1,0 +1,227 @@
+"""bnjax.sweep.train_many: worker processes and vectorized groups against one-by-one runs."""
+
+import dataclasses
+import gzip
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from _helpers import TIMING, TS
+from bnjax import sweep, trainer, vectorized
+from bnjax import workdir as workdirs
+from bnjax.config import Config
+
+# Short runs (24 steps, a line every 4, a checkpoint every 8, a test evaluation every 8).
+BASE = dataclasses.replace(TS, num_train=192, num_test=64, input_dim=8, num_epochs=4,
+                           batch_size=32, eval_every=8)
+
+# Every optimizer and regularizer, projection and gamma decay; members of a row differ
+# only in what a vectorized group vmaps over (learning rate, momentum, decay, seed).
+FAMILIES = {
+    'sgd_l2': [dict(optimizer='sgd', momentum=0.0, learning_rate=0.1, weight_decay=1e-2),
+               dict(optimizer='sgd', momentum=0.0, learning_rate=0.02, weight_decay=1e-3,
+                    seed=1)],
+    'momentum_decoupled': [
+        dict(optimizer='sgd', momentum=0.9, regularizer='decoupled', weight_decay=1e-2),
+        dict(optimizer='sgd', momentum=0.5, regularizer='decoupled', weight_decay=0.1,
+             learning_rate=0.01, seed=2)],
+    'adam_l2_gamma': [
+        dict(optimizer='adam', learning_rate=1e-2, weight_decay=1e-3, gamma_decay=1e-2),
+        dict(optimizer='adam', learning_rate=3e-3, weight_decay=1e-2, gamma_decay=0.1,
+             seed=3)],
+    'adam_none_projection': [
+        dict(optimizer='adam', learning_rate=1e-2, regularizer='none', weight_decay=0.0,
+             projection=True),
+        dict(optimizer='adam', learning_rate=1e-3, regularizer='none', weight_decay=0.0,
+             projection=True, seed=1)],
+    'sgd_projection': [
+        dict(regularizer='projection', weight_decay=0.0, learning_rate=0.1),
+        dict(regularizer='projection', weight_decay=0.0, learning_rate=0.3, momentum=0.5,
+             seed=4)],
+}
+
+
+def _configs(family):
+  return [dataclasses.replace(BASE, **fields) for fields in FAMILIES[family]]
+
+
+def _assert_same_runs(reference, other):
+  """Final params to 1e-4 relative (of each leaf's largest entry), every logged
+  metric to 1e-3, the same files."""
+  reference, other = pathlib.Path(reference), pathlib.Path(other)
+  a, b = trainer.load_params(reference), trainer.load_params(other)
+  flat_a = dict(_flat(a))
+  for path, leaf in _flat(b):
+    scale = max(float(np.max(np.abs(flat_a[path]))), 1e-12)
+    err = float(np.max(np.abs(np.asarray(leaf) - flat_a[path]))) / scale
+    assert err <= 1e-4, (other, path, err)
+  lines_a, lines_b = workdirs.read_metrics(reference), workdirs.read_metrics(other)
+  assert [l['step'] for l in lines_a] == [l['step'] for l in lines_b]
+  for la, lb in zip(lines_a, lines_b):
+    assert sorted(la) == sorted(lb)
+    for key, va in la.items():
+      if key in TIMING:
+        continue
+      np.testing.assert_allclose(lb[key], va, rtol=1e-3, atol=1e-7, err_msg=f'{other} {key}')
+  sa, sb = (json.loads((d / workdirs.SUMMARY).read_text()) for d in (reference, other))
+  for key in ('status', 'steps', 'config', 'fan_in'):
+    assert sa[key] == sb[key]
+  np.testing.assert_allclose(sb['test_loss'], sa['test_loss'], rtol=1e-3)
+  assert sorted(p.name for p in reference.iterdir()) == sorted(p.name for p in other.iterdir())
+
+
+def _flat(tree, prefix=''):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat(v, f'{prefix}{k}/')
+    else:
+      yield f'{prefix}{k}', np.asarray(v)
+
+
+@pytest.fixture(scope='module')
+def one_by_one(tmp_path_factory):
+  """Every family's members trained one after another in this process."""
+  root = tmp_path_factory.mktemp('one_by_one')
+  dirs = {}
+  for family in FAMILIES:
+    dirs[family] = [root / f'{family}_{i}' for i in range(len(FAMILIES[family]))]
+    sweep.train_many(_configs(family), dirs[family], workers=1)
+  return dirs
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_vectorized_group_equals_one_by_one(family, one_by_one, tmp_path):
+  configs = _configs(family)
+  assert len({vectorized.group_key(c) for c in configs}) == 1  # one vmapped program
+  dirs = [tmp_path / f'm{i}' for i in range(len(configs))]
+  summaries = sweep.train_many(configs, dirs, vectorize=True)
+  for reference, d, s in zip(one_by_one[family], dirs, summaries):
+    assert s == json.loads((d / workdirs.SUMMARY).read_text())
+    _assert_same_runs(reference, d)
+
+
+def test_workers_equal_one_by_one(one_by_one, tmp_path):
+  configs = _configs('sgd_l2') + _configs('adam_l2_gamma')
+  reference = one_by_one['sgd_l2'] + one_by_one['adam_l2_gamma']
+  dirs = [tmp_path / f'w{i}' for i in range(len(configs))]
+  summaries = sweep.train_many(configs, dirs, workers=2)
+  assert [s['config']['seed'] for s in summaries] == [c.seed for c in configs]
+  for ref, d in zip(reference, dirs):
+    _assert_same_runs(ref, d)
+
+
+def _fake_fashion_mnist(folder, n_train=96, n_test=40):
+  rng = np.random.default_rng(0)
+  def idx(name, dims, payload):
+    header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
+    with gzip.open(folder / name, 'wb') as f:
+      f.write(header + payload.astype(np.uint8).tobytes())
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 256, (n, 28, 28)) // 2 + 12 * labels[:, None, None]
+    idx(f'{split}-images-idx3-ubyte.gz', (n, 28, 28), images)
+    idx(f'{split}-labels-idx1-ubyte.gz', (n,), labels)
+
+
+def test_vectorized_convnet_equals_one_by_one(tmp_path, monkeypatch):
+  """The ConvNet (vmapped convolutions and batch norm) on an image dataset.
+
+  The vmapped convolution is another XLA program (a grouped convolution), so it
+  rounds differently; over a few steps the runs agree to rounding. Over longer
+  runs on these coarse synthetic images, with 4 host devices, a member drifted
+  to 3e-4 in loss after 6 steps, the same for any partner member, so the check
+  that members do not leak into each other is that a member's run is bitwise the
+  same whatever the other members of its group are.
+  """
+  source = tmp_path / 'idx'
+  source.mkdir()
+  _fake_fashion_mnist(source)
+  monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(source))
+  base = Config(model='convnet', width=4, batch_size=16, num_epochs=1, log_every=1,
+                checkpoint_every=3, eval_every=3, eval_batch_size=16, train_subset=48)
+  member = dataclasses.replace(base, learning_rate=0.1, weight_decay=1e-3, seed=1)
+  partners = [base, dataclasses.replace(base, learning_rate=0.5, momentum=0.5, seed=7)]
+  data_dir = str(tmp_path / 'tfds')
+  sweep.train_many([member, partners[0]], [tmp_path / 'ref', tmp_path / 'ref_p'],
+                   data_dir=data_dir, workers=1)
+  for k, partner in enumerate(partners):
+    sweep.train_many([member, partner], [tmp_path / f'vec{k}', tmp_path / f'p{k}'],
+                     data_dir=data_dir, vectorize=True)
+  _assert_same_runs(tmp_path / 'ref', tmp_path / 'vec0')
+  _assert_same_runs(tmp_path / 'ref_p', tmp_path / 'p0')
+  lines = [workdirs.read_metrics(tmp_path / f'vec{k}') for k in range(2)]
+  for a, b in zip(*lines):
+    assert {k: v for k, v in a.items() if k not in TIMING} == {
+        k: v for k, v in b.items() if k not in TIMING}
+
+
+def test_diverging_member_is_recorded_and_the_others_finish(tmp_path):
+  good = dataclasses.replace(BASE, optimizer='sgd', learning_rate=0.05)
+  configs = [good, dataclasses.replace(good, learning_rate=1e38, seed=1),
+             dataclasses.replace(good, seed=2)]
+  for tag, how in (('vec', dict(vectorize=True)), ('workers', dict(workers=2))):
+    dirs = [tmp_path / f'{tag}{i}' for i in range(3)]
+    summaries = sweep.train_many(configs, dirs, **how)
+    assert [s['status'] for s in summaries] == ['finished', 'diverged', 'finished'], tag
+    assert summaries[1] == json.loads((dirs[1] / workdirs.SUMMARY).read_text())
+    assert 'stopped without saving it' in summaries[1]['error']
+    assert summaries[1]['last_checkpoint'] is None
+    assert not (dirs[1] / 'checkpoints').exists() or not any(
+        (dirs[1] / 'checkpoints').iterdir())
+
+
+def test_vectorized_member_resumes_from_its_own_checkpoint(one_by_one, tmp_path):
+  configs = _configs('sgd_l2')
+  dirs = [tmp_path / 'a', tmp_path / 'b']
+  # Member 1 was interrupted after step 8 (its checkpoint); member 0 never started.
+  assert trainer.train(configs[1], dirs[1], progress=False, stop_after=10) == {}
+  sweep.train_many(configs, dirs, vectorize=True)
+  for reference, d in zip(one_by_one['sgd_l2'], dirs):
+    _assert_same_runs(reference, d)
+
+
+def test_finished_members_answer_without_training(one_by_one):
+  configs = _configs('sgd_l2')
+  before = [(d / workdirs.SUMMARY).stat().st_mtime_ns for d in one_by_one['sgd_l2']]
+  for how in (dict(vectorize=True), dict(workers=1)):
+    summaries = sweep.train_many(configs, one_by_one['sgd_l2'], **how)
+    assert all(s['status'] == 'finished' for s in summaries)
+  assert before == [(d / workdirs.SUMMARY).stat().st_mtime_ns for d in one_by_one['sgd_l2']]
+
+
+@pytest.mark.parametrize('args, kwargs, error, match', [
+    ((BASE, ['a']), {}, TypeError, 'configs must be a list of Config'),
+    (([BASE], 'a'), {}, TypeError, 'workdirs must be a list'),
+    (([BASE, BASE], ['a']), {}, ValueError, 'differ in length: 2 configs, 1 workdirs'),
+    (([], []), {}, ValueError, 'configs is empty'),
+    (([BASE, 'x'], ['a', 'b']), {}, TypeError, r'configs\[1\] must be a Config'),
+    (([BASE, BASE], ['a', 'b/../a']), {}, ValueError, 'same folder'),
+    (([dataclasses.replace(BASE, learning_rate=-1.0)], ['a']), {}, ValueError,
+     'member 0 .*--learning_rate: must be > 0'),
+    (([BASE], ['a']), dict(workers=0), ValueError, 'workers must be a positive int'),
+    (([BASE], ['a']), dict(max_group=True), ValueError, 'max_group must be a positive int'),
+    (([BASE], ['a']), dict(vectorize='yes'), TypeError, 'vectorize must be True, False'),
+    (([dataclasses.replace(BASE, parallel='pmap')], ['a']), dict(vectorize=True),
+     ValueError, "parallel must be 'none'"),
+])
+def test_refusals_before_any_file(tmp_path, monkeypatch, args, kwargs, error, match):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(error, match=match):
+    sweep.train_many(*args, **kwargs)
+  assert not list(tmp_path.iterdir())
+
+
+def test_a_workdir_of_another_config_is_refused_before_training(one_by_one, tmp_path):
+  configs = [dataclasses.replace(BASE, seed=7), _configs('sgd_l2')[1]]
+  dirs = [tmp_path / 'fresh', one_by_one['sgd_l2'][0]]
+  for how in (dict(vectorize=True), dict(workers=2)):
+    with pytest.raises(workdirs.ConfigMismatchError, match='member 1 .*another config'):
+      sweep.train_many(configs, dirs, **how)
+    assert not (tmp_path / 'fresh').exists()
+
+
+def test_default_workers_follow_the_affinity():
+  assert sweep.default_workers() == len(os.sched_getaffinity(0))
