@@ -176,8 +176,8 @@ def decoupled_weight_decay(rate: ScalarOrSchedule, mask: Mask = None
     >>> tx = optax.chain(optax.adam(1e-3), transforms.decoupled_weight_decay(1e-4))
     >>> params = {'w': jnp.ones(3)}
     >>> updates, _ = tx.update({'w': jnp.zeros(3)}, tx.init(params), params)
-    >>> updates['w']
-    Array([-0.0001, -0.0001, -0.0001], dtype=float32)
+    >>> [round(float(u), 6) for u in updates['w']]  # -lambda * w
+    [-0.0001, -0.0001, -0.0001]
 
   References:
     Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
