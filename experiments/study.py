@@ -12,16 +12,17 @@ rerun), so a report never mixes old and new runs.
 import dataclasses
 import importlib
 import pathlib
+import re
 import shutil
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 from absl import app, flags, logging
 
 from bnjax import config as config_lib
-from bnjax import trainer
+from bnjax import sweep, trainer
 from bnjax.config import Config, PARALLEL
 from bnjax import workdir as workdirs
 
@@ -47,6 +48,17 @@ def define_flags(study: str):
   flags.DEFINE_boolean('rerun_stale', False,
                        'Move runs whose stored config differs from the preset\'s to '
                        '<workdir>/stale/ and rerun them (default: refuse, listing them).')
+  flags.DEFINE_integer('workers', None, 'Worker processes training runs side by side '
+                       '(default: one per core on CPU, 1 on GPU/TPU; 1: one after another '
+                       'in this process).', lower_bound=1)
+  flags.DEFINE_enum('vectorize', 'auto', ['auto', 'on', 'off'],
+                    'Train runs that differ only in learning rate, momentum, decay and '
+                    'seed as one vmapped program (auto: on for GPU/TPU, off for CPU).')
+  flags.DEFINE_string('shard', None, 'i/n: run the i-th of n deterministic parts of the '
+                      'sweep (0 <= i < n), e.g. one per task of a Slurm array job into a '
+                      'shared --workdir; then --report_only writes the report.')
+  flags.DEFINE_boolean('report_only', False, 'Train nothing: write the report from the '
+                       'runs already finished in --workdir, listing the missing ones.')
 
 
 def quiet_logging():
@@ -91,15 +103,35 @@ def stale_runs(workdir, configs: Dict[str, Config]) -> Dict[str, dict]:
   return stale
 
 
+def parse_shard(value: Optional[str]) -> Optional[Tuple[int, int]]:
+  """``'i/n'`` as ``(i, n)`` with ``0 <= i < n``; ValueError naming ``--shard`` otherwise."""
+  if value is None:
+    return None
+  match = re.fullmatch(r'(\d+)/(\d+)', value.strip())
+  if not match or not int(match[1]) < int(match[2]):
+    raise ValueError(f'--shard: expected i/n with 0 <= i < n (e.g. 0/4), got {value!r}')
+  return int(match[1]), int(match[2])
+
+
+def shard_of(names, shard: Optional[Tuple[int, int]]) -> list:
+  """The sorted run names of shard ``(i, n)``: every n-th, starting at the i-th."""
+  names = sorted(names)
+  return names if shard is None else names[shard[0]::shard[1]]
+
+
 def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
               *, data_dir: Optional[str] = None, progress: bool = False,
-              rerun_stale: bool = False) -> Dict[str, Run]:
+              rerun_stale: bool = False, workers: Optional[int] = None,
+              vectorize: Optional[bool] = None,
+              shard: Optional[Tuple[int, int]] = None) -> Dict[str, Run]:
   """Trains every configuration not yet finished; returns the finished ones as :class:`Run`.
 
   A run folder whose stored config differs from the requested one raises
   :class:`StaleRunsError` before any training, or with ``rerun_stale`` is
   moved to ``<workdir>/stale/<name>-<time>`` and rerun. A run that diverges
-  is recorded as diverged (its ``summary.json``) and the sweep goes on.
+  is recorded as diverged (its ``summary.json``) and the sweep goes on. The
+  runs go through :func:`bnjax.sweep.train_many` (``workers``, ``vectorize``);
+  ``shard=(i, n)`` trains only that part of the runs (:func:`shard_of`).
   """
   workdir = pathlib.Path(workdir)
   for config in configs.values():
@@ -126,13 +158,10 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
   meta = {'study': study, 'preset': preset, 'runs': sorted(configs),
           'configs': {name: config_lib.record(c) for name, c in configs.items()}}
   workdirs.write_json_atomic(meta_path, meta)
-  for i, (name, config) in enumerate(sorted(configs.items())):
-    done = (workdir / name / workdirs.SUMMARY).exists()
-    logging.warning('[%d/%d] %s%s', i + 1, len(configs), name, ' (done)' if done else '')
-    try:
-      trainer.train(config, workdir / name, data_dir=data_dir, progress=progress)
-    except trainer.NonFiniteLossError as e:
-      logging.warning('%s diverged: %s', name, e)
+  names = shard_of(configs, shard)
+  sweep.train_many([configs[n] for n in names], [workdir / n for n in names],
+                   data_dir=data_dir, workers=workers, vectorize=vectorize,
+                   progress=progress)
   return load_runs(workdir)
 
 
@@ -201,8 +230,15 @@ def pyplot():
 
 
 def finished_line(meta: dict, runs: dict) -> str:
-  """``Preset `quick`: 9 of 9 runs finished.``"""
-  return f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished.'
+  """``Preset `quick`: 9 of 9 runs finished.``, naming the missing runs if any."""
+  line = f'Preset `{meta["preset"]}`: {len(runs)} of {len(meta["runs"])} runs finished.'
+  missing = [name for name in meta['runs'] if name not in runs]
+  if missing:
+    shown = ', '.join(f'`{name}`' for name in missing[:20])
+    more = f' and {len(missing) - 20} more' if len(missing) > 20 else ''
+    line += (f' Missing (unfinished, diverged or not yet run): {shown}{more}; the '
+             'verdicts below use only the finished runs.')
+  return line
 
 
 def each_run(runs: dict, describe: Callable[[dict, dict], str]) -> str:
@@ -270,13 +306,34 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     quiet_logging()
     FLAGS = flags.FLAGS
+    try:
+      shard = parse_shard(FLAGS.shard)
+    except ValueError as e:
+      raise app.UsageError(str(e))
+    if FLAGS.report_only:
+      if shard is not None:
+        raise app.UsageError('--report_only: writes the whole study\'s report; drop --shard')
+      try:
+        meta, runs = load_study(FLAGS.workdir)
+      except FileNotFoundError as e:
+        raise app.UsageError(f'--workdir: {e}')
+      check_ready({}, FLAGS.data_dir)
+      print(f'{len(runs)} of {len(meta["runs"])} runs finished; report: '
+            f'{report(FLAGS.workdir)}')
+      return
     wanted = configs(FLAGS.preset, FLAGS.parallel)
     check_ready(wanted, FLAGS.data_dir)
+    vectorize = {'auto': None, 'on': True, 'off': False}[FLAGS.vectorize]
     try:
       runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                       progress=FLAGS.progress, rerun_stale=FLAGS.rerun_stale)
+                       progress=FLAGS.progress, rerun_stale=FLAGS.rerun_stale,
+                       workers=FLAGS.workers, vectorize=vectorize, shard=shard)
     except (StaleRunsError, workdirs.WorkdirLockedError) as e:
       raise app.UsageError(str(e))
+    if shard is not None and len(runs) < len(wanted):
+      print(f'shard {FLAGS.shard} done; {len(runs)} of {len(wanted)} runs of the study '
+            f'finished. When every shard is done: --report_only --workdir={FLAGS.workdir}')
+      return
     print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
   return main
 

@@ -5,6 +5,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -225,3 +226,49 @@ def test_a_workdir_of_another_config_is_refused_before_training(one_by_one, tmp_
 
 def test_default_workers_follow_the_affinity():
   assert sweep.default_workers() == len(os.sched_getaffinity(0))
+
+
+def test_shards_partition_the_runs():
+  from experiments import study
+  names = [f'run{k}' for k in range(11)]
+  parts = [study.shard_of(names, (i, 3)) for i in range(3)]
+  assert sorted(sum(parts, [])) == sorted(names)
+  assert sum(len(p) for p in parts) == len(names)
+  assert study.shard_of(names, None) == sorted(names)
+  for bad in ('3/3', '1', 'a/b', '-1/2', '1/0'):
+    with pytest.raises(ValueError, match='--shard: expected i/n'):
+      study.parse_shard(bad)
+
+
+def test_three_shard_processes_run_the_study_once(tmp_path):
+  """Three processes with --shard=i/3 into one workdir (as a Slurm array would), then
+  --report_only: every run finished, each by exactly one shard."""
+  import subprocess
+  import sys
+  from _helpers import ROOT
+  from experiments import study, teacher_student
+  workdir = tmp_path / 'study'
+  command = [sys.executable, '-m', 'experiments.teacher_student', '--preset=smoke',
+             f'--workdir={workdir}', '--workers=1']
+  procs = [subprocess.Popen(command + [f'--shard={i}/3'], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for i in range(3)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], outputs
+  wanted = sorted(teacher_student.configs('smoke'))
+  trained = [re.findall(r'\] (\S+) finished \(', err) for _, err in outputs]
+  assert sorted(pathlib.Path(t).name for part in trained for t in part) == wanted
+  assert all(part for part in trained)  # every shard had runs of its own
+  report = subprocess.run(command + ['--report_only'], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300)
+  assert report.returncode == 0, report.stderr
+  assert f'{len(wanted)} of {len(wanted)} runs finished' in report.stdout
+  assert len(study.load_runs(workdir)) == len(wanted)
+
+
+def test_report_only_lists_the_missing_runs(tmp_path):
+  from experiments import study
+  meta = {'study': 'x', 'preset': 'smoke', 'runs': ['a', 'b', 'c']}
+  line = study.finished_line(meta, {'b': None})
+  assert line.startswith('Preset `smoke`: 1 of 3 runs finished.')
+  assert 'Missing (unfinished, diverged or not yet run): `a`, `c`' in line
