@@ -253,11 +253,12 @@ def test_binary_exits_1_on_divergence(tmp_path):
 def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
   quick = dataclasses.replace(TS, num_epochs=1)
   configs = {'a': quick, 'b': dataclasses.replace(quick, seed=1)}
-  study.run_sweep('demo', 'smoke', configs, tmp_path)
+  study.run_sweep('demo', 'smoke', configs, tmp_path, workers=1)
   changed = {'a': quick, 'b': dataclasses.replace(quick, seed=1, learning_rate=0.1)}
   with pytest.raises(study.StaleRunsError, match=r'b: learning_rate 0\.05 -> 0\.1'):
-    study.run_sweep('demo', 'smoke', changed, tmp_path)
-  runs = study.run_sweep('demo', 'smoke', changed, tmp_path, rerun_stale=True)
+    study.run_sweep('demo', 'smoke', changed, tmp_path, workers=1)
+  runs = study.run_sweep('demo', 'smoke', changed, tmp_path, rerun_stale=True,
+                         workers=1)
   assert runs['b'].config['learning_rate'] == 0.1
   assert runs['a'].config == config.record(quick)
   assert len(list((tmp_path / 'stale').iterdir())) == 1  # the old run kept, not lost
@@ -265,7 +266,7 @@ def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
 
 def test_report_loader_leaves_out_runs_of_other_configs(tmp_path):
   quick = dataclasses.replace(TS, num_epochs=1)
-  study.run_sweep('demo', 'smoke', {'a': quick}, tmp_path)
+  study.run_sweep('demo', 'smoke', {'a': quick}, tmp_path, workers=1)
   meta = _strict((tmp_path / 'study.json').read_text())
   meta['configs']['a']['learning_rate'] = 0.5  # study.json asks for another config
   workdir.write_json_atomic(tmp_path / 'study.json', meta)

@@ -74,7 +74,7 @@ def test_train_binary_on_real_data(data_dir, tmp_path):
 def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
   from experiments import effective_lr, report, study
   runs = study.run_sweep('effective_lr', 'smoke', effective_lr.configs('smoke'), tmp_path,
-                         data_dir=data_dir)
+                         data_dir=data_dir, workers=1)
   assert len(runs) == len(effective_lr.configs('smoke'))
   text = effective_lr.report(tmp_path).read_text()
   assert text.count('**Verdict:') == 6
@@ -83,7 +83,7 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
   # A rerun skips every finished configuration, and the report regenerates.
   first = (tmp_path / 'sgd_none' / 'summary.json').read_text()
   study.run_sweep('effective_lr', 'smoke', effective_lr.configs('smoke'), tmp_path,
-                  data_dir=data_dir)
+                  data_dir=data_dir, workers=1)
   assert (tmp_path / 'sgd_none' / 'summary.json').read_text() == first
   (tmp_path / 'report.md').unlink()
   assert report.report(tmp_path).exists()
@@ -96,7 +96,8 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
 def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
   from experiments import study
   mod = __import__(f'experiments.{module}', fromlist=['configs'])
-  runs = study.run_sweep(module, 'smoke', mod.configs('smoke'), tmp_path, data_dir=data_dir)
+  runs = study.run_sweep(module, 'smoke', mod.configs('smoke'), tmp_path, data_dir=data_dir,
+                         workers=1)
   assert sorted(runs) == sorted(mod.configs('smoke'))
   text = mod.report(tmp_path).read_text()
   assert text.count('**Verdict:') == verdicts, text

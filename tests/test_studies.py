@@ -261,7 +261,8 @@ def test_teacher_student_report_when_the_claims_fail(tmp_path):
 
 def test_teacher_student_smoke_preset_end_to_end(tmp_path):
   from experiments import teacher_student as ts
-  runs = study.run_sweep('teacher_student', 'smoke', ts.configs('smoke'), tmp_path)
+  runs = study.run_sweep('teacher_student', 'smoke', ts.configs('smoke'), tmp_path,
+                         workers=1)
   assert len(runs) == len(ts.configs('smoke'))
   for run in runs.values():
     assert np.isfinite(run.summary['test_loss'])

@@ -142,17 +142,15 @@ def test_vectorized_convnet_equals_one_by_one(tmp_path, monkeypatch):
   _fake_fashion_mnist(source)
   monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(source))
   base = Config(model='convnet', width=4, batch_size=16, num_epochs=1, log_every=1,
-                checkpoint_every=3, eval_every=3, eval_batch_size=16, train_subset=48)
+                checkpoint_every=2, eval_every=2, eval_batch_size=20, train_subset=32)
   member = dataclasses.replace(base, learning_rate=0.1, weight_decay=1e-3, seed=1)
   partners = [base, dataclasses.replace(base, learning_rate=0.5, momentum=0.5, seed=7)]
   data_dir = str(tmp_path / 'tfds')
-  sweep.train_many([member, partners[0]], [tmp_path / 'ref', tmp_path / 'ref_p'],
-                   data_dir=data_dir, workers=1)
+  sweep.train_many([member], [tmp_path / 'ref'], data_dir=data_dir, workers=1)
   for k, partner in enumerate(partners):
     sweep.train_many([member, partner], [tmp_path / f'vec{k}', tmp_path / f'p{k}'],
                      data_dir=data_dir, vectorize=True)
   _assert_same_runs(tmp_path / 'ref', tmp_path / 'vec0')
-  _assert_same_runs(tmp_path / 'ref_p', tmp_path / 'p0')
   lines = [workdirs.read_metrics(tmp_path / f'vec{k}') for k in range(2)]
   for a, b in zip(*lines):
     assert {k: v for k, v in a.items() if k not in TIMING} == {

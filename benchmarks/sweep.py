@@ -1,0 +1,82 @@
+"""Sweep throughput: one-by-one, worker processes and vectorized groups, in one run.
+
+Run: python -m benchmarks.sweep [--members 4 8] [--steps 240] [--modes ...]
+
+Each mode trains the same members (the quick preset's ConvNet of
+experiments.effective_lr: widths 16/32/64, batch 32, Fashion-MNIST, SGD with
+momentum + L2, members differing in learning rate, L2 strength and seed) from
+fresh workdirs through :func:`bnjax.sweep.train_many`, and the wall time
+includes everything a sweep pays (process start, data loading, compilation,
+logging, checkpoints). Printed: member-steps per second per mode and the ratio
+to one-by-one. The modes run one after another in this process, in the order
+given, for every member count.
+"""
+
+import argparse
+import dataclasses
+import shutil
+import tempfile
+import time
+
+import jax
+
+from benchmarks.common import machine_line
+from bnjax import sweep
+from experiments import effective_lr
+
+MODES = {
+    'one-by-one': dict(workers=1, vectorize=False),
+    'workers': dict(workers=None, vectorize=False),
+    'vectorized': dict(vectorize=True),
+}
+
+
+def members(n: int, steps: int) -> list:
+  """``n`` quick-preset ConvNet runs of ``steps`` steps, differing in lr, L2 and seed."""
+  base = effective_lr.PRESETS['quick']['base']
+  base = dataclasses.replace(base, train_subset=steps * base.batch_size, num_epochs=1,
+                             log_every=steps // 4, checkpoint_every=steps)
+  return [dataclasses.replace(base, learning_rate=0.05 * 2.0 ** (k % 3 - 1),
+                              weight_decay=1e-3 * 2.0 ** (k % 2), seed=k)
+          for k in range(n)]
+
+
+def time_mode(configs, mode: str, data_dir) -> float:
+  root = tempfile.mkdtemp(prefix=f'bnjax-bench-{mode}-')
+  try:
+    start = time.perf_counter()
+    summaries = sweep.train_many(configs, [f'{root}/{k}' for k in range(len(configs))],
+                                 data_dir=data_dir, **MODES[mode])
+    seconds = time.perf_counter() - start
+  finally:
+    shutil.rmtree(root, ignore_errors=True)
+  assert all(s['status'] == 'finished' for s in summaries), summaries
+  return seconds
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--members', type=int, nargs='+', default=[4, 8])
+  parser.add_argument('--steps', type=int, default=240)
+  parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
+  parser.add_argument('--data_dir', default=None)
+  args = parser.parse_args()
+  if args.steps < 4 or args.steps % 4:
+    parser.error(f'--steps: a positive multiple of 4, got {args.steps}')
+  print(machine_line(), f'| workers default: {sweep.default_workers()} '
+        f'(backend {jax.default_backend()})')
+  print(f'{"members":>7} {"mode":>12} {"wall s":>8} {"member-steps/s":>15} '
+        f'{"vs one-by-one":>14}')
+  for n in args.members:
+    configs = members(n, args.steps)
+    base = None
+    for mode in args.modes:
+      seconds = time_mode(configs, mode, args.data_dir)
+      rate = n * args.steps / seconds
+      base = rate if mode == 'one-by-one' else base
+      ratio = f'{rate / base:.2f}x' if base else '-'
+      print(f'{n:>7} {mode:>12} {seconds:>8.1f} {rate:>15.1f} {ratio:>14}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
