@@ -32,14 +32,14 @@ import time
 from typing import Any, Optional
 
 import jax
-import jax.numpy as jnp
-import optax
 
 from bnjax import _extras
-from bnjax import data, executors, masks, models, transforms
+from bnjax import data, executors
 from bnjax import workdir as workdirs
 from bnjax import config as config_lib
 from bnjax.config import Config
+from bnjax.programs import (build_model, build_optimizer, hyperparameters, init_state,
+                            programs)
 from bnjax.run_files import NonFiniteLossError, RunFiles
 from bnjax.workdir import write_json_atomic
 
@@ -57,10 +57,6 @@ tqdm = _extras.require('tqdm').tqdm
 
 
 # ------------------------------------------------------------ components
-
-# The config fields build_optimizer takes as values (see its ``hyper``).
-HYPERPARAMETERS = ('learning_rate', 'momentum', 'weight_decay', 'gamma_decay')
-
 
 @functools.lru_cache(maxsize=2)
 def _cached_image_dataset(name: str, data_dir: Optional[str]) -> dict:
@@ -99,131 +95,6 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
     splits = _cached_image_dataset(config.dataset, data_dir)
   return {'train': splits['train'].take(config.train_subset or None),
           'test': splits['test']}
-
-
-def build_model(config: Config, *, host: bool = False):
-  """The configured model; ``host=True``: without the pmap axis (init, evaluation).
-
-  Args:
-    config: the run's :class:`bnjax.config.Config`.
-    host: build without the ``pmap`` axis name.
-
-  Returns:
-    An unbound flax.linen module (:func:`bnjax.models.build`).
-
-  Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
-    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
-    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
-    ...                 checkpoint_every=4, learning_rate=0.05)
-    >>> type(trainer.build_model(config)).__name__
-    'Perceptron'
-
-  References:
-    See :func:`bnjax.models.build`.
-  """
-  pmapped = config.parallel == 'pmap' and not host
-  return models.build(config.model, config.norm, axis_name=executors.AXIS_NAME if pmapped else None,
-                      virtual_batch_size=config.virtual_batch_size,
-                      activation=config.activation, width=config.width)
-
-
-def build_optimizer(config: Config, hyper: Optional[dict] = None
-                    ) -> optax.GradientTransformation:
-  r"""bnjax's sgd (with ``momentum``) or adam with the configured regularizer, tracked.
-
-  .. math::
-    \text{tx} = \text{chain}(\text{gamma decay}?,\ \text{opt}(\eta, \lambda),\
-    \text{projection}?,\ \text{track\_dynamics})
-
-  L2 and decoupled decay act on every kernel (``kernel_mask``); the
-  projection (``regularizer='projection'``, or ``projection=True`` after any
-  regularizer) on the scale-invariant kernels only
-  (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
-  Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
-  normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
-  Dynamics are tracked on every kernel.
-
-  Args:
-    config: the run's :class:`bnjax.config.Config`.
-    hyper: values (arrays, possibly traced) that replace the config's
-      ``learning_rate``, ``momentum``, ``weight_decay`` and ``gamma_decay``;
-      the config still decides which transforms are chained (e.g. whether
-      ``gamma_decay`` is on). :mod:`bnjax.vectorized` vmaps over them.
-
-  Returns:
-    An ``optax.GradientTransformation``.
-
-  Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
-    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
-    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
-    ...                 checkpoint_every=4, learning_rate=0.05)
-    >>> tx = trainer.build_optimizer(config)
-    >>> callable(tx.update)
-    True
-
-  References:
-    van Laarhoven 2017, arXiv 1706.05350, eq. 6-9; Luo et al. 2019, arXiv
-    1809.00846, section 2 (gamma decay).
-  """
-  h = {k: getattr(config, k) for k in HYPERPARAMETERS}
-  h.update(hyper or {})
-  if config.regularizer == 'projection':
-    mask = masks.scale_invariant_kernels
-  else:
-    mask = masks.kernel_mask
-  common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
-                mask=mask, track=False)
-  if config.optimizer == 'adam':
-    base, kind = transforms.adam(h['learning_rate'], **common), 'adam'
-  else:
-    base, kind = transforms.sgd(h['learning_rate'], h['momentum'], **common), 'sgd'
-  parts = [base]
-  if config.gamma_decay:
-    # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
-    parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
-  if config.projection and config.regularizer != 'projection':
-    parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
-  parts.append(transforms.track_dynamics(h['learning_rate'], kind, masks.kernel_mask))
-  return optax.chain(*parts)
-
-
-def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
-  """The initial :class:`bnjax.executors.TrainState` of ``config``'s seed.
-
-  Args:
-    config: the run's :class:`bnjax.config.Config` (its ``seed``).
-    model: from :func:`build_model` with ``host=True``.
-    tx: from :func:`build_optimizer`.
-    sample_x: a batch of inputs (its shape sets the parameters').
-
-  Returns:
-    A :class:`bnjax.executors.TrainState` at step 0.
-
-  Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
-    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
-    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
-    ...                 checkpoint_every=4, learning_rate=0.05)
-    >>> import jax.numpy as jnp
-    >>> model, tx = trainer.build_model(config, host=True), trainer.build_optimizer(config)
-    >>> state = trainer.init_state(config, model, tx, jnp.ones((8, 4)))
-    >>> int(state.step), state.params['dense']['kernel'].shape
-    (0, (4, 1))
-
-  References:
-    He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv 1502.01852
-    (flax's default kernel initialization scale).
-  """
-  variables = model.init(jax.random.key(config.seed), sample_x, train=True)
-  params = variables['params']
-  return executors.TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(params))
 
 
 # ------------------------------------------------------------- driver
@@ -306,11 +177,9 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
                                augment=config.augment, mean=mean, std=std)
   test_batches = data.Batches(splits['test'], config.eval_batch_size, shuffle=False,
                               mean=mean, std=std)
-  model, tx = build_model(config), build_optimizer(config)
-  host_model = build_model(config, host=True)
-  eval_step = executors.make_eval_step(host_model, regression)
-  state = init_state(config, host_model, tx, train_batches.batch(0, 0)['x'])
-  executor = executors.Executor(config.parallel, model, tx, regression)
+  initial, executor, eval_step = programs(config)
+  hyper = hyperparameters(config)
+  state = initial(jax.random.key(config.seed), train_batches.batch(0, 0)['x'], hyper)
 
   workdir.mkdir(parents=True, exist_ok=True)
   with workdirs.locked(workdir, enabled=main_process):
@@ -321,12 +190,12 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
     if main_process and not (workdir / workdirs.CONFIG).exists():
       write_json_atomic(workdir / workdirs.CONFIG, wanted)
     return _run(config, workdir, wanted, state, executor, eval_step, splits,
-                train_batches, test_batches, progress=progress, stop_after=stop_after,
-                main_process=main_process)
+                train_batches, test_batches, hyper, progress=progress,
+                stop_after=stop_after, main_process=main_process)
 
 
 def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batches,
-         test_batches, *, progress, stop_after, main_process) -> dict:
+         test_batches, hyper, *, progress, stop_after, main_process) -> dict:
   """The training loop of a locked workdir: resume, steps, logging, checkpoints."""
   files = RunFiles(config, workdir, wanted, main_process)
   state = executor.put_state(files.resume(state))
@@ -342,7 +211,7 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
       epoch, index = divmod(step, steps_per_epoch)
       stop = min(steps_per_epoch, index + end - step)
       for batch in data.prefetch(train_batches.epoch(epoch, index, stop)):
-        state, metrics = executor.step(state, batch)
+        state, metrics = executor.step(state, batch, hyper)
         step += 1
         window.append((step, metrics))
         bar.update(1)

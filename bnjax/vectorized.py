@@ -16,7 +16,6 @@ as diverged while the others go on.
 """
 
 import contextlib
-import json
 import time
 from typing import Dict, List, Optional
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from bnjax import _extras
 from bnjax import config as config_lib
-from bnjax import data, executors, trainer
+from bnjax import data, executors, programs, trainer
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from bnjax.run_files import NonFiniteLossError, RunFiles
@@ -36,40 +35,8 @@ tqdm = _extras.require('tqdm').tqdm
 __all__ = ['VECTORIZED_FIELDS', 'group_key', 'train_groups']
 
 # The fields members of one group may differ in.
-VECTORIZED_FIELDS = trainer.HYPERPARAMETERS + ('seed',)
-
-
-def group_key(config: Config) -> str:
-  """Members with equal keys can be trained as one vmapped program.
-
-  Every field but :data:`VECTORIZED_FIELDS` and ``Config.NON_RESULT_FIELDS``
-  must match, and so must whether momentum and gamma decay are on (which
-  transforms the optimizer chains).
-
-  Args:
-    config: a member's config.
-
-  Returns:
-    A string key.
-
-  Example:
-    >>> from bnjax import vectorized
-    >>> from bnjax.config import Config
-    >>> vectorized.group_key(Config(seed=1)) == vectorized.group_key(Config(seed=2))
-    True
-    >>> vectorized.group_key(Config()) == vectorized.group_key(Config(momentum=0.0))
-    False
-
-  References:
-    Bradbury et al., JAX (2018): ``jax.vmap``, vectorizing a function over a
-    batch axis.
-  """
-  record = config_lib.record(config)
-  for field in VECTORIZED_FIELDS + Config.NON_RESULT_FIELDS:
-    record.pop(field)
-  record['momentum_on'] = config.momentum != 0
-  record['gamma_decay_on'] = config.gamma_decay != 0
-  return json.dumps(record, sort_keys=True)
+VECTORIZED_FIELDS = programs.VALUE_FIELDS
+group_key = programs.program_key
 
 
 def _answered(workdir, wanted: dict) -> Optional[dict]:
@@ -182,19 +149,15 @@ class _Group:
       self.test_batches.append(data.Batches(splits['test'], c.eval_batch_size,
                                             shuffle=False, mean=mean, std=std))
       self.test_sizes.append(len(splits['test']))
-    model = trainer.build_model(first, host=True)
+    model = programs.build_model(first, host=True)
     self.files = [RunFiles(c, p, w) for c, p, w in zip(configs, paths, wanted)]
-    self.states = [f.resume(trainer.init_state(c, model, trainer.build_optimizer(c),
-                                               b.batch(0, 0)['x']))
+    initial = programs.programs(first)[0]
+    self.states = [f.resume(initial(jax.random.key(c.seed), b.batch(0, 0)['x'],
+                                    programs.hyperparameters(c)))
                    for f, c, b in zip(self.files, configs, self.train_batches)]
-    # Momentum and gamma decay are vmapped only when on (the group shares that).
-    names = [k for k in trainer.HYPERPARAMETERS
-             if not (k == 'momentum' and first.momentum == 0)
-             and not (k == 'gamma_decay' and first.gamma_decay == 0)]
-    self.names = names
 
     def member_step(hyper, state, batch):
-      tx = trainer.build_optimizer(first, hyper=hyper)
+      tx = programs.build_optimizer(first, hyper=hyper)
       return executors.make_train_step(model, tx, self.regression)(state, batch)
 
     self.step = jax.jit(jax.vmap(member_step), donate_argnums=1)
@@ -231,8 +194,7 @@ class _Group:
   def _loop(self, members, step, progress) -> list:
     """Trains ``members`` (all at ``step``) to the end as one vmapped program."""
     config = self.configs[members[0]]
-    hyper = {k: jnp.asarray([getattr(self.configs[i], k) for i in members], jnp.float32)
-             for k in self.names}
+    hyper = _stack([programs.hyperparameters(self.configs[i]) for i in members])
     state = jax.device_put(_stack([self.states[i] for i in members]))
     batches_of = [self.train_batches[i] for i in members]
     steps_per_epoch = batches_of[0].steps_per_epoch

@@ -1,0 +1,279 @@
+"""A run's compiled programs: the model, the optimizer, init, step and eval.
+
+:func:`build_model` and :func:`build_optimizer` turn a :class:`Config` into
+flax and optax objects. The optimizer's values (learning rate, momentum,
+weight decay, gamma decay) can be arrays instead of the config's floats
+(:func:`hyperparameters`), so one compiled step serves every run that
+differs only in them and in the seed (:func:`program_key`): :func:`programs`
+keeps the compiled init, step and eval of the last few keys in the process,
+and :mod:`bnjax.vectorized` vmaps the same step over a group's values.
+"""
+
+import collections
+import functools
+import json
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnjax import config as config_lib
+from bnjax import executors, masks, models, transforms
+from bnjax.config import Config
+
+__all__ = [
+    'HYPERPARAMETERS',
+    'VALUE_FIELDS',
+    'build_model',
+    'build_optimizer',
+    'hyperparameters',
+    'init_state',
+    'program_key',
+    'programs',
+]
+
+# The config fields build_optimizer takes as values (see its ``hyper``).
+HYPERPARAMETERS = ('learning_rate', 'momentum', 'weight_decay', 'gamma_decay')
+# Fields that change no compiled program: runs differing only in these share
+# one (the values are arguments), and vectorized groups vmap over them.
+VALUE_FIELDS = HYPERPARAMETERS + ('seed',)
+
+
+def hyperparameters(config: Config) -> dict:
+  """The config's optimizer values as float32 arrays, for ``build_optimizer(hyper=)``.
+
+  Momentum and gamma decay are left out when 0: then they are not transforms of
+  the chain at all.
+
+  Args:
+    config: a run's config.
+
+  Returns:
+    A dict of scalar float32 arrays.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> sorted(programs.hyperparameters(Config(momentum=0.9, gamma_decay=0.0)))
+    ['learning_rate', 'momentum', 'weight_decay']
+
+  References:
+    Bergstra & Bengio, "Random Search for Hyper-Parameter Optimization",
+    JMLR 2012.
+  """
+  return {k: jnp.asarray(getattr(config, k), jnp.float32) for k in HYPERPARAMETERS
+          if not (k in ('momentum', 'gamma_decay') and getattr(config, k) == 0)}
+
+
+def program_key(config: Config) -> str:
+  """Runs with equal keys share compiled programs (and can be one vmapped group).
+
+  Every field but :data:`VALUE_FIELDS` and ``Config.NON_RESULT_FIELDS`` must
+  match, and so must whether momentum and gamma decay are on (which
+  transforms the optimizer chains).
+
+  Args:
+    config: a run's config.
+
+  Returns:
+    A string key.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> programs.program_key(Config(seed=1)) == programs.program_key(Config(seed=2))
+    True
+    >>> programs.program_key(Config()) == programs.program_key(Config(momentum=0.0))
+    False
+
+  References:
+    Bradbury et al., JAX (2018): ``jax.jit`` compiles once per input shapes.
+  """
+  record = config_lib.record(config)
+  for field in VALUE_FIELDS + Config.NON_RESULT_FIELDS:
+    record.pop(field)
+  record['momentum_on'] = config.momentum != 0
+  record['gamma_decay_on'] = config.gamma_decay != 0
+  return json.dumps(record, sort_keys=True)
+
+
+_PROGRAMS: 'collections.OrderedDict[str, tuple]' = collections.OrderedDict()
+
+
+def programs(config: Config) -> tuple:
+  """``(initial, executor, eval_step)`` of the config's :func:`program_key`, compiled
+  once per process.
+
+  A worker trains later runs of the same shape without compiling again (the
+  optimizer values are arguments: :func:`hyperparameters`). The last four keys
+  are kept.
+
+  Args:
+    config: a run's config (any run of the key: it fixes the structure).
+
+  Returns:
+    ``initial(rng, x, hyper) -> TrainState`` (jitted), an
+    :class:`bnjax.executors.Executor` whose step takes ``hyper``, and the
+    jitted eval step.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> a = programs.programs(Config(learning_rate=0.1))
+    >>> programs.programs(Config(learning_rate=0.3, seed=1)) is a
+    True
+
+  References:
+    Bradbury et al., JAX (2018): ``jax.jit`` compiles once per input shapes.
+  """
+  key = program_key(config)
+  if key not in _PROGRAMS:
+    regression = config.dataset == 'teacher_student'
+    tx_of = functools.partial(build_optimizer, config)
+    host_model = build_model(config, host=True)
+    _PROGRAMS[key] = (_initializer(host_model, tx_of),
+                      executors.Executor(config.parallel, build_model(config), tx_of,
+                                         regression),
+                      executors.make_eval_step(host_model, regression))
+    while len(_PROGRAMS) > 4:
+      _PROGRAMS.popitem(last=False)
+  _PROGRAMS.move_to_end(key)
+  return _PROGRAMS[key]
+
+
+def _initializer(model, tx_of):
+  """``initial(rng, x, hyper) -> TrainState`` as one jitted program: run op by op,
+  initialization compiles each initializer and normalizer op on its own (measured:
+  10 s of a 12 s ConvNet run)."""
+
+  @jax.jit
+  def initial(rng, x, hyper):
+    variables = model.init(rng, x, train=True)
+    params = variables['params']
+    return executors.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                                batch_stats=variables.get('batch_stats', {}),
+                                opt_state=tx_of(hyper).init(params))
+
+  return initial
+
+
+def build_model(config: Config, *, host: bool = False):
+  """The configured model; ``host=True``: without the pmap axis (init, evaluation).
+
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+    host: build without the ``pmap`` axis name.
+
+  Returns:
+    An unbound flax.linen module (:func:`bnjax.models.build`).
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> type(programs.build_model(config)).__name__
+    'Perceptron'
+
+  References:
+    See :func:`bnjax.models.build`.
+  """
+  pmapped = config.parallel == 'pmap' and not host
+  return models.build(config.model, config.norm, axis_name=executors.AXIS_NAME if pmapped else None,
+                      virtual_batch_size=config.virtual_batch_size,
+                      activation=config.activation, width=config.width)
+
+
+def build_optimizer(config: Config, hyper: Optional[dict] = None
+                    ) -> optax.GradientTransformation:
+  r"""bnjax's sgd (with ``momentum``) or adam with the configured regularizer, tracked.
+
+  .. math::
+    \text{tx} = \text{chain}(\text{gamma decay}?,\ \text{opt}(\eta, \lambda),\
+    \text{projection}?,\ \text{track\_dynamics})
+
+  L2 and decoupled decay act on every kernel (``kernel_mask``); the
+  projection (``regularizer='projection'``, or ``projection=True`` after any
+  regularizer) on the scale-invariant kernels only
+  (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
+  Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
+  normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
+  Dynamics are tracked on every kernel.
+
+  Args:
+    config: the run's :class:`bnjax.config.Config`.
+    hyper: values (arrays, possibly traced) that replace the config's
+      ``learning_rate``, ``momentum``, ``weight_decay`` and ``gamma_decay``;
+      the config still decides which transforms are chained (e.g. whether
+      ``gamma_decay`` is on). :mod:`bnjax.vectorized` vmaps over them.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> tx = programs.build_optimizer(config)
+    >>> callable(tx.update)
+    True
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, eq. 6-9; Luo et al. 2019, arXiv
+    1809.00846, section 2 (gamma decay).
+  """
+  h = {k: getattr(config, k) for k in HYPERPARAMETERS}
+  h.update(hyper or {})
+  if config.regularizer == 'projection':
+    mask = masks.scale_invariant_kernels
+  else:
+    mask = masks.kernel_mask
+  common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
+                mask=mask, track=False)
+  if config.optimizer == 'adam':
+    base, kind = transforms.adam(h['learning_rate'], **common), 'adam'
+  else:
+    base, kind = transforms.sgd(h['learning_rate'], h['momentum'], **common), 'sgd'
+  parts = [base]
+  if config.gamma_decay:
+    # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
+    parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
+  if config.projection and config.regularizer != 'projection':
+    parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
+  parts.append(transforms.track_dynamics(h['learning_rate'], kind, masks.kernel_mask))
+  return optax.chain(*parts)
+
+
+def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
+  """The initial :class:`bnjax.executors.TrainState` of ``config``'s seed.
+
+  Args:
+    config: the run's :class:`bnjax.config.Config` (its ``seed``).
+    model: from :func:`build_model` with ``host=True``.
+    tx: from :func:`build_optimizer`.
+    sample_x: a batch of inputs (its shape sets the parameters').
+
+  Returns:
+    A :class:`bnjax.executors.TrainState` at step 0.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> import jax.numpy as jnp
+    >>> model, tx = programs.build_model(config, host=True), programs.build_optimizer(config)
+    >>> state = programs.init_state(config, model, tx, jnp.ones((8, 4)))
+    >>> int(state.step), state.params['dense']['kernel'].shape
+    (0, (4, 1))
+
+  References:
+    He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv 1502.01852
+    (flax's default kernel initialization scale).
+  """
+  return _initializer(model, lambda _: tx)(jax.random.key(config.seed), sample_x, None)
