@@ -1,6 +1,6 @@
 """Sweep throughput: one-by-one, worker processes and vectorized groups, in one run.
 
-Run: python -m benchmarks.sweep [--members 4 8] [--steps 240] [--modes ...]
+Run: python -m benchmarks.sweep [--members 4 8] [--steps 1248] [--modes ...]
 
 Each mode trains the same members (the quick preset's ConvNet of
 experiments.effective_lr: widths 16/32/64, batch 32, Fashion-MNIST, SGD with
@@ -57,7 +57,7 @@ def time_mode(configs, mode: str, data_dir) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--members', type=int, nargs='+', default=[4, 8])
-  parser.add_argument('--steps', type=int, default=240)
+  parser.add_argument('--steps', type=int, default=1248)  # the quick preset's 1250, /4
   parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
   parser.add_argument('--data_dir', default=None)
   args = parser.parse_args()

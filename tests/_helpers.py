@@ -54,3 +54,19 @@ def dtype_context(dtype):
     return jax.enable_x64(True)
   from jax.experimental import enable_x64  # pylint: disable=g-import-not-at-top
   return enable_x64()
+
+
+def fake_fashion_mnist(folder, n_train=96, n_test=40):
+  """The four Fashion-MNIST IDX files, gzipped, of random class-dependent images."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  def idx(name, dims, payload):
+    header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
+    with gzip.open(folder / name, 'wb') as f:
+      f.write(header + payload.astype(np.uint8).tobytes())
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 256, (n, 28, 28)) // 2 + 12 * labels[:, None, None]
+    idx(f'{split}-images-idx3-ubyte.gz', (n, 28, 28), images)
+    idx(f'{split}-labels-idx1-ubyte.gz', (n,), labels)

@@ -159,3 +159,29 @@ def test_prefetch_stops_its_producer_when_the_consumer_stops():
   count = len(produced)
   time.sleep(0.3)
   assert len(produced) == count  # nothing produced after the stop
+
+
+def test_decoded_arrays_are_cached_checked_and_redone_when_damaged(tmp_path, monkeypatch):
+  from _helpers import fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'idx'
+  source.mkdir()
+  fake_fashion_mnist(source, n_train=12, n_test=5)
+  monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(source))
+  first = data.load_image_dataset('fashion_mnist', str(tmp_path / 'tfds'))
+  cache = next((tmp_path / 'tfds').rglob('arrays'))
+  assert sorted(p.name for p in cache.iterdir()) == [
+      'test.sha256', 'test_x.npy', 'test_y.npy', 'train.sha256', 'train_x.npy',
+      'train_y.npy']
+  again = data.load_image_dataset('fashion_mnist', str(tmp_path / 'tfds'))
+  assert isinstance(again['train'].x, np.memmap)  # read from the cache
+  np.testing.assert_array_equal(again['train'].x, first['train'].x)
+  # Same length, other bytes: the digest no longer matches, so it is decoded again.
+  damaged = np.load(cache / 'train_y.npy')
+  np.save(cache / 'train_y.npy', (damaged + 1) % 10)
+  redone = data.load_image_dataset('fashion_mnist', str(tmp_path / 'tfds'))
+  assert not isinstance(redone['train'].y, np.memmap)
+  np.testing.assert_array_equal(redone['train'].y, first['train'].y)
+  (cache / 'test_x.npy').write_bytes(b'')  # truncated
+  np.testing.assert_array_equal(
+      data.load_image_dataset('fashion_mnist', str(tmp_path / 'tfds'))['test'].x,
+      first['test'].x)

@@ -1,7 +1,6 @@
 """bnjax.sweep.train_many: worker processes and vectorized groups against one-by-one runs."""
 
 import dataclasses
-import gzip
 import json
 import os
 import pathlib
@@ -10,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from _helpers import TIMING, TS
+from _helpers import TIMING, TS, fake_fashion_mnist
 from bnjax import sweep, trainer, vectorized
 from bnjax import workdir as workdirs
 from bnjax.config import Config
@@ -114,19 +113,6 @@ def test_workers_equal_one_by_one(one_by_one, tmp_path):
     _assert_same_runs(ref, d)
 
 
-def _fake_fashion_mnist(folder, n_train=96, n_test=40):
-  rng = np.random.default_rng(0)
-  def idx(name, dims, payload):
-    header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
-    with gzip.open(folder / name, 'wb') as f:
-      f.write(header + payload.astype(np.uint8).tobytes())
-  for split, n in (('train', n_train), ('t10k', n_test)):
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 256, (n, 28, 28)) // 2 + 12 * labels[:, None, None]
-    idx(f'{split}-images-idx3-ubyte.gz', (n, 28, 28), images)
-    idx(f'{split}-labels-idx1-ubyte.gz', (n,), labels)
-
-
 def test_vectorized_convnet_equals_one_by_one(tmp_path, monkeypatch):
   """The ConvNet (vmapped convolutions and batch norm) on an image dataset.
 
@@ -139,7 +125,7 @@ def test_vectorized_convnet_equals_one_by_one(tmp_path, monkeypatch):
   """
   source = tmp_path / 'idx'
   source.mkdir()
-  _fake_fashion_mnist(source)
+  fake_fashion_mnist(source)
   monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(source))
   base = Config(model='convnet', width=4, batch_size=16, num_epochs=1, log_every=1,
                 checkpoint_every=2, eval_every=2, eval_batch_size=20, train_subset=32)
