@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.norms
 	$(PY) -m benchmarks.transforms
 	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.sweep
 
 clean:
 	rm -rf $(VENV) .venv-floors build *.egg-info .pytest_cache
