@@ -16,6 +16,7 @@ as diverged while the others go on.
 """
 
 import contextlib
+import pathlib
 import time
 from typing import Dict, List, Optional
 
@@ -79,7 +80,6 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
   References:
     Bradbury et al., JAX (2018), ``jax.vmap``.
   """
-  import pathlib  # pylint: disable=g-import-not-at-top
   paths = [pathlib.Path(p) for p in paths]
   for i, c in enumerate(configs):
     if c.parallel != 'none':
@@ -210,6 +210,14 @@ class _Group:
           alive[j] = False
           out[j] = workdirs.read_json(self.files[members[j]].workdir / workdirs.SUMMARY)
 
+    fetched = {}  # step -> the host copy of the state at that step (read once per step)
+
+    def host_state():
+      if step not in fetched:
+        fetched.clear()
+        fetched[step] = jax.device_get(state)
+      return fetched[step]
+
     window, window_start = [], time.perf_counter()
     bar = tqdm(total=total, initial=step, disable=not progress, unit='step',
                dynamic_ncols=True)
@@ -225,7 +233,7 @@ class _Group:
           bar.update(1)
           if step % config.log_every == 0 or step == total:
             host = jax.device_get([m for _, m in window])
-            current = jax.device_get(state)
+            current = host_state()
             seconds = time.perf_counter() - window_start
             test = {}
             if config.eval_every and step % config.eval_every == 0:
@@ -240,14 +248,14 @@ class _Group:
             each_alive(log)
             window, window_start = [], time.perf_counter()
           if step % config.checkpoint_every == 0 or step == total:
-            current = jax.device_get(state)
+            current = host_state()
             each_alive(lambda j: self.files[members[j]].save(step, _member(current, j)))
           if not any(alive.values()):
             break
     finally:
       bar.close()
     if step >= total:
-      final = jax.device_get(state)
+      final = host_state()
       results = self.evaluate(final, members)
 
       def finish(j):
