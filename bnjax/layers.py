@@ -260,6 +260,7 @@ class _AffineNorm(nn.Module):
   use_scale: bool = True
   bias_init: Initializer = initializers.zeros
   scale_init: Initializer = initializers.ones
+  use_fast_variance: bool = True
 
   def _feature_axes(self, x) -> tuple:
     raise NotImplementedError
@@ -293,6 +294,8 @@ class LayerNorm(_AffineNorm):
     feature_axes: axes of ``scale`` and ``bias``.
     epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
       as :class:`BatchNormBase`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -315,7 +318,8 @@ class LayerNorm(_AffineNorm):
 
   def _apply(self, x, scale, bias):
     return norms.layer_norm(x, scale, bias, axis=self.feature_axes,
-                            reduction_axes=self.reduction_axes, epsilon=self.epsilon)
+                            reduction_axes=self.reduction_axes, epsilon=self.epsilon,
+                            use_fast_variance=self.use_fast_variance)
 
 
 class _OnFeatureAxis(_AffineNorm):
@@ -339,6 +343,8 @@ class GroupNorm(_OnFeatureAxis):
     axis: the feature axis.
     epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
       as :class:`BatchNormBase`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -357,7 +363,8 @@ class GroupNorm(_OnFeatureAxis):
 
   def _apply(self, x, scale, bias):
     return norms.group_norm(x, scale, bias, num_groups=self.num_groups,
-                            epsilon=self.epsilon, axis=self.axis)
+                            epsilon=self.epsilon, axis=self.axis,
+                            use_fast_variance=self.use_fast_variance)
 
 
 class InstanceNorm(_OnFeatureAxis):
@@ -372,6 +379,8 @@ class InstanceNorm(_OnFeatureAxis):
     axis: the feature axis.
     epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
       as :class:`BatchNormBase`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -389,7 +398,8 @@ class InstanceNorm(_OnFeatureAxis):
   """
 
   def _apply(self, x, scale, bias):
-    return norms.instance_norm(x, scale, bias, epsilon=self.epsilon, axis=self.axis)
+    return norms.instance_norm(x, scale, bias, epsilon=self.epsilon, axis=self.axis,
+                               use_fast_variance=self.use_fast_variance)
 
 
 class _KernelReparam(nn.Module):

@@ -329,10 +329,12 @@ class _PerExampleNorm(nnx.Module):
                param_dtype: Any = jnp.float32, use_bias: bool = True,
                use_scale: bool = True,
                bias_init: Initializer = nnx.initializers.zeros_init(),
-               scale_init: Initializer = nnx.initializers.ones_init(), rngs: nnx.Rngs):
+               scale_init: Initializer = nnx.initializers.ones_init(),
+               use_fast_variance: bool = True, rngs: nnx.Rngs):
     _affine(self, (num_features,), use_scale, use_bias, scale_init, bias_init,
             param_dtype, rngs)
     self.num_features, self.epsilon, self.dtype = num_features, epsilon, dtype
+    self.use_fast_variance = use_fast_variance
 
 
 class LayerNorm(_PerExampleNorm):
@@ -351,6 +353,8 @@ class LayerNorm(_PerExampleNorm):
     epsilon: added to the variance.
     dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
       :class:`BatchNorm`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
     reduction_axes: axes of the statistics.
     feature_axes: axes of the parameters.
 
@@ -379,7 +383,8 @@ class LayerNorm(_PerExampleNorm):
     return _cast(norms.layer_norm(x, reshape(self.scale), reshape(self.bias),
                                   axis=self.feature_axes,
                                   reduction_axes=self.reduction_axes,
-                                  epsilon=self.epsilon), self.dtype)
+                                  epsilon=self.epsilon,
+                                  use_fast_variance=self.use_fast_variance), self.dtype)
 
 
 class GroupNorm(_PerExampleNorm):
@@ -398,6 +403,8 @@ class GroupNorm(_PerExampleNorm):
     epsilon: added to the variance.
     dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
       :class:`BatchNorm`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
     num_groups: number of groups (or ``None`` with ``group_size``).
     group_size: features per group (or ``None`` with ``num_groups``).
 
@@ -430,7 +437,8 @@ class GroupNorm(_PerExampleNorm):
 
   def __call__(self, x):
     return _cast(norms.group_norm(x, _value(self.scale), _value(self.bias),
-                                  num_groups=self.num_groups, epsilon=self.epsilon),
+                                  num_groups=self.num_groups, epsilon=self.epsilon,
+                                  use_fast_variance=self.use_fast_variance),
                  self.dtype)
 
 
@@ -448,6 +456,8 @@ class InstanceNorm(_PerExampleNorm):
     epsilon: added to the variance.
     dtype, param_dtype, use_bias, use_scale, bias_init, scale_init, rngs: as
       :class:`BatchNorm`.
+    use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
+      ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
     feature_axes: the feature axis.
 
   Example:
@@ -471,7 +481,8 @@ class InstanceNorm(_PerExampleNorm):
 
   def __call__(self, x):
     return _cast(norms.instance_norm(x, _value(self.scale), _value(self.bias),
-                                     epsilon=self.epsilon, axis=self.feature_axes),
+                                     epsilon=self.epsilon, axis=self.feature_axes,
+                                     use_fast_variance=self.use_fast_variance),
                  self.dtype)
 
 

@@ -137,29 +137,40 @@ def _stats_dtype(x):
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, two_pass=False):
+def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shifted'):
   """Mean and biased variance of ``x`` over ``reduction_axes``, in float32+.
 
-  ``two_pass``: ``mean((x - mean)^2)`` after the mean, for per-example
-  statistics (measured fastest there). Otherwise one pass over ``x - s``
-  with ``s`` a gradient-stopped sample per reduced slice (exact algebra, well
-  conditioned when ``s`` is near the mean).
+  ``method``:
+
+  * ``'shifted'``: one pass over ``x - s`` with ``s`` a gradient-stopped
+    sample per reduced slice (exact algebra, well conditioned when ``s`` is
+    near the mean); the batch norms.
+  * ``'fast'``: ``E[x^2] - E[x]^2`` in one fused pass, flax's
+    ``use_fast_variance=True`` (same HLO as flax's ``_compute_stats``);
+    loses digits when ``|mean| >> std``.
+  * ``'two_pass'``: ``mean((x - mean)^2)`` after the mean; accurate for any
+    offset, one more pass over ``x``.
+
   With ``axis_name`` the per-device ``(mean, var)`` pairs are gathered in one
   collective and combined with the law of total variance, which assumes
   equal local batch sizes (as ``lax.pmean`` does).
   """
   x = x.astype(_stats_dtype(x))
-  if two_pass:
+  if method != 'shifted':
     if axis_name is not None:
-      raise ValueError('two-pass statistics are per device; axis_name is not supported.')
+      raise ValueError(f'{method} statistics are per device; axis_name is not supported.')
     mean = jnp.mean(x, reduction_axes)
+    if method == 'fast':
+      # lax.square, not x * x: its backward is one multiply at full size.
+      mean_sq = jnp.mean(lax.square(x), reduction_axes)
+      return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
     return mean, jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduction_axes)),
                           reduction_axes)
   first = tuple(slice(0, 1) if a in reduction_axes else slice(None) for a in range(x.ndim))
   shift = lax.stop_gradient(x[first])
   d = x - shift
   mean_d = jnp.mean(d, reduction_axes)
-  var = jnp.maximum(jnp.mean(d * d, reduction_axes) - mean_d * mean_d, 0.0)
+  var = jnp.maximum(jnp.mean(lax.square(d), reduction_axes) - lax.square(mean_d), 0.0)
   mean = jnp.squeeze(shift, reduction_axes) + mean_d
   if axis_name is not None:
     gathered = lax.all_gather(jnp.stack([mean, var]), axis_name)
@@ -297,9 +308,15 @@ def _standardize(x, scale, bias, *, reduction_axes, feature_axes, epsilon,
   return y, mean, var
 
 
-def _per_example_normalize(x, scale, bias, reduction_axes, feature_axes, epsilon):
-  """Normalizes by two-pass statistics of ``x`` itself, differentiated by autodiff."""
-  mean, var = _compute_stats(x, reduction_axes, two_pass=True)
+def _per_example_normalize(x, scale, bias, reduction_axes, feature_axes, epsilon,
+                           use_fast_variance):
+  """Normalizes by statistics of ``x`` itself, differentiated by autodiff.
+
+  ``use_fast_variance``: flax's one-pass ``E[x^2] - E[x]^2`` (its default and
+  its speed), else the two-pass variance (exact for large offsets).
+  """
+  mean, var = _compute_stats(x, reduction_axes,
+                             method='fast' if use_fast_variance else 'two_pass')
   return _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
                     feature_axes=feature_axes, epsilon=epsilon)
 
@@ -636,7 +653,7 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
 
 def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
-               reduction_axes: Optional[Axes] = None):
+               reduction_axes: Optional[Axes] = None, use_fast_variance: bool = True):
   r"""Layer normalization (Ba et al. 2016, arXiv 1607.06450, eq. 3-4).
 
   .. math::
@@ -659,6 +676,9 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
     axis: feature axis or axes.
     epsilon: added to the variance, > 0.
     reduction_axes: axes of the statistics (default: ``axis``).
+    use_fast_variance: ``True`` (flax's default): variance as
+      ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
+      two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
 
   Returns:
     ``y`` with the shape and dtype of ``x`` (promoted with the parameters).
@@ -684,11 +704,13 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)
   check_positive('epsilon', epsilon)
+  check_bool('use_fast_variance', use_fast_variance)
   _check_input('x', x, red)
-  return _per_example_normalize(x, scale, bias, red, feats, epsilon)
+  return _per_example_normalize(x, scale, bias, red, feats, epsilon, use_fast_variance)
 
 
-def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
+def _per_example_setup(name, x, scale, bias, axis, epsilon, use_fast_variance, *,
+                       min_rank, ranks):
   """Validates a per-example norm whose batch axis is 0; returns the feature axis."""
   ndim = jnp.ndim(x)
   if ndim < min_rank:
@@ -701,12 +723,13 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, *, min_rank, ranks):
   _check_features('scale', scale, (x.shape[feature_axis],))
   _check_features('bias', bias, (x.shape[feature_axis],))
   check_positive('epsilon', epsilon)
+  check_bool('use_fast_variance', use_fast_variance)
   _check_input('x', x, tuple(a for a in range(1, ndim) if a != feature_axis))
   return feature_axis
 
 
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
-               axis: int = -1):
+               axis: int = -1, use_fast_variance: bool = True):
   r"""Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
 
   .. math::
@@ -725,6 +748,9 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
     num_groups: number of groups; divides the number of features.
     epsilon: added to the variance, > 0.
     axis: the feature axis (not 0).
+    use_fast_variance: ``True`` (flax's default): variance as
+      ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
+      two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
 
   Returns:
     ``y`` with the shape of ``x``.
@@ -741,6 +767,7 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   """
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('group_norm', x, scale, bias, axis, epsilon,
+                                    use_fast_variance,
                                     min_rank=2, ranks='batch and features')
   channels = x.shape[feature_axis]
   if isinstance(num_groups, (bool, np.bool_)) or not isinstance(
@@ -753,14 +780,16 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   grouped = x.reshape(x.shape[:feature_axis] + (num_groups, group_size)
                       + x.shape[feature_axis + 1:])
   mean, var = _compute_stats(grouped, tuple(a for a in range(1, grouped.ndim)
-                                            if a != feature_axis))
+                                            if a != feature_axis),
+                             method='fast' if use_fast_variance else 'two_pass')
   mean, var = (jnp.repeat(m, group_size, axis=1) for m in (mean, var))
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _normalize(x, mean, var, scale, bias, reduction_axes=red,
                     feature_axes=(feature_axis,), epsilon=epsilon)
 
 
-def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
+def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
+                  use_fast_variance: bool = True):
   r"""Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
 
   .. math::
@@ -776,6 +805,9 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
     scale, bias: optional ``(features,)`` gamma and beta.
     epsilon: added to the variance, > 0.
     axis: the feature axis (not 0).
+    use_fast_variance: ``True`` (flax's default): variance as
+      ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
+      two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
 
   Returns:
     ``y`` with the shape of ``x``.
@@ -793,9 +825,11 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1):
   """
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('instance_norm', x, scale, bias, axis, epsilon,
+                                    use_fast_variance,
                                     min_rank=3, ranks='batch, spatial..., features')
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
-  return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon)
+  return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon,
+                                use_fast_variance)
 
 
 # -------------------------------------------------------- weight reparams
@@ -875,7 +909,8 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
   unit_axis, red = unit_axes_of(w, axis)
   check_positive('epsilon', epsilon)
   _check_input('w', w, red)
-  return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon)
+  return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon,
+                                use_fast_variance=False)
 
 
 def fold_batch_norm(kernel, bias, scale, bn_bias, stats, *, epsilon=1e-5):

@@ -214,6 +214,44 @@ class PerExampleNormsTest(chex.TestCase):
         {'params': {'scale': scale, 'bias': bias}}, x)
     chex.assert_trees_all_close(y, y_ref, **TOL)
 
+  @parameterized.product(name=('layer_norm', 'group_norm', 'instance_norm'),
+                         fast=(True, False))
+  def test_fast_variance_flag_matches_flax(self, name, fast):
+    # A large offset (|mean| = 300 std) separates the two variance formulas:
+    # each must give flax's numbers (forward and gradients) for the same flag,
+    # and only the two-pass one the float64 reference.
+    shape = (4, 5, 5, 8)
+    x = 300.0 + jax.random.normal(jax.random.key(0), shape)
+    r = jax.random.normal(jax.random.key(1), shape)
+    scale, bias = 1.0 + 0.1 * jnp.arange(8.0), 0.1 * jnp.arange(8.0)
+    ours = {'layer_norm': lambda *a: norms.layer_norm(*a, use_fast_variance=fast),
+            'group_norm': lambda *a: norms.group_norm(*a, num_groups=4,
+                                                      use_fast_variance=fast),
+            'instance_norm': lambda *a: norms.instance_norm(*a, use_fast_variance=fast)}
+    module = {'layer_norm': nn.LayerNorm(use_fast_variance=fast),
+              'group_norm': nn.GroupNorm(num_groups=4, use_fast_variance=fast),
+              'instance_norm': nn.InstanceNorm(use_fast_variance=fast)}[name]
+    theirs = lambda x, s, b: module.apply({'params': {'scale': s, 'bias': b}}, x)
+    loss = lambda f: jax.jit(jax.value_and_grad(
+        lambda *a: jnp.sum(f(*a) * r), argnums=(0, 1, 2)))
+    chex.assert_trees_all_close(loss(ours[name])(x, scale, bias),
+                                loss(theirs)(x, scale, bias), atol=1e-4, rtol=1e-4)
+    xg = np.asarray(x, np.float64)
+    grouped = xg.reshape(shape[:-1] + ((4, 2) if name == 'group_norm' else (8, 1)))
+    red = {'layer_norm': (3, 4), 'group_norm': (1, 2, 4), 'instance_norm': (1, 2)}[name]
+    centred = grouped - grouped.mean(red, keepdims=True)
+    exact = (centred / np.sqrt((centred ** 2).mean(red, keepdims=True) + 1e-6)
+             ).reshape(shape) * np.asarray(scale) + np.asarray(bias)
+    error = float(np.max(np.abs(np.asarray(ours[name](x, scale, bias)) - exact)))
+    if fast:
+      self.assertGreater(error, 1e-2)
+    else:
+      self.assertLess(error, 1e-3)
+
+  def test_fast_variance_flag_is_a_bool(self):
+    with self.assertRaisesRegex(TypeError, 'use_fast_variance must be a bool'):
+      norms.group_norm(jnp.ones((2, 4)), num_groups=2, use_fast_variance='no')
+
   def test_no_affine_keeps_input_dtype(self):
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, 8)).astype(jnp.bfloat16)
     for y in (norms.layer_norm(x), norms.group_norm(x, num_groups=2),
