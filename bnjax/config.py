@@ -20,6 +20,7 @@ __all__ = [
     'define_flags',
     'from_flags',
     'record',
+    'upgrade_record',
 ]
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
@@ -29,8 +30,14 @@ PARALLEL = ('none', 'pmap', 'sharded')
 
 # Written into every config record. 2: --optimizer=sgd takes --momentum (format 1,
 # without the key, ignored it), so a format-1 record is refused, never resumed
-# under the new meaning.
-CONFIG_VERSION = 2
+# under the new meaning. 3: adds the fields below; a format-2 record is read
+# with the values it meant (:func:`upgrade_record`).
+CONFIG_VERSION = 3
+FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100}
+BN_EVAL = ('running', 'debiased', 'precise')
+# Norms with running statistics (``batch_stats``), and those whose training
+# forward ignores them (so precise statistics can be read off a forward).
+RUNNING_STATS_NORMS = ('batch', 'population', 'mean_only', 'variance_only', 'ghost')
 
 
 def _field(default, help_text: str, choices: Sequence[str] = ()):
@@ -51,8 +58,8 @@ class Config:
     regularizer, projection, gamma_decay, batch_size, num_epochs,
     train_subset, seed, parallel, virtual_batch_size, augment, activation,
     width, input_dim, num_train, num_test, noise_std, log_every,
-    checkpoint_every, eval_every, eval_batch_size: see ``--help`` of
-    ``bnjax-train``.
+    checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches:
+    see ``--help`` of ``bnjax-train``.
 
   Example:
     >>> from bnjax.config import Config
@@ -110,6 +117,12 @@ class Config:
   eval_every: int = _field(0, 'Steps between test evaluations logged in metrics.jsonl (0: '
                            'only at the end; a multiple of --log_every).')
   eval_batch_size: int = _field(1000, 'Batch size of evaluation.')
+  bn_eval: str = _field('running', 'Statistics batch norms evaluate with: running (the '
+                        'moving averages, as flax), debiased (the averages with their '
+                        'initial value\'s weight removed) or precise (recomputed with the '
+                        'final weights over --bn_eval_batches training batches); see '
+                        'bnjax.bn_eval.', BN_EVAL)
+  bn_eval_batches: int = _field(100, 'Training batches of --bn_eval=precise.')
 
   # Fields that change neither the trained parameters nor any logged number
   # (checkpoint spacing, evaluation batching): a workdir accepts them changed.
@@ -166,7 +179,7 @@ class Config:
          'acts on the normalization gains, and --norm=none has none; set it to 0')
     for flag in ('batch_size', 'num_epochs', 'log_every', 'checkpoint_every',
                  'eval_batch_size', 'virtual_batch_size', 'input_dim', 'num_train',
-                 'num_test', 'width'):
+                 'num_test', 'width', 'bn_eval_batches'):
       value = getattr(self, flag)
       need(value > 0, flag, f'must be a positive int, got {value!r}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
@@ -200,6 +213,13 @@ class Config:
          'needs --model=perceptron')
     need(not (self.model == 'perceptron' and self.norm in ('layer', 'group')), 'norm',
          f'{self.norm} norm over the perceptron\'s single unit is constant')
+    need(self.bn_eval in BN_EVAL, 'bn_eval', f'must be one of {BN_EVAL}, got '
+         f'{self.bn_eval!r}')
+    need(self.bn_eval == 'running' or self.norm in RUNNING_STATS_NORMS, 'bn_eval',
+         f'--norm={self.norm} keeps no running statistics; use --bn_eval=running')
+    need(self.bn_eval != 'precise' or self.norm != 'population', 'bn_eval',
+         'precise statistics are read off a training-mode forward, and population '
+         'norm normalizes with its running statistics there; use debiased or running')
     need(self.activation in ('linear', 'relu'), 'activation',
          f"must be 'linear' or 'relu', got {self.activation!r}")
     need(not self.augment or self.dataset == 'cifar10', 'augment',
@@ -227,12 +247,35 @@ def record(config: 'Config') -> dict:
   Example:
     >>> from bnjax import config
     >>> config.record(config.Config())['config_version']
-    2
+    3
 
   References:
     RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
   """
   return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
+
+
+def upgrade_record(stored):
+  """A stored record in the current format: format 2 gets the fields it meant.
+
+  Args:
+    stored: a record read from a workdir (any other value is returned as is).
+
+  Returns:
+    The record, format-2 ones with :data:`FORMAT_2_MEANT` added and
+    ``config_version`` raised.
+
+  Example:
+    >>> from bnjax import config
+    >>> config.upgrade_record({'seed': 0, 'config_version': 2})['bn_eval']
+    'running'
+
+  References:
+    RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
+  """
+  if isinstance(stored, dict) and stored.get('config_version') == 2:
+    return {**FORMAT_2_MEANT, **stored, 'config_version': CONFIG_VERSION}
+  return stored
 
 
 def define_flags(flag_values=None) -> None:

@@ -11,6 +11,7 @@ and :mod:`bnjax.vectorized` vmaps the same step over a group's values.
 
 import collections
 import functools
+import itertools
 import json
 from typing import Optional
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from bnjax import config as config_lib
-from bnjax import executors, masks, models, transforms
+from bnjax import bn_eval, executors, layers, masks, models, transforms
 from bnjax.config import Config
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     'VALUE_FIELDS',
     'build_model',
     'build_optimizer',
+    'eval_batch_stats',
     'hyperparameters',
     'init_state',
     'program_key',
@@ -140,6 +142,69 @@ def programs(config: Config) -> tuple:
       _PROGRAMS.popitem(last=False)
   _PROGRAMS.move_to_end(key)
   return _PROGRAMS[key]
+
+
+_STATS_UPDATES: 'collections.OrderedDict[str, object]' = collections.OrderedDict()
+
+
+def _stats_update(config: Config):
+  """The model's training-mode forward returning its new ``batch_stats`` (one
+  function per program key, so its compiled program is reused)."""
+  key = program_key(config)
+  if key not in _STATS_UPDATES:
+    model = build_model(config, host=True)
+    _STATS_UPDATES[key] = lambda params, stats, x: model.apply(
+        {'params': params, 'batch_stats': stats}, x, train=True,
+        mutable=['batch_stats'])[1]['batch_stats']
+    while len(_STATS_UPDATES) > 4:
+      _STATS_UPDATES.popitem(last=False)
+  return _STATS_UPDATES[key]
+
+
+def eval_batch_stats(config: Config, state: executors.TrainState, train_batches):
+  """The ``batch_stats`` a run evaluates with, as ``config.bn_eval`` says.
+
+  ``'running'``: the state's own; ``'debiased'``: :func:`bnjax.bn_eval.debiased`
+  with ``state.step`` updates; ``'precise'``: :func:`bnjax.bn_eval.precise`
+  over the first ``config.bn_eval_batches`` batches of the training order
+  (epochs 0, 1, ... as needed), with the state's weights.
+
+  Args:
+    config: the run's config.
+    state: a single-copy host :class:`bnjax.executors.TrainState`.
+    train_batches: the run's training :class:`bnjax.data.Batches`.
+
+  Returns:
+    A ``batch_stats`` collection.
+
+  Example:
+    >>> import jax
+    >>> from bnjax import data, programs
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...                 num_train=32, input_dim=4, bn_eval='debiased')
+    >>> split = data.teacher_student(32, 8, config.input_dim, seed=0)['train']
+    >>> batches = data.Batches(split, 8, seed=0)
+    >>> initial = programs.programs(config)[0]
+    >>> state = initial(jax.random.key(0), batches.batch(0, 0)['x'],
+    ...                 programs.hyperparameters(config))
+    >>> stats = programs.eval_batch_stats(config, state, batches)  # step 0: unchanged
+    >>> bool((stats['dense_norm']['var'] == state.batch_stats['dense_norm']['var']).all())
+    True
+
+  References:
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576,
+    section 3.
+  """
+  momentum = layers.BatchNormBase.momentum
+  if config.bn_eval == 'running' or not state.batch_stats:
+    return state.batch_stats
+  if config.bn_eval == 'debiased':
+    return bn_eval.debiased(state.batch_stats, int(state.step), momentum=momentum)
+  inputs = (b['x'] for epoch in itertools.count() for b in train_batches.epoch(epoch))
+  return bn_eval.precise(_stats_update(config), state.params, state.batch_stats,
+                         itertools.islice(inputs, config.bn_eval_batches),
+                         momentum=momentum)
 
 
 def _initializer(model, tx_of):

@@ -38,8 +38,8 @@ from bnjax import data, executors
 from bnjax import workdir as workdirs
 from bnjax import config as config_lib
 from bnjax.config import Config
-from bnjax.programs import (build_model, build_optimizer, hyperparameters, init_state,
-                            programs)
+from bnjax.programs import (build_model, build_optimizer, eval_batch_stats,
+                            hyperparameters, init_state, programs)
 from bnjax.run_files import NonFiniteLossError, RunFiles
 from bnjax.workdir import write_json_atomic
 
@@ -221,7 +221,8 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
           files.check_window([s for s, _ in window], host, current, step)
           test = None
           if config.eval_every and step % config.eval_every == 0:
-            test = executors.evaluate(eval_step, current, splits['test'], test_batches)
+            test = _evaluate(config, eval_step, current, splits['test'], test_batches,
+                             train_batches)
           line = files.write_line(step, epoch, host, current,
                                   time.perf_counter() - window_start, test)
           bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
@@ -234,8 +235,15 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
   if step < total:
     return {}
   final = jax.device_get(executor.get_state(state))
-  return files.finish(step, final, executors.evaluate(eval_step, final, splits['test'],
-                                                      test_batches))
+  return files.finish(step, final, _evaluate(config, eval_step, final, splits['test'],
+                                             test_batches, train_batches))
+
+
+def _evaluate(config, eval_step, state, test_split, test_batches, train_batches) -> dict:
+  """Test metrics of ``state`` with the batch-norm statistics of ``config.bn_eval``."""
+  stats = eval_batch_stats(config, state, train_batches)
+  return executors.evaluate(eval_step, state.replace(batch_stats=stats), test_split,
+                            test_batches)
 
 
 def load_params(workdir) -> Any:

@@ -174,7 +174,13 @@ def read_json(path) -> Optional[Any]:
 
 
 def config_differences(stored: dict, wanted: dict, ignore: Iterable[str] = ()) -> dict:
-  """``{field: (stored, wanted)}`` for every field that differs, outside ``ignore``."""
+  """``{field: (stored, wanted)}`` for every field that differs, outside ``ignore``.
+
+  A stored record of an older format is compared as it meant
+  (:func:`bnjax.config.upgrade_record`).
+  """
+  from bnjax.config import upgrade_record  # pylint: disable=g-import-not-at-top
+  stored = upgrade_record(stored)
   ignore = set(ignore)
   keys = (set(stored) | set(wanted)) - ignore
   return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys)

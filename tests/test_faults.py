@@ -280,5 +280,22 @@ def test_record_of_an_older_format_is_refused_not_resumed(tmp_path):
   old = _strict((tmp_path / 'config.json').read_text())
   del old['config_version']
   workdir.write_json_atomic(tmp_path / 'config.json', old)
-  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 2'):
+  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 3'):
     trainer.train(TS, tmp_path, progress=False)
+
+
+def test_format_2_record_resumes_as_running_statistics(tmp_path):
+  """Format 2 had no bn_eval: its runs evaluated with running statistics, so such
+  a workdir resumes (and ends as an uninterrupted run), while the same workdir
+  asked for another bn_eval is refused."""
+  trainer.train(TS, tmp_path / 'a', progress=False, stop_after=8)
+  old = _strict((tmp_path / 'a' / 'config.json').read_text())
+  for key in ('bn_eval', 'bn_eval_batches'):
+    del old[key]
+  old['config_version'] = 2
+  workdir.write_json_atomic(tmp_path / 'a' / 'config.json', old)
+  with pytest.raises(workdir.ConfigMismatchError, match="bn_eval: was 'running', now 'debiased'"):
+    trainer.train(dataclasses.replace(TS, bn_eval='debiased'), tmp_path / 'a', progress=False)
+  resumed = trainer.train(TS, tmp_path / 'a', progress=False)
+  whole = trainer.train(TS, tmp_path / 'b', progress=False)
+  assert resumed['test_loss'] == whole['test_loss']

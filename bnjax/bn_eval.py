@@ -1,0 +1,175 @@
+r"""Batch-norm statistics for evaluation: running, debiased or precise.
+
+A batch-normed network evaluates with population statistics, which training
+estimates by an exponential moving average (EMA) of the batch statistics,
+:math:`r_t = m\,r_{t-1} + (1-m)\,b_t` (flax's ``momentum`` :math:`m`, default
+0.99). After :math:`t` steps the initial value :math:`r_0` (mean 0, variance 1)
+still weighs :math:`m^t`: 38% after 48 steps at :math:`m = 0.99`, so short runs
+test with statistics far from their data. Three choices, ``--bn_eval``:
+
+* ``'running'``: the EMA as trained (flax's and PyTorch's behaviour);
+* ``'debiased'``: the EMA with :math:`r_0`'s weight removed (:func:`debiased`),
+  as Adam corrects its moments;
+* ``'precise'``: population statistics recomputed with the final weights over
+  a number of training batches (:func:`precise`), "precise BN".
+
+The functions work on a flax ``batch_stats`` collection: any nesting of dicts
+whose leaves sit under ``'mean'`` and ``'var'`` keys (flax.linen.BatchNorm's
+and every bnjax batch norm's names).
+"""
+
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+
+from bnjax._validation import check_unit_interval
+
+__all__ = ['BN_EVAL', 'debiased', 'precise']
+
+BN_EVAL = ('running', 'debiased', 'precise')
+
+
+def _check_count(count) -> int:
+  if isinstance(count, bool) or not isinstance(count, int) and not (
+      hasattr(count, 'dtype') and jnp.issubdtype(count.dtype, jnp.integer)):
+    raise TypeError(f'count must be an int (the number of EMA updates), got {count!r}.')
+  if int(count) < 0:
+    raise ValueError(f'count must be >= 0, got {int(count)}.')
+  return int(count)
+
+
+def debiased(batch_stats, count, *, momentum: float = 0.99, initial_mean: float = 0.0,
+             initial_var: float = 1.0):
+  r"""Running averages with the weight of their initial value removed.
+
+  .. math::
+    \hat r_t = \frac{r_t - m^t r_0}{1 - m^t}
+
+  an average of the :math:`t` batch statistics with weights
+  :math:`(1-m)\,m^{t-k} / (1 - m^t)` summing to 1. ``count = 0`` (no update
+  yet) returns ``batch_stats`` unchanged.
+
+  Args:
+    batch_stats: a flax ``batch_stats`` collection (``'mean'``/``'var'`` leaves).
+    count: the number of EMA updates behind it (training steps).
+    momentum: the EMA's :math:`m`, in (0, 1).
+    initial_mean, initial_var: :math:`r_0` (flax and bnjax start at 0 and 1).
+
+  Returns:
+    A collection of the same structure.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import bn_eval
+    >>> # Two updates towards a batch mean of 2 from r_0 = 0: r = 0.0398.
+    >>> stats = {'bn': {'mean': jnp.array([0.0398]), 'var': jnp.array([1.0])}}
+    >>> out = bn_eval.debiased(stats, 2, momentum=0.99)
+    >>> round(float(out['bn']['mean'][0]), 4), round(float(out['bn']['var'][0]), 4)
+    (2.0, 1.0)
+
+  References:
+    Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
+    arXiv 1412.6980, section 3 (initialization bias correction).
+  """
+  count = _check_count(count)
+  check_unit_interval('momentum', momentum, include_one=False)
+  weight = momentum ** count
+  if count == 0 or weight == 1.0:  # no update has moved the values yet
+    return batch_stats
+  unbias = lambda r, r0: ((r - weight * r0) / (1.0 - weight)).astype(r.dtype)
+  return _map_stats(lambda node: {'mean': unbias(node['mean'], initial_mean),
+                                  'var': unbias(node['var'], initial_var)}, batch_stats)
+
+
+def _map_stats(fn, *trees):
+  """``fn`` on every ``{'mean', 'var'}`` node of nested dicts, the rest kept."""
+  first = trees[0]
+  if not isinstance(first, Mapping):
+    raise ValueError(f'batch_stats must be nested dicts with mean/var leaves; found a '
+                     f'{type(first).__name__} outside a mean/var pair.')
+  if 'mean' in first and 'var' in first:
+    return {**first, **fn(*trees)}
+  return {k: _map_stats(fn, *(t[k] for t in trees)) for k in first}
+
+
+def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
+            batches: Iterable, *, momentum: float = 0.99):
+  r"""Exact population statistics of the given batches, with the current weights.
+
+  Each batch goes through the network in training mode with incoming
+  statistics set to 0, so a layer's EMA update returns :math:`(1-m)\,b` and
+  its batch statistics :math:`b` (mean :math:`\mu_k`, biased variance
+  :math:`\sigma^2_k`) are read off exactly. Over :math:`K` batches of equal
+  size, the law of total variance gives the statistics of their union:
+
+  .. math::
+    \mu = \frac{1}{K}\sum_k \mu_k, \qquad
+    \sigma^2 = \frac{1}{K}\sum_k \left(\sigma^2_k + \mu_k^2\right) - \mu^2
+
+  (for a batch norm whose later layers see normalized inputs, the statistics
+  are those of the network as it runs in training, layer by layer, as in
+  Wu & Johnson's PreciseBN). A statistic the layer does not update (the
+  variance of a mean-only BN, the mean of a variance-only BN) keeps its
+  running value. Not for population norm, whose training forward uses the
+  incoming statistics.
+
+  Args:
+    update_fn: ``update_fn(params, batch_stats, x) -> new batch_stats``, the
+      network's training-mode forward (e.g. ``lambda p, s, x: model.apply(
+      {'params': p, 'batch_stats': s}, x, train=True,
+      mutable=['batch_stats'])[1]['batch_stats']``); it is jitted here.
+    params: the network's parameters.
+    batch_stats: its running statistics (their structure and the values of
+      statistics no layer updates).
+    batches: an iterable of input arrays ``x`` of equal batch size (at least one).
+    momentum: the layers' EMA momentum :math:`m`, in (0, 1).
+
+  Returns:
+    A ``batch_stats`` collection of the same structure.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from bnjax import bn_eval, layers
+    >>> bn = layers.BatchNorm(use_running_average=False)
+    >>> x = jax.random.normal(jax.random.key(0), (64, 3)) * 2.0 + 5.0
+    >>> v = bn.init(jax.random.key(1), x)
+    >>> update = lambda p, s, x: bn.apply({'params': p, 'batch_stats': s}, x,
+    ...                                   mutable=['batch_stats'])[1]['batch_stats']
+    >>> stats = bn_eval.precise(update, v['params'], v['batch_stats'], [x[:32], x[32:]])
+    >>> bool(jnp.allclose(stats['mean'], x.mean(0), atol=1e-4))
+    True
+    >>> bool(jnp.allclose(stats['var'], x.var(0), rtol=1e-4))
+    True
+
+  References:
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576,
+    section 3 (population statistics: EMA against PreciseBN).
+  """
+  check_unit_interval('momentum', momentum, include_one=False)
+  update = jax.jit(update_fn)
+  fill = lambda value: jax.tree_util.tree_map(lambda a: jnp.full_like(a, value),
+                                              batch_stats)
+  zeros, ones = fill(0.0), fill(1.0)
+  sums, updated, count = None, None, 0
+  for x in batches:
+    stats = jax.tree_util.tree_map(lambda a: a / (1.0 - momentum),
+                                   update(params, zeros, x))
+    if updated is None:  # a statistic no layer updates comes back as it went in
+      moved = lambda a, b: bool(jnp.any(a != 0.0) | jnp.any(b != 1.0))
+      updated = jax.tree_util.tree_map(moved, stats, update(params, ones, x))
+    moments = _map_stats(lambda n: {'mean': n['mean'],
+                                    'var': n['var'] + jnp.square(n['mean'])}, stats)
+    sums = moments if sums is None else jax.tree_util.tree_map(jnp.add, sums, moments)
+    count += 1
+  if count == 0:
+    raise ValueError('precise statistics need at least one batch; batches was empty.')
+
+  def union(total, running, moved):
+    mean = total['mean'] / count
+    var = jnp.maximum(total['var'] / count - jnp.square(mean), 0.0)
+    return {'mean': mean if moved['mean'] else running['mean'],
+            'var': var if moved['var'] else running['var']}
+
+  return _map_stats(union, sums, batch_stats, updated)
