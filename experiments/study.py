@@ -11,6 +11,7 @@ rerun), so a report never mixes old and new runs.
 
 import dataclasses
 import importlib
+import os
 import pathlib
 import re
 import shutil
@@ -255,14 +256,44 @@ def label_axes(axes, xlabel: str, legend: bool = True):
       ax.legend(fontsize=7)
 
 
-def verdict(holds: bool, claim: str, numbers: str) -> str:
-  """One report line: ``**Verdict: holds** -- claim (numbers)``."""
-  return f'**Verdict: {"holds" if holds else "does not hold"}**: {claim} ({numbers}).'
+def provenance() -> str:
+  """What produced a report: git commit, library versions, machine."""
+  import platform  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import flax, jax, jaxlib, optax  # pylint: disable=g-import-not-at-top,multiple-imports
+  try:
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
+                            text=True, check=True, cwd=pathlib.Path(__file__).parent
+                            ).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           capture_output=True, text=True, check=True,
+                           cwd=pathlib.Path(__file__).parent).stdout.strip()
+    commit += ' (with uncommitted changes)' if dirty else ''
+  except (OSError, subprocess.CalledProcessError):
+    commit = 'unknown (not a git checkout)'
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return (f'git {commit}; jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax '
+          f'{flax.__version__}, optax {optax.__version__}; {jax.device_count()} x '
+          f'{device.device_kind} ({device.platform}); CPU {cpu}, '
+          f'{len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()} '
+          f'cores.')
 
 
-def write_report(workdir, title: str, sections: list) -> pathlib.Path:
-  """Writes ``report.md`` (atomically) from ``[(heading, markdown), ...]``."""
+def write_report(workdir, title: str, sections: list, found=None) -> pathlib.Path:
+  """Writes ``report.md`` (atomically) from ``[(heading, markdown), ...]``, a
+  provenance line, and ``found`` (:class:`experiments.verdicts.Verdict` list) as
+  ``verdicts.json``."""
+  from experiments import verdicts  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(workdir) / 'report.md'
+  if found is not None:
+    verdicts.write(workdir, found)
+  sections = list(sections) + [('Provenance', f'Produced by {provenance()}')]
   body = [f'# {title}', '']
   for heading, text in sections:
     body += [f'## {heading}', '', text.strip(), '']

@@ -30,7 +30,7 @@ import numpy as np
 
 from bnjax import theory
 from bnjax.config import Config
-from experiments import study
+from experiments import study, verdicts
 
 STUDY = 'teacher_student'
 BATCH = 32
@@ -99,6 +99,7 @@ def report(workdir):
                f'{LEARNING_RATE} with batch size {BATCH} for about {spec["steps"]} steps. '
                f'Error: test MSE, the mean over {len(spec["seeds"])} seed(s) (each its own '
                f'teacher, data and initialization), +- its standard error.')]
+  found = []
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, activation in zip(axes, ('linear', 'relu')):
     curves, compared = {}, methods(activation, n)
@@ -128,29 +129,42 @@ def report(workdir):
     table += [f'| {a:g} | ' + ' | '.join(f'{curves[k][a]:.4f} +- {sems[k][a]:.4f}'
                                         for k in keys) + ' |' for a in alphas]
     text = '\n'.join(table)
+    seeds = spec['seeds']
+    err = lambda method, a, seed: runs[run_name(activation, method, a, seed)].summary[
+        'test_loss']
     if alphas:
-      gap_wn = float(np.mean([abs(curves[wn][a] - curves[bn][a]) for a in alphas]))
-      gap_sgd = float(np.mean([abs(curves[sgd][a] - curves[bn][a]) for a in alphas]))
-      text += '\n\n' + study.verdict(
-          gap_wn < gap_sgd,
+      # Per seed (BN, WN and SGD share each seed's teacher and data): the mean
+      # |difference| from BN over alpha of WN + gamma decay minus that of SGD.
+      per_seed = [float(np.mean([abs(err(wn, a, sd) - err(bn, a, sd)) for a in alphas])
+                        - np.mean([abs(err(sgd, a, sd) - err(bn, a, sd)) for a in alphas]))
+                  for sd in seeds]
+      verdict = verdicts.paired(
           f'{activation}: WN + gamma decay with zeta from BN\'s batch size tracks BN '
-          f'closer than plain SGD does',
-          f'mean |difference| from BN over alpha: WN + gamma decay {gap_wn:.4f}, '
-          f'plain SGD {gap_sgd:.4f}')
+          f'closer than plain SGD does', 'Luo et al. 2019, Figure 1',
+          'mean over alpha of |WN - BN| minus |SGD - BN| (test MSE)', per_seed,
+          numbers=f'mean |difference| from BN over alpha: WN + gamma decay '
+                  f'{np.mean([abs(curves[wn][a] - curves[bn][a]) for a in alphas]):.4f}, '
+                  f'plain SGD {np.mean([abs(curves[sgd][a] - curves[bn][a]) for a in alphas]):.4f}')
+      found.append(verdict)
+      text += '\n\n' + verdict.markdown()
       low = [a for a in alphas if a <= 2]
       if low:
-        bn_low = float(np.mean([curves[bn][a] for a in low]))
-        sgd_low = float(np.mean([curves[sgd][a] for a in low]))
-        text += '\n\n' + study.verdict(
-            bn_low < sgd_low,
+        per_seed = [float(np.mean([err(bn, a, sd) - err(sgd, a, sd) for a in low]))
+                    for sd in seeds]
+        verdict = verdicts.paired(
             f'{activation}: BN generalizes better than plain SGD at small load (alpha <= 2)',
-            f'mean test MSE BN {bn_low:.4f}, plain SGD {sgd_low:.4f}')
+            'Luo et al. 2019, Figure 1', 'mean over alpha <= 2 of test MSE BN - SGD',
+            per_seed, numbers=f'mean test MSE BN '
+                              f'{np.mean([curves[bn][a] for a in low]):.4f}, plain SGD '
+                              f'{np.mean([curves[sgd][a] for a in low]):.4f}')
+        found.append(verdict)
+        text += '\n\n' + verdict.markdown()
     sections.append((f'{activation.capitalize()} student', text))
   fig.tight_layout()
   png = study.savefig(fig, workdir, 'generalization')
   sections.insert(1, ('Generalization error against load', f'![generalization]({png})'))
   return study.write_report(workdir, 'Teacher-student generalization (Luo et al. 2019, '
-                            'Figure 1)', sections)
+                            'Figure 1)', sections, found)
 
 
 if __name__ == '__main__':

@@ -3,12 +3,18 @@
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 
 from bnjax.workdir import write_json_atomic
-from experiments import effective_lr, study
+from experiments import effective_lr, study, verdicts
+from _helpers import ROOT
+
+# Relative tolerance of a smoke rerun against its committed numbers (same
+# code, same or another x86-64 CPU: float32 reduction order may differ).
+SMOKE_RTOL = 1e-3
 
 
 def test_line_spread_on_hand_grids():
@@ -25,9 +31,19 @@ def test_line_spread_on_hand_grids():
     study.line_spread(np.zeros((2, 3)))
 
 
-def test_verdict_line():
-  assert study.verdict(True, 'a claim', 'x 1') == '**Verdict: holds**: a claim (x 1).'
-  assert 'does not hold' in study.verdict(False, 'c', 'n')
+def _decided(folder, outcome, seeds=1):
+  """Every verdict of ``folder``'s verdicts.json: one seed (so inconclusive) but
+  with its value on the side that ``outcome`` means; or, with ``seeds`` >= 3,
+  that outcome itself."""
+  found = verdicts.read(folder)
+  assert found
+  for v in found:
+    assert v.seeds == seeds, v
+    direction = verdicts.decide(v.value, 0.0, verdicts.MIN_SEEDS, threshold=v.threshold,
+                                side=v.side)
+    assert direction == outcome, v
+    assert v.outcome == (outcome if seeds >= verdicts.MIN_SEEDS else 'inconclusive'), v
+  return found
 
 
 @pytest.mark.parametrize('preset', list(effective_lr.PRESETS))
@@ -76,8 +92,7 @@ def test_effective_lr_report_when_the_claims_hold(tmp_path):
 
   _fake_study(tmp_path, errors)
   path = effective_lr.report(tmp_path)
-  verdicts = _verdicts(path)
-  assert len(verdicts) == 6 and all('holds**' in v and 'not' not in v for v in verdicts)
+  assert len(_verdicts(path)) == 6 and len(_decided(tmp_path, 'holds')) == 6
   for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
@@ -93,9 +108,8 @@ def test_effective_lr_report_when_the_claims_fail(tmp_path):
     return 0.1 + 0.01 * abs(math.log(cfg.learning_rate ** p / cfg.weight_decay))
 
   _fake_study(tmp_path, errors, norm_growth=False)
-  verdicts = _verdicts(effective_lr.report(tmp_path))
-  assert len(verdicts) == 6
-  assert all('does not hold' in v for v in verdicts), verdicts
+  effective_lr.report(tmp_path)
+  assert len(_decided(tmp_path, 'does not hold')) == 6
 
 
 def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
@@ -180,15 +194,14 @@ def _equilibrium_study(tmp_path, factor):
 
 def test_equilibrium_report_matches_hand_formulas(tmp_path):
   path = _equilibrium_study(tmp_path, 1.0)
-  verdicts = _verdicts(path)
-  assert len(verdicts) == 8 and all('does not hold' not in v for v in verdicts), verdicts
+  assert len(_decided(tmp_path, 'holds')) == 8
   assert 'head' not in path.read_text().split('| run | layer')[1]
   assert (tmp_path / 'equilibrium.png').stat().st_size > 1000
 
 
 def test_equilibrium_report_flags_a_factor_two(tmp_path):
-  verdicts = _verdicts(_equilibrium_study(tmp_path, 2.0))
-  assert len(verdicts) == 8 and all('does not hold' in v for v in verdicts), verdicts
+  _equilibrium_study(tmp_path, 2.0)
+  assert len(_decided(tmp_path, 'does not hold')) == 8
 
 
 def _bn_regularization_study(tmp_path, claims_hold):
@@ -212,15 +225,15 @@ def _bn_regularization_study(tmp_path, claims_hold):
 
 
 def test_bn_regularization_report_when_the_claims_hold(tmp_path):
-  verdicts = _verdicts(_bn_regularization_study(tmp_path, True))
-  assert len(verdicts) == 5 and all('does not hold' not in v for v in verdicts), verdicts
+  _bn_regularization_study(tmp_path, True)
+  assert len(_decided(tmp_path, 'holds')) == 5
   for png in ('curves.png', 'batch_size.png', 'gamma_decay.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
 
 def test_bn_regularization_report_when_the_claims_fail(tmp_path):
-  verdicts = _verdicts(_bn_regularization_study(tmp_path, False))
-  assert len(verdicts) == 5 and all('does not hold' in v for v in verdicts), verdicts
+  _bn_regularization_study(tmp_path, False)
+  assert len(_decided(tmp_path, 'does not hold')) == 5
 
 
 def test_spearman_against_hand_ranks():
@@ -231,10 +244,10 @@ def test_spearman_against_hand_ranks():
   assert bnr.spearman([1, 2, 3, 4], [2, 1, 3, 4]) == pytest.approx(0.8)
 
 
-def _teacher_student_study(tmp_path, claims_hold):
+def _teacher_student_study(tmp_path, claims_hold, preset='smoke'):
   from experiments import teacher_student as ts
   runs = {}
-  for name, cfg in ts.configs('smoke').items():
+  for name, cfg in ts.configs(preset).items():
     alpha = cfg.num_train / cfg.input_dim
     base = 0.25 + 1.0 / alpha
     if cfg.norm == 'none':
@@ -243,20 +256,23 @@ def _teacher_student_study(tmp_path, claims_hold):
       mse = base * (1.02 if claims_hold else 2.0)
     else:
       mse = base
+    mse *= 1.0 + 0.01 * cfg.seed  # seed-to-seed noise, common to the arms of a seed
     runs[name] = (cfg, {'steps': 10, 'test_loss': mse}, [{'step': 10, 'loss': mse}])
-  _write_study(tmp_path, 'teacher_student', 'smoke', runs)
+  _write_study(tmp_path, 'teacher_student', preset, runs)
   return ts.report(tmp_path)
 
 
-def test_teacher_student_report_when_the_claims_hold(tmp_path):
-  verdicts = _verdicts(_teacher_student_study(tmp_path, True))
-  assert len(verdicts) == 4 and all('does not hold' not in v for v in verdicts), verdicts
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+def test_teacher_student_report_when_the_claims_hold(tmp_path, preset, seeds):
+  _teacher_student_study(tmp_path, True, preset)
+  assert len(_decided(tmp_path, 'holds', seeds)) == 4
   assert (tmp_path / 'generalization.png').stat().st_size > 1000
 
 
-def test_teacher_student_report_when_the_claims_fail(tmp_path):
-  verdicts = _verdicts(_teacher_student_study(tmp_path, False))
-  assert len(verdicts) == 4 and all('does not hold' in v for v in verdicts), verdicts
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+def test_teacher_student_report_when_the_claims_fail(tmp_path, preset, seeds):
+  _teacher_student_study(tmp_path, False, preset)
+  assert len(_decided(tmp_path, 'does not hold', seeds)) == 4
 
 
 def test_teacher_student_smoke_preset_end_to_end(tmp_path):
@@ -269,6 +285,20 @@ def test_teacher_student_smoke_preset_end_to_end(tmp_path):
   wn = runs['linear_wn_gamma_decay_alpha4'].metrics[-1]
   assert 'gamma_sq/dense' in wn  # WN's gain, which gamma decay acts on
   assert _verdicts(ts.report(tmp_path))
+  # The committed smoke numbers: code and reports cannot drift apart silently.
+  # BNJAX_UPDATE_SMOKE=1 rewrites them (after a change meant to move results).
+  golden_path = ROOT / 'docs' / 'reports' / 'teacher_student' / 'smoke.json'
+  now = {'runs': {name: run.summary['test_loss'] for name, run in sorted(runs.items())},
+         'verdicts': [v.value for v in verdicts.read(tmp_path)]}
+  if os.environ.get('BNJAX_UPDATE_SMOKE') == '1':
+    golden_path.write_text(json.dumps(dict(now, tolerance=SMOKE_RTOL, provenance=(
+        study.provenance())), indent=1) + '\n')
+  golden = json.loads(golden_path.read_text())
+  assert golden['tolerance'] == SMOKE_RTOL
+  assert sorted(golden['runs']) == sorted(now['runs'])
+  for name, loss in now['runs'].items():
+    assert loss == pytest.approx(golden['runs'][name], rel=SMOKE_RTOL), name
+  assert now['verdicts'] == pytest.approx(golden['verdicts'], rel=SMOKE_RTOL, abs=1e-6)
 
 
 def test_teacher_student_wn_gamma_decay_is_bn_gamma_decay_in_wn_units():
@@ -278,3 +308,61 @@ def test_teacher_student_wn_gamma_decay_is_bn_gamma_decay_in_wn_units():
   assert cfgs['linear_wn_gamma_decay_alpha1'].gamma_decay == pytest.approx(1 / (2 * 32 * 20))
   assert cfgs['relu_wn_gamma_decay_alpha1'].gamma_decay == pytest.approx(1 / (4 * 32 * 20))
   assert cfgs['linear_bn_alpha1'].gamma_decay == 0.0
+
+
+# ------------------------------------------------------- verdict statistics
+
+
+def test_interval_against_hand_computed_t_intervals():
+  # n = 3, mean 2, s = 1: t(0.975, 2) = 4.302653 -> 4.302653 / sqrt(3) = 2.484138.
+  mean, half = verdicts.interval([1.0, 2.0, 3.0])
+  assert mean == 2.0 and half == pytest.approx(2.484138, abs=1e-6)
+  # n = 5 of (0, 0, 0, 0, 1): mean 0.2, s = sqrt(0.2) = 0.447214; t(0.975, 4) = 2.776445.
+  mean, half = verdicts.interval([0, 0, 0, 0, 1])
+  assert mean == pytest.approx(0.2) and half == pytest.approx(2.776445 * 0.447214 / 5 ** 0.5,
+                                                              rel=1e-5)
+  assert verdicts.interval([0.7]) == (0.7, None)
+  with pytest.raises(ValueError, match='finite'):
+    verdicts.interval([1.0, float('nan')])
+  with pytest.raises(ValueError, match='non-empty'):
+    verdicts.interval([])
+
+
+@pytest.mark.parametrize('value, half, seeds, side, outcome', [
+    (-1.0, 0.5, 3, 'below', 'holds'),
+    (-0.4, 0.5, 3, 'below', 'inconclusive'),   # the interval (-0.9, 0.1) covers 0
+    (1.0, 0.5, 3, 'below', 'does not hold'),
+    (1.0, 0.5, 3, 'above', 'holds'),
+    (-1.0, 0.5, 3, 'above', 'does not hold'),
+    (-1.0, 0.5, 2, 'below', 'inconclusive'),   # under MIN_SEEDS
+    (-1.0, None, 1, 'below', 'inconclusive'),
+])
+def test_decide_three_outcomes(value, half, seeds, side, outcome):
+  assert verdicts.decide(value, half, seeds, threshold=0.0, side=side) == outcome
+
+
+def test_paired_verdict_and_its_json(tmp_path):
+  # Paired differences -0.3, -0.2, -0.25: mean -0.25, s = 0.05, half-width
+  # 4.302653 * 0.05 / sqrt(3) = 0.124207 < 0.25: holds.
+  v = verdicts.paired('A beats B', 'paper, Fig. 1', 'A - B', [-0.3, -0.2, -0.25])
+  assert (v.outcome, v.seeds) == ('holds', 3)
+  assert v.value == pytest.approx(-0.25) and v.uncertainty == pytest.approx(0.124207,
+                                                                             abs=1e-6)
+  weak = verdicts.paired('A beats B', 'paper', 'A - B', [-0.3, 0.2, -0.25])
+  assert weak.outcome == 'inconclusive'
+  verdicts.write(tmp_path, [v, weak])
+  stored = json.loads((tmp_path / 'verdicts.json').read_text())
+  assert {'claim', 'source', 'outcome', 'statistic', 'value', 'uncertainty', 'seeds',
+          'rule'} <= set(stored[0])
+  assert verdicts.read(tmp_path) == [v, weak]
+  table = verdicts.readme_table([tmp_path])
+  assert f'| A beats B ({tmp_path.name}) | holds | A - B: -0.25 ± 0.124 | 3 |' in table
+  assert '**inconclusive**' in table
+  with pytest.raises(ValueError, match='outcome must be one of'):
+    verdicts.write(tmp_path, [dataclasses.replace(v, outcome='maybe')])
+
+
+def test_verdicts_doctests():
+  import doctest  # pylint: disable=g-import-not-at-top
+  result = doctest.testmod(verdicts, optionflags=doctest.ELLIPSIS)
+  assert result.attempted >= 8 and result.failed == 0
