@@ -129,6 +129,11 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
   return (learning_rate * fan_in * sigma / (2.0 * weight_decay)) ** (1.0 / 3.0)
 
 
+def _sqrt(x):
+  """``math.sqrt`` for Python numbers, ``jnp.sqrt`` for arrays and tracers."""
+  return jnp.sqrt(x) if isinstance(x, (jax.Array, jax.core.Tracer)) else math.sqrt(x)
+
+
 def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
                                momentum=0.0, b1=0.9, fan_in=None, grad_norm=None):
   r"""Expected per-step angle (radians) of each unit's weight at equilibrium.
@@ -152,7 +157,8 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
     grad_norm: per-unit gradient norm at unit weight norm (``'adam_l2'``).
 
   Returns:
-    The expected angle per step, radians (a float).
+    The expected angle per step, radians (a float; an array for array or
+    traced inputs, e.g. a scheduled learning rate inside ``jit``).
 
   Example:
     >>> from bnjax import theory
@@ -168,9 +174,9 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
   """
   _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
   if optimizer in SGD_LIKE:
-    return math.sqrt(2.0 * learning_rate * weight_decay / (1.0 + momentum))
+    return _sqrt(2.0 * learning_rate * weight_decay / (1.0 + momentum))
   if optimizer == 'adamw':
-    return math.sqrt(2.0 * learning_rate * weight_decay * (1.0 - b1) / (1.0 + b1))
+    return _sqrt(2.0 * learning_rate * weight_decay * (1.0 - b1) / (1.0 + b1))
   if fan_in is None or grad_norm is None:
     raise ValueError("equilibrium_angular_update('adam_l2') needs fan_in and grad_norm.")
   norm = equilibrium_norm('adam_l2', learning_rate, weight_decay, fan_in=fan_in,
