@@ -33,7 +33,12 @@ PARALLEL = ('none', 'pmap', 'sharded')
 # under the new meaning. 3: adds the fields below; a format-2 record is read
 # with the values it meant (:func:`upgrade_record`).
 CONFIG_VERSION = 3
-FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100}
+FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100, 'schedule': 'constant',
+                  'warmup_steps': 0}
+SCHEDULES = ('constant', 'cosine', 'step')
+# Training examples of the image datasets (a learning-rate schedule needs the
+# run's length before the data is read).
+TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
 BN_EVAL = ('running', 'debiased', 'precise')
 # Norms with running statistics (``batch_stats``), and those whose training
 # forward ignores them (so precise statistics can be read off a forward).
@@ -58,8 +63,8 @@ class Config:
     regularizer, projection, gamma_decay, batch_size, num_epochs,
     train_subset, seed, parallel, virtual_batch_size, augment, activation,
     width, input_dim, num_train, num_test, noise_std, log_every,
-    checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches:
-    see ``--help`` of ``bnjax-train``.
+    checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches,
+    schedule, warmup_steps: see ``--help`` of ``bnjax-train``.
 
   Example:
     >>> from bnjax.config import Config
@@ -123,6 +128,10 @@ class Config:
                         'final weights over --bn_eval_batches training batches); see '
                         'bnjax.bn_eval.', BN_EVAL)
   bn_eval_batches: int = _field(100, 'Training batches of --bn_eval=precise.')
+  schedule: str = _field('constant', 'Learning-rate schedule after the warmup: constant, '
+                         'cosine (to 0 at the last step) or step (x0.1 at 50% and 75% of '
+                         'the steps); decoupled decay lr*lambda follows it.', SCHEDULES)
+  warmup_steps: int = _field(0, 'Steps of linear warmup from 0 to --learning_rate.')
 
   # Fields that change neither the trained parameters nor any logged number
   # (checkpoint spacing, evaluation batching): a workdir accepts them changed.
@@ -131,6 +140,18 @@ class Config:
   def __post_init__(self):
     if self.optimizer == 'momentum':
       object.__setattr__(self, 'optimizer', 'sgd')
+
+  def train_examples(self) -> int:
+    """Training examples of the run (``num_train``, or the dataset capped by
+    ``train_subset``)."""
+    if self.dataset == 'teacher_student':
+      return self.num_train
+    full = TRAIN_SIZES.get(self.dataset, 0)
+    return min(self.train_subset, full) if self.train_subset else full
+
+  def total_steps(self) -> int:
+    """Optimizer steps of the whole run (full batches per epoch x epochs)."""
+    return max(self.train_examples() // max(self.batch_size, 1), 1) * self.num_epochs
 
   def validate(self, device_count: int = 1) -> 'Config':
     """Raises ValueError (TypeError for a wrong type) whose message starts with
@@ -213,6 +234,11 @@ class Config:
          'needs --model=perceptron')
     need(not (self.model == 'perceptron' and self.norm in ('layer', 'group')), 'norm',
          f'{self.norm} norm over the perceptron\'s single unit is constant')
+    need(self.schedule in SCHEDULES, 'schedule', f'must be one of {SCHEDULES}, got '
+         f'{self.schedule!r}')
+    need(self.warmup_steps >= 0, 'warmup_steps', f'must be >= 0, got {self.warmup_steps}')
+    need(self.warmup_steps < self.total_steps(), 'warmup_steps',
+         f'{self.warmup_steps} must be below the run\'s {self.total_steps()} steps')
     need(self.bn_eval in BN_EVAL, 'bn_eval', f'must be one of {BN_EVAL}, got '
          f'{self.bn_eval!r}')
     need(self.bn_eval == 'running' or self.norm in RUNNING_STATS_NORMS, 'bn_eval',

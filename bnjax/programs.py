@@ -29,6 +29,7 @@ __all__ = [
     'build_model',
     'build_optimizer',
     'eval_batch_stats',
+    'learning_rate_schedule',
     'hyperparameters',
     'init_state',
     'program_key',
@@ -299,18 +300,73 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
     mask = masks.kernel_mask
   common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
                 mask=mask, track=False)
+  lr = learning_rate_schedule(config, h['learning_rate'])
   if config.optimizer == 'adam':
-    base, kind = transforms.adam(h['learning_rate'], **common), 'adam'
+    base, kind = transforms.adam(lr, **common), 'adam'
   else:
-    base, kind = transforms.sgd(h['learning_rate'], h['momentum'], **common), 'sgd'
+    base, kind = transforms.sgd(lr, h['momentum'], **common), 'sgd'
   parts = [base]
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
     parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
   if config.projection and config.regularizer != 'projection':
     parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
-  parts.append(transforms.track_dynamics(h['learning_rate'], kind, masks.kernel_mask))
+  parts.append(transforms.track_dynamics(lr, kind, masks.kernel_mask))
   return optax.chain(*parts)
+
+
+def learning_rate_schedule(config: Config, learning_rate=None):
+  r"""The run's learning rate: a constant, or an optax schedule of the step count.
+
+  .. math::
+    \eta_t = \eta\,\frac{t}{T_w}\ (t < T_w), \qquad
+    \eta_t = \eta\, s\!\left(\frac{t - T_w}{T - T_w}\right)\ (t \ge T_w)
+
+  with :math:`T_w` = ``warmup_steps``, :math:`T` = ``config.total_steps()``
+  and :math:`s` 1 (``'constant'``), :math:`\tfrac12(1 + \cos \pi x)`
+  (``'cosine'``) or 0.1 per milestone at 50% and 75% of the run (``'step'``).
+  A constant schedule without warmup is the plain value, so such runs compile
+  the programs they always did.
+
+  Args:
+    config: the run's config.
+    learning_rate: the peak value (default ``config.learning_rate``; an array
+      or a traced value in vectorized groups).
+
+  Returns:
+    ``learning_rate`` itself, or a schedule ``count -> lr``.
+
+  Example:
+    >>> from bnjax import programs
+    >>> from bnjax.config import Config
+    >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=10,
+    ...                 num_train=100, num_epochs=2, learning_rate=0.1,
+    ...                 schedule='cosine', warmup_steps=5)
+    >>> lr = programs.learning_rate_schedule(config)
+    >>> [round(float(lr(t)), 4) for t in (0, 5, 12, 19)]
+    [0.0, 0.1, 0.0552, 0.0011]
+
+  References:
+    Goyal et al., "Accurate, Large Minibatch SGD", 2017, arXiv 1706.02677,
+    section 2.2 (warmup); Loshchilov & Hutter, "SGDR", ICLR 2017, arXiv
+    1608.03983, eq. 5 (cosine); He et al., "Deep Residual Learning", CVPR
+    2016, section 3.4 (step decay).
+  """
+  lr = config.learning_rate if learning_rate is None else learning_rate
+  if config.schedule == 'constant' and not config.warmup_steps:
+    return lr
+  total, warmup = config.total_steps(), config.warmup_steps
+  rest = total - warmup
+  if config.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(lr, rest)
+  elif config.schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        lr, {int(0.5 * total) - warmup: 0.1, int(0.75 * total) - warmup: 0.1})
+  else:
+    main = optax.constant_schedule(lr)
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
 def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from bnjax import step_metrics
+from bnjax.programs import learning_rate_schedule
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from bnjax.workdir import write_json_atomic
@@ -118,7 +119,9 @@ class RunFiles:
   def write_line(self, step: int, epoch: int, host_metrics, current, window_seconds: float,
                  test_metrics: Optional[dict] = None) -> dict:
     """Writes the metrics line of the window ending at ``step``; returns it."""
-    line = {'step': step, 'epoch': epoch, 'learning_rate': self.config.learning_rate,
+    lr = learning_rate_schedule(self.config)
+    line = {'step': step, 'epoch': epoch,
+            'learning_rate': float(lr(step - 1)) if callable(lr) else lr,
             'images_per_s': len(host_metrics) * self.config.batch_size / window_seconds,
             'time_s': self.seconds()}
     for key in host_metrics[0]:

@@ -170,6 +170,11 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   if len(splits['train']) < config.batch_size:
     raise ValueError(f'--batch_size: {config.batch_size} exceeds the '
                      f'{len(splits["train"])} training examples of {config.dataset}')
+  if len(splits['train']) != config.train_examples() and (
+      config.schedule != 'constant' or config.warmup_steps):
+    raise ValueError(f'--schedule: the schedule was laid out for '
+                     f'{config.train_examples()} training examples, but '
+                     f'{config.dataset} has {len(splits["train"])} here')
   mean = std = None
   if not regression:
     mean, std = data.normalization_stats(splits['train'].x)

@@ -37,6 +37,18 @@ FAMILIES = {
              projection=True),
         dict(optimizer='adam', learning_rate=1e-3, regularizer='none', weight_decay=0.0,
              projection=True, seed=1)],
+    # Schedules (traced peak values inside the vmapped step) and BN evaluation
+    # statistics (per member, from its own weights and data).
+    'adamw_cosine_warmup_debiased': [
+        dict(optimizer='adam', regularizer='decoupled', weight_decay=1e-2,
+             learning_rate=1e-2, schedule='cosine', warmup_steps=4, bn_eval='debiased'),
+        dict(optimizer='adam', regularizer='decoupled', weight_decay=1e-1,
+             learning_rate=3e-3, schedule='cosine', warmup_steps=4, bn_eval='debiased',
+             seed=1)],
+    'momentum_step_precise': [
+        dict(schedule='step', bn_eval='precise', bn_eval_batches=3),
+        dict(schedule='step', bn_eval='precise', bn_eval_batches=3, learning_rate=0.02,
+             seed=2)],
     'sgd_projection': [
         dict(regularizer='projection', weight_decay=0.0, learning_rate=0.1),
         dict(regularizer='projection', weight_decay=0.0, learning_rate=0.3, momentum=0.5,
