@@ -638,6 +638,12 @@ def _radial_projection(w, g, step, *, delta, wd_ratio, eps):
   return projected, ratio
 
 
+def _float32_zeros(params):
+  """Optimizer moments: zeros like ``params``, in float32 or wider."""
+  return jax.tree_util.tree_map(
+      lambda w: jnp.zeros_like(w, jnp.promote_types(w.dtype, jnp.float32)), params)
+
+
 def _check_projection_args(weight_decay, delta, wd_ratio, eps, nesterov):
   check_nonnegative('weight_decay', weight_decay)
   check_positive('delta', delta)
@@ -722,8 +728,7 @@ def adamp(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   _check_projection_args(weight_decay, delta, wd_ratio, eps, nesterov)
 
   def init_fn(params):
-    zeros = jax.tree_util.tree_map(
-        lambda w: jnp.zeros_like(w, jnp.promote_types(w.dtype, jnp.float32)), params)
+    zeros = _float32_zeros(params)
     return AdamPState(jnp.zeros([], jnp.int32), zeros, zeros)
 
   def update_fn(grads, state, params=None):
@@ -796,8 +801,7 @@ def sgdp(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, dampening: f
   _check_projection_args(weight_decay, delta, wd_ratio, eps, nesterov)
 
   def init_fn(params):
-    return SGDPState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(
-        lambda w: jnp.zeros_like(w, jnp.promote_types(w.dtype, jnp.float32)), params))
+    return SGDPState(jnp.zeros([], jnp.int32), _float32_zeros(params))
 
   def update_fn(grads, state, params=None):
     _require_params(params, 'sgdp')

@@ -138,12 +138,15 @@ class Verdict:
   side: str = 'below'
 
   def markdown(self) -> str:
-    """``**Verdict: holds**: claim. statistic = v ± u (n seeds; rule). numbers``."""
-    u = 'not estimated' if self.uncertainty is None else f'± {self.uncertainty:.4g}'
-    text = (f'**Verdict: {self.outcome}**: {self.claim} ({self.source}). '
-            f'{self.statistic} = {self.value:.4g} {u} ({self.seeds} seed(s); rule: '
-            f'{self.rule}).')
-    return text + (f' {self.numbers}.' if self.numbers else '')
+    """The report's line: outcome, claim, source, statistic with its interval, rule,
+    supporting numbers."""
+    if self.uncertainty is None:
+      estimate = f'{self.value:.4g} from {self.seeds} seed (no uncertainty)'
+    else:
+      estimate = f'{self.value:.4g} ± {self.uncertainty:.4g} over {self.seeds} seeds'
+    text = (f'**Verdict: {self.outcome}**: {self.claim} [{self.source}]. Statistic: '
+            f'{self.statistic} = {estimate}. Rule: {self.rule}.')
+    return text + (f' Numbers: {self.numbers}.' if self.numbers else '')
 
 
 def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *,

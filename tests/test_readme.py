@@ -1,4 +1,4 @@
-"""README's Python examples run as written."""
+"""README's Python examples run as written, and its verdict table is generated."""
 
 import pathlib
 import re
@@ -21,3 +21,16 @@ def test_readme_example_runs(index):
       pytest.skip('the flax.nnx example needs flax >= 0.11 (nnx.as_pure, '
                   'nnx.Optimizer(wrt=)), as README says')
   exec(compile(BLOCKS[index], f'README.md[python block {index}]', 'exec'), {})
+
+
+STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student')
+
+
+def test_verdict_table_is_generated_from_the_committed_verdicts():
+  """README's table of verdicts is verdicts.json of docs/reports, as generated."""
+  from experiments import verdicts  # pylint: disable=g-import-not-at-top
+  reports = README.parent / 'docs' / 'reports'
+  table = verdicts.readme_table([reports / s for s in STUDIES])
+  assert table in README.read_text(), (
+      'README is out of date; regenerate its table with python -m experiments.verdicts '
+      + ' '.join(f'docs/reports/{s}' for s in STUDIES))
