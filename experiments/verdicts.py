@@ -213,13 +213,14 @@ def readme_table(folders: Sequence) -> str:
   """
   rows = ['| claim (study) | verdict | statistic: value ± 95% interval | seeds |',
           '|---|---|---|---:|']
+  cell = lambda text: text.replace('|', '\\|')  # a | inside a cell would end it
   for folder in folders:
     name = pathlib.Path(folder).name
     for v in read(folder):
-      u = 'not estimated' if v.uncertainty is None else f'± {v.uncertainty:.3g}'
+      u = '(no interval)' if v.uncertainty is None else f'± {v.uncertainty:.3g}'
       outcome = v.outcome if v.outcome == 'holds' else f'**{v.outcome}**'
-      rows.append(f'| {v.claim} ({name}) | {outcome} | {v.statistic}: {v.value:.3g} {u} '
-                  f'| {v.seeds} |')
+      rows.append(f'| {cell(v.claim)} ({name}) | {outcome} | {cell(v.statistic)}: '
+                  f'{v.value:.3g} {u} | {v.seeds} |')
   return '\n'.join(rows)
 
 
