@@ -1,7 +1,8 @@
 """The real Fashion-MNIST, where a local copy exists (CI installs Debian's package).
 
-All tests that prepare real data live in this file so that pytest-xdist
-(--dist loadfile) prepares it on one worker only.
+The study smoke runs on real data are in test_real_data_studies.py, so that
+pytest-xdist (--dist loadfile) runs them on the other worker; each file
+prepares the data once into its own folder (about 30 s).
 """
 
 import json
@@ -87,19 +88,3 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
   assert (tmp_path / 'sgd_none' / 'summary.json').read_text() == first
   (tmp_path / 'report.md').unlink()
   assert report.report(tmp_path).exists()
-
-
-@pytest.mark.parametrize('module,verdicts,plots', [
-    ('equilibrium', 8, ('equilibrium.png',)),
-    ('bn_regularization', 5, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
-])
-def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
-  from experiments import study
-  mod = __import__(f'experiments.{module}', fromlist=['configs'])
-  runs = study.run_sweep(module, 'smoke', mod.configs('smoke'), tmp_path, data_dir=data_dir,
-                         workers=1)
-  assert sorted(runs) == sorted(mod.configs('smoke'))
-  text = mod.report(tmp_path).read_text()
-  assert text.count('**Verdict:') == verdicts, text
-  for png in plots:
-    assert (tmp_path / png).stat().st_size > 1000
