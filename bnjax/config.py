@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bnjax.bn_eval import BN_EVAL
 from bnjax.models import MODELS, NORMS, PER_UNIT_INVARIANT
 from bnjax.transforms import REGULARIZERS
 
@@ -39,7 +40,6 @@ SCHEDULES = ('constant', 'cosine', 'step')
 # Training examples of the image datasets (a learning-rate schedule needs the
 # run's length before the data is read).
 TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
-BN_EVAL = ('running', 'debiased', 'precise')
 # Norms with running statistics (``batch_stats``), and those whose training
 # forward ignores them (so precise statistics can be read off a forward).
 RUNNING_STATS_NORMS = ('batch', 'population', 'mean_only', 'variance_only', 'ghost')

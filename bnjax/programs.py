@@ -130,19 +130,25 @@ def programs(config: Config) -> tuple:
   References:
     Bradbury et al., JAX (2018): ``jax.jit`` compiles once per input shapes.
   """
-  key = program_key(config)
-  if key not in _PROGRAMS:
+  def build():
     regression = config.dataset == 'teacher_student'
     tx_of = functools.partial(build_optimizer, config)
     host_model = build_model(config, host=True)
-    _PROGRAMS[key] = (_initializer(host_model, tx_of),
-                      executors.Executor(config.parallel, build_model(config), tx_of,
-                                         regression),
-                      executors.make_eval_step(host_model, regression))
-    while len(_PROGRAMS) > 4:
-      _PROGRAMS.popitem(last=False)
-  _PROGRAMS.move_to_end(key)
-  return _PROGRAMS[key]
+    return (_initializer(host_model, tx_of),
+            executors.Executor(config.parallel, build_model(config), tx_of, regression),
+            executors.make_eval_step(host_model, regression))
+
+  return _cached(_PROGRAMS, program_key(config), build)
+
+
+def _cached(cache: collections.OrderedDict, key: str, build):
+  """``cache[key]``, built on a miss; the 4 most recently used keys are kept."""
+  if key not in cache:
+    cache[key] = build()
+    while len(cache) > 4:
+      cache.popitem(last=False)
+  cache.move_to_end(key)
+  return cache[key]
 
 
 _STATS_UPDATES: 'collections.OrderedDict[str, object]' = collections.OrderedDict()
@@ -151,15 +157,13 @@ _STATS_UPDATES: 'collections.OrderedDict[str, object]' = collections.OrderedDict
 def _stats_update(config: Config):
   """The model's training-mode forward returning its new ``batch_stats`` (one
   function per program key, so its compiled program is reused)."""
-  key = program_key(config)
-  if key not in _STATS_UPDATES:
+  def build():
     model = build_model(config, host=True)
-    _STATS_UPDATES[key] = lambda params, stats, x: model.apply(
+    return lambda params, stats, x: model.apply(
         {'params': params, 'batch_stats': stats}, x, train=True,
         mutable=['batch_stats'])[1]['batch_stats']
-    while len(_STATS_UPDATES) > 4:
-      _STATS_UPDATES.popitem(last=False)
-  return _STATS_UPDATES[key]
+
+  return _cached(_STATS_UPDATES, program_key(config), build)
 
 
 def eval_batch_stats(config: Config, state: executors.TrainState, train_batches):

@@ -62,6 +62,13 @@ def _needs_params(tx: optax.GradientTransformation, name: str
   return optax.GradientTransformation(tx.init, update_fn)
 
 
+def _expanded(mask: 'Mask', params):
+  """The mask as a full tree of bools; ``None`` means every leaf."""
+  if mask is None:
+    return jax.tree_util.tree_map(lambda _: True, params)
+  return masks.expand_mask(mask, params)
+
+
 def _at(rate, count):
   return rate(count) if callable(rate) else rate
 
@@ -414,10 +421,7 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
   check_nonnegative('learning_rate', learning_rate)
   kind = 'sgd' if optimizer in ('sgd', 'momentum') else 'adam'
 
-  def tracked(params):
-    if mask is None:
-      return jax.tree_util.tree_map(lambda _: True, params)
-    return masks.expand_mask(mask, params)
+  tracked = lambda params: _expanded(mask, params)
 
   def init_fn(params):
     zero = jnp.zeros([], jnp.float32)
@@ -656,8 +660,7 @@ def _projected_updates(step, grads, params, mask, lr, decay_scale, *, delta, wd_
                        eps):
   """``-(lr decay_scale ratio) w - step'`` per leaf, with Heo et al.'s projection on
   the leaves of ndim > 1 in ``mask`` (``None``: every leaf is decayed)."""
-  on = (jax.tree_util.tree_map(lambda _: True, params) if mask is None
-        else masks.expand_mask(mask, params))
+  on = _expanded(mask, params)
 
   def leaf(s, g, w, active):
     if not active:

@@ -166,9 +166,11 @@ class _Group:
   def evaluate(self, state, members) -> dict:
     """``{i: test metrics}`` of a host state stacked over ``members`` (config indices),
     each with the batch-norm statistics of its ``bn_eval``."""
-    state = state.replace(batch_stats=_stack([
-        programs.eval_batch_stats(self.configs[i], _member(state, j), self.train_batches[i])
-        for j, i in enumerate(members)]))
+    if self.configs[members[0]].bn_eval != 'running':  # bn_eval is in the group key
+      state = state.replace(batch_stats=_stack([
+          programs.eval_batch_stats(self.configs[i], _member(state, j),
+                                    self.train_batches[i])
+          for j, i in enumerate(members)]))
     totals = [{} for _ in members]
     for batches in zip(*(self.test_batches[i].epoch(0) for i in members)):
       out = jax.device_get(self.eval_step(
