@@ -12,6 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from bnjax import dynamics, theory, transforms
@@ -118,3 +119,113 @@ def test_sgd_with_momentum_is_the_momentum_alias():
     assert fn('sgd') == fn('momentum')
   assert theory.equilibrium_angular_update('sgd', 0.1, 5e-4, momentum=0.9) == \
       pytest.approx(np.sqrt(2 * 0.1 * 5e-4 / 1.9))
+
+
+# ------------------------------------------- approach to equilibrium, schedules
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _norm_series(tx, steps):
+  """RMS over units of the per-unit norm after each step of the synthetic problem."""
+  w = jax.random.normal(jax.random.key(0), (C, UNITS))
+  w = w / dynamics.unit_norms(w)
+
+  def step(carry, k):
+    w, state = carry
+    norms = dynamics.unit_norms(w)
+    w_hat = w / norms
+    noise = jax.random.normal(k, w.shape)
+    updates, state = tx.update((noise - w_hat * jnp.sum(noise * w_hat, 0)) / norms, state, w)
+    w = w + updates
+    return (w, state), jnp.sqrt(jnp.mean(jnp.square(dynamics.unit_norms(w))))
+
+  _, norms = jax.lax.scan(step, (w, tx.init(w)), jax.random.split(jax.random.key(1), steps))
+  return norms
+
+
+STEPS = 4000
+WARMUP_COSINE = optax.warmup_cosine_decay_schedule(0.0, 1.0, 400, STEPS, 0.0)
+TRAJECTORIES = {  # name: (theory kwargs, transform of a learning rate, tolerance, from step)
+    'sgd': (dict(optimizer='sgd', weight_decay=5e-3), 0.1,
+            lambda lr: transforms.sgd(lr, regularizer='l2', weight_decay=5e-3, track=False),
+            0.02, 0),
+    'momentum': (dict(optimizer='sgd', weight_decay=5e-3, momentum=0.9), 0.02,
+                 lambda lr: transforms.sgd(lr, 0.9, regularizer='l2', weight_decay=5e-3,
+                                           track=False), 0.03, 500),
+    'adamw': (dict(optimizer='adamw', weight_decay=0.5), 2e-3,
+              lambda lr: transforms.adam(lr, regularizer='decoupled', weight_decay=0.5,
+                                         track=False), 0.05, 0),
+    'adam_l2': (dict(optimizer='adam_l2', weight_decay=0.1), 4e-3,
+                lambda lr: transforms.adam(lr, regularizer='l2', weight_decay=0.1,
+                                           track=False), 0.15, 0),
+}
+
+
+@pytest.mark.parametrize('schedule', ['constant', 'warmup_cosine'])
+@pytest.mark.parametrize('name', list(TRAJECTORIES))
+def test_norm_trajectory_follows_the_optimizers_through_a_schedule(name, schedule):
+  # The real optimizer on the synthetic problem, from unit norm, against the
+  # expected-norm recursion: the transient, the equilibrium and a warmup +
+  # cosine schedule (momentum's recursion holds once its buffer has filled).
+  kw, peak, make, tol, start = TRAJECTORIES[name]
+  if schedule == 'constant':
+    lrs, lr = np.full(STEPS, peak), peak
+  else:
+    lrs = peak * np.asarray(WARMUP_COSINE(jnp.arange(STEPS)), float)
+    lr = lambda count: peak * WARMUP_COSINE(count)
+  measured = np.asarray(_norm_series(make(lr), STEPS))
+  predicted = theory.norm_trajectory(kw['optimizer'], lrs, kw['weight_decay'], 1.0,
+                                     fan_in=C, grad_norm=GRAD_NORM,
+                                     momentum=kw.get('momentum', 0.0))
+  error = np.abs(measured[start:] / predicted[start:] - 1)
+  assert error.max() < tol, (error.max(), int(error.argmax()) + start)
+  if schedule == 'constant':  # and it ends at the closed-form equilibrium
+    extra = dict(grad_norm=GRAD_NORM, momentum=kw.get('momentum', 0.0))
+    assert predicted[-1] == pytest.approx(theory.equilibrium_norm(
+        kw['optimizer'], peak, kw['weight_decay'], fan_in=C, **extra), rel=0.01)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'momentum', 'adamw', 'adam_l2'])
+def test_time_constant_is_the_recursions_linear_rate(name):
+  # A small displacement from equilibrium decays by 1/e in tau steps.
+  kw = dict(sgd=dict(optimizer='sgd'), momentum=dict(optimizer='sgd', momentum=0.9),
+            adamw=dict(optimizer='adamw'), adam_l2=dict(optimizer='adam_l2'))[name]
+  lr, lam = 1e-3, 0.05
+  extra = dict(fan_in=C, grad_norm=GRAD_NORM, momentum=kw.get('momentum', 0.0))
+  tau = theory.equilibrium_time_constant(kw['optimizer'], lr, lam, **extra)
+  star = theory.equilibrium_norm(kw['optimizer'], lr, lam, **extra)
+  norms = theory.norm_trajectory(kw['optimizer'], np.full(int(round(tau)), lr), lam,
+                                 star * 1.001, **extra)
+  assert (norms[-1] - star) / (0.001 * star) == pytest.approx(math.exp(-1), rel=0.02)
+
+
+def test_time_constants():
+  assert theory.equilibrium_time_constant('sgd', 0.1, 5e-4, momentum=0.9) == \
+      pytest.approx(0.1 / (4 * 0.1 * 5e-4))
+  assert theory.equilibrium_time_constant('adamw', 1e-3, 0.1) == pytest.approx(5000)
+  # Adam + L2: (lr^2 lambda)^(-2/3), so lr x2 and lambda /4 keep it.
+  kw = dict(fan_in=C, grad_norm=GRAD_NORM)
+  assert theory.equilibrium_time_constant('adam_l2', 2e-3, 0.1 / 4, **kw) == \
+      pytest.approx(theory.equilibrium_time_constant('adam_l2', 1e-3, 0.1, **kw))
+  lrs = np.array([1e-3, 2e-3, 4e-3])
+  np.testing.assert_allclose(theory.time_constants_elapsed('adamw', lrs, 0.1),
+                             np.cumsum(2 * lrs * 0.1))
+  np.testing.assert_allclose(theory.equilibrium_time_constant('adamw', lrs, 0.1),
+                             1 / (2 * lrs * 0.1))
+
+
+@pytest.mark.parametrize('call,match', [
+    (lambda: theory.equilibrium_time_constant('adam_l2', 1e-3, 0.1), 'needs fan_in'),
+    (lambda: theory.equilibrium_time_constant('sgd', 0.0, 0.1), 'learning_rate must be > 0'),
+    (lambda: theory.time_constants_elapsed('sgd', [], 0.1), 'non-empty 1-D'),
+    (lambda: theory.norm_trajectory('sgd', [0.1], 0.1, 1.0, fan_in=4), 'needs grad_norm'),
+    (lambda: theory.norm_trajectory('adamw', [0.1, -1.0], 0.1, 1.0, fan_in=4),
+     'finite and >= 0'),
+    (lambda: theory.norm_trajectory('adamw', [np.nan], 0.1, 1.0, fan_in=4),
+     'finite and >= 0'),
+    (lambda: theory.norm_trajectory('adamw', [0.1], 0.1, 0.0, fan_in=4),
+     'initial_norm must be > 0'),
+])
+def test_bad_trajectory_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
