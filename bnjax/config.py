@@ -14,7 +14,7 @@ import numpy as np
 
 from bnjax.bn_eval import BN_EVAL
 from bnjax.models import MODELS, NORMS, PER_UNIT_INVARIANT
-from bnjax.transforms import REGULARIZERS
+from bnjax import transforms
 
 __all__ = [
     'Config',
@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
-OPTIMIZERS = ('sgd', 'adam')
+OPTIMIZERS = ('sgd', 'adam', 'adamp', 'sgdp')
+# transforms' regularizers, and Kosson et al.'s rotational wrapper of sgd / adam.
+REGULARIZERS = transforms.REGULARIZERS + ('rotational',)
 PARALLEL = ('none', 'pmap', 'sharded')
 
 
@@ -85,15 +87,20 @@ class Config:
   norm: str = _field('batch', 'Normalization after each kernel layer (mean_only and '
                      'variance_only add weight norm, as in Luo et al. 2019).', NORMS)
   optimizer: str = _field('sgd', "sgd (SGD with --momentum, as optax.sgd; 'momentum' is an "
-                          'alias) or adam.', OPTIMIZERS + ('momentum',))
+                          'alias), adam, or adamp / sgdp (Heo et al. 2021: radial part of '
+                          'the step removed on scale-invariant kernels; --regularizer=none '
+                          'or decoupled, their own decay).', OPTIMIZERS + ('momentum',))
   learning_rate: float = _field(0.05, 'Learning rate (> 0).')
   momentum: float = _field(0.9, 'Momentum of --optimizer=sgd, in [0, 1) (0: plain SGD).')
-  weight_decay: float = _field(5e-4, 'lambda of --regularizer=l2 (gradient lambda*w) or '
-                               'decoupled (lr*lambda*w per step); must be 0 for none and '
-                               'projection.')
+  weight_decay: float = _field(5e-4, 'lambda of --regularizer=l2 (gradient lambda*w), '
+                               'decoupled (lr*lambda*w per step) or rotational (sets the '
+                               'equilibrium angle); must be 0 for none and projection.')
   regularizer: str = _field('l2', 'none, l2 (coupled, before the optimizer), decoupled '
-                            '(after it) or projection (scale-invariant kernels kept at unit '
-                            'norm per unit).', REGULARIZERS)
+                            '(after it), projection (scale-invariant kernels kept at unit '
+                            'norm per unit) or rotational (Kosson et al. 2024: sgd / adam '
+                            'as AdamW rotate every scale-invariant unit at its equilibrium '
+                            'angle from the first step; other kernels decayed).',
+                            REGULARIZERS)
   projection: bool = _field(False, "Also project the scale-invariant kernels to unit norm "
                             "per unit after the optimizer and --regularizer (van "
                             "Laarhoven's proposal).")
@@ -222,9 +229,22 @@ class Config:
            f'the same windows), got {value}')
     need(self.width == Config.width or self.model == 'convnet', 'width',
          f'sets the ConvNet\'s widths; --model={self.model} has fixed widths')
-    need(self.regularizer in ('l2', 'decoupled') or self.weight_decay == 0, 'weight_decay',
-         f'has no effect with --regularizer={self.regularizer}; set it to 0')
-    for flag, on in (('regularizer', self.regularizer == 'projection'),
+    need(self.regularizer in ('l2', 'decoupled', 'rotational') or self.weight_decay == 0,
+         'weight_decay', f'has no effect with --regularizer={self.regularizer}; set it to 0')
+    need(self.optimizer not in ('adamp', 'sgdp') or self.regularizer in ('none', 'decoupled'),
+         'regularizer', f'--optimizer={self.optimizer} decays with its own decoupled decay '
+         f'(scaled by wd_ratio where it projects); use none or decoupled, got '
+         f'{self.regularizer}')
+    need(self.optimizer not in ('adamp', 'sgdp') or not self.projection, 'projection',
+         f'--optimizer={self.optimizer} already removes the radial part of the step')
+    if self.regularizer == 'rotational':
+      need(self.optimizer in ('sgd', 'adam'), 'optimizer',
+           f'--regularizer=rotational wraps sgd or adam (as AdamW), got {self.optimizer}')
+      need(self.weight_decay > 0, 'weight_decay', '--regularizer=rotational needs '
+           'lambda > 0: it sets the equilibrium angle')
+      need(not self.projection, 'projection', '--regularizer=rotational keeps every '
+           'unit\'s norm fixed already')
+    for flag, on in (('regularizer', self.regularizer in ('projection', 'rotational')),
                      ('projection', self.projection)):
       need(not on or self.norm in PER_UNIT_INVARIANT, flag,
            f'projection needs weights that are scale-invariant per unit; '

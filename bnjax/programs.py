@@ -258,7 +258,8 @@ def build_model(config: Config, *, host: bool = False):
 
 def build_optimizer(config: Config, hyper: Optional[dict] = None
                     ) -> optax.GradientTransformation:
-  r"""bnjax's sgd (with ``momentum``) or adam with the configured regularizer, tracked.
+  r"""bnjax's sgd (with ``momentum``), adam, adamp or sgdp with the configured
+  regularizer, tracked.
 
   .. math::
     \text{tx} = \text{chain}(\text{gamma decay}?,\ \text{opt}(\eta, \lambda),\
@@ -270,7 +271,12 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
   Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
   normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
-  Dynamics are tracked on every kernel.
+  ``adamp``/``sgdp`` (Heo et al. 2021) decay and test every kernel with their
+  own decoupled decay (``regularizer='decoupled'``; none for ``'none'``);
+  ``regularizer='rotational'`` wraps sgd, or adam as AdamW, in
+  :func:`bnjax.transforms.rotational` (Kosson et al. 2024) on the
+  scale-invariant kernels, the other kernels decayed. Dynamics are tracked
+  on every kernel.
 
   Args:
     config: the run's :class:`bnjax.config.Config`.
@@ -305,10 +311,20 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
                 mask=mask, track=False)
   lr = learning_rate_schedule(config, h['learning_rate'])
-  if config.optimizer == 'adam':
-    base, kind = transforms.adam(lr, **common), 'adam'
+  kind = 'adam' if config.optimizer in ('adam', 'adamp') else 'sgd'
+  decay = h['weight_decay'] if config.regularizer == 'decoupled' else 0.0
+  if config.regularizer == 'rotational':
+    base = transforms.rotational(
+        'adamw' if kind == 'adam' else 'sgd', lr, h['weight_decay'], momentum=h['momentum'],
+        mask=masks.scale_invariant_kernels, decay_mask=masks.kernel_mask)
+  elif config.optimizer == 'adamp':
+    base = transforms.adamp(lr, weight_decay=decay, mask=masks.kernel_mask)
+  elif config.optimizer == 'sgdp':
+    base = transforms.sgdp(lr, h['momentum'], weight_decay=decay, mask=masks.kernel_mask)
+  elif config.optimizer == 'adam':
+    base = transforms.adam(lr, **common)
   else:
-    base, kind = transforms.sgd(lr, h['momentum'], **common), 'sgd'
+    base = transforms.sgd(lr, h['momentum'], **common)
   parts = [base]
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.

@@ -856,8 +856,8 @@ def _centred(a):
 def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
                weight_decay: ScalarOrSchedule, *, momentum: float = 0.0, b1: float = 0.9,
                b2: float = 0.999, eps: float = 1e-8, mask: Mask = None,
-               update_norm_decay: float = 0.9, center: bool = True
-               ) -> optax.GradientTransformation:
+               decay_mask: Mask = None, update_norm_decay: float = 0.9,
+               center: bool = True) -> optax.GradientTransformation:
   r"""Rotational optimizer (Kosson, Messmer & Jaggi 2024): every unit rotates at
   its inner optimizer's equilibrium angular update from the first step.
 
@@ -881,7 +881,8 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
   average. With ``center`` the first update also moves each unit to zero
   mean (at its norm :math:`r`), as Kosson et al. centre at initialization.
   Leaves outside the mask take the inner optimizer's whole update (AdamW
-  with decoupled decay; SGD with momentum on :math:`g + \lambda w`).
+  with decoupled decay; SGD with momentum on :math:`g + \lambda w`), the
+  decay only on those in ``decay_mask``.
 
   Args:
     optimizer: ``'sgd'`` or ``'adamw'``.
@@ -891,6 +892,9 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
     b1, b2, eps: AdamW's.
     mask: the rotated leaves, explicitly (as the projection, see the module
       docstring): e.g. ``bnjax.masks.scale_invariant_kernels``.
+    decay_mask: the leaves outside ``mask`` that are decayed, like
+      ``optax.adamw``'s mask (``None``: all of them); e.g.
+      ``bnjax.masks.kernel_mask`` to spare biases and gains.
     update_norm_decay: :math:`\beta` in [0, 1).
     center: zero-mean units.
 
@@ -936,6 +940,9 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
   def rotated(params):
     return masks.expand_mask(mask, params)
 
+  def decayed(params):
+    return _expanded(decay_mask, params)
+
   def init_fn(params):
     on = rotated(params)
     norm = jax.tree_util.tree_map(
@@ -947,20 +954,20 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
 
   def update_fn(grads, state, params=None):
     _require_params(params, 'rotational')
-    on = rotated(params)
+    on, decay = rotated(params), decayed(params)
     lr = _at(learning_rate, state.count)
     lam = _at(weight_decay, state.count)
     count = optax.safe_increment(state.count)
     if optimizer == 'sgd':  # the L2 term rides in the momentum, as in REQ's SGDM
-      grads = jax.tree_util.tree_map(lambda g, w, r: g if r else g + lam * w, grads,
-                                     params, on)
+      grads = jax.tree_util.tree_map(
+          lambda g, w, r, d: g + lam * w if d and not r else g, grads, params, on, decay)
     u, inner_state = inner.update(grads, state.inner, params)
     eta_r = theory.equilibrium_angular_update(optimizer, lr, lam, momentum=momentum, b1=b1)
     debias = 1.0 - update_norm_decay ** count
 
-    def leaf(u, w, r, norm, nu):
+    def leaf(u, w, r, d, norm, nu):
       if not r:
-        step = u + lam * w if optimizer == 'adamw' else u
+        step = u + lam * w if optimizer == 'adamw' and d else u
         return (-lr * step).astype(w.dtype), None
       dtype = jnp.promote_types(w.dtype, jnp.float32)
       u, start = u.astype(dtype), w.astype(dtype)
@@ -975,7 +982,8 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
       moved = moved * norm / jnp.sqrt(_unit_sum(jnp.square(moved)))
       return (moved - w.astype(dtype)).astype(w.dtype), nu
 
-    out = jax.tree_util.tree_map(leaf, u, params, on, state.norm, state.update_norm_sq)
+    out = jax.tree_util.tree_map(leaf, u, params, on, decay, state.norm,
+                                 state.update_norm_sq)
     updates = jax.tree_util.tree_map(lambda _, o: o[0], params, out)
     nus = jax.tree_util.tree_map(lambda _, o: o[1], params, out)
     return updates, RotationalState(count, inner_state, state.norm, nus)

@@ -159,6 +159,22 @@ LIBRARY = [
                                               train_subset=100, batch_size=128),
      ValueError, '--batch_size: 128 exceeds the 100 training examples of --train_subset'),
     ('config seed negative', lambda: _config(seed=-1), ValueError, '--seed: must be >= 0'),
+    ('config adamp with l2', lambda: _config(optimizer='adamp', regularizer='l2'), ValueError,
+     '--regularizer: --optimizer=adamp decays with its own decoupled decay'),
+    ('config sgdp with projection', lambda: _config(optimizer='sgdp', regularizer='decoupled',
+                                                    projection=True), ValueError,
+     '--projection: --optimizer=sgdp already removes the radial part'),
+    ('config rotational adamp', lambda: _config(optimizer='adamp', regularizer='rotational'),
+     ValueError, '--regularizer: --optimizer=adamp decays with its own'),
+    ('config rotational without decay', lambda: _config(regularizer='rotational',
+                                                        weight_decay=0.0), ValueError,
+     '--weight_decay: --regularizer=rotational needs lambda > 0'),
+    ('config rotational with projection', lambda: _config(regularizer='rotational',
+                                                          projection=True), ValueError,
+     '--projection: --regularizer=rotational keeps'),
+    ('config rotational without invariance', lambda: _config(regularizer='rotational',
+                                                             norm='none'), ValueError,
+     '--regularizer: projection needs weights that are scale-invariant'),
 ]
 
 

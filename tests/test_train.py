@@ -11,10 +11,11 @@ import time
 import chex
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import executors, step_metrics, trainer
+from bnjax import executors, masks, step_metrics, trainer, transforms
 from bnjax.config import Config
 from bnjax.workdir import ConfigMismatchError
 from bnjax import workdir as workdirs
@@ -182,6 +183,45 @@ def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
       params)
   chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda g: -lr * g, expected),
                               rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('fields,reference', [
+    (dict(optimizer='adamp', regularizer='decoupled', weight_decay=0.1, learning_rate=1e-2),
+     lambda: transforms.adamp(1e-2, weight_decay=0.1, mask=masks.kernel_mask)),
+    (dict(optimizer='sgdp', momentum=0.9, regularizer='none', weight_decay=0.0),
+     lambda: transforms.sgdp(0.05, 0.9, mask=masks.kernel_mask)),
+    (dict(optimizer='adam', regularizer='rotational', weight_decay=0.1, learning_rate=1e-2),
+     lambda: transforms.rotational('adamw', 1e-2, 0.1, mask=masks.scale_invariant_kernels,
+                                   decay_mask=masks.kernel_mask)),
+    (dict(optimizer='sgd', momentum=0.9, regularizer='rotational', weight_decay=1e-3),
+     lambda: transforms.rotational('sgd', 0.05, 1e-3, momentum=0.9,
+                                   mask=masks.scale_invariant_kernels,
+                                   decay_mask=masks.kernel_mask)),
+], ids=['adamp', 'sgdp', 'rotational-adamw', 'rotational-sgd'])
+def test_config_builds_adamp_sgdp_and_rotational(fields, reference, tmp_path):
+  # Three steps of the run's optimizer equal the transform built by hand, and a
+  # whole run trains (finite loss, every kernel tracked).
+  cfg = dataclasses.replace(TS, **fields).validate()
+  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
+  x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x)
+  params = variables['params']
+  ref = reference()
+  state, ref_state = tx.init(params), ref.init(params)
+
+  def loss(p):
+    out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
+    return jax.numpy.mean(out ** 2)
+
+  for _ in range(3):
+    grads = jax.grad(loss)(params)
+    ours, state = tx.update(grads, state, params)
+    theirs, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    params = optax.apply_updates(params, ours)
+  summary = trainer.train(cfg, tmp_path, progress=False)
+  assert summary['status'] == 'finished' and np.isfinite(summary['test_loss'])
+  assert 'angular_update/dense' in _metrics(tmp_path)[-1]
 
 
 def test_grad_sq_at_unit_norm_by_hand():
