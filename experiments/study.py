@@ -35,6 +35,7 @@ STUDIES = {
     'equilibrium': 'experiments.equilibrium',
     'bn_regularization': 'experiments.bn_regularization',
     'teacher_student': 'experiments.teacher_student',
+    'rotational': 'experiments.rotational',
 }
 
 
