@@ -1,7 +1,8 @@
 # `make test` on a fresh machine: creates .venv, installs bnjax with its test
 # extra, runs the whole suite. `make study`: the same setup plus Fashion-MNIST,
 # then the quick presets of the effective-LR and equilibrium studies
-# (runs/<study>/report.md); `make studies` adds the two Luo et al. studies.
+# (runs/<study>/report.md); `make studies` adds the two Luo et al. studies and the
+# rotational-optimizer study.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -41,6 +42,7 @@ study: $(STAMP) data
 studies: study
 	$(PY) -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
 	$(PY) -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
+	$(PY) -m experiments.rotational --preset=quick --workdir=runs/rotational
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms

@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bnjax import data
-from bnjax.step_metrics import unit_scale_grad_sq
+from bnjax.step_metrics import unit_angle_metrics, unit_scale_grad_sq
 
 __all__ = [
     'Executor',
@@ -124,7 +124,7 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
     >>> state, metrics = jax.jit(executors.make_train_step(model, tx, True))(
     ...     state, {'x': x, 'y': y})
     >>> int(state.step), sorted(metrics)
-    (1, ['grad_sq_at_unit_norm/dense', 'loss'])
+    (1, ['angular_update_sq/dense', 'dead_units/dense', 'grad_sq_at_unit_norm/dense', 'loss'])
 
   References:
     Robbins & Monro, "A Stochastic Approximation Method", 1951.
@@ -143,11 +143,12 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
         state.params)
     if axis_name is not None:  # before any metric of the gradient: it is the global one
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    metrics = {**metrics, **unit_scale_grad_sq(grads, state.params)}
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
-    return state.replace(step=state.step + 1,
-                         params=optax.apply_updates(state.params, updates),
-                         batch_stats=batch_stats, opt_state=opt_state), metrics
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, **unit_scale_grad_sq(grads, state.params),
+               **unit_angle_metrics(state.params, params, grads)}
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), metrics
 
   return step
 

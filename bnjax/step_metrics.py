@@ -12,8 +12,10 @@ from bnjax import dynamics, masks, transforms
 from bnjax._validation import key_names
 
 __all__ = [
+    'COLLAPSED',
     'gain_metrics',
     'layer_metrics',
+    'unit_angle_metrics',
     'unit_scale_grad_sq',
 ]
 
@@ -59,6 +61,70 @@ def unit_scale_grad_sq(grads, params) -> dict:
     if jnp.ndim(w) >= 2:
       out[f'grad_sq_at_unit_norm/{layer_name(path)}'] = jnp.mean(
           jnp.square(dynamics.unit_norms(g) * dynamics.unit_norms(w)))
+  return out
+
+
+# A unit whose norm fell below this fraction of its layer's median norm has
+# collapsed (decayed away); its angle and effective LR are not the layer's.
+COLLAPSED = 1e-2
+
+
+def unit_angle_metrics(params, new_params, grads) -> dict:
+  r"""Per-unit angles of a step over the live units, and the fraction of dead ones.
+
+  For every kernel (units along the last axis), with
+  :math:`\Delta\theta_j = \angle(w_j, w'_j)`:
+
+  .. math::
+    \texttt{angular\_update\_sq} = \frac{1}{|L|}\sum_{j \in L} \Delta\theta_j^2,
+    \qquad \texttt{dead\_units} = 1 - \frac{|L|}{n}
+
+  where a unit is dead (not in the live set :math:`L`) when no gradient
+  reaches it (:math:`\lVert g_j \rVert = 0`: e.g. a ReLU channel that fires
+  on no example of the batch) or its norm collapsed below
+  :data:`COLLAPSED` times the layer's median. The square root of the window
+  mean of ``angular_update_sq`` is the RMS angle the equilibrium theory
+  predicts (:func:`bnjax.theory.equilibrium_angular_update`); the mean angle
+  that ``track_dynamics`` logs is biased low by the spread over units, and a
+  dead unit's angle or effective learning rate says nothing about the live ones.
+
+  Args:
+    params: the parameters before the step.
+    new_params: after it.
+    grads: the step's gradients (the global ones under pmap).
+
+  Returns:
+    ``{'angular_update_sq/<layer>': ..., 'dead_units/<layer>': ...}`` (scalar arrays).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import step_metrics
+    >>> w = {'conv1': {'kernel': jnp.array([[1.0, 1.0], [0.0, 0.0]])}}
+    >>> new = {'conv1': {'kernel': jnp.array([[1.0, 1.0], [0.1, 0.0]])}}
+    >>> g = {'conv1': {'kernel': jnp.array([[0.0, 0.0], [-1.0, 0.0]])}}   # unit 1: none
+    >>> m = step_metrics.unit_angle_metrics(w, new, g)
+    >>> round(float(m["angular_update_sq/conv1"]), 6), float(m["dead_units/conv1"])  # atan(0.1)^2
+    (0.009934, 0.5)
+
+  References:
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
+    Theorem 1 (the expected squared angle); Lu et al., "Dying ReLU and
+    Initialization", 2019, arXiv 1903.06733 (dead units).
+  """
+  out = {}
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, w), w_new, g in zip(flat, jax.tree_util.tree_leaves(new_params),
+                                 jax.tree_util.tree_leaves(grads)):
+    if jnp.ndim(w) < 2:
+      continue
+    norms = dynamics.unit_norms(w)
+    live = (dynamics.unit_norms(g) > 0) & (norms >= COLLAPSED * jnp.median(norms))
+    count = jnp.sum(live)
+    angle = dynamics.angular_update(w, w_new)
+    name = layer_name(path)
+    out[f'angular_update_sq/{name}'] = jnp.sum(jnp.where(live, jnp.square(angle), 0.0)
+                                               ) / jnp.maximum(count, 1)
+    out[f'dead_units/{name}'] = 1.0 - count / live.size
   return out
 
 

@@ -10,7 +10,10 @@
   ``angular_update/<layer>``, ``effective_lr/<layer>`` and ``update_norm/<layer>``
   (from :func:`bnjax.transforms.track_dynamics`, always on; the values of the
   logged step), ``grad_sq_at_unit_norm/<layer>`` (window mean, see
-  :func:`unit_scale_grad_sq`), ``gamma_sq/<layer>`` for every normalization
+  :func:`unit_scale_grad_sq`), ``angular_update_sq/<layer>`` and
+  ``dead_units/<layer>`` (window means of the squared per-unit angle over the
+  live units and of the fraction of dead or collapsed units, see
+  :func:`bnjax.step_metrics.unit_angle_metrics`), ``gamma_sq/<layer>`` for every normalization
   gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;

@@ -34,6 +34,9 @@ TOLERANCE = 1.25
 # Means over the last quarter of the logged steps; equilibrated means the
 # norm moved less than EQUILIBRATED between the third and the last quarter.
 EQUILIBRATED = 0.05
+# Fewer time constants of approach (bnjax.theory.equilibrium_time_constant)
+# than this before the averaging window: the run is still in its transient.
+FAR = 3.0
 
 # name: (config overrides, theory optimizer name, momentum for theory)
 OPTIMIZERS = {
@@ -77,11 +80,19 @@ def late_mean(run: study.Run, key: str, start: float = 0.75, stop: float = 1.0) 
   return float(np.mean(values[keep]))
 
 
+def measured_angle(run: study.Run, layer: str, start: float = 0.75) -> float:
+  """The late RMS angle per step over the live units (the theory's quantity)."""
+  steps, sq = run.angle_sq_series(layer)
+  return math.sqrt(float(np.mean(sq[steps > start * run.summary['steps']])))
+
+
 def measure(run: study.Run, name: str) -> list:
   """One row per invariant layer: measured and predicted angle and norm."""
   _, kind, momentum = OPTIMIZERS[name]
   c = run.config
   lr, lam = c['learning_rate'], c['weight_decay']
+  lrs = study.scheduled_learning_rates(run)
+  window = max(int(0.75 * run.summary['steps']), 1)  # where the late means start
   rows = []
   for layer in invariant_layers(run):
     fan_in = run.summary['fan_in'][layer]
@@ -89,13 +100,20 @@ def measure(run: study.Run, name: str) -> list:
     norm = late_mean(run, f'weight_norm/{layer}')
     rows.append(dict(
         layer=layer,
-        angle=late_mean(run, f'angular_update/{layer}'),
+        angle=measured_angle(run, layer),
+        dead=(late_mean(run, f'dead_units/{layer}') if f'dead_units/{layer}' in
+              run.metrics[-1] else float('nan')),
         angle_theory=theory.equilibrium_angular_update(
             kind, lr, lam, momentum=momentum, fan_in=fan_in, grad_norm=grad_norm),
         norm=norm,
         norm_theory=theory.equilibrium_norm(kind, lr, lam, fan_in=fan_in,
                                             grad_norm=grad_norm, momentum=momentum),
         drift=abs(norm / late_mean(run, f'weight_norm/{layer}', 0.5, 0.75) - 1.0),
+        tau=theory.equilibrium_time_constant(kind, lr, lam, momentum=momentum,
+                                             fan_in=fan_in, grad_norm=grad_norm),
+        elapsed=float(theory.time_constants_elapsed(
+            kind, lrs[:window], lam, momentum=momentum, fan_in=fan_in,
+            grad_norm=grad_norm)[-1]),
     ))
   return rows
 
@@ -111,10 +129,14 @@ def report(workdir):
   names = [n for n in OPTIMIZERS if n in runs]
   setup = [study.finished_line(meta, runs) + ' '
            f'ConvNet with batch norm; measured values are means over the last quarter of '
-           f'the logged steps (each log line holds one step\'s values), per-unit and '
-           f'averaged over the units of a layer. A prediction holds within a factor '
+           f'the logged steps: the angle per step as the root mean square over the '
+           f'layer\'s live units and every step (dead units, which get no gradient or '
+           f'whose norm collapsed, counted apart), the norm from each log line\'s step, '
+           f'averaged over the units. A prediction holds within a factor '
            f'{TOLERANCE} (fixed before the runs); "equilibrated" means the norm moved less '
-           f'than {EQUILIBRATED:.0%} between the third and last quarter.', '',
+           f'than {EQUILIBRATED:.0%} between the third and last quarter; a layer with '
+           f'fewer than {FAR:g} time constants of approach (tau, from bnjax.theory) '
+           f'before the last quarter is marked far from equilibrium.', '',
            '| run | optimizer | lr | lambda | steps |', '|---|---|---|---|---|']
   for n in names:
     c = runs[n].config
@@ -125,14 +147,17 @@ def report(workdir):
     return study.write_report(workdir, 'Rotational equilibrium', sections, [])
 
   fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6), squeeze=False)
-  table = ['| run | layer | C | angle measured | angle theory | ratio | norm measured | '
-           'norm theory | ratio | norm drift |', '|---|---|---|---|---|---|---|---|---|---|']
+  table = ['| run | layer | C | dead units | angle measured (RMS) | angle theory | ratio | '
+           'norm measured | norm theory | ratio | norm drift | tau (steps) | time '
+           'constants before the window |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   lines, found = [], []
   for col, n in enumerate(names):
     run, rows = runs[n], measure(runs[n], n)
     for i, row in enumerate(rows):
       colour = f'C{i}'
-      steps, angle = run.series(f'angular_update/{row["layer"]}')
+      steps, angle_sq = run.angle_sq_series(row['layer'])
+      angle = np.sqrt(angle_sq)
       _, norm = run.series(f'weight_norm/{row["layer"]}')
       axes[0, col].semilogy(steps, angle, colour, lw=0.8, label=row['layer'])
       axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
@@ -140,10 +165,11 @@ def report(workdir):
       axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
       table.append(
           f'| {n} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
-          f'{row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
+          f'{row["dead"]:.1%} | {row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
           f'{row["angle"] / row["angle_theory"]:.3f} | {row["norm"]:.4g} | '
           f'{row["norm_theory"]:.4g} | {row["norm"] / row["norm_theory"]:.3f} | '
-          f'{row["drift"]:.1%} |')
+          f'{row["drift"]:.1%} | {row["tau"]:.0f} | {row["elapsed"]:.1f}'
+          f'{" (far from equilibrium)" if row["elapsed"] < FAR else ""} |')
     axes[0, col].set_title(f'{n}: angular update / step')
     axes[1, col].set_title(f'{n}: per-unit weight norm')
     axes[1, col].set_xlabel('step')
@@ -160,7 +186,9 @@ def report(workdir):
           numbers='measured/theory ' + ', '.join(
               f'{r["layer"]} {x:.3f}' for r, x in zip(rows, ratios))
           + ('' if settled else '; not equilibrated: norm drift up to '
-             f'{max(r["drift"] for r in rows):.1%}'))
+             f'{max(r["drift"] for r in rows):.1%}')
+          + ''.join(f'; far from equilibrium: {r["layer"]} {r["elapsed"]:.1f} time '
+                    'constants' for r in rows if r['elapsed'] < FAR))
       found.append(verdict)
       lines.append(verdict.markdown())
   fig.tight_layout()

@@ -87,6 +87,29 @@ class Run:
     values = [np.nan if l[key] is None else l[key] for l in lines]  # null: non-finite
     return np.array([l['step'] for l in lines]), np.array(values, float)
 
+  def angle_sq_series(self, layer: str):
+    """``(steps, squared angle per step)`` of a layer: the window mean over its live
+    units (``angular_update_sq``), or for runs logged before that metric existed
+    the square of the logged step's mean angle."""
+    if f'angular_update_sq/{layer}' in self.metrics[-1]:
+      return self.series(f'angular_update_sq/{layer}')
+    steps, angle = self.series(f'angular_update/{layer}')
+    return steps, np.square(angle)
+
+
+def scheduled_learning_rates(run: Run) -> np.ndarray:
+  """The learning rate of every step of ``run`` (index t: step t + 1), from its
+  config's schedule (:func:`bnjax.programs.learning_rate_schedule`)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from bnjax import programs  # pylint: disable=g-import-not-at-top
+  stored = config_lib.upgrade_record(run.config)
+  config = Config(**{f.name: stored[f.name] for f in dataclasses.fields(Config)})
+  lr = programs.learning_rate_schedule(config)
+  steps = np.arange(run.summary['steps'])
+  if not callable(lr):
+    return np.full(steps.shape, float(lr))
+  return np.asarray(jax.vmap(lr)(steps), float)
+
 
 class StaleRunsError(ValueError):
   """Run folders of a study hold other configs than the ones requested."""

@@ -150,7 +150,7 @@ def _write_study(folder, study_name, preset, runs):
 
 
 @pytest.mark.parametrize('module', ['effective_lr', 'equilibrium', 'bn_regularization',
-                                    'teacher_student'])
+                                    'teacher_student', 'rotational'])
 def test_every_preset_of_every_study_is_valid(module):
   mod = __import__(f'experiments.{module}', fromlist=['configs'])
   for preset in mod.PRESETS:
@@ -182,7 +182,9 @@ def _equilibrium_study(tmp_path, factor):
         else:
           norm = (lr * c * math.sqrt(g2 / c) / (2 * lam)) ** (1 / 3)
           angle = lr * math.sqrt(c) * rms / norm
-        line.update({f'angular_update/{layer}': factor * angle,
+        line.update({f'angular_update/{layer}': 0.5 * factor * angle,  # the mean, biased
+                     f'angular_update_sq/{layer}': (factor * angle) ** 2,  # the RMS: used
+                     f'dead_units/{layer}': 0.25,
                      f'weight_norm/{layer}': factor * norm,
                      f'grad_sq_at_unit_norm/{layer}': g2})
       lines.append(line)
@@ -196,6 +198,7 @@ def test_equilibrium_report_matches_hand_formulas(tmp_path):
   path = _equilibrium_study(tmp_path, 1.0)
   assert len(_decided(tmp_path, 'holds')) == 8
   assert 'head' not in path.read_text().split('| run | layer')[1]
+  assert '| 25.0% |' in path.read_text()  # dead units, shown apart
   assert (tmp_path / 'equilibrium.png').stat().st_size > 1000
 
 
@@ -366,3 +369,71 @@ def test_verdicts_doctests():
   import doctest  # pylint: disable=g-import-not-at-top
   result = doctest.testmod(verdicts, optionflags=doctest.ELLIPSIS)
   assert result.attempted >= 8 and result.failed == 0
+
+
+# ------------------------------------------------------------ rotational
+
+
+def _rotational_study(tmp_path, claims_hold, preset):
+  """Planted runs: angles at ``factor`` x the theory's equilibrium, errors by arm."""
+  from bnjax import programs, theory
+  from experiments import rotational as rot
+  runs = {}
+  arms = list(rot.ARMS)
+  for name, cfg in rot.configs(preset).items():
+    arm = name.split('-')[0]
+    kind, total = rot.ARMS[arm][1], cfg.total_steps()
+    lr = programs.learning_rate_schedule(cfg)
+    lines = []
+    for step in range(cfg.log_every, total + 1, cfg.log_every):
+      lr_t = float(lr(step - 1)) if callable(lr) else lr
+      line = {'step': step, 'loss': 1.0, 'learning_rate': lr_t}
+      for layer in ('conv1', 'conv2', 'head'):
+        angle = 0.01
+        if kind and lr_t > 0:
+          angle = theory.equilibrium_angular_update(kind, lr_t, cfg.weight_decay,
+                                                    momentum=cfg.momentum)
+          if arm.startswith('rotational'):
+            angle *= 1.0 if claims_hold else 1.5
+          elif step <= rot.EARLY * total or step == cfg.log_every:
+            angle *= 2.0 if claims_hold else 1.0
+        line[f'angular_update/{layer}'] = angle
+      lines.append(line)
+    rotational, warm = arm.startswith('rotational'), cfg.warmup_steps > 0
+    error = 0.2
+    if rotational:
+      error += -0.01 if claims_hold else 0.03
+      error -= 0.0 if claims_hold or not warm else 0.02
+    elif arm == 'adamp':
+      error += -0.005 if claims_hold else 0.03
+    elif warm:
+      error -= 0.02 if claims_hold else 0.0
+    error += 1e-4 * cfg.seed * (1 + arms.index(arm))  # seed noise, unlike per arm
+    runs[name] = (cfg, {'steps': total, 'test_accuracy': 1 - error, 'test_loss': 1.0},
+                  lines)
+  _write_study(tmp_path, 'rotational', preset, runs)
+  return rot.report(tmp_path)
+
+
+@pytest.mark.parametrize('claims_hold', [True, False])
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+def test_rotational_report_decides_the_planted_outcome(tmp_path, claims_hold, preset, seeds):
+  path = _rotational_study(tmp_path, claims_hold, preset)
+  found = _decided(tmp_path, 'holds' if claims_hold else 'does not hold', seeds)
+  assert len(found) == 9
+  text = path.read_text()
+  assert '(far from equilibrium)' in text  # smoke and quick alike run under 3 tau
+  assert (tmp_path / 'angles.png').stat().st_size > 1000
+
+
+def test_rotational_runs_end_to_end(tmp_path):
+  from experiments import rotational as rot
+  wanted = {n: c for n, c in rot.configs('smoke').items()
+            if n in ('adamw-seed0', 'rotational_adamw-seed0')}
+  runs = study.run_sweep('rotational', 'smoke', wanted, tmp_path, workers=1)
+  assert sorted(runs) == sorted(wanted)
+  ratios = rot.angle_ratios(runs['rotational_adamw-seed0'], 'adamw')
+  assert sorted(ratios) == ['conv1', 'conv2', 'conv3']
+  for steps, ratio in ratios.values():  # the wrapper's angle, a few steps in
+    assert np.all(np.abs(np.log(ratio[steps >= 8])) < np.log(1.5)), ratio
+  assert len(_verdicts(rot.report(tmp_path))) == 3  # no warmup arms: no warmup verdict

@@ -224,6 +224,30 @@ def test_config_builds_adamp_sgdp_and_rotational(fields, reference, tmp_path):
   assert 'angular_update/dense' in _metrics(tmp_path)[-1]
 
 
+def test_unit_angle_metrics_against_numpy():
+  rng = np.random.default_rng(0)
+  w = rng.standard_normal((6, 5))
+  w[:, 4] *= 1e-3  # collapsed: below 1% of the median norm
+  new = w + 0.05 * rng.standard_normal((6, 5))
+  g = rng.standard_normal((6, 5))
+  g[:, 1] = 0.0  # dead: no gradient reaches it
+  cos = np.sum(w * new, 0) / (np.linalg.norm(w, axis=0) * np.linalg.norm(new, axis=0))
+  angles = np.arccos(np.clip(cos, -1, 1))
+  live = [0, 2, 3]
+  out = step_metrics.unit_angle_metrics(
+      {'conv': {'kernel': jax.numpy.asarray(w, jax.numpy.float32)}, 'b': jax.numpy.ones(5)},
+      {'conv': {'kernel': jax.numpy.asarray(new, jax.numpy.float32)}, 'b': jax.numpy.ones(5)},
+      {'conv': {'kernel': jax.numpy.asarray(g, jax.numpy.float32)}, 'b': jax.numpy.ones(5)})
+  assert sorted(out) == ['angular_update_sq/conv', 'dead_units/conv']
+  assert float(out['angular_update_sq/conv']) == pytest.approx(np.mean(angles[live] ** 2),
+                                                               rel=1e-4)
+  assert float(out['dead_units/conv']) == pytest.approx(2 / 5)
+  # every unit dead: no angle to average, and no division by zero
+  ones = {'k': {'kernel': jax.numpy.ones((2, 2))}}
+  out = step_metrics.unit_angle_metrics(ones, ones, {'k': {'kernel': jax.numpy.zeros((2, 2))}})
+  assert float(out['angular_update_sq/k']) == 0.0 and float(out['dead_units/k']) == 1.0
+
+
 def test_grad_sq_at_unit_norm_by_hand():
   w = np.array([[3.0, 0.0], [4.0, 1.0]], np.float32)  # unit norms 5 and 1
   g = np.array([[1.0, 2.0], [0.0, 0.0]], np.float32)  # unit norms 1 and 2
