@@ -40,6 +40,9 @@ STUDY = 'rotational'
 TOLERANCE = 1.1   # "at equilibrium": angle within this factor of the theory
 EARLY = 0.1       # "from the start": the first 10% of the steps
 MARGIN = 0.005    # "matches or beats": test error at most 0.5 points higher
+# Descriptive only: the step from which a run stays within the equilibrium
+# study's factor (a 25-step window's RMS angle fluctuates by about 10%).
+SETTLED = 1.25
 
 ADAMW = dict(optimizer='adam', learning_rate=2e-3, weight_decay=1.0)
 SGDM = dict(optimizer='sgd', momentum=0.9, learning_rate=0.02, weight_decay=1e-2)
@@ -92,17 +95,39 @@ def invariant_layers(run: study.Run) -> list:
 
 
 def angle_ratios(run: study.Run, kind: str) -> dict:
-  """``{layer: (steps, RMS angle / equilibrium angle)}`` at every logged step."""
+  """``{layer: (steps, RMS angle / equilibrium angle)}`` at every logged step.
+
+  The logged squared angle is a window mean (``angular_update_sq``), so the
+  equilibrium angle is the window's RMS too: the squared equilibrium angle is
+  linear in the learning rate, so it is the angle at the window's mean
+  learning rate (under warmup the rate changes within a window). Runs logged
+  before that metric give one step's mean angle: compared at that step's rate.
+  """
   c = run.config
+  lrs = study.scheduled_learning_rates(run)  # index t: step t + 1
   out = {}
   for layer in invariant_layers(run):
     steps, angle_sq = run.angle_sq_series(layer)
-    _, lr = run.series('learning_rate')
+    windowed = f'angular_update_sq/{layer}' in run.metrics[-1]
+    lr = [np.mean(lrs[max(s - c['log_every'], 0):s]) if windowed else lrs[s - 1]
+          for s in steps]
     target = np.array([theory.equilibrium_angular_update(
         kind, max(float(l), 1e-12), c['weight_decay'], momentum=c['momentum'])
         for l in lr])
     out[layer] = (steps, np.sqrt(angle_sq) / target)
   return out
+
+
+def settling_step(run: study.Run, kind: str) -> float:
+  """The first logged step from which every layer's angle stays within
+  :data:`SETTLED` of the equilibrium (``inf`` if none): descriptive, no verdict."""
+  ratios = angle_ratios(run, kind)
+  steps = next(iter(ratios.values()))[0]
+  inside = np.all([np.abs(np.log(r)) <= math.log(SETTLED) for _, r in ratios.values()], 0)
+  outside = np.flatnonzero(~inside)
+  if not outside.size:
+    return float(steps[0])
+  return float(steps[outside[-1] + 1]) if outside[-1] + 1 < steps.size else math.inf
 
 
 def early_deviation(run: study.Run, kind: str) -> float:
@@ -124,6 +149,10 @@ def time_constants(run: study.Run, kind: str):
       kind, np.maximum(study.scheduled_learning_rates(run), 1e-12), c['weight_decay'],
       momentum=c['momentum'])[-1]
   return tau, float(elapsed)
+
+
+def c_steps(run: study.Run) -> int:
+  return run.summary['steps']
 
 
 def _seeds(runs, arm, warmup) -> dict:
@@ -149,7 +178,9 @@ def report(workdir):
       f'within a factor {TOLERANCE} of the theory\'s angle, "from the start" the first '
       f'{EARLY:.0%} of the steps, "matches" at most {MARGIN:.1%} more test error.', '',
       '| arm | optimizer (regularizer) | lr | lambda | warmup | seeds | test error | '
-      'tau (steps) | time constants run |', '|---|---|---|---|---|---|---|---|---|']
+      f'tau (steps) | time constants run | within {SETTLED}x of equilibrium from step '
+      f'(median) |',
+      '|---|---|---|---|---|---|---|---|---|---|']
   for arm, warmup in arms:
     seeds = _seeds(runs, arm, warmup)
     first = next(iter(seeds.values()))
@@ -158,11 +189,16 @@ def report(workdir):
     mean, half = verdicts.interval(errors)
     spread = '' if half is None else f' ± {half:.4f}'
     tau, n = time_constants(first, kind) if kind else (None, None)
+    settled = '-'
+    if kind:
+      step = float(np.median([settling_step(r, kind) for r in seeds.values()]))
+      settled = f'{step:.0f}' if math.isfinite(step) else f'not by {c_steps(first)}'
     setup.append(
         f'| {arm} | {c["optimizer"]} ({c["regularizer"]}{", projection" if c["projection"] else ""}) | '
         f'{c["learning_rate"]:g} | {c["weight_decay"]:g} | {c["warmup_steps"]} | '
         f'{len(seeds)} | {mean:.4f}{spread} | {"-" if tau is None else f"{tau:.0f}"} | '
-        f'{"-" if n is None else f"{n:.1f}" + (" (far from equilibrium)" if n < 3 else "")} |')
+        f'{"-" if n is None else f"{n:.1f}" + (" (far from equilibrium)" if n < 3 else "")} | '
+        f'{settled} |')
   sections = [('Setup', '\n'.join(setup))]
   if not arms:
     return study.write_report(workdir, 'Rotational optimizers', sections, [])
@@ -210,15 +246,19 @@ def report(workdir):
         threshold=MARGIN, numbers=f'per seed {", ".join(f"{d:+.4f}" for d in diffs)}'))
 
   plotted = [(a, w) for a, w in arms if ARMS[a][1]]
-  fig, axes = plt.subplots(1, len(plotted), figsize=(3.6 * len(plotted), 3.4), squeeze=False)
-  for ax, (arm, warmup) in zip(axes[0], plotted):
+  cols = (len(plotted) + 1) // 2
+  fig, axes = plt.subplots(2, cols, figsize=(3.6 * cols, 6.4), squeeze=False, sharey=True)
+  for ax in axes.ravel()[len(plotted):]:
+    ax.set_visible(False)
+  for ax, (arm, warmup) in zip(axes.ravel(), plotted):
     run = _seeds(runs, arm, warmup)[min(_seeds(runs, arm, warmup))]
     for i, (layer, (steps, ratio)) in enumerate(angle_ratios(run, ARMS[arm][1]).items()):
       ax.semilogy(steps, ratio, f'C{i}', lw=0.8, label=layer)
     ax.axhline(1.0, color='k', ls='--', lw=1)
     ax.axhspan(1 / TOLERANCE, TOLERANCE, color='0.9')
     ax.set_title(f'{arm}{" + warmup" if warmup else ""}', fontsize=9)
-  axes[0, 0].set_ylabel('angle / equilibrium angle')
+  for row in axes:
+    row[0].set_ylabel('RMS angle / equilibrium angle')
   study.label_axes(axes, 'step')
   fig.tight_layout()
   png = study.savefig(fig, workdir, 'angles')

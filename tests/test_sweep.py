@@ -1,16 +1,19 @@
 """bnjax.sweep.train_many: worker processes and vectorized groups against one-by-one runs."""
 
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import pathlib
 import re
+import tempfile
 
 import numpy as np
 import pytest
 
 from _helpers import TIMING, TS, fake_fashion_mnist
-from bnjax import sweep, trainer, vectorized
+from bnjax import programs, sweep, trainer, vectorized
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 
@@ -274,3 +277,37 @@ def test_report_only_lists_the_missing_runs(tmp_path):
   line = study.finished_line(meta, {'b': None})
   assert line.startswith('Preset `smoke`: 1 of 3 runs finished.')
   assert 'Missing (unfinished, diverged or not yet run): `a`, `c`' in line
+
+
+def test_members_go_out_round_robin_over_programs():
+  a, b = _configs('sgd_l2'), _configs('adam_l2_gamma')
+  configs = a + b
+  order = sweep.interleaved(configs)
+  assert sorted(order) == list(range(len(configs)))  # every member once
+  keys = [programs.program_key(configs[i]) for i in order]
+  assert keys[0] != keys[1]  # the two first workers start on different programs
+  assert order[:2] == [0, len(a)]
+
+
+def _cache_dir_of_a_worker(cache_dir):
+  sweep._init_worker(sweep.SINGLE_THREAD_XLA_FLAGS, cache_dir)
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.config.jax_compilation_cache_dir, os.environ['XLA_FLAGS']
+
+
+def test_workers_share_a_compilation_cache_that_is_removed_after(tmp_path, monkeypatch):
+  ctx = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+    cache, flags = pool.submit(_cache_dir_of_a_worker, str(tmp_path)).result()
+  assert cache == str(tmp_path) and 'intra_op_parallelism_threads=1' in flags
+  made = []
+
+  class Recorded(tempfile.TemporaryDirectory):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      made.append(self.name)
+
+  monkeypatch.setattr(sweep.tempfile, 'TemporaryDirectory', Recorded)
+  configs = _configs('sgd_l2')[:2]
+  sweep.train_many(configs, [tmp_path / 'a', tmp_path / 'b'], workers=2)
+  assert len(made) == 1 and not os.path.exists(made[0])
