@@ -131,7 +131,9 @@ def settling_step(run: study.Run, kind: str) -> float:
 
 
 def early_deviation(run: study.Run, kind: str) -> float:
-  """Max over layers of ``|log(mean early angle / equilibrium angle)|``."""
+  """Max over layers of ``|log(mean early ratio)|``: the ratios of each window's RMS
+  angle to the equilibrium one (:func:`angle_ratios`), averaged over the logged
+  windows in the first :data:`EARLY` of the steps."""
   total = run.summary['steps']
   worst = 0.0
   for steps, ratio in angle_ratios(run, kind).values():
@@ -214,8 +216,9 @@ def report(workdir):
     dev_inner = [early_deviation(i, kind) for _, i in pairs]
     found.append(verdicts.paired(
         f'{rot} is at its equilibrium angular update from the start', f'{source}, section 4',
-        f'max over layers of |log(mean angle over the first {EARLY:.0%} of steps / '
-        f'equilibrium angle)|, against log {TOLERANCE}', dev_rot,
+        f'max over layers of |log(RMS angle / equilibrium angle)|, the ratio averaged '
+        f'over the logged windows in the first {EARLY:.0%} of steps, against log '
+        f'{TOLERANCE}', dev_rot,
         threshold=math.log(TOLERANCE),
         numbers=f'per seed {", ".join(f"{d:.3f}" for d in dev_rot)}'))
     found.append(verdicts.paired(
