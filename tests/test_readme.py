@@ -23,7 +23,7 @@ def test_readme_example_runs(index):
   exec(compile(BLOCKS[index], f'README.md[python block {index}]', 'exec'), {})
 
 
-STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student')
+STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student', 'rotational')
 
 
 def test_verdict_table_is_generated_from_the_committed_verdicts():
