@@ -72,7 +72,7 @@ def test_study_cli_refuses_an_unknown_study(capsys):
   assert exit_info.value.code == 2
   assert 'bnjax-study {' in capsys.readouterr().err
   assert set(study.STUDIES) == {'effective_lr', 'equilibrium', 'bn_regularization',
-                                'teacher_student'}
+                                'teacher_student', 'rotational'}
   for name in study.STUDIES:
     module = study.study_module(name)
     assert callable(module.configs) and callable(module.report)

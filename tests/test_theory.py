@@ -21,7 +21,9 @@ C, UNITS = 512, 16
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _simulate(tx, steps, key):
+def _trajectory(tx, steps, key):
+  """Per step of the synthetic problem from unit norms: mean angle, mean norm
+  before the step, RMS norm after it."""
   w = jax.random.normal(key, (C, UNITS))
   w = w / dynamics.unit_norms(w)
 
@@ -34,10 +36,15 @@ def _simulate(tx, steps, key):
     updates, state = tx.update(grad, state, w)
     new = w + updates
     cos = jnp.sum(w * new, 0) / (norms * dynamics.unit_norms(new))
-    return (new, state), (jnp.mean(jnp.arccos(jnp.clip(cos, -1.0, 1.0))), jnp.mean(norms))
+    return (new, state), (jnp.mean(jnp.arccos(jnp.clip(cos, -1.0, 1.0))), jnp.mean(norms),
+                          jnp.sqrt(jnp.mean(jnp.square(dynamics.unit_norms(new)))))
 
-  _, (angles, norms) = jax.lax.scan(step, (w, tx.init(w)),
-                                    jax.random.split(jax.random.key(1), steps))
+  _, series = jax.lax.scan(step, (w, tx.init(w)), jax.random.split(jax.random.key(1), steps))
+  return series
+
+
+def _simulate(tx, steps, key):
+  angles, norms, _ = _trajectory(tx, steps, key)
   half = steps // 2
   return jnp.mean(angles[half:]), jnp.mean(norms[half:])
 
@@ -124,23 +131,9 @@ def test_sgd_with_momentum_is_the_momentum_alias():
 # ------------------------------------------- approach to equilibrium, schedules
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _norm_series(tx, steps):
   """RMS over units of the per-unit norm after each step of the synthetic problem."""
-  w = jax.random.normal(jax.random.key(0), (C, UNITS))
-  w = w / dynamics.unit_norms(w)
-
-  def step(carry, k):
-    w, state = carry
-    norms = dynamics.unit_norms(w)
-    w_hat = w / norms
-    noise = jax.random.normal(k, w.shape)
-    updates, state = tx.update((noise - w_hat * jnp.sum(noise * w_hat, 0)) / norms, state, w)
-    w = w + updates
-    return (w, state), jnp.sqrt(jnp.mean(jnp.square(dynamics.unit_norms(w))))
-
-  _, norms = jax.lax.scan(step, (w, tx.init(w)), jax.random.split(jax.random.key(1), steps))
-  return norms
+  return _trajectory(tx, steps, jax.random.key(0))[2]
 
 
 STEPS = 4000
