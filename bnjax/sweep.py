@@ -33,6 +33,7 @@ from typing import List, Optional, Sequence
 
 from bnjax import _extras
 from bnjax import config as config_lib
+from bnjax import programs
 from bnjax import trainer
 from bnjax import workdir as workdirs
 from bnjax.config import Config
@@ -128,7 +129,6 @@ def interleaved(configs) -> List[int]:
     ...                    dataclasses.replace(b, seed=1)])
     [0, 2, 1, 3]
   """
-  from bnjax import programs  # pylint: disable=g-import-not-at-top
   groups: dict = {}
   for i, c in enumerate(configs):
     groups.setdefault(programs.program_key(c), []).append(i)

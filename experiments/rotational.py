@@ -153,19 +153,15 @@ def time_constants(run: study.Run, kind: str):
   return tau, float(elapsed)
 
 
-def c_steps(run: study.Run) -> int:
-  return run.summary['steps']
-
-
 def _seeds(runs, arm, warmup) -> dict:
   """``{seed: run}`` of one arm."""
   return {r.config['seed']: r for n, r in runs.items()
           if n == run_name(arm, warmup, r.config['seed'])}
 
 
-def _paired(runs, a, b, warmup_a=False, warmup_b=False):
-  """Per seed present in both: ``(run_a, run_b)``."""
-  ra, rb = _seeds(runs, a, warmup_a), _seeds(runs, b, warmup_b)
+def _paired(runs, a, b):
+  """Per seed present in both arms (without warmup): ``(run_a, run_b)``."""
+  ra, rb = _seeds(runs, a, False), _seeds(runs, b, False)
   return [(ra[s], rb[s]) for s in sorted(set(ra) & set(rb))]
 
 
@@ -194,7 +190,8 @@ def report(workdir):
     settled = '-'
     if kind:
       step = float(np.median([settling_step(r, kind) for r in seeds.values()]))
-      settled = f'{step:.0f}' if math.isfinite(step) else f'not by {c_steps(first)}'
+      settled = (f'{step:.0f}' if math.isfinite(step)
+                 else f'not by {first.summary["steps"]}')
     setup.append(
         f'| {arm} | {c["optimizer"]} ({c["regularizer"]}{", projection" if c["projection"] else ""}) | '
         f'{c["learning_rate"]:g} | {c["weight_decay"]:g} | {c["warmup_steps"]} | '
