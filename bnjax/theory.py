@@ -126,7 +126,11 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
   if optimizer in SGD_LIKE:
     return (learning_rate * grad_norm ** 2 /
             (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
-  sigma = grad_norm / math.sqrt(fan_in)
+  return _adam_l2_norm(learning_rate, weight_decay, fan_in, grad_norm / math.sqrt(fan_in))
+
+
+def _adam_l2_norm(learning_rate, weight_decay, fan_in, sigma):
+  """Adam + L2's equilibrium norm ``(lr C sigma / (2 lambda))^(1/3)`` (arrays too)."""
   return (learning_rate * fan_in * sigma / (2.0 * weight_decay)) ** (1.0 / 3.0)
 
 
@@ -245,8 +249,7 @@ def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
     tau = 1.0 / (2.0 * lr * weight_decay)
   else:
     sigma = _per_step_sigma(fan_in, grad_norm)
-    norm = (lr * fan_in * sigma / (2.0 * weight_decay)) ** (1.0 / 3.0)
-    tau = sigma / (3.0 * lr * weight_decay * norm)
+    tau = sigma / (3.0 * lr * weight_decay * _adam_l2_norm(lr, weight_decay, fan_in, sigma))
   return float(tau) if tau.ndim == 0 else tau
 
 
