@@ -34,10 +34,14 @@ PARALLEL = ('none', 'pmap', 'sharded')
 # Written into every config record. 2: --optimizer=sgd takes --momentum (format 1,
 # without the key, ignored it), so a format-1 record is refused, never resumed
 # under the new meaning. 3: adds the fields below; a format-2 record is read
-# with the values it meant (:func:`upgrade_record`).
-CONFIG_VERSION = 3
+# with the values it meant (:func:`upgrade_record`). 4: adds head_weight_decay;
+# format 2 and 3 records are read with the value they meant (the head decayed
+# with --weight_decay).
+CONFIG_VERSION = 4
+FORMAT_3_MEANT = {'head_weight_decay': -1.0}
 FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100, 'schedule': 'constant',
-                  'warmup_steps': 0}
+                  'warmup_steps': 0, **FORMAT_3_MEANT}
+MEANT = {2: FORMAT_2_MEANT, 3: FORMAT_3_MEANT}
 SCHEDULES = ('constant', 'cosine', 'step')
 # Training examples of the image datasets (a learning-rate schedule needs the
 # run's length before the data is read).
@@ -62,7 +66,7 @@ class Config:
 
   Attributes:
     dataset, model, norm, optimizer, learning_rate, momentum, weight_decay,
-    regularizer, projection, gamma_decay, batch_size, num_epochs,
+    regularizer, head_weight_decay, projection, gamma_decay, batch_size, num_epochs,
     train_subset, seed, parallel, virtual_batch_size, augment, activation,
     width, input_dim, num_train, num_test, noise_std, log_every,
     checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches,
@@ -101,6 +105,10 @@ class Config:
                             'as AdamW rotate every scale-invariant unit at its equilibrium '
                             'angle from the first step; other kernels decayed).',
                             REGULARIZERS)
+  head_weight_decay: float = _field(-1.0, 'lambda of --regularizer=l2 or decoupled on the '
+                                    'kernels outside the scale-invariant ones (the '
+                                    'classifier head); -1: --weight_decay. Fixing it '
+                                    'sweeps --weight_decay on the invariant kernels only.')
   projection: bool = _field(False, "Also project the scale-invariant kernels to unit norm "
                             "per unit after the optimizer and --regularizer (van "
                             "Laarhoven's proposal).")
@@ -202,6 +210,12 @@ class Config:
     need(self.learning_rate > 0, 'learning_rate', f'must be > 0, got {self.learning_rate}')
     need(0 <= self.momentum < 1, 'momentum', f'must be in [0, 1), got {self.momentum}')
     need(self.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {self.weight_decay}')
+    need(self.head_weight_decay >= 0 or self.head_weight_decay == -1, 'head_weight_decay',
+         f'must be >= 0, or -1 (the --weight_decay), got {self.head_weight_decay}')
+    need(self.head_weight_decay == -1 or (self.regularizer in ('l2', 'decoupled')
+                                          and self.optimizer in ('sgd', 'adam')),
+         'head_weight_decay', f'applies to --regularizer=l2 or decoupled of sgd or adam; '
+         f'set it to -1 for --optimizer={self.optimizer} --regularizer={self.regularizer}')
     need(self.gamma_decay >= 0, 'gamma_decay', f'must be >= 0, got {self.gamma_decay}')
     need(self.gamma_decay == 0 or self.norm != 'none', 'gamma_decay',
          'acts on the normalization gains, and --norm=none has none; set it to 0')
@@ -293,7 +307,7 @@ def record(config: 'Config') -> dict:
   Example:
     >>> from bnjax import config
     >>> config.record(config.Config())['config_version']
-    3
+    4
 
   References:
     RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
@@ -302,13 +316,13 @@ def record(config: 'Config') -> dict:
 
 
 def upgrade_record(stored):
-  """A stored record in the current format: format 2 gets the fields it meant.
+  """A stored record in the current format: formats 2 and 3 get the fields they meant.
 
   Args:
     stored: a record read from a workdir (any other value is returned as is).
 
   Returns:
-    The record, format-2 ones with :data:`FORMAT_2_MEANT` added and
+    The record, older formats with their :data:`MEANT` fields added and
     ``config_version`` raised.
 
   Example:
@@ -319,8 +333,8 @@ def upgrade_record(stored):
   References:
     RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
   """
-  if isinstance(stored, dict) and stored.get('config_version') == 2:
-    return {**FORMAT_2_MEANT, **stored, 'config_version': CONFIG_VERSION}
+  if isinstance(stored, dict) and stored.get('config_version') in MEANT:
+    return {**MEANT[stored['config_version']], **stored, 'config_version': CONFIG_VERSION}
   return stored
 
 

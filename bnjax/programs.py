@@ -265,7 +265,9 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
     \text{tx} = \text{chain}(\text{gamma decay}?,\ \text{opt}(\eta, \lambda),\
     \text{projection}?,\ \text{track\_dynamics})
 
-  L2 and decoupled decay act on every kernel (``kernel_mask``); the
+  L2 and decoupled decay act on every kernel (``kernel_mask``), or, with
+  ``head_weight_decay >= 0``, with ``weight_decay`` on the scale-invariant
+  kernels and ``head_weight_decay`` on the others (the head); the
   projection (``regularizer='projection'``, or ``projection=True`` after any
   regularizer) on the scale-invariant kernels only
   (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
@@ -304,7 +306,8 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   """
   h = {k: getattr(config, k) for k in HYPERPARAMETERS}
   h.update(hyper or {})
-  if config.regularizer == 'projection':
+  head_decay = config.head_weight_decay >= 0
+  if config.regularizer == 'projection' or head_decay:
     mask = masks.scale_invariant_kernels
   else:
     mask = masks.kernel_mask
@@ -326,6 +329,11 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   else:
     base = transforms.sgd(lr, h['momentum'], **common)
   parts = [base]
+  if head_decay and config.regularizer == 'l2':
+    parts.insert(0, transforms.l2_regularization(config.head_weight_decay, _head_kernels))
+  elif head_decay:
+    parts.append(transforms.decoupled_weight_decay(
+        _scaled(lr, config.head_weight_decay), _head_kernels))
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
     parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
@@ -333,6 +341,18 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
     parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
   parts.append(transforms.track_dynamics(lr, kind, masks.kernel_mask))
   return optax.chain(*parts)
+
+
+def _head_kernels(params):
+  """The kernels outside :func:`bnjax.masks.scale_invariant_kernels` (the head)."""
+  return jax.tree_util.tree_map(lambda kernel, invariant: kernel and not invariant,
+                                masks.kernel_mask(params),
+                                masks.scale_invariant_kernels(params))
+
+
+def _scaled(lr, factor: float):
+  """``factor * lr``, for a constant or a schedule."""
+  return (lambda count: factor * lr(count)) if callable(lr) else factor * lr
 
 
 def learning_rate_schedule(config: Config, learning_rate=None):

@@ -51,19 +51,36 @@ OPTIMIZERS = {
 }
 
 PRESETS = {
-    'smoke': Config(train_subset=1024, batch_size=32, num_epochs=2, width=8,
-                          log_every=4, checkpoint_every=32, eval_batch_size=2000),
-    'quick': Config(train_subset=0, batch_size=32, num_epochs=2, width=16,
-                          log_every=25, checkpoint_every=500),
-    'paper': Config(dataset='cifar10', model='resnet20', augment=True, batch_size=128,
-                          num_epochs=50, log_every=50, checkpoint_every=1000),
+    # seeds: of every optimizer's run.
+    'smoke': dict(seeds=(0,), base=Config(
+        train_subset=1024, batch_size=32, num_epochs=2, width=8, log_every=4,
+        checkpoint_every=32, eval_batch_size=2000)),
+    'quick': dict(seeds=(0,), base=Config(
+        train_subset=0, batch_size=32, num_epochs=2, width=16, log_every=25,
+        checkpoint_every=500)),
+    'standard': dict(seeds=(0, 1, 2), base=Config(
+        train_subset=0, batch_size=32, num_epochs=2, width=16, log_every=25,
+        checkpoint_every=500)),
+    'paper': dict(seeds=(0, 1, 2), base=Config(
+        dataset='cifar10', model='resnet20', augment=True, batch_size=128, num_epochs=50,
+        log_every=50, checkpoint_every=1000)),
 }
 
 
+def seeded(name: str, seed: int) -> str:
+  return name + (f'_seed{seed}' if seed else '')
+
+
 def configs(preset: str, parallel: str = 'none') -> dict:
-  base = dataclasses.replace(PRESETS[preset], parallel=parallel, norm='batch')
-  return {name: dataclasses.replace(base, **overrides)
-          for name, (overrides, _, _) in OPTIMIZERS.items()}
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
+  return {seeded(name, seed): dataclasses.replace(base, **overrides, seed=seed)
+          for name, (overrides, _, _) in OPTIMIZERS.items() for seed in spec['seeds']}
+
+
+def seeds_of(runs, name: str) -> dict:
+  """``{seed: run}`` of one optimizer."""
+  return {r.config['seed']: r for n, r in runs.items() if n == seeded(name, r.config['seed'])}
 
 
 def invariant_layers(run: study.Run) -> list:
@@ -126,7 +143,7 @@ def report(workdir):
   plt = study.pyplot()
 
   meta, runs = study.load_study(workdir)
-  names = [n for n in OPTIMIZERS if n in runs]
+  names = [n for n in OPTIMIZERS if seeds_of(runs, n)]
   setup = [study.finished_line(meta, runs) + ' '
            f'ConvNet with batch norm; measured values are means over the last quarter of '
            f'the logged steps: the angle per step as the root mean square over the '
@@ -137,58 +154,65 @@ def report(workdir):
            f'than {EQUILIBRATED:.0%} between the third and last quarter; a layer with '
            f'fewer than {FAR:g} time constants of approach (tau, from bnjax.theory) '
            f'before the last quarter is marked far from equilibrium.', '',
-           '| run | optimizer | lr | lambda | steps |', '|---|---|---|---|---|']
+           '| run | optimizer | lr | lambda | steps | seeds |', '|---|---|---|---|---|---|']
   for n in names:
-    c = runs[n].config
+    seeds = seeds_of(runs, n)
+    first = seeds[min(seeds)]
+    c = first.config
     setup.append(f'| {n} | {c["optimizer"]} ({c["regularizer"]}) | {c["learning_rate"]:g} | '
-                 f'{c["weight_decay"]:g} | {runs[n].summary["steps"]} |')
+                 f'{c["weight_decay"]:g} | {first.summary["steps"]} | {len(seeds)} |')
   sections = [('Setup', '\n'.join(setup))]
   if not names:
     return study.write_report(workdir, 'Rotational equilibrium', sections, [])
 
   fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6), squeeze=False)
-  table = ['| run | layer | C | dead units | angle measured (RMS) | angle theory | ratio | '
+  table = ['| run | seed | layer | C | dead units | angle measured (RMS) | angle theory | ratio | '
            'norm measured | norm theory | ratio | norm drift | tau (steps) | time '
            'constants before the window |',
-           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
   lines, found = [], []
   for col, n in enumerate(names):
-    run, rows = runs[n], measure(runs[n], n)
-    for i, row in enumerate(rows):
-      colour = f'C{i}'
-      steps, angle_sq = run.angle_sq_series(row['layer'])
-      angle = np.sqrt(angle_sq)
-      _, norm = run.series(f'weight_norm/{row["layer"]}')
-      axes[0, col].semilogy(steps, angle, colour, lw=0.8, label=row['layer'])
-      axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
-      axes[1, col].semilogy(steps, norm, colour, lw=0.8, label=row['layer'])
-      axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
-      table.append(
-          f'| {n} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
-          f'{row["dead"]:.1%} | {row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
-          f'{row["angle"] / row["angle_theory"]:.3f} | {row["norm"]:.4g} | '
-          f'{row["norm_theory"]:.4g} | {row["norm"] / row["norm_theory"]:.3f} | '
-          f'{row["drift"]:.1%} | {row["tau"]:.0f} | {row["elapsed"]:.1f}'
-          f'{" (far from equilibrium)" if row["elapsed"] < FAR else ""} |')
+    measured = {seed: (run, measure(run, n)) for seed, run in sorted(seeds_of(runs, n).items())}
+    for seed, (run, rows) in measured.items():
+      for i, row in enumerate(rows):
+        if seed == min(measured):
+          colour = f'C{i}'
+          steps, angle_sq = run.angle_sq_series(row['layer'])
+          _, norm = run.series(f'weight_norm/{row["layer"]}')
+          axes[0, col].semilogy(steps, np.sqrt(angle_sq), colour, lw=0.8, label=row['layer'])
+          axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
+          axes[1, col].semilogy(steps, norm, colour, lw=0.8, label=row['layer'])
+          axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
+        table.append(
+            f'| {n} | {seed} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
+            f'{row["dead"]:.1%} | {row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
+            f'{row["angle"] / row["angle_theory"]:.3f} | {row["norm"]:.4g} | '
+            f'{row["norm_theory"]:.4g} | {row["norm"] / row["norm_theory"]:.3f} | '
+            f'{row["drift"]:.1%} | {row["tau"]:.0f} | {row["elapsed"]:.1f}'
+            f'{" (far from equilibrium)" if row["elapsed"] < FAR else ""} |')
     axes[0, col].set_title(f'{n}: angular update / step')
     axes[1, col].set_title(f'{n}: per-unit weight norm')
     axes[1, col].set_xlabel('step')
     axes[0, col].legend(fontsize=7)
     for quantity in ('angle', 'norm'):
-      ratios = [r[quantity] / r[f'{quantity}_theory'] for r in rows]
-      settled = all(r['drift'] < EQUILIBRATED for r in rows)
+      per_seed, shown = [], []
+      for seed, (_, rows) in measured.items():
+        ratios = [r[quantity] / r[f'{quantity}_theory'] for r in rows]
+        per_seed.append(float(max(abs(np.log(x)) for x in ratios)))
+        settled = all(r['drift'] < EQUILIBRATED for r in rows)
+        shown.append(
+            f'seed {seed}: ' + ', '.join(f'{r["layer"]} {x:.3f}' for r, x in zip(rows, ratios))
+            + ('' if settled else ' (not equilibrated: norm drift up to '
+               f'{max(r["drift"] for r in rows):.1%})')
+            + ''.join(f' (far from equilibrium: {r["layer"]} {r["elapsed"]:.1f} time '
+                      'constants)' for r in rows if r['elapsed'] < FAR))
       verdict = verdicts.paired(
           f'{n}: measured {quantity} matches bnjax.theory within a factor {TOLERANCE} '
           f'in every layer', 'van Laarhoven 2017, section 3; Wan et al. 2021, Theorem 1; '
           'Kosson et al. 2024, section 3', f'max over layers of |log(measured/theory)| '
-          f'({quantity}), against log {TOLERANCE}',
-          [float(max(abs(np.log(x)) for x in ratios))], threshold=float(np.log(TOLERANCE)),
-          numbers='measured/theory ' + ', '.join(
-              f'{r["layer"]} {x:.3f}' for r, x in zip(rows, ratios))
-          + ('' if settled else '; not equilibrated: norm drift up to '
-             f'{max(r["drift"] for r in rows):.1%}')
-          + ''.join(f'; far from equilibrium: {r["layer"]} {r["elapsed"]:.1f} time '
-                    'constants' for r in rows if r['elapsed'] < FAR))
+          f'({quantity}), against log {TOLERANCE}', per_seed,
+          threshold=float(np.log(TOLERANCE)),
+          numbers='measured/theory ' + '; '.join(shown))
       found.append(verdict)
       lines.append(verdict.markdown())
   fig.tight_layout()
@@ -199,8 +223,9 @@ def report(workdir):
                    f'the gradient).\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
-                   'preset runs one seed per optimizer, so the verdicts are inconclusive '
-                   'and the ratios show the direction only.'))
+                   f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '
+                   'optimizer (with fewer than 3 the verdicts are inconclusive and the '
+                   'ratios show the direction only).'))
   return study.write_report(workdir, 'Rotational equilibrium under weight decay', sections,
                             found)
 

@@ -71,6 +71,8 @@ PRESETS = {
         dataset='cifar10', model='resnet20', augment=True, batch_size=128, num_epochs=50,
         log_every=50, checkpoint_every=1000)),
 }
+# quick already runs 3 seeds per arm: standard is quick.
+PRESETS['standard'] = PRESETS['quick']
 
 
 def run_name(arm: str, warmup: bool, seed: int) -> str:

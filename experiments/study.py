@@ -11,6 +11,7 @@ rerun), so a report never mixes old and new runs.
 
 import dataclasses
 import importlib
+import math
 import os
 import pathlib
 import re
@@ -27,7 +28,7 @@ from bnjax import sweep, trainer
 from bnjax.config import Config, PARALLEL
 from bnjax import workdir as workdirs
 
-PRESETS = ('smoke', 'quick', 'paper')
+PRESETS = ('smoke', 'quick', 'standard', 'paper')
 # Every study, once: name -> module with ``configs(preset, parallel)`` and
 # ``report(workdir)``. The binaries, experiments.report and bnjax-study read it.
 STUDIES = {
@@ -41,8 +42,10 @@ STUDIES = {
 
 def define_flags(study: str):
   flags.DEFINE_enum('preset', 'quick', PRESETS,
-                    'smoke: about a minute (tests); quick: the CPU default; paper: the '
-                    "seeds' full settings (GPU/TPU).")
+                    'smoke: about a minute (tests); quick: the CPU default, a first look '
+                    '(one seed per cell where runs are costly); standard: 3+ seeds per '
+                    'cell, sized so that the verdicts can be decided (the four studies in '
+                    "about an hour on 2 cores); paper: the seeds' full settings (GPU/TPU).")
   flags.DEFINE_string('workdir', f'runs/{study}', 'Study folder (resumed if it exists).')
   flags.DEFINE_string('data_dir', None, 'tfds data dir (default $BNJAX_DATA_DIR).')
   flags.DEFINE_enum('parallel', 'none', PARALLEL, 'Parallel mode of every run.')
@@ -80,6 +83,17 @@ class Run:
   @property
   def test_error(self) -> float:
     return 1.0 - self.summary['test_accuracy']
+
+  def late_test_error(self, start: float) -> float:
+    """Mean test error over the evaluations logged after fraction ``start`` of
+    training (``eval_every``), with the final evaluation; the final test error
+    alone when none was logged there. Averaging evaluations reduces the noise
+    of a single iterate at a constant learning rate."""
+    steps, accuracy = self.series('test_accuracy')
+    late = accuracy[steps > start * self.summary['steps']]
+    if steps.size and steps[-1] == self.summary['steps']:
+      return float(np.mean(1.0 - late))
+    return float(np.mean(np.append(1.0 - late, self.test_error)))
 
   def series(self, key: str):
     """``(steps, values)`` of one metrics.jsonl field."""
@@ -223,6 +237,59 @@ def study_meta(workdir) -> dict:
 def load_study(workdir):
   """``(meta, runs)``: ``study.json`` and every finished run of a study folder."""
   return study_meta(workdir), load_runs(workdir)
+
+
+GROUPINGS = ('anti-diagonals', 'rows', 'columns', 'diagonals')
+
+
+def pooled_spread(grid: np.ndarray, grouping: str) -> float:
+  r"""The pooled within-group standard deviation of a square grid's cells.
+
+  .. math::
+    s_p = \sqrt{\frac{\sum_g \sum_{c \in g} (x_c - \bar x_g)^2}{\sum_g (n_g - 1)}}
+
+  over the groups ``g`` of ``grouping``: ``'anti-diagonals'`` (``i + j``
+  constant: one value of lr^p * lambda on the effective-LR grids), ``'rows'``
+  (``i``), ``'columns'`` (``j``) or ``'diagonals'`` (``i - j``). NaN cells are
+  left out and groups of one cell add nothing. Pooling the unbiased
+  variances (one-way ANOVA's within-group mean square) makes the spreads of
+  groupings with different group sizes comparable: under pure noise each
+  estimates the noise's variance.
+
+  Args:
+    grid: an ``(n, n)`` array.
+    grouping: one of :data:`GROUPINGS`.
+
+  Returns:
+    ``s_p`` (NaN when no group has two cells).
+
+  Example:
+    >>> import numpy as np
+    >>> from experiments import study
+    >>> grid = np.add.outer(np.arange(3.), np.arange(3.))   # constant on i + j
+    >>> study.pooled_spread(grid, 'anti-diagonals'), round(study.pooled_spread(grid, 'rows'), 4)
+    (0.0, 1.0)
+
+  References:
+    Fisher, "Statistical Methods for Research Workers", 1925 (analysis of
+    variance: the within-group mean square).
+  """
+  grid = np.asarray(grid, float)
+  n = grid.shape[0]
+  if grid.ndim != 2 or grid.shape != (n, n):
+    raise ValueError(f'grid must be square, got shape {grid.shape}.')
+  key = {'anti-diagonals': lambda i, j: i + j, 'rows': lambda i, j: i,
+         'columns': lambda i, j: j, 'diagonals': lambda i, j: i - j}
+  if grouping not in key:
+    raise ValueError(f'grouping must be one of {GROUPINGS}, got {grouping!r}.')
+  groups = {}
+  for i in range(n):
+    for j in range(n):
+      if not np.isnan(grid[i, j]):
+        groups.setdefault(key[grouping](i, j), []).append(grid[i, j])
+  squares = sum(float(np.sum((np.array(g) - np.mean(g)) ** 2)) for g in groups.values())
+  dof = sum(len(g) - 1 for g in groups.values())
+  return math.sqrt(squares / dof) if dof else float('nan')
 
 
 def line_spread(grid: np.ndarray):

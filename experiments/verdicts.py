@@ -29,6 +29,7 @@ __all__ = ['MIN_SEEDS', 'OUTCOMES', 'Verdict', 'interval', 'decide', 'paired', '
            'read', 'readme_table']
 
 OUTCOMES = ('holds', 'does not hold', 'inconclusive')
+SIDES = ('below', 'above', 'within')
 MIN_SEEDS = 3
 LEVEL = 0.95
 
@@ -78,7 +79,10 @@ def decide(value: float, uncertainty: Optional[float], seeds: int, *, threshold:
     uncertainty: the interval's half-width (``None``: not estimated).
     seeds: seeds behind the estimate.
     threshold: the boundary the claim is about.
-    side: ``'below'`` or ``'above'``: where the claim puts ``value``.
+    side: ``'below'`` or ``'above'``: where the claim puts ``value``;
+      ``'within'``: the claim is ``|value| < threshold`` (an equivalence
+      claim: holds when the whole interval lies inside ``(-threshold,
+      threshold)``, does not hold when it lies wholly outside).
 
   Returns:
     One of :data:`OUTCOMES`.
@@ -91,16 +95,26 @@ def decide(value: float, uncertainty: Optional[float], seeds: int, *, threshold:
     'inconclusive'
     >>> verdicts.decide(0.5, 0.2, 3, threshold=0.0, side='below')
     'does not hold'
+    >>> verdicts.decide(0.05, 0.03, 3, threshold=0.1, side='within')
+    'holds'
 
   References:
     Neyman, "Outline of a Theory of Statistical Estimation Based on the
-    Classical Theory of Probability", 1937 (confidence intervals).
+    Classical Theory of Probability", 1937 (confidence intervals); Schuirmann,
+    "A comparison of the two one-sided tests procedure ...", J.
+    Pharmacokinet. Biopharm. 1987 (equivalence within a margin).
   """
-  if side not in ('below', 'above'):
-    raise ValueError(f"side must be 'below' or 'above', got {side!r}.")
+  if side not in SIDES:
+    raise ValueError(f'side must be one of {SIDES}, got {side!r}.')
   if seeds < MIN_SEEDS or uncertainty is None or not math.isfinite(value):
     return 'inconclusive'
   low, high = value - uncertainty, value + uncertainty
+  if side == 'within':  # equivalence: |value| < threshold (Schuirmann 1987)
+    if -threshold < low and high < threshold:
+      return 'holds'
+    if low > threshold or high < -threshold:
+      return 'does not hold'
+    return 'inconclusive'
   below, above = high < threshold, low > threshold
   if (side == 'below' and below) or (side == 'above' and above):
     return 'holds'
@@ -173,9 +187,14 @@ def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *
     Student, "The Probable Error of a Mean", Biometrika 1908 (paired t).
   """
   value, uncertainty = interval(per_seed)
-  rule = (f'mean over seeds {"<" if side == "below" else ">"} {threshold:g} with the whole '
-          f'95% t-interval: holds; whole interval on the other side: does not hold; '
-          f'else, or under {MIN_SEEDS} seeds: inconclusive')
+  if side == 'within':
+    rule = (f'whole 95% t-interval of the mean over seeds inside (-{threshold:g}, '
+            f'{threshold:g}): holds; wholly outside: does not hold; else, or under '
+            f'{MIN_SEEDS} seeds: inconclusive')
+  else:
+    rule = (f'mean over seeds {"<" if side == "below" else ">"} {threshold:g} with the '
+            f'whole 95% t-interval: holds; whole interval on the other side: does not '
+            f'hold; else, or under {MIN_SEEDS} seeds: inconclusive')
   return Verdict(claim=claim, source=source, statistic=statistic, value=value,
                  uncertainty=uncertainty, seeds=len(per_seed),
                  outcome=decide(value, uncertainty, len(per_seed), threshold=threshold,

@@ -280,7 +280,7 @@ def test_record_of_an_older_format_is_refused_not_resumed(tmp_path):
   old = _strict((tmp_path / 'config.json').read_text())
   del old['config_version']
   workdir.write_json_atomic(tmp_path / 'config.json', old)
-  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 3'):
+  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 4'):
     trainer.train(TS, tmp_path, progress=False)
 
 
@@ -296,6 +296,21 @@ def test_format_2_record_resumes_as_running_statistics(tmp_path):
   workdir.write_json_atomic(tmp_path / 'a' / 'config.json', old)
   with pytest.raises(workdir.ConfigMismatchError, match="bn_eval: was 'running', now 'debiased'"):
     trainer.train(dataclasses.replace(TS, bn_eval='debiased'), tmp_path / 'a', progress=False)
+  resumed = trainer.train(TS, tmp_path / 'a', progress=False)
+  whole = trainer.train(TS, tmp_path / 'b', progress=False)
+  assert resumed['test_loss'] == whole['test_loss']
+
+
+def test_format_3_record_resumes_with_the_head_decayed_by_weight_decay(tmp_path):
+  """Format 3 had no head_weight_decay: its head decayed with --weight_decay (-1)."""
+  trainer.train(TS, tmp_path / 'a', progress=False, stop_after=8)
+  old = _strict((tmp_path / 'a' / 'config.json').read_text())
+  del old['head_weight_decay']
+  old['config_version'] = 3
+  workdir.write_json_atomic(tmp_path / 'a' / 'config.json', old)
+  with pytest.raises(workdir.ConfigMismatchError, match='head_weight_decay: was -1.0, now 0.0'):
+    trainer.train(dataclasses.replace(TS, head_weight_decay=0.0), tmp_path / 'a',
+                  progress=False)
   resumed = trainer.train(TS, tmp_path / 'a', progress=False)
   whole = trainer.train(TS, tmp_path / 'b', progress=False)
   assert resumed['test_loss'] == whole['test_loss']

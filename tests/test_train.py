@@ -279,3 +279,63 @@ def test_eval_every_logs_test_metrics_and_gains(tmp_path):
 def test_config_names_the_bad_flag(fields, message):
   with pytest.raises(ValueError, match=message):
     dataclasses.replace(TS, **fields).validate()
+
+
+def _head_kernels(params):
+  return jax.tree_util.tree_map(lambda k, s: k and not s, masks.kernel_mask(params),
+                                masks.scale_invariant_kernels(params))
+
+
+@pytest.mark.parametrize('fields,reference', [
+    (dict(optimizer='sgd', momentum=0.9, regularizer='l2', weight_decay=0.3,
+          head_weight_decay=0.01, learning_rate=0.1),
+     lambda: optax.chain(optax.add_decayed_weights(0.01, _head_kernels),
+                         optax.add_decayed_weights(0.3, masks.scale_invariant_kernels),
+                         optax.sgd(0.1, momentum=0.9))),
+    (dict(optimizer='adam', regularizer='decoupled', weight_decay=0.5, head_weight_decay=0.0,
+          learning_rate=1e-2, projection=True),
+     lambda: optax.chain(optax.adamw(1e-2, weight_decay=0.5,
+                                     mask=masks.scale_invariant_kernels),
+                         transforms.unit_norm_projection(masks.scale_invariant_kernels))),
+    (dict(optimizer='adam', regularizer='decoupled', weight_decay=0.5, head_weight_decay=0.2,
+          learning_rate=1e-2),
+     lambda: optax.chain(optax.adamw(1e-2, weight_decay=0.5,
+                                     mask=masks.scale_invariant_kernels),
+                         optax.add_decayed_weights(-1e-2 * 0.2, _head_kernels))),
+], ids=['sgd-l2', 'adamw-projection-head-0', 'adamw'])
+def test_head_weight_decay_decays_the_head_apart(fields, reference):
+  # The ConvNet's head kernel gets head_weight_decay and its conv kernels
+  # weight_decay: three steps equal optax's masked decays built by hand.
+  cfg = Config(width=4, norm='batch', batch_size=8, train_subset=64, log_every=2,
+               checkpoint_every=4, **fields).validate()
+  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
+  x = np.random.default_rng(0).standard_normal((8, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x)
+  params = variables['params']
+  assert set(params) >= {'conv1', 'head'}
+  ref = reference()
+  state, ref_state = tx.init(params), ref.init(params)
+
+  def loss(p):
+    out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
+    return jax.numpy.mean(out ** 2)
+
+  for _ in range(3):
+    grads = jax.grad(loss)(params)
+    ours, state = tx.update(grads, state, params)
+    theirs, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    params = optax.apply_updates(params, ours)
+
+
+def test_head_weight_decay_equal_to_weight_decay_is_the_plain_regularizer():
+  cfg = Config(width=4, batch_size=8, train_subset=64, log_every=2, checkpoint_every=4,
+               regularizer='l2', weight_decay=0.3)
+  x = np.random.default_rng(1).standard_normal((8, 28, 28, 1)).astype(np.float32)
+  model = trainer.build_model(cfg)
+  variables = model.init(jax.random.key(0), x)
+  grads = jax.tree_util.tree_map(jax.numpy.ones_like, variables['params'])
+  out = [trainer.build_optimizer(c).update(grads, trainer.build_optimizer(c).init(
+      variables['params']), variables['params'])[0]
+         for c in (cfg, dataclasses.replace(cfg, head_weight_decay=0.3))]
+  chex.assert_trees_all_close(out[0], out[1], rtol=1e-6)
