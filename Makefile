@@ -2,13 +2,14 @@
 # extra, runs the whole suite. `make study`: the same setup plus Fashion-MNIST,
 # then the quick presets of the effective-LR and equilibrium studies
 # (runs/<study>/report.md); `make studies` adds the two Luo et al. studies and the
-# rotational-optimizer study.
+# rotational-optimizer study; `make standard` runs all five at the standard
+# presets (the committed docs/reports).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-floors bench study studies data clean
+.PHONY: test test-floors bench study studies standard data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,13 @@ studies: study
 	$(PY) -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
 	$(PY) -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
 	$(PY) -m experiments.rotational --preset=quick --workdir=runs/rotational
+
+# The standard presets: 3+ seeds per cell, decisive verdicts (about an hour
+# for the first four on 2 cores), into runs/standard/<study>/.
+standard: $(STAMP) data
+	for s in effective_lr equilibrium bn_regularization teacher_student rotational; do \
+	  $(PY) -m experiments.$$s --preset=standard --workdir=runs/standard/$$s || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.norms

@@ -135,6 +135,23 @@ def measure(run: study.Run, name: str) -> list:
   return rows
 
 
+def window_predictions(run: study.Run, name: str, layer: str):
+  """``(steps, angle, norm)``: theory's equilibrium at every logged window, from that
+  window's own gradient norm at unit weight norm (quasi-static: where the gradient
+  drifts, so does the equilibrium the layer is approaching)."""
+  _, kind, momentum = OPTIMIZERS[name]
+  c = run.config
+  steps, g2 = run.series(f'grad_sq_at_unit_norm/{layer}')
+  keep = np.isfinite(g2) & (g2 > 0)
+  fan_in = run.summary['fan_in'][layer]
+  kw = dict(momentum=momentum, fan_in=fan_in)
+  angle = [theory.equilibrium_angular_update(kind, c['learning_rate'], c['weight_decay'],
+                                             grad_norm=math.sqrt(g), **kw) for g in g2[keep]]
+  norm = [theory.equilibrium_norm(kind, c['learning_rate'], c['weight_decay'],
+                                  grad_norm=math.sqrt(g), **kw) for g in g2[keep]]
+  return steps[keep], np.array(angle), np.array(norm)
+
+
 def within(ratio: float) -> bool:
   return 1.0 / TOLERANCE <= ratio <= TOLERANCE
 
@@ -183,6 +200,9 @@ def report(workdir):
           axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
           axes[1, col].semilogy(steps, norm, colour, lw=0.8, label=row['layer'])
           axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
+          g_steps, angle_t, norm_t = window_predictions(run, n, row['layer'])
+          axes[0, col].semilogy(g_steps, angle_t, colour, ls=':', lw=1)
+          axes[1, col].semilogy(g_steps, norm_t, colour, ls=':', lw=1)
         table.append(
             f'| {n} | {seed} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
             f'{row["dead"]:.1%} | {row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
@@ -218,9 +238,11 @@ def report(workdir):
   fig.tight_layout()
   png = study.savefig(fig, workdir, 'equilibrium')
   sections.append(('Measured against theory',
-                   f'![equilibrium]({png})\n\nSolid: measured; dashed: theory (from the '
-                   f'late-training mean of `grad_sq_at_unit_norm` where the formula needs '
-                   f'the gradient).\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+                   f'![equilibrium]({png})\n\nSolid: measured (first seed); dashed: theory '
+                   f'(from the late-training mean of `grad_sq_at_unit_norm` where the '
+                   f'formula needs the gradient); dotted: theory from each window\'s own '
+                   f'gradient norm, the equilibrium the layer is approaching at that time.'
+                   f'\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '

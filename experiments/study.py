@@ -292,27 +292,6 @@ def pooled_spread(grid: np.ndarray, grouping: str) -> float:
   return math.sqrt(squares / dof) if dof else float('nan')
 
 
-def line_spread(grid: np.ndarray):
-  """Spread of a square grid along its anti-diagonals against across them.
-
-  ``grid[i, j]`` for log-spaced rows i and columns j chosen so that every
-  anti-diagonal (``i + j`` constant) is one value of a combined quantity
-  (e.g. effective learning rate). Returns ``(along, across)``: the mean
-  standard deviation within anti-diagonals of two or more cells, and the
-  standard deviation of the anti-diagonal means. NaN cells are ignored.
-  """
-  grid = np.asarray(grid, float)
-  n = grid.shape[0]
-  if grid.shape != (n, n):
-    raise ValueError(f'grid must be square, got shape {grid.shape}.')
-  lines = [np.array([grid[i, k - i] for i in range(n) if 0 <= k - i < n])
-           for k in range(2 * n - 1)]
-  lines = [l[~np.isnan(l)] for l in lines]
-  within = [np.std(l) for l in lines if len(l) >= 2]
-  means = [np.mean(l) for l in lines if len(l)]
-  return float(np.mean(within)), float(np.std(means))
-
-
 def pyplot():
   """``matplotlib.pyplot`` on the Agg backend (reports are written headless)."""
   import matplotlib

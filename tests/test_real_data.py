@@ -78,7 +78,7 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
                          data_dir=data_dir, workers=1)
   assert len(runs) == len(effective_lr.configs('smoke'))
   text = effective_lr.report(tmp_path).read_text()
-  assert text.count('**Verdict:') == 6
+  assert text.count('**Verdict:') == 7
   for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
     assert (tmp_path / png).stat().st_size > 1000
   # A rerun skips every finished configuration, and the report regenerates.

@@ -17,18 +17,40 @@ from _helpers import ROOT
 SMOKE_RTOL = 1e-3
 
 
-def test_line_spread_on_hand_grids():
-  # Constant along anti-diagonals (value = i + j): no spread along, spread across.
-  along, across = study.line_spread(np.add.outer(np.arange(3), np.arange(3)))
-  assert along == 0.0
-  assert across == pytest.approx(np.std([0, 1, 2, 3, 4]))
-  # Constant along diagonals (value = i - j): spread along, means all 0 across.
-  along, across = study.line_spread(np.subtract.outer(np.arange(3), np.arange(3)))
-  assert along == pytest.approx(np.mean([np.std([-1, 1]), np.std([-2, 0, 2]),
-                                         np.std([-1, 1])]))
-  assert across == 0.0
+def test_pooled_spread_on_hand_grids():
+  # Constant along anti-diagonals (value = i + j): no spread along them; along
+  # rows each row is (i, i+1, i+2): unbiased variance 1, pooled sqrt(1) = 1.
+  grid = np.add.outer(np.arange(3.), np.arange(3.))
+  assert study.pooled_spread(grid, 'anti-diagonals') == 0.0
+  assert study.pooled_spread(grid, 'rows') == pytest.approx(1.0)
+  assert study.pooled_spread(grid, 'columns') == pytest.approx(1.0)
+  # Diagonals (i - j constant) hold 0, 2, 4 / 1, 3 / 1, 3 (and the single corners):
+  # squares 8 + 2 + 2 over 2 + 1 + 1 degrees of freedom.
+  assert study.pooled_spread(grid, 'diagonals') == pytest.approx(math.sqrt(12 / 4))
+  # NaN cells are left out; a grouping without a group of two gives NaN.
+  holed = grid.copy()
+  holed[0, 0] = np.nan
+  assert study.pooled_spread(holed, 'rows') == pytest.approx(
+      math.sqrt((0.5 + 2 + 2) / (1 + 2 + 2)))
+  assert np.isnan(study.pooled_spread(np.full((2, 2), np.nan), 'rows'))
   with pytest.raises(ValueError, match='square'):
-    study.line_spread(np.zeros((2, 3)))
+    study.pooled_spread(np.zeros((2, 3)), 'rows')
+  with pytest.raises(ValueError, match='grouping must be one of'):
+    study.pooled_spread(grid, 'rings')
+
+
+def test_pooled_spread_of_pure_noise_does_not_favour_small_groups():
+  # Under a null without structure every grouping estimates the noise's std:
+  # the anti-diagonals (groups of 2 and 3) must not look tighter than the rows
+  # (groups of 3), which a mean of per-group ddof=0 stds would make them.
+  rng = np.random.default_rng(0)
+  grids = rng.standard_normal((4000, 3, 3))
+  along = np.mean([study.pooled_spread(g, 'anti-diagonals') ** 2 for g in grids])
+  rows = np.mean([study.pooled_spread(g, 'rows') ** 2 for g in grids])
+  assert along == pytest.approx(1.0, rel=0.05) and rows == pytest.approx(1.0, rel=0.05)
+  biased = np.mean([np.mean([np.std([g[i, k - i] for i in range(3) if 0 <= k - i < 3])
+                             for k in (1, 2, 3)]) for g in grids])
+  assert biased < 0.7  # the old statistic's bias, for contrast
 
 
 def _decided(folder, outcome, seeds=1):
@@ -55,10 +77,15 @@ def test_effective_lr_grid_holds_effective_lr_on_anti_diagonals(preset):
       cells = [cfgs[f'{name}_l2_lr{i}_wd{k - i}'] for i in range(n) if 0 <= k - i < n]
       values = [c.learning_rate ** power * c.weight_decay for c in cells]
       assert max(values) == pytest.approx(min(values), rel=1e-9)
+  seeds = effective_lr.PRESETS[preset]['seeds']
   for c in cfgs.values():
     c.validate()
-  assert sum(c.projection for c in cfgs.values()) == 2 * n
+    # lambda is swept on the invariant kernels; the head keeps a fixed decay.
+    assert c.head_weight_decay == (effective_lr.HEAD_DECAY if c.regularizer != 'none' else -1)
+  assert sum(c.projection for c in cfgs.values()) == 3 * n * len(seeds)
   assert cfgs['sgd_none'].regularizer == 'none' and cfgs['adam_none'].optimizer == 'adam'
+  assert {c.seed for c in cfgs.values()} == set(seeds) | set(
+      effective_lr.PRESETS[preset]['centre_seeds'])
 
 
 def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
@@ -70,7 +97,7 @@ def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
     folder = tmp_path / name
     folder.mkdir()
     write_json_atomic(folder / 'summary.json', {
-        'test_accuracy': 1.0 - errors(name, cfg), 'test_loss': 0.5, 'steps': 8,
+        'test_accuracy': 1.0 - errors(name, cfg), 'test_loss': 0.5, 'steps': 8000,
         'config': dataclasses.asdict(cfg)})
     sign = 1 if norm_growth else -1
     lines = [{'step': s, 'loss': 1.0, 'weight_norm/conv2': 1.0 + sign * 0.1 * s,
@@ -92,7 +119,7 @@ def test_effective_lr_report_when_the_claims_hold(tmp_path):
 
   _fake_study(tmp_path, errors)
   path = effective_lr.report(tmp_path)
-  assert len(_verdicts(path)) == 6 and len(_decided(tmp_path, 'holds')) == 6
+  assert len(_verdicts(path)) == 7 and len(_decided(tmp_path, 'holds')) == 7
   for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
@@ -109,7 +136,7 @@ def test_effective_lr_report_when_the_claims_fail(tmp_path):
 
   _fake_study(tmp_path, errors, norm_growth=False)
   effective_lr.report(tmp_path)
-  assert len(_decided(tmp_path, 'does not hold')) == 6
+  assert len(_decided(tmp_path, 'does not hold')) == 7
 
 
 def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
@@ -120,8 +147,27 @@ def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
 
   _fake_study(tmp_path, errors, preset='quick')
   sgd = next(v for v in _verdicts(effective_lr.report(tmp_path)) if 'sgd + L2' in v)
-  assert 'without the 2 runs that failed to train' in sgd
-  assert f'seed-to-seed std at the centre cell {np.std([0.2, 0.21, 0.23]):.4f} (3 seeds)' in sgd
+  assert 'seed 0: anti-diagonals' in sgd and '(cells left out: 2)' in sgd
+  # The quick preset has 3 seeds at the grid centre only: their unbiased std.
+  assert f'seed-to-seed std {np.std([0.2, 0.21, 0.23], ddof=1):.4f}' in sgd
+
+
+def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
+  # SGD's time constant (1 - a) / (4 lr lambda) is 400 steps in the quick grid's
+  # slowest cell: a 1200-step run (error window from step 600) leaves it out,
+  # and the cells of the next line (100 steps) stay in.
+  def errors(name, cfg):
+    return 0.2
+
+  _fake_study(tmp_path, errors, preset='quick')
+  for folder in tmp_path.iterdir():
+    if folder.is_dir():
+      summary = json.loads((folder / 'summary.json').read_text())
+      write_json_atomic(folder / 'summary.json', dict(summary, steps=1200))
+  text = effective_lr.report(tmp_path).read_text()
+  assert '| sgd | 0.0125 | 0.005 | 1 | 0.2000 | 400 | 1.5 (left out) |' in text
+  assert '| sgd | 0.05 | 0.005 | 1 | 0.2000 | 100 | 6.0 |' in text
+  assert '| sgd | 0.05 | 0.02 | 3 | 0.2000 | 25 | 24.0 |' in text  # the centre's 3 seeds
 
 
 def test_report_binary_regenerates(tmp_path):
@@ -197,7 +243,7 @@ def _equilibrium_study(tmp_path, factor):
 def test_equilibrium_report_matches_hand_formulas(tmp_path):
   path = _equilibrium_study(tmp_path, 1.0)
   assert len(_decided(tmp_path, 'holds')) == 8
-  assert 'head' not in path.read_text().split('| run | layer')[1]
+  assert 'head' not in path.read_text().split('| run | seed | layer')[1]
   assert '| 25.0% |' in path.read_text()  # dead units, shown apart
   assert (tmp_path / 'equilibrium.png').stat().st_size > 1000
 
@@ -211,10 +257,12 @@ def _bn_regularization_study(tmp_path, claims_hold):
   from experiments import bn_regularization as bnr
   runs = {}
   for name, cfg in bnr.configs('smoke').items():
-    m = cfg.batch_size
-    if cfg.norm == 'batch':
+    if cfg.norm == 'ghost':  # the gamma^2 sweep over the normalization batch M
+      m = cfg.virtual_batch_size
       gamma_sq = 0.5 + m / 256 if claims_hold else 1.0 - m / 256
       train_loss, test_loss = 0.3, 0.4
+    elif cfg.norm == 'batch':
+      gamma_sq, train_loss, test_loss = 0.5, 0.3, 0.4
     elif cfg.gamma_decay:
       gamma_sq, train_loss, test_loss = (0.6, 0.3, 0.45) if claims_hold else (2.0, 0.3, 0.9)
     else:
@@ -229,14 +277,14 @@ def _bn_regularization_study(tmp_path, claims_hold):
 
 def test_bn_regularization_report_when_the_claims_hold(tmp_path):
   _bn_regularization_study(tmp_path, True)
-  assert len(_decided(tmp_path, 'holds')) == 5
+  assert len(_decided(tmp_path, 'holds')) == 4
   for png in ('curves.png', 'batch_size.png', 'gamma_decay.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
 
 def test_bn_regularization_report_when_the_claims_fail(tmp_path):
   _bn_regularization_study(tmp_path, False)
-  assert len(_decided(tmp_path, 'does not hold')) == 5
+  assert len(_decided(tmp_path, 'does not hold')) == 4
 
 
 def test_spearman_against_hand_ranks():
