@@ -188,6 +188,54 @@ def seed_noise(grids: dict) -> float:
   return float(math.sqrt(np.sum(var * dof) / np.sum(dof)))
 
 
+def fitted_power(errors: np.ndarray, lrs, lams) -> float:
+  r"""The exponent p of the lines lr^p * lambda = const along which ``errors`` is flattest.
+
+  Fits a quadratic surface to the finite cells in ``(x, y) = (ln lr, ln lambda)``
+  (a plane below 6 cells) and takes the leading eigenvector ``(v_x, v_y)`` of
+  the mean outer product of its gradient over the cells: if the error is any
+  function of ``p x + y`` alone, every gradient is parallel to ``(p, 1)``, so
+  ``p = v_x / v_y``.
+
+  Args:
+    errors: an ``(n, n)`` grid (rows: ``lrs``, columns: ``lams``), NaN for
+      cells left out.
+    lrs, lams: the grid's learning rates and lambdas.
+
+  Returns:
+    ``p`` (``inf`` when the error varies with lr alone; NaN with under 3 cells).
+
+  Example:
+    >>> import numpy as np
+    >>> from experiments import effective_lr
+    >>> lrs, lams = [0.01, 0.04, 0.16], [1e-3, 4e-3, 1.6e-2]
+    >>> grid = np.array([[np.log(lr * lr * lam) ** 2 for lam in lams] for lr in lrs])
+    >>> round(effective_lr.fitted_power(grid, lrs, lams), 6)
+    2.0
+
+  References:
+    Li, "Sliced Inverse Regression for Dimension Reduction", JASA 1991, and
+    Samarov, "Exploring Regression Structure Using Nonparametric Functional
+    Estimation", JASA 1993 (the gradient outer product finds the direction a
+    function varies along).
+  """
+  x, y = np.meshgrid(np.log(lrs), np.log(lams), indexing='ij')
+  ok = np.isfinite(errors)
+  if ok.sum() < 3:
+    return float('nan')
+  x, y, e = x[ok], y[ok], np.asarray(errors, float)[ok]
+  quadratic = ok.sum() >= 6
+  columns = [np.ones_like(x), x, y] + ([x * x, x * y, y * y] if quadratic else [])
+  coef = np.linalg.lstsq(np.stack(columns, 1), e, rcond=None)[0]
+  gx, gy = coef[1] + 0 * x, coef[2] + 0 * y
+  if quadratic:
+    gx, gy = gx + 2 * coef[3] * x + coef[4] * y, gy + coef[4] * x + 2 * coef[5] * y
+  grads = np.stack([gx, gy], 1)
+  _, vectors = np.linalg.eigh(grads.T @ grads)
+  vx, vy = vectors[:, -1]
+  return float(vx / vy) if vy != 0 else math.inf
+
+
 def _rule_note(spec) -> str:
   per_arm = len(spec['seeds'])
   return (
@@ -205,12 +253,14 @@ def _rule_note(spec) -> str:
          'decision.' if per_arm < verdicts.MIN_SEEDS else '.'))
 
 
-def _line_verdicts(name, grids, noise):
+def _line_verdicts(name, grids, noise, lrs, lams):
   """The claimed invariant against the alternatives, and within the noise."""
   rule = 'lr * lambda' if name == 'sgd' else 'lr^2 * lambda'
-  diffs, ratios, shown = [], [], []
+  diffs, ratios, shown, powers = [], [], [], []
   for seed, (errors, elapsed) in sorted(grids.items()):
     kept = np.where((elapsed >= FAR) & (errors < FAILED), errors, np.nan)
+    if np.isfinite(kept).sum() >= 3:
+      powers.append(fitted_power(kept, lrs, lams))
     spread = {g: study.pooled_spread(kept, g) for g in study.GROUPINGS}
     best_other = min(spread[g] for g in study.GROUPINGS[1:])
     if np.isfinite(spread['anti-diagonals']) and np.isfinite(best_other):
@@ -220,6 +270,12 @@ def _line_verdicts(name, grids, noise):
     shown.append(f'seed {seed}: ' + ', '.join(f'{g} {v:.4f}' for g, v in spread.items())
                  + f' (cells left out: {int(np.isnan(kept).sum())})')
   numbers = '; '.join(shown) + f'; seed-to-seed std {noise:.4f}'
+  finite = [p for p in powers if np.isfinite(p)]
+  if finite:
+    mean, half = verdicts.interval(finite)
+    numbers += (f'; fitted exponent p of the flattest lines lr^p * lambda (claimed '
+                f'{POWER[name]}): per seed {", ".join(f"{p:.2f}" for p in powers)}, mean '
+                f'{mean:.2f}' + ('' if half is None else f' ± {half:.2f}'))
   source = 'van Laarhoven 2017, section 3 (effective learning rate)'
   out = []
   if diffs:
@@ -278,7 +334,8 @@ def report(workdir):
           ax.text(j, i, f'{mean[i, j]:.3f}\n{elapsed[i, j]:.1f} tau', ha='center',
                   va='center', color='w', fontsize=7)
     fig.colorbar(im, ax=ax)
-    new = _line_verdicts(name, grids, seed_noise(grids))
+    new = _line_verdicts(name, grids, seed_noise(grids), grid_values(lr0, lr_step, n),
+                         grid_values(lam0, lam_step, n))
     found += new
     lines += [v.markdown() for v in new]
   fig.tight_layout()

@@ -152,6 +152,24 @@ def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
   assert f'seed-to-seed std {np.std([0.2, 0.21, 0.23], ddof=1):.4f}' in sgd
 
 
+@pytest.mark.parametrize('power', [0.5, 1.0, 2.0, -1.0])
+def test_fitted_power_finds_the_planted_exponent(power):
+  lrs, lams = [0.0125, 0.05, 0.2], [5e-3, 2e-2, 8e-2]
+  u = lambda lr, lam: power * math.log(lr) + math.log(lam)
+  # A valley (minimum on one line), a slope, and with one cell left out.
+  for f in (lambda v: (v + 8) ** 2, lambda v: 0.1 * v):
+    grid = np.array([[f(u(lr, lam)) for lam in lams] for lr in lrs])
+    assert effective_lr.fitted_power(grid, lrs, lams) == pytest.approx(power, rel=1e-6)
+    grid[0, 0] = np.nan
+    assert effective_lr.fitted_power(grid, lrs, lams) == pytest.approx(power, rel=1e-6)
+  # lambda alone: p = 0; lr alone: p unbounded; under 3 cells: NaN.
+  assert effective_lr.fitted_power(np.array([[math.log(l) for l in lams]] * 3), lrs,
+                                   lams) == pytest.approx(0.0, abs=1e-9)
+  assert abs(effective_lr.fitted_power(np.array([[math.log(lr)] * 3 for lr in lrs]), lrs,
+                                       lams)) > 1e6
+  assert np.isnan(effective_lr.fitted_power(np.full((3, 3), np.nan), lrs, lams))
+
+
 def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
   # SGD's time constant (1 - a) / (4 lr lambda) is 400 steps in the quick grid's
   # slowest cell: a 1200-step run (error window from step 600) leaves it out,
@@ -387,9 +405,15 @@ def test_interval_against_hand_computed_t_intervals():
     (-1.0, 0.5, 3, 'above', 'does not hold'),
     (-1.0, 0.5, 2, 'below', 'inconclusive'),   # under MIN_SEEDS
     (-1.0, None, 1, 'below', 'inconclusive'),
+    # Equivalence within +-1 (threshold 1.0 in the test below).
+    (0.2, 0.5, 3, 'within', 'holds'),           # (-0.3, 0.7) inside (-1, 1)
+    (0.8, 0.5, 3, 'within', 'inconclusive'),    # (0.3, 1.3) crosses 1
+    (2.0, 0.5, 3, 'within', 'does not hold'),   # (1.5, 2.5) wholly outside
+    (-2.0, 0.5, 3, 'within', 'does not hold'),
 ])
 def test_decide_three_outcomes(value, half, seeds, side, outcome):
-  assert verdicts.decide(value, half, seeds, threshold=0.0, side=side) == outcome
+  threshold = 1.0 if side == 'within' else 0.0
+  assert verdicts.decide(value, half, seeds, threshold=threshold, side=side) == outcome
 
 
 def test_paired_verdict_and_its_json(tmp_path):
