@@ -406,10 +406,15 @@ class Checkpoints:
                     type(error).__name__, str(error).splitlines()[0][:200], target)
 
   def latest_params(self):
+    return self.latest_state()['params']
+
+  def latest_state(self):
+    """The newest checkpoint's whole state as saved (nested dicts and lists:
+    params, batch statistics, optimizer state), restored without a template."""
     step = self.manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.workdir / CHECKPOINTS}')
-    return self.manager.restore(step, args=ocp.args.StandardRestore())['params']
+    return self.manager.restore(step, args=ocp.args.StandardRestore())
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -152,6 +152,107 @@ def window_predictions(run: study.Run, name: str, layer: str):
   return steps[keep], np.array(angle), np.array(norm)
 
 
+def adam_moments(state):
+  """The ``{'count', 'mu', 'nu'}`` dict of Adam's state inside a restored checkpoint."""
+  if isinstance(state, dict):
+    if {'count', 'mu', 'nu'} <= set(state):
+      return state
+    children = list(state.values())
+  elif isinstance(state, (list, tuple)):
+    children = list(state)
+  else:
+    return None
+  for child in children:
+    found = adam_moments(child)
+    if found is not None:
+      return found
+  return None
+
+
+def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999) -> dict:
+  r"""Adam + L2's equilibrium predicted per unit from Adam's own second moment.
+
+  At the last checkpoint, for each unit :math:`j` of ``layer`` (fan-in C):
+  :math:`\sigma_j = \sqrt{\operatorname{mean}_c \hat v_{jc}}` (Adam's
+  bias-corrected second moment, which holds the gradient noise the update is
+  divided by), at unit norm :math:`\tilde\sigma_j = \sigma_j \lVert w_j \rVert`
+  (the gradient scales as 1/||w||), and theory's
+  :math:`\lVert w^*_j \rVert = (\eta C \tilde\sigma_j / 2\lambda)^{1/3}` and
+  angle. Units whose norm collapsed (under ``bnjax.step_metrics.COLLAPSED``
+  of the median) or whose second moment is 0 are dead and left out.
+
+  Returns:
+    ``{'live', 'ratio_median', 'ratio_q25', 'ratio_q75', 'angle_theory'}``: the
+    fraction of live units, quartiles of measured / predicted norm over them,
+    and the RMS over them of the predicted per-step angle.
+  """
+  from bnjax import step_metrics, workdir as workdirs  # pylint: disable=g-import-not-at-top
+  state = workdirs.Checkpoints(folder).latest_state()
+  moments = adam_moments(state['opt_state'])
+  w = np.asarray(state['params'][layer]['kernel'], float)
+  v = np.asarray(moments['nu'][layer]['kernel'], float) / (1 - b2 ** int(moments['count']))
+  w, v = w.reshape(-1, w.shape[-1]), v.reshape(-1, v.shape[-1])
+  fan_in = w.shape[0]
+  norms = np.linalg.norm(w, axis=0)
+  sigma = np.sqrt(v.mean(axis=0)) * norms
+  live = (norms >= step_metrics.COLLAPSED * np.median(norms)) & (sigma > 0)
+  c = run.config
+  kw = dict(fan_in=fan_in)
+  predicted = np.array([theory.equilibrium_norm(
+      'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
+                        for s in sigma[live]])
+  angles = np.array([theory.equilibrium_angular_update(
+      'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
+                     for s in sigma[live]])
+  ratio = norms[live] / predicted
+  return dict(live=float(live.mean()), ratio_median=float(np.median(ratio)),
+              ratio_q25=float(np.quantile(ratio, 0.25)),
+              ratio_q75=float(np.quantile(ratio, 0.75)),
+              angle_theory=float(np.sqrt(np.mean(angles ** 2))))
+
+
+def _adam_per_unit(workdir, runs):
+  """The per-unit Adam + L2 table and its two verdicts, from the last checkpoints."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  seeds = {seed: run for seed, run in sorted(seeds_of(runs, 'adam_l2').items())
+           if (pathlib.Path(workdir) / run.name / 'checkpoints').is_dir()}
+  if not seeds:
+    return None
+  table = ['| seed | layer | live units | measured / predicted norm: median (quartiles) | '
+           'angle measured (RMS) | angle predicted (RMS over units) | ratio |',
+           '|---|---|---|---|---|---|---|']
+  norm_stat, angle_stat, shown = [], [], []
+  for seed, run in seeds.items():
+    worst_norm = worst_angle = 0.0
+    for layer in invariant_layers(run):
+      unit = adam_unit_equilibrium(pathlib.Path(workdir) / run.name, run, layer)
+      angle = measured_angle(run, layer)
+      table.append(f'| {seed} | {layer} | {unit["live"]:.1%} | {unit["ratio_median"]:.3f} '
+                   f'({unit["ratio_q25"]:.3f}-{unit["ratio_q75"]:.3f}) | {angle:.4g} | '
+                   f'{unit["angle_theory"]:.4g} | {angle / unit["angle_theory"]:.3f} |')
+      worst_norm = max(worst_norm, abs(math.log(unit['ratio_median'])))
+      worst_angle = max(worst_angle, abs(math.log(angle / unit['angle_theory'])))
+    norm_stat.append(worst_norm)
+    angle_stat.append(worst_angle)
+  source = 'Kosson et al. 2024, section 3; bnjax.theory.equilibrium_norm (Adam + L2)'
+  found = [verdicts.paired(
+      f'adam_l2, per unit from Adam\'s second moment: measured {what} matches theory within '
+      f'a factor {TOLERANCE} in every layer', source,
+      f'max over layers of |log(measured/predicted)| ({what}; {kind}), against log '
+      f'{TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
+      numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat))
+           for what, kind, stat in (
+               ('norm', 'the median over live units', norm_stat),
+               ('angle', 'RMS angle against the RMS of the per-unit predictions', angle_stat))]
+  text = ('At the last checkpoint each live unit\'s gradient scale is read off Adam\'s '
+          'bias-corrected second moment (sigma_j = RMS of sqrt(v) over its fan-in, times its '
+          'norm: the gradient at unit norm), and theory predicts that unit\'s norm and angle; '
+          'dead units (collapsed norm or no second moment) are left out. This replaces the '
+          'layer-mean gradient norm of the table above, which mixes units and steps.\n\n'
+          + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
+  return text, found
+
+
 def within(ratio: float) -> bool:
   return 1.0 / TOLERANCE <= ratio <= TOLERANCE
 
@@ -243,6 +344,11 @@ def report(workdir):
                    f'formula needs the gradient); dotted: theory from each window\'s own '
                    f'gradient norm, the equilibrium the layer is approaching at that time.'
                    f'\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  per_unit = _adam_per_unit(workdir, runs)
+  if per_unit:
+    section, more = per_unit
+    found += more
+    sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '

@@ -509,3 +509,37 @@ def test_rotational_runs_end_to_end(tmp_path):
   for steps, ratio in ratios.values():  # the wrapper's angle, a few steps in
     assert np.all(np.abs(np.log(ratio[steps >= 8])) < np.log(1.5)), ratio
   assert len(_verdicts(rot.report(tmp_path))) == 3  # no warmup arms: no warmup verdict
+
+
+def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
+  """A checkpoint whose units sit exactly at theory's Adam + L2 norm for the sigma
+  their planted second moment holds: ratio 1 per unit; a collapsed unit is dead."""
+  from bnjax import theory
+  from bnjax.workdir import Checkpoints
+  from experiments import equilibrium
+  lr, lam, fan_in, count, b2 = 2e-3, 5e-2, 12, 400, 0.999
+  sigmas = np.array([0.05, 0.1, 0.2, 0.4, 0.3])  # gradient RMS at unit norm, per unit
+  norms = (lr * fan_in * sigmas / (2 * lam)) ** (1 / 3)
+  norms[-1] = 1e-5 * np.median(norms)  # collapsed
+  rng = np.random.default_rng(0)
+  direction = rng.standard_normal((fan_in, 5))
+  kernel = direction / np.linalg.norm(direction, axis=0) * norms
+  # Adam divides by sqrt(v) with the gradient at the unit's own norm: sigma / ||w||.
+  nu = np.broadcast_to((sigmas / norms) ** 2 * (1 - b2 ** count), (fan_in, 5))
+  kernel, nu = kernel.reshape(3, 4, 5), nu.reshape(3, 4, 5)
+  Checkpoints(tmp_path / 'adam_l2').save(8, {
+      'params': {'conv1': {'kernel': kernel.astype(np.float32)}},
+      'opt_state': [[None, [{'count': np.int32(count), 'mu': {'conv1': {'kernel': 0 * nu}},
+                             'nu': {'conv1': {'kernel': nu.astype(np.float32)}}}]]]})
+  run = study.Run('adam_l2', {'learning_rate': lr, 'weight_decay': lam}, {}, [])
+  unit = equilibrium.adam_unit_equilibrium(tmp_path / 'adam_l2', run, 'conv1')
+  assert unit['live'] == pytest.approx(0.8)
+  assert unit['ratio_median'] == pytest.approx(1.0, rel=1e-4)
+  assert unit['ratio_q25'] == pytest.approx(1.0, rel=1e-4)
+  angles = [theory.equilibrium_angular_update('adam_l2', lr, lam, fan_in=fan_in,
+                                              grad_norm=s * math.sqrt(fan_in))
+            for s in sigmas[:4]]
+  assert unit['angle_theory'] == pytest.approx(math.sqrt(np.mean(np.square(angles))),
+                                               rel=1e-4)
+  assert equilibrium.adam_moments({'a': [1, {'count': 0, 'mu': 1, 'nu': 2}]})['nu'] == 2
+  assert equilibrium.adam_moments([None, {'b': 3}]) is None
