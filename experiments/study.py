@@ -424,6 +424,7 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
       return
     wanted = configs(FLAGS.preset, FLAGS.parallel)
     check_ready(wanted, FLAGS.data_dir)
+    print(f'{study} --preset={FLAGS.preset}: {workload(wanted)}', flush=True)
     vectorize = {'auto': None, 'on': True, 'off': False}[FLAGS.vectorize]
     try:
       runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir, data_dir=FLAGS.data_dir,
@@ -437,6 +438,21 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
       return
     print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
   return main
+
+
+def workload(configs: Dict[str, Config], per_second: float = 5000.0) -> str:
+  """One line of what a sweep trains: runs, optimizer steps and training images
+  per dataset and model, and the hours that takes at ``per_second`` images/s
+  (an example rate: the line says so; scale it by your device's measured rate)."""
+  images, steps = {}, 0
+  for c in configs.values():
+    key = f'{c.model} on {c.dataset}'
+    images[key] = images.get(key, 0) + c.total_steps() * c.batch_size
+    steps += c.total_steps()
+  total = sum(images.values())
+  parts = ', '.join(f'{n / 1e6:.3g} M examples of {k}' for k, n in sorted(images.items()))
+  return (f'{len(configs)} runs: {steps:,} optimizer steps, {parts}; at {per_second:,.0f} '
+          f'training examples/s (an example rate) {total / per_second / 3600:.2g} device-hours')
 
 
 def study_module(name: str):

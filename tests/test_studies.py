@@ -543,3 +543,13 @@ def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
                                                rel=1e-4)
   assert equilibrium.adam_moments({'a': [1, {'count': 0, 'mu': 1, 'nu': 2}]})['nu'] == 2
   assert equilibrium.adam_moments([None, {'b': 3}]) is None
+
+
+def test_workload_counts_steps_and_examples():
+  from bnjax.config import Config
+  cfgs = {'a': Config(train_subset=640, batch_size=32, num_epochs=2),   # 40 steps
+          'b': Config(train_subset=320, batch_size=64, num_epochs=1)}   # 5 steps
+  line = study.workload(cfgs, per_second=1000.0)
+  assert line.startswith('2 runs: 45 optimizer steps, 0.0016 M examples of convnet on '
+                         'fashion_mnist')
+  assert line.endswith(f'{1600 / 1000 / 3600:.2g} device-hours')
