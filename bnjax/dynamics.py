@@ -41,6 +41,40 @@ def unit_norms(w, axis: int = -1):
   return jnp.sqrt(jnp.sum(w * w, axis=unit_axes_of(w, axis)[1]))
 
 
+# A unit whose norm fell below this fraction of its layer's median norm has
+# collapsed (decayed away); its angle and effective LR are not the layer's.
+COLLAPSED = 1e-2
+
+
+def live_units(norms):
+  r"""Which units have not collapsed: a norm above 0 and at least
+  :data:`COLLAPSED` times the layer's median.
+
+  .. math::
+    \text{live}_j = [\lVert w_j \rVert > 0] \wedge
+    [\lVert w_j \rVert \ge 10^{-2} \operatorname{median}_k \lVert w_k \rVert]
+
+  Args:
+    norms: the per-unit norms of one layer (:func:`unit_norms`).
+
+  Returns:
+    A bool array shaped like ``norms``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import dynamics
+    >>> dynamics.live_units(jnp.array([1.0, 2.0, 1e-3, 0.0, 1.5]))
+    Array([ True,  True, False, False,  True], dtype=bool)
+
+  References:
+    Lu et al., "Dying ReLU and Initialization", 2019, arXiv 1903.06733 (units
+    that stop contributing); Wan et al. 2021, arXiv 2006.08419 (per-unit
+    equilibria, which a collapsed unit does not reach).
+  """
+  norms = jnp.asarray(norms)
+  return (norms > 0) & (norms >= COLLAPSED * jnp.median(norms))
+
+
 def angular_update(w_old, w_new, axis: int = -1):
   r"""Angle in radians between each unit's old and new weight vector.
 

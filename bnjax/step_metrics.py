@@ -64,9 +64,7 @@ def unit_scale_grad_sq(grads, params) -> dict:
   return out
 
 
-# A unit whose norm fell below this fraction of its layer's median norm has
-# collapsed (decayed away); its angle and effective LR are not the layer's.
-COLLAPSED = 1e-2
+COLLAPSED = dynamics.COLLAPSED
 
 
 def unit_angle_metrics(params, new_params, grads) -> dict:
@@ -118,7 +116,7 @@ def unit_angle_metrics(params, new_params, grads) -> dict:
     if jnp.ndim(w) < 2:
       continue
     norms = dynamics.unit_norms(w)
-    live = (dynamics.unit_norms(g) > 0) & (norms >= COLLAPSED * jnp.median(norms))
+    live = (dynamics.unit_norms(g) > 0) & dynamics.live_units(norms)
     count = jnp.sum(live)
     angle = dynamics.angular_update(w, w_new)
     name = layer_name(path)

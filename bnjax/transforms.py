@@ -363,10 +363,10 @@ class TrackDynamicsState(NamedTuple):
 def _leaf_dynamics(w, update, learning_rate, optimizer: str, axis: int = -1) -> LeafDynamics:
   """Summarizes the step ``w -> w + update`` of one leaf (see :class:`LeafDynamics`)."""
   norms = dynamics.unit_norms(w, axis)
-  nonzero = norms > 0
-  eff = theory.effective_learning_rate(learning_rate, jnp.where(nonzero, norms, 1.0),
+  live = dynamics.live_units(norms)  # a collapsed unit's lr/||w||^2 would dominate
+  eff = theory.effective_learning_rate(learning_rate, jnp.where(live, norms, 1.0),
                                        optimizer)
-  eff = jnp.sum(jnp.where(nonzero, eff, 0.0)) / jnp.maximum(jnp.sum(nonzero), 1)
+  eff = jnp.sum(jnp.where(live, eff, 0.0)) / jnp.maximum(jnp.sum(live), 1)
   return LeafDynamics(
       weight_norm=jnp.mean(norms),
       update_norm=jnp.mean(dynamics.unit_norms(update, axis)),
@@ -384,7 +384,9 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
   tracked leaf, the mean over units of the weight norm before the step, the
   update norm, the angular update ``angle(w, w + u)`` in radians, and the
   effective learning rate (``lr/||w||^2`` for SGD, ``lr/||w||`` for Adam;
-  van Laarhoven 2017). Read it with :func:`bnjax.dynamics.read`.
+  van Laarhoven 2017) over the live units (:func:`bnjax.dynamics.live_units`:
+  a collapsed unit's would dominate the mean). Read it with
+  :func:`bnjax.dynamics.read`.
 
   Args:
     learning_rate: the optimizer's learning rate, a float or the same schedule.

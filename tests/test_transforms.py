@@ -212,6 +212,22 @@ class TrackingTest(chex.TestCase):
     np.testing.assert_allclose(dynamics.read(state)['dense/kernel/effective_lr'],
                                (0.75 / n).mean(), rtol=1e-5)
 
+  def test_effective_lr_leaves_out_collapsed_units(self):
+    # One of four units decayed to 1e-4 of the others: its lr/||w||^2 (1e8 times
+    # theirs) would be the whole mean; the tracked value is the live units' mean.
+    w = np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)
+    w[:, 2] *= 1e-4
+    lr = 0.1
+    tx = transforms.track_dynamics(lr, 'sgd')
+    params = {'kernel': jnp.asarray(w)}
+    _, state = tx.update({'kernel': jnp.zeros_like(params['kernel'])}, tx.init(params),
+                         params)
+    n = np.linalg.norm(w.astype(np.float64), axis=0)
+    np.testing.assert_allclose(dynamics.read(state)['kernel/effective_lr'],
+                               (lr / n[[0, 1, 3]] ** 2).mean(), rtol=1e-5)
+    chex.assert_trees_all_equal(dynamics.live_units(jnp.asarray(n)),
+                                jnp.array([True, True, False, True]))
+
   def test_angle_of_tiny_updates_is_accurate(self):
     w = jnp.array([[1.0], [0.0]])
     new = jnp.array([[1.0], [1e-4]])
