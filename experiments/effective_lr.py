@@ -321,7 +321,10 @@ def report(workdir):
       continue
     mean = np.nanmean(np.array([g for g, _ in grids.values()]), axis=0)
     elapsed = np.nanmin(np.array([e for _, e in grids.values()]), axis=0)
-    im = ax.imshow(mean, origin='lower', cmap='viridis')
+    trained = mean[mean < FAILED]  # a failed cell (chance) would flatten the scale
+    im = ax.imshow(mean, origin='lower', cmap='viridis',
+                   vmin=trained.min() if trained.size else None,
+                   vmax=trained.max() if trained.size else None)
     ax.set_xticks(range(n), [f'{v:.1e}' for v in grid_values(lam0, lam_step, n)],
                   rotation=45)
     ax.set_yticks(range(n), [f'{v:.1e}' for v in grid_values(lr0, lr_step, n)])
@@ -436,10 +439,30 @@ def report(workdir):
   fig.tight_layout()
   dyn = study.savefig(fig, workdir, 'dynamics')
   sections.append(('Weight norm and effective learning rate', f'![dynamics]({dyn})\n\n'
-                   '(Curves: the first seed.)\n\n' + '\n\n'.join(lines)))
+                   '(Curves: the first seed; the effective learning rate is the mean over a '
+                   'layer\'s live units, `bnjax.dynamics.live_units`.)\n\n'
+                   + _dead_table(runs, layers, centre) + '\n\n' + '\n\n'.join(lines)))
   sections.append(('Verdict rule', _rule_note(spec)))
   return study.write_report(workdir, 'Effective learning rate (van Laarhoven 2017)',
                             sections, found)
+
+
+def _dead_table(runs, layers, centre) -> str:
+  """Dead units (no gradient, or collapsed norm) in the last logged window of the
+  grid's centre runs and corners, mean over seeds."""
+  rows = ['| run | ' + ' | '.join(f'{layer} dead units' for layer in layers) + ' |',
+          '|---|' + '---|' * len(layers)]
+  n = 2 * centre + 1
+  for name in OPTIMIZERS:
+    for arm in (f'{name}_none', f'{name}_l2_lr0_wd0', f'{name}_l2_lr{centre}_wd{centre}',
+                f'{name}_l2_lr{n - 1}_wd{n - 1}', f'{name}_l2proj_wd{centre}'):
+      seeds = seeds_of(runs, arm)
+      if not seeds or f'dead_units/{layers[0]}' not in next(iter(seeds.values())).metrics[-1]:
+        continue
+      rows.append(f'| {arm} | ' + ' | '.join(
+          f'{np.mean([r.metrics[-1][f"dead_units/{layer}"] for r in seeds.values()]):.1%}'
+          for layer in layers) + ' |')
+  return '\n'.join(rows) if len(rows) > 2 else ''
 
 
 def _each(values) -> str:
