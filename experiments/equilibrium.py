@@ -13,6 +13,10 @@ last quarter of training) with the closed forms of :mod:`bnjax.theory`:
   SGD's and Adam + L2's need ``E||g~||^2``, which the run measures
   (``grad_sq_at_unit_norm/<layer>``, averaged over the same steps).
 
+Adam + L2 is also predicted per unit from Adam's own second moment at the
+last checkpoint (:func:`adam_unit_equilibrium`), leaving dead units out: the
+layer-mean gradient mixes units whose equilibria differ.
+
   python -m experiments.equilibrium --preset=quick --workdir=runs/equilibrium
 """
 
