@@ -41,9 +41,9 @@ PRESETS = {
                   virtual_sizes=(8, 16, 32, 64), base=Config(
                       train_subset=256, num_epochs=2, width=8, log_every=4,
                       checkpoint_every=16, eval_batch_size=2000)),
-    'quick': dict(batch=32, eval_every=256, seeds=(0,), ghost_batch=128, ghost_steps=384,
+    'quick': dict(batch=32, eval_every=256, seeds=(0,), ghost_batch=128, ghost_steps=192,
                   virtual_sizes=SIZES, base=Config(
-                      train_subset=8192, num_epochs=6, width=16, log_every=32,
+                      train_subset=8192, num_epochs=3, width=16, log_every=32,
                       checkpoint_every=256)),
     'standard': dict(batch=32, eval_every=256, seeds=(0, 1, 2), ghost_batch=128,
                      ghost_steps=512, virtual_sizes=SIZES, base=Config(

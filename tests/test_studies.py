@@ -145,10 +145,10 @@ def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
       return 0.9  # two SGD cells that did not train
     return {0: 0.20, 1: 0.21, 2: 0.23}[cfg.seed]
 
-  _fake_study(tmp_path, errors, preset='quick')
+  _fake_study(tmp_path, errors, preset='standard')
   sgd = next(v for v in _verdicts(effective_lr.report(tmp_path)) if 'sgd + L2' in v)
   assert 'seed 0: anti-diagonals' in sgd and '(cells left out: 2)' in sgd
-  # The quick preset has 3 seeds at the grid centre only: their unbiased std.
+  # Every cell has seeds 0, 1, 2 at 0.20, 0.21, 0.23: the pooled unbiased std.
   assert f'seed-to-seed std {np.std([0.2, 0.21, 0.23], ddof=1):.4f}' in sgd
 
 
@@ -171,21 +171,21 @@ def test_fitted_power_finds_the_planted_exponent(power):
 
 
 def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
-  # SGD's time constant (1 - a) / (4 lr lambda) is 400 steps in the quick grid's
+  # SGD's time constant (1 - a) / (4 lr lambda) is 400 steps in the grid's
   # slowest cell: a 1200-step run (error window from step 600) leaves it out,
   # and the cells of the next line (100 steps) stay in.
   def errors(name, cfg):
     return 0.2
 
-  _fake_study(tmp_path, errors, preset='quick')
+  _fake_study(tmp_path, errors, preset='standard')
   for folder in tmp_path.iterdir():
     if folder.is_dir():
       summary = json.loads((folder / 'summary.json').read_text())
       write_json_atomic(folder / 'summary.json', dict(summary, steps=1200))
   text = effective_lr.report(tmp_path).read_text()
-  assert '| sgd | 0.0125 | 0.005 | 1 | 0.2000 | 400 | 1.5 (left out) |' in text
-  assert '| sgd | 0.05 | 0.005 | 1 | 0.2000 | 100 | 6.0 |' in text
-  assert '| sgd | 0.05 | 0.02 | 3 | 0.2000 | 25 | 24.0 |' in text  # the centre's 3 seeds
+  assert '| sgd | 0.0125 | 0.005 | 3 | 0.2000 | 400 | 1.5 (left out) |' in text
+  assert '| sgd | 0.05 | 0.005 | 3 | 0.2000 | 100 | 6.0 |' in text
+  assert '| sgd | 0.05 | 0.02 | 3 | 0.2000 | 25 | 24.0 |' in text
 
 
 def test_report_binary_regenerates(tmp_path):
@@ -331,14 +331,14 @@ def _teacher_student_study(tmp_path, claims_hold, preset='smoke'):
   return ts.report(tmp_path)
 
 
-@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 1), ('standard', 3)])
 def test_teacher_student_report_when_the_claims_hold(tmp_path, preset, seeds):
   _teacher_student_study(tmp_path, True, preset)
   assert len(_decided(tmp_path, 'holds', seeds)) == 4
   assert (tmp_path / 'generalization.png').stat().st_size > 1000
 
 
-@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 1), ('standard', 3)])
 def test_teacher_student_report_when_the_claims_fail(tmp_path, preset, seeds):
   _teacher_student_study(tmp_path, False, preset)
   assert len(_decided(tmp_path, 'does not hold', seeds)) == 4
@@ -488,7 +488,7 @@ def _rotational_study(tmp_path, claims_hold, preset):
 
 
 @pytest.mark.parametrize('claims_hold', [True, False])
-@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 3)])
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 1), ('standard', 3)])
 def test_rotational_report_decides_the_planted_outcome(tmp_path, claims_hold, preset, seeds):
   path = _rotational_study(tmp_path, claims_hold, preset)
   found = _decided(tmp_path, 'holds' if claims_hold else 'does not hold', seeds)
