@@ -185,6 +185,28 @@ def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
                               rtol=1e-5, atol=1e-7)
 
 
+def _assert_three_steps_equal(cfg, reference, input_shape):
+  """Three steps of the config's optimizer on a batch-normed model's mean squared
+  output equal ``reference``'s updates; returns the final params."""
+  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
+  x = np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)
+  variables = model.init(jax.random.key(0), x)
+  params = variables['params']
+  state, ref_state = tx.init(params), reference.init(params)
+
+  def loss(p):
+    out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
+    return jax.numpy.mean(out ** 2)
+
+  for _ in range(3):
+    grads = jax.grad(loss)(params)
+    ours, state = tx.update(grads, state, params)
+    theirs, ref_state = reference.update(grads, ref_state, params)
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    params = optax.apply_updates(params, ours)
+  return params
+
+
 @pytest.mark.parametrize('fields,reference', [
     (dict(optimizer='adamp', regularizer='decoupled', weight_decay=0.1, learning_rate=1e-2),
      lambda: transforms.adamp(1e-2, weight_decay=0.1, mask=masks.kernel_mask)),
@@ -202,23 +224,7 @@ def test_config_builds_adamp_sgdp_and_rotational(fields, reference, tmp_path):
   # Three steps of the run's optimizer equal the transform built by hand, and a
   # whole run trains (finite loss, every kernel tracked).
   cfg = dataclasses.replace(TS, **fields).validate()
-  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
-  x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
-  variables = model.init(jax.random.key(0), x)
-  params = variables['params']
-  ref = reference()
-  state, ref_state = tx.init(params), ref.init(params)
-
-  def loss(p):
-    out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
-    return jax.numpy.mean(out ** 2)
-
-  for _ in range(3):
-    grads = jax.grad(loss)(params)
-    ours, state = tx.update(grads, state, params)
-    theirs, ref_state = ref.update(grads, ref_state, params)
-    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    params = optax.apply_updates(params, ours)
+  _assert_three_steps_equal(cfg, reference(), (32, 20))
   summary = trainer.train(cfg, tmp_path, progress=False)
   assert summary['status'] == 'finished' and np.isfinite(summary['test_loss'])
   assert 'angular_update/dense' in _metrics(tmp_path)[-1]
@@ -308,24 +314,8 @@ def test_head_weight_decay_decays_the_head_apart(fields, reference):
   # weight_decay: three steps equal optax's masked decays built by hand.
   cfg = Config(width=4, norm='batch', batch_size=8, train_subset=64, log_every=2,
                checkpoint_every=4, **fields).validate()
-  model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
-  x = np.random.default_rng(0).standard_normal((8, 28, 28, 1)).astype(np.float32)
-  variables = model.init(jax.random.key(0), x)
-  params = variables['params']
+  params = _assert_three_steps_equal(cfg, reference(), (8, 28, 28, 1))
   assert set(params) >= {'conv1', 'head'}
-  ref = reference()
-  state, ref_state = tx.init(params), ref.init(params)
-
-  def loss(p):
-    out, _ = model.apply({**variables, 'params': p}, x, train=True, mutable=['batch_stats'])
-    return jax.numpy.mean(out ** 2)
-
-  for _ in range(3):
-    grads = jax.grad(loss)(params)
-    ours, state = tx.update(grads, state, params)
-    theirs, ref_state = ref.update(grads, ref_state, params)
-    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-7)
-    params = optax.apply_updates(params, ours)
 
 
 def test_head_weight_decay_equal_to_weight_decay_is_the_plain_regularizer():
