@@ -187,9 +187,10 @@ def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999)
   of the median) or whose second moment is 0 are dead and left out.
 
   Returns:
-    ``{'live', 'ratio_median', 'ratio_q25', 'ratio_q75', 'angle_theory'}``: the
-    fraction of live units, quartiles of measured / predicted norm over them,
-    and the RMS over them of the predicted per-step angle.
+    ``{'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75',
+    'angle_theory'}``: the fraction of live units, measured / predicted norm
+    of each live unit and its quartiles, and the RMS over them of the
+    predicted per-step angle.
   """
   from bnjax import step_metrics, workdir as workdirs  # pylint: disable=g-import-not-at-top
   state = workdirs.Checkpoints(folder).latest_state()
@@ -210,10 +211,65 @@ def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999)
       'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
                      for s in sigma[live]])
   ratio = norms[live] / predicted
-  return dict(live=float(live.mean()), ratio_median=float(np.median(ratio)),
+  return dict(live=float(live.mean()), ratios=ratio, ratio_median=float(np.median(ratio)),
               ratio_q25=float(np.quantile(ratio, 0.25)),
               ratio_q75=float(np.quantile(ratio, 0.75)),
               angle_theory=float(np.sqrt(np.mean(angles ** 2))))
+
+
+def unit_norms_at_end(folder, layer: str) -> np.ndarray:
+  """The per-unit norms of ``layer``'s kernel at a run's last checkpoint."""
+  from bnjax import workdir as workdirs  # pylint: disable=g-import-not-at-top
+  w = np.asarray(workdirs.Checkpoints(folder).latest_params()[layer]['kernel'], float)
+  return np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0)
+
+
+def _unit_distributions(workdir, runs, names):
+  """Per-unit norms over theory at the end, every optimizer and layer (all seeds):
+  a figure of their distributions and a table of quartiles and dead units."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  from bnjax import dynamics  # pylint: disable=g-import-not-at-top
+  plt = study.pyplot()
+  found = {}
+  for n in names:
+    for seed, run in sorted(seeds_of(runs, n).items()):
+      folder = pathlib.Path(workdir) / run.name
+      if not (folder / 'checkpoints').is_dir():
+        continue
+      for row in measure(run, n):
+        layer = row['layer']
+        if n == 'adam_l2':
+          unit = adam_unit_equilibrium(folder, run, layer)
+          ratios, collapsed = unit['ratios'], 1.0 - unit['live']
+        else:
+          norms = unit_norms_at_end(folder, layer)
+          live = np.asarray(dynamics.live_units(norms))
+          ratios, collapsed = norms[live] / row['norm_theory'], 1.0 - live.mean()
+        entry = found.setdefault((n, layer), {'ratios': [], 'collapsed': []})
+        entry['ratios'].append(ratios)
+        entry['collapsed'].append(collapsed)
+  if not found:
+    return None
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+  table = ['| run | layer | units (all seeds) | per-unit norm / theory: 10% | 25% | median | '
+           '75% | 90% | collapsed units |', '|---|---|---|---|---|---|---|---|---|']
+  for col, n in enumerate(names):
+    layers = [layer for (m, layer) in found if m == n]
+    for i, layer in enumerate(layers):
+      ratios = np.concatenate(found[(n, layer)]['ratios'])
+      q = np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9])
+      table.append(f'| {n} | {layer} | {ratios.size} | ' + ' | '.join(f'{v:.3f}' for v in q)
+                   + f' | {np.mean(found[(n, layer)]["collapsed"]):.1%} |')
+      axes[0, col].hist(ratios, bins=30, histtype='step', color=f'C{i}', label=layer)
+    axes[0, col].axvline(1.0, color='k', ls='--', lw=1)
+    axes[0, col].set_title(f'{n}: per-unit norm / theory')
+    axes[0, col].legend(fontsize=7)
+  png = study.savefig(fig, workdir, 'unit_norms')
+  return (f'![unit norms]({png})\n\nAt the last checkpoint of every seed: each live unit\'s '
+          'norm over theory\'s (the layer\'s prediction from the late mean gradient; for '
+          'Adam + L2 the unit\'s own prediction from Adam\'s second moment, as above). A '
+          'spread around 1 is per-unit noise; a shifted layer is a layer the layer-level '
+          'prediction misses.\n\n' + '\n'.join(table))
 
 
 def _adam_per_unit(workdir, runs):
@@ -354,6 +410,9 @@ def report(workdir):
     section, more = per_unit
     found += more
     sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
+  distributions = _unit_distributions(workdir, runs, names)
+  if distributions:
+    sections.append(('Per-unit norms at the end', distributions))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '

@@ -553,3 +553,16 @@ def test_workload_counts_steps_and_examples():
   assert line.startswith('2 runs: 45 optimizer steps, 0.0016 M examples of convnet on '
                          'fashion_mnist')
   assert line.endswith(f'{1600 / 1000 / 3600:.2g} device-hours')
+
+
+def test_unit_norms_at_end_reads_the_last_checkpoint(tmp_path):
+  from bnjax.workdir import Checkpoints
+  from experiments import equilibrium
+  kernel = np.zeros((3, 3, 2, 4), np.float32)
+  kernel[0, 0, 0] = [3.0, 0.0, 1.0, 0.0]
+  kernel[1, 1, 1] = [4.0, 2.0, 0.0, 1e-3]
+  ckpt = Checkpoints(tmp_path / 'run')
+  ckpt.save(4, {'params': {'conv1': {'kernel': 0 * kernel}}})
+  ckpt.save(8, {'params': {'conv1': {'kernel': kernel}}})
+  np.testing.assert_allclose(equilibrium.unit_norms_at_end(tmp_path / 'run', 'conv1'),
+                             [5.0, 2.0, 1.0, 1e-3], rtol=1e-6)
