@@ -94,11 +94,6 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   return out
 
 
-def seeds_of(runs, name_of) -> dict:
-  """``{seed: run}`` of the runs named ``name_of(seed)``."""
-  return {r.config['seed']: r for n, r in runs.items() if n == name_of(r.config['seed'])}
-
-
 def mean_gamma_sq(run: study.Run) -> float:
   """Mean over the normalization layers of gamma^2 at the end of training."""
   last = run.metrics[-1]
@@ -146,7 +141,7 @@ def report(workdir):
     _, e_acc = run.series('test_accuracy')
     axes[1].plot(e_steps, e_loss, 'o-', label=LABELS[norm])
     axes[2].plot(e_steps, 1 - e_acc, 'o-', label=LABELS[norm])
-    seeds = seeds_of(runs, lambda s, norm=norm: run_name(norm, m, seed=s))
+    seeds = study.seeds_of(runs, lambda s, norm=norm: run_name(norm, m, seed=s))
     rows.append(f'| {LABELS[norm]} | {len(seeds)} | '
                 f'{np.mean([r.series("loss")[1][-1] for r in seeds.values()]):.4f} | '
                 f'{np.mean([r.summary["test_loss"] for r in seeds.values()]):.4f} | '
@@ -156,8 +151,8 @@ def report(workdir):
   study.label_axes(axes, 'step')
   curves_png = study.savefig(fig, workdir, 'curves')
   lines, found = [], []
-  bn = seeds_of(runs, lambda s: run_name('batch', m, seed=s))
-  pn = seeds_of(runs, lambda s: run_name('population', m, seed=s))
+  bn = study.seeds_of(runs, lambda s: run_name('batch', m, seed=s))
+  pn = study.seeds_of(runs, lambda s: run_name('population', m, seed=s))
   both = sorted(set(bn) & set(pn))
   if both:
     gap = lambda r: r.summary['test_loss'] - r.series('loss')[1][-1]
@@ -180,7 +175,7 @@ def report(workdir):
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
   table = ['| M (ghost batch) | seeds | mean gamma^2 | test loss | test error |',
            '|---|---|---|---|---|']
-  per_size = {size: seeds_of(runs, lambda s, size=size: run_name('batch', size, seed=s,
+  per_size = {size: study.seeds_of(runs, lambda s, size=size: run_name('batch', size, seed=s,
                                                                   ghost=True))
               for size in spec['virtual_sizes']}
   per_size = {k: v for k, v in per_size.items() if v}
@@ -226,7 +221,7 @@ def report(workdir):
                    + '\n\n' + '\n\n'.join(lines)))
 
   # 3. PN + gamma decay against BN and PN.
-  gd = seeds_of(runs, lambda s: run_name('population', m, True, s))
+  gd = study.seeds_of(runs, lambda s: run_name('population', m, True, s))
   common = sorted(set(bn) & set(pn) & set(gd))
   if common:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))

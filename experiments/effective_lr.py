@@ -88,10 +88,6 @@ def grid_values(centre, step, n):
   return [centre * step ** (k - (n - 1) // 2) for k in range(n)]
 
 
-def seeded(name: str, seed: int) -> str:
-  return name + (f'_seed{seed}' if seed else '')
-
-
 def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
   base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
@@ -115,18 +111,13 @@ def configs(preset: str, parallel: str = 'none') -> dict:
             projection=True)
     arms[f'{name}_none'] = dataclasses.replace(base, optimizer=opt, learning_rate=lrs[centre],
                                                regularizer='none', weight_decay=0.0)
-  out = {seeded(arm, s): dataclasses.replace(c, seed=s)
+  out = {study.seeded(arm, s): dataclasses.replace(c, seed=s)
          for arm, c in arms.items() for s in spec['seeds']}
   for name in OPTIMIZERS:
     for s in spec['centre_seeds']:
       arm = f'{name}_l2_lr{centre}_wd{centre}'
-      out[seeded(arm, s)] = dataclasses.replace(arms[arm], seed=s)
+      out[study.seeded(arm, s)] = dataclasses.replace(arms[arm], seed=s)
   return out
-
-
-def seeds_of(runs, arm: str) -> dict:
-  """``{seed: run}`` of one arm."""
-  return {r.config['seed']: r for n, r in runs.items() if n == seeded(arm, r.config['seed'])}
 
 
 def invariant_layers(run: study.Run) -> list:
@@ -169,7 +160,7 @@ def _grids(runs, name, n):
   out = {}
   for i in range(n):
     for j in range(n):
-      for seed, run in seeds_of(runs, f'{name}_l2_lr{i}_wd{j}').items():
+      for seed, run in study.seeds_of(runs, f'{name}_l2_lr{i}_wd{j}').items():
         errors, elapsed = out.setdefault(seed, (np.full((n, n), np.nan),
                                                 np.full((n, n), np.nan)))
         errors[i, j] = error(run)
@@ -358,8 +349,8 @@ def report(workdir):
   lines = []
   for name, (_, lr0, lam0, lr_step, lam_step) in OPTIMIZERS.items():
     lams = grid_values(lam0, lam_step, n)
-    plain = [seeds_of(runs, f'{name}_l2_lr{centre}_wd{j}') for j in range(n)]
-    proj = [seeds_of(runs, f'{name}_l2proj_wd{j}') for j in range(n)]
+    plain = [study.seeds_of(runs, f'{name}_l2_lr{centre}_wd{j}') for j in range(n)]
+    proj = [study.seeds_of(runs, f'{name}_l2proj_wd{j}') for j in range(n)]
     both = sorted(set.intersection(*(set(p) for p in plain + proj)))
     if not both:
       continue
@@ -377,7 +368,7 @@ def report(workdir):
     found.append(verdict)
     lines.append(verdict.markdown())
   lams = grid_values(OPTIMIZERS['adam'][2], OPTIMIZERS['adam'][4], n)
-  adamw = [seeds_of(runs, f'adamw_proj_wd{j}') for j in range(n)]
+  adamw = [study.seeds_of(runs, f'adamw_proj_wd{j}') for j in range(n)]
   both = sorted(set.intersection(*(set(a) for a in adamw)))
   if both:
     e = np.array([[error(a[s]) for a in adamw] for s in both])
@@ -409,7 +400,7 @@ def report(workdir):
   for name in OPTIMIZERS:
     for label, arm in (('no decay', f'{name}_none'), ('L2', f'{name}_l2_lr{centre}_wd{centre}'),
                        ('L2 + projection', f'{name}_l2proj_wd{centre}')):
-      seeds = seeds_of(runs, arm)
+      seeds = study.seeds_of(runs, arm)
       if not seeds:
         continue
       first = seeds[min(seeds)]
@@ -460,7 +451,7 @@ def _dead_table(runs, layers, centre) -> str:
   for name in OPTIMIZERS:
     for arm in (f'{name}_none', f'{name}_l2_lr0_wd0', f'{name}_l2_lr{centre}_wd{centre}',
                 f'{name}_l2_lr{n - 1}_wd{n - 1}', f'{name}_l2proj_wd{centre}'):
-      seeds = seeds_of(runs, arm)
+      seeds = study.seeds_of(runs, arm)
       if not seeds or f'dead_units/{layers[0]}' not in next(iter(seeds.values())).metrics[-1]:
         continue
       rows.append(f'| {arm} | ' + ' | '.join(
@@ -480,7 +471,7 @@ def _tau_table(runs, n) -> str:
   for name in OPTIMIZERS:
     for i in range(n):
       for j in range(n):
-        seeds = seeds_of(runs, f'{name}_l2_lr{i}_wd{j}')
+        seeds = study.seeds_of(runs, f'{name}_l2_lr{i}_wd{j}')
         if not seeds:
           continue
         first = seeds[min(seeds)]

@@ -22,10 +22,12 @@ layer-mean gradient mixes units whose equilibria differ.
 
 import dataclasses
 import math
+import pathlib
 
 import numpy as np
 
-from bnjax import theory
+from bnjax import dynamics, theory
+from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
 
@@ -72,20 +74,11 @@ PRESETS = {
 }
 
 
-def seeded(name: str, seed: int) -> str:
-  return name + (f'_seed{seed}' if seed else '')
-
-
 def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
   base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
-  return {seeded(name, seed): dataclasses.replace(base, **overrides, seed=seed)
+  return {study.seeded(name, seed): dataclasses.replace(base, **overrides, seed=seed)
           for name, (overrides, _, _) in OPTIMIZERS.items() for seed in spec['seeds']}
-
-
-def seeds_of(runs, name: str) -> dict:
-  """``{seed: run}`` of one optimizer."""
-  return {r.config['seed']: r for n, r in runs.items() if n == seeded(name, r.config['seed'])}
 
 
 def invariant_layers(run: study.Run) -> list:
@@ -174,17 +167,18 @@ def adam_moments(state):
   return None
 
 
-def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999) -> dict:
+def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) -> dict:
   r"""Adam + L2's equilibrium predicted per unit from Adam's own second moment.
 
-  At the last checkpoint, for each unit :math:`j` of ``layer`` (fan-in C):
+  In a run's restored last checkpoint ``state`` (:func:`last_states`), for
+  each unit :math:`j` of ``layer`` (fan-in C):
   :math:`\sigma_j = \sqrt{\operatorname{mean}_c \hat v_{jc}}` (Adam's
   bias-corrected second moment, which holds the gradient noise the update is
   divided by), at unit norm :math:`\tilde\sigma_j = \sigma_j \lVert w_j \rVert`
   (the gradient scales as 1/||w||), and theory's
   :math:`\lVert w^*_j \rVert = (\eta C \tilde\sigma_j / 2\lambda)^{1/3}` and
-  angle. Units whose norm collapsed (under ``bnjax.step_metrics.COLLAPSED``
-  of the median) or whose second moment is 0 are dead and left out.
+  angle. Units whose norm collapsed (:func:`bnjax.dynamics.live_units`) or
+  whose second moment is 0 are dead and left out.
 
   Returns:
     ``{'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75',
@@ -192,8 +186,6 @@ def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999)
     of each live unit and its quartiles, and the RMS over them of the
     predicted per-step angle.
   """
-  from bnjax import step_metrics, workdir as workdirs  # pylint: disable=g-import-not-at-top
-  state = workdirs.Checkpoints(folder).latest_state()
   moments = adam_moments(state['opt_state'])
   w = np.asarray(state['params'][layer]['kernel'], float)
   v = np.asarray(moments['nu'][layer]['kernel'], float) / (1 - b2 ** int(moments['count']))
@@ -201,7 +193,7 @@ def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999)
   fan_in = w.shape[0]
   norms = np.linalg.norm(w, axis=0)
   sigma = np.sqrt(v.mean(axis=0)) * norms
-  live = (norms >= step_metrics.COLLAPSED * np.median(norms)) & (sigma > 0)
+  live = np.asarray(dynamics.live_units(norms)) & (sigma > 0)
   c = run.config
   kw = dict(fan_in=fan_in)
   predicted = np.array([theory.equilibrium_norm(
@@ -217,37 +209,41 @@ def adam_unit_equilibrium(folder, run: study.Run, layer: str, b2: float = 0.999)
               angle_theory=float(np.sqrt(np.mean(angles ** 2))))
 
 
-def unit_norms_at_end(folder, layer: str) -> np.ndarray:
-  """The per-unit norms of ``layer``'s kernel at a run's last checkpoint."""
-  from bnjax import workdir as workdirs  # pylint: disable=g-import-not-at-top
-  w = np.asarray(workdirs.Checkpoints(folder).latest_params()[layer]['kernel'], float)
+def kernel_unit_norms(state, layer: str) -> np.ndarray:
+  """The per-unit norms of ``layer``'s kernel in a restored checkpoint ``state``."""
+  w = np.asarray(state['params'][layer]['kernel'], float)
   return np.linalg.norm(w.reshape(-1, w.shape[-1]), axis=0)
 
 
-def _unit_distributions(workdir, runs, names):
+def last_states(workdir, runs, names) -> dict:
+  """``{(optimizer, seed): (run, state)}``: each run's last checkpoint, read once."""
+  out = {}
+  for n in names:
+    for seed, run in sorted(study.seeds_of(runs, n).items()):
+      folder = pathlib.Path(workdir) / run.name
+      if (folder / 'checkpoints').is_dir():
+        out[(n, seed)] = (run, workdirs.Checkpoints(folder).latest_state())
+  return out
+
+
+def _unit_distributions(workdir, states, rows_of, names):
   """Per-unit norms over theory at the end, every optimizer and layer (all seeds):
   a figure of their distributions and a table of quartiles and dead units."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  from bnjax import dynamics  # pylint: disable=g-import-not-at-top
   plt = study.pyplot()
   found = {}
-  for n in names:
-    for seed, run in sorted(seeds_of(runs, n).items()):
-      folder = pathlib.Path(workdir) / run.name
-      if not (folder / 'checkpoints').is_dir():
-        continue
-      for row in measure(run, n):
-        layer = row['layer']
-        if n == 'adam_l2':
-          unit = adam_unit_equilibrium(folder, run, layer)
-          ratios, collapsed = unit['ratios'], 1.0 - unit['live']
-        else:
-          norms = unit_norms_at_end(folder, layer)
-          live = np.asarray(dynamics.live_units(norms))
-          ratios, collapsed = norms[live] / row['norm_theory'], 1.0 - live.mean()
-        entry = found.setdefault((n, layer), {'ratios': [], 'collapsed': []})
-        entry['ratios'].append(ratios)
-        entry['collapsed'].append(collapsed)
+  for (n, seed), (run, state) in states.items():
+    for row in rows_of[(n, seed)]:
+      layer = row['layer']
+      if n == 'adam_l2':
+        unit = adam_unit_equilibrium(state, run, layer)
+        ratios, collapsed = unit['ratios'], 1.0 - unit['live']
+      else:
+        norms = kernel_unit_norms(state, layer)
+        live = np.asarray(dynamics.live_units(norms))
+        ratios, collapsed = norms[live] / row['norm_theory'], 1.0 - live.mean()
+      entry = found.setdefault((n, layer), {'ratios': [], 'collapsed': []})
+      entry['ratios'].append(ratios)
+      entry['collapsed'].append(collapsed)
   if not found:
     return None
   fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
@@ -272,21 +268,19 @@ def _unit_distributions(workdir, runs, names):
           'prediction misses.\n\n' + '\n'.join(table))
 
 
-def _adam_per_unit(workdir, runs):
+def _adam_per_unit(states):
   """The per-unit Adam + L2 table and its two verdicts, from the last checkpoints."""
-  import pathlib  # pylint: disable=g-import-not-at-top
-  seeds = {seed: run for seed, run in sorted(seeds_of(runs, 'adam_l2').items())
-           if (pathlib.Path(workdir) / run.name / 'checkpoints').is_dir()}
+  seeds = {seed: pair for (n, seed), pair in states.items() if n == 'adam_l2'}
   if not seeds:
     return None
   table = ['| seed | layer | live units | measured / predicted norm: median (quartiles) | '
            'angle measured (RMS) | angle predicted (RMS over units) | ratio |',
            '|---|---|---|---|---|---|---|']
   norm_stat, angle_stat, shown = [], [], []
-  for seed, run in seeds.items():
+  for seed, (run, state) in seeds.items():
     worst_norm = worst_angle = 0.0
     for layer in invariant_layers(run):
-      unit = adam_unit_equilibrium(pathlib.Path(workdir) / run.name, run, layer)
+      unit = adam_unit_equilibrium(state, run, layer)
       angle = measured_angle(run, layer)
       table.append(f'| {seed} | {layer} | {unit["live"]:.1%} | {unit["ratio_median"]:.3f} '
                    f'({unit["ratio_q25"]:.3f}-{unit["ratio_q75"]:.3f}) | {angle:.4g} | '
@@ -322,7 +316,7 @@ def report(workdir):
   plt = study.pyplot()
 
   meta, runs = study.load_study(workdir)
-  names = [n for n in OPTIMIZERS if seeds_of(runs, n)]
+  names = [n for n in OPTIMIZERS if study.seeds_of(runs, n)]
   setup = [study.finished_line(meta, runs) + ' '
            f'ConvNet with batch norm; measured values are means over the last quarter of '
            f'the logged steps: the angle per step as the root mean square over the '
@@ -335,7 +329,7 @@ def report(workdir):
            f'before the last quarter is marked far from equilibrium.', '',
            '| run | optimizer | lr | lambda | steps | seeds |', '|---|---|---|---|---|---|']
   for n in names:
-    seeds = seeds_of(runs, n)
+    seeds = study.seeds_of(runs, n)
     first = seeds[min(seeds)]
     c = first.config
     setup.append(f'| {n} | {c["optimizer"]} ({c["regularizer"]}) | {c["learning_rate"]:g} | '
@@ -349,9 +343,11 @@ def report(workdir):
            'norm measured | norm theory | ratio | norm drift | tau (steps) | time '
            'constants before the window |',
            '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
-  lines, found = [], []
+  lines, found, rows_of = [], [], {}
   for col, n in enumerate(names):
-    measured = {seed: (run, measure(run, n)) for seed, run in sorted(seeds_of(runs, n).items())}
+    measured = {seed: (run, measure(run, n))
+                for seed, run in sorted(study.seeds_of(runs, n).items())}
+    rows_of.update({(n, seed): rows for seed, (_, rows) in measured.items()})
     for seed, (run, rows) in measured.items():
       for i, row in enumerate(rows):
         if seed == min(measured):
@@ -405,12 +401,13 @@ def report(workdir):
                    f'formula needs the gradient); dotted: theory from each window\'s own '
                    f'gradient norm, the equilibrium the layer is approaching at that time.'
                    f'\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
-  per_unit = _adam_per_unit(workdir, runs)
+  states = last_states(workdir, runs, names)
+  per_unit = _adam_per_unit(states)
   if per_unit:
     section, more = per_unit
     found += more
     sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
-  distributions = _unit_distributions(workdir, runs, names)
+  distributions = _unit_distributions(workdir, states, rows_of, names)
   if distributions:
     sections.append(('Per-unit norms at the end', distributions))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '

@@ -10,6 +10,7 @@ rerun), so a report never mixes old and new runs.
 """
 
 import dataclasses
+import functools
 import importlib
 import math
 import os
@@ -42,8 +43,8 @@ STUDIES = {
 
 def define_flags(study: str):
   flags.DEFINE_enum('preset', 'quick', PRESETS,
-                    'smoke: about a minute (tests); quick: the CPU default, a first look '
-                    '(one seed per cell where runs are costly); standard: 3+ seeds per '
+                    'smoke: about a minute (tests); quick: the CPU default, a few-minute '
+                    'look with one seed; standard: 3+ seeds per '
                     'cell, sized so that the verdicts can be decided (the four studies in '
                     "about an hour on 2 cores); paper: the seeds' full settings (GPU/TPU).")
   flags.DEFINE_string('workdir', f'runs/{study}', 'Study folder (resumed if it exists).')
@@ -109,6 +110,19 @@ class Run:
       return self.series(f'angular_update_sq/{layer}')
     steps, angle = self.series(f'angular_update/{layer}')
     return steps, np.square(angle)
+
+
+def seeded(name: str, seed: int) -> str:
+  """The run name of ``name`` at ``seed``: ``name`` itself for seed 0, else
+  ``<name>_seed<seed>``."""
+  return name + (f'_seed{seed}' if seed else '')
+
+
+def seeds_of(runs: Dict[str, Run], arm) -> Dict[int, Run]:
+  """``{seed: run}`` of one arm: the runs named ``seeded(arm, seed)``, or
+  ``arm(seed)`` when ``arm`` is a callable from seed to run name."""
+  name_of = arm if callable(arm) else functools.partial(seeded, arm)
+  return {r.config['seed']: r for n, r in runs.items() if n == name_of(r.config['seed'])}
 
 
 def scheduled_learning_rates(run: Run) -> np.ndarray:
@@ -441,8 +455,8 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
 
 
 def workload(configs: Dict[str, Config], per_second: float = 5000.0) -> str:
-  """One line of what a sweep trains: runs, optimizer steps and training images
-  per dataset and model, and the hours that takes at ``per_second`` images/s
+  """One line of what a sweep trains: runs, optimizer steps and training examples
+  per dataset and model, and the hours that takes at ``per_second`` examples/s
   (an example rate: the line says so; scale it by your device's measured rate)."""
   images, steps = {}, 0
   for c in configs.values():

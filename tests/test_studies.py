@@ -532,7 +532,8 @@ def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
       'opt_state': [[None, [{'count': np.int32(count), 'mu': {'conv1': {'kernel': 0 * nu}},
                              'nu': {'conv1': {'kernel': nu.astype(np.float32)}}}]]]})
   run = study.Run('adam_l2', {'learning_rate': lr, 'weight_decay': lam}, {}, [])
-  unit = equilibrium.adam_unit_equilibrium(tmp_path / 'adam_l2', run, 'conv1')
+  unit = equilibrium.adam_unit_equilibrium(Checkpoints(tmp_path / 'adam_l2').latest_state(),
+                                           run, 'conv1')
   assert unit['live'] == pytest.approx(0.8)
   assert unit['ratio_median'] == pytest.approx(1.0, rel=1e-4)
   assert unit['ratio_q25'] == pytest.approx(1.0, rel=1e-4)
@@ -555,7 +556,7 @@ def test_workload_counts_steps_and_examples():
   assert line.endswith(f'{1600 / 1000 / 3600:.2g} device-hours')
 
 
-def test_unit_norms_at_end_reads_the_last_checkpoint(tmp_path):
+def test_kernel_unit_norms_of_the_last_checkpoint(tmp_path):
   from bnjax.workdir import Checkpoints
   from experiments import equilibrium
   kernel = np.zeros((3, 3, 2, 4), np.float32)
@@ -564,5 +565,6 @@ def test_unit_norms_at_end_reads_the_last_checkpoint(tmp_path):
   ckpt = Checkpoints(tmp_path / 'run')
   ckpt.save(4, {'params': {'conv1': {'kernel': 0 * kernel}}})
   ckpt.save(8, {'params': {'conv1': {'kernel': kernel}}})
-  np.testing.assert_allclose(equilibrium.unit_norms_at_end(tmp_path / 'run', 'conv1'),
+  state = Checkpoints(tmp_path / 'run').latest_state()  # the step-8 one
+  np.testing.assert_allclose(equilibrium.kernel_unit_norms(state, 'conv1'),
                              [5.0, 2.0, 1.0, 1e-3], rtol=1e-6)
