@@ -59,7 +59,8 @@ def define_flags(study: str):
                        'in this process).', lower_bound=1)
   flags.DEFINE_enum('vectorize', 'auto', ['auto', 'on', 'off'],
                     'Train runs that differ only in learning rate, momentum, decay and '
-                    'seed as one vmapped program (auto: on for GPU/TPU, off for CPU).')
+                    'seed as one vmapped program (auto: the study\'s default, on for '
+                    'teacher_student; else on for GPU/TPU, off for CPU).')
   flags.DEFINE_string('shard', None, 'i/n: run the i-th of n deterministic parts of the '
                       'sweep (0 <= i < n), e.g. one per task of a Slurm array job into a '
                       'shared --workdir; then --report_only writes the report.')
@@ -414,8 +415,10 @@ def check_ready(configs: Dict[str, Config], data_dir: Optional[str]) -> None:
 
 
 def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
-             report: Callable) -> Callable:
-  """The ``main`` of a study binary: run the preset's sweep, then write the report."""
+             report: Callable, vectorize_default: Optional[bool] = None) -> Callable:
+  """The ``main`` of a study binary: run the preset's sweep, then write the report.
+  ``--vectorize=auto`` means ``vectorize_default`` (the study's ``VECTORIZE``;
+  ``None``: :func:`bnjax.sweep.train_many` decides by platform)."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -439,7 +442,7 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
     wanted = configs(FLAGS.preset, FLAGS.parallel)
     check_ready(wanted, FLAGS.data_dir)
     print(f'{study} --preset={FLAGS.preset}: {workload(wanted)}', flush=True)
-    vectorize = {'auto': None, 'on': True, 'off': False}[FLAGS.vectorize]
+    vectorize = {'auto': vectorize_default, 'on': True, 'off': False}[FLAGS.vectorize]
     try:
       runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir, data_dir=FLAGS.data_dir,
                        progress=FLAGS.progress, rerun_stale=FLAGS.rerun_stale,
@@ -481,4 +484,5 @@ def run_study(name: str, argv=None) -> None:
   define_flags(name)
   flags.adopt_module_key_flags(sys.modules[__name__])  # --help lists them
   module = study_module(name)
-  app.run(main_for(name, module.configs, module.report), argv=argv)
+  app.run(main_for(name, module.configs, module.report, getattr(module, 'VECTORIZE', None)),
+          argv=argv)
