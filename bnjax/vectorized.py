@@ -32,6 +32,7 @@ from bnjax.config import Config
 from bnjax.run_files import NonFiniteLossError, RunFiles
 
 tqdm = _extras.require('tqdm').tqdm
+logging = _extras.require('absl.logging')
 
 __all__ = ['VECTORIZED_FIELDS', 'group_key', 'train_groups']
 
@@ -92,14 +93,20 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
     summaries[i] = _answered(p, config_lib.record(c))
     if summaries[i] is None:
       groups.setdefault(group_key(c), []).append(i)
+  count, total = 0, sum(len(m) for m in groups.values())
   for members in groups.values():
     size = max_group or len(members)
     for k in range(0, len(members), size):
       chunk = members[k:k + size]
+      start = time.perf_counter()
       done = _train_locked([configs[i] for i in chunk], [paths[i] for i in chunk],
                            data_dir, progress)
       for i, summary in zip(chunk, done):
         summaries[i] = summary
+        count += 1
+        logging.warning('[%d/%d] %s %s (%.0f s, group of %d)', count, total, paths[i],
+                        (summary or {}).get('status', 'finished'),
+                        time.perf_counter() - start, len(chunk))
   return summaries
 
 

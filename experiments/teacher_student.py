@@ -220,10 +220,12 @@ def affine_map(params, batch_stats, norm: str, stats: str = 'population', x=None
   return scale * k, beta - scale * mean
 
 
-def _relu_moments(m, s):
+def _relu_moments(m, s: float):
   """``E[relu(m + s xi)]`` and ``E[relu(m + s xi)^2]`` for ``xi ~ N(0, 1)``."""
   from scipy import stats  # pylint: disable=g-import-not-at-top
-  s = np.maximum(s, 1e-300)
+  if s < 1e-12:  # a student aligned with its teacher: no spread left
+    r = np.maximum(m, 0.0)
+    return r, r * r
   z = m / s
   cdf, pdf = stats.norm.cdf(z), stats.norm.pdf(z)
   return m * cdf + s * pdf, (m * m + s * s) * cdf + m * s * pdf
