@@ -82,7 +82,8 @@ INIT_SCALES = (0.0, 1.0, 3.0, 10.0)
 # Train vectorized by default, on CPU too: a perceptron's step is a few
 # hundred flops, so one vmapped program over the seeds beats worker processes.
 VECTORIZE = True
-COLORS = {'bn': 'C0', 'wn_gamma_decay': 'C1', 'wn_strong_gamma_decay': 'C2', 'sgd': 'C3'}
+COLORS = {'bn': 'C0', 'wn_gamma_decay': 'C1', 'wn_strong_gamma_decay': 'C2', 'sgd': 'C3',
+          'bayes': 'k', 'linear': 'C4', 'relu': 'C5'}
 
 PRESETS = {
     # Each seed draws its own teacher, data and initialization. loads: alpha,
@@ -520,8 +521,10 @@ def _zeta_section(activation, spec, seeds, measured, runs, ax):
         slopes.append(float(np.polyfit(log_m, np.log(z), 1)[0]) + 1.0)
         ratios.append(float(np.mean(np.log(z * me / c))))
     med = [np.median([zetas[m][s] for s in ok]) for m in sizes]
-    ax.loglog(me, np.maximum(med, 1e-8), 'o-', label=f'{activation}: fitted (median)')
-    ax.loglog(me, c / me, ':', label=f'{activation}: theory {c:g} / M_eff')
+    ax.loglog(me, np.maximum(med, 1e-8), 'o-', label=f'{activation}: fitted (median)',
+              color=COLORS[activation])
+    ax.loglog(me, c / me, ':', label=f'{activation}: theory {c:g} / M_eff',
+              color=COLORS[activation])
     source = 'Luo et al. 2019, section 2 and Figure 1'
     negative = len(ok) - len(slopes)
     note = f'; {negative} seed(s) with a zeta <= 0 left out' if negative else ''
@@ -579,7 +582,7 @@ def report(workdir):
       q = np.array([np.percentile(pts[p], [25, 50, 75]) for p in xs])
       ax.errorbar([p / n for p in xs], q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]],
                   fmt='o' + style, capsize=3, label=label, markersize=3,
-                  color=COLORS.get(method, 'k'))
+                  color=COLORS.get(key, COLORS[method]))
       rows.append((label, {p: _median_iqr(pts[p]) for p in xs}))
     ax.set_ylabel('generalization error (noiseless teacher)')
     ax.set_yscale('log')
