@@ -409,3 +409,40 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
   if activation == 'relu':
     return 1.0 / (4 * batch_size)
   raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")
+
+
+def effective_batch(batch_size: int, population: int) -> float:
+  r"""The number of independent draws whose mean varies as a batch drawn without
+  replacement from a finite training set.
+
+  .. math::
+    M_\text{eff} = M\,\frac{P - 1}{P - M}
+
+  A batch of M of P points has mean variance :math:`\sigma^2 (P - M) / (M (P -
+  1))`; infinite for ``M = P`` (the batch is the whole set: its statistics are
+  fixed). Batch norm's implicit gamma decay :func:`gamma_decay_strength`
+  assumes independent draws, so on a finite set its M is this one.
+
+  Args:
+    batch_size: ``M``, a positive int.
+    population: ``P >= M``.
+
+  Returns:
+    ``M_eff``, a float (``inf`` when ``M = P``).
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.effective_batch(32, 256), 2)
+    36.43
+
+  References:
+    Cochran, "Sampling Techniques", 3rd ed., 1977, Theorem 2.2 (finite
+    population correction).
+  """
+  batch_size = check_positive_int('batch_size', batch_size)
+  population = check_positive_int('population', population)
+  if population < batch_size:
+    raise ValueError(f'population must be >= batch_size, got {population} < {batch_size}.')
+  if batch_size == population:
+    return math.inf
+  return batch_size * (population - 1) / (population - batch_size)

@@ -11,20 +11,30 @@ the one batch norm brings) and reports
    optimizer batch, at equal steps and learning rate, so M is the only change;
 3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
    :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
-   plain PN: the decay should move PN's gamma^2 and test loss towards BN's.
+   plain PN: the decay should move PN's gamma^2 and test loss towards BN's;
+4. BN's implicit gamma decay itself, measured from gradients at the end of
+   the BN runs (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
+   M minus that with the sample's population statistics, ``2 zeta gamma``),
+   against Luo et al.'s ``1/(4M)``. Declared before the runs: the claim holds
+   when the mean over layers and M of ``4 M_eff zeta - 1`` lies within
+   +-0.25.
 
   python -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
 """
 
 import dataclasses
+import pathlib
 
 import numpy as np
 
-from bnjax import theory
+from bnjax import data, implicit, theory, trainer
+from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
 
 STUDY = 'bn_regularization'
+IMPLICIT_MARGIN = 0.25  # |4 M_eff zeta - 1| within this: Luo et al.'s 1/(4M) holds
+IMPLICIT_PARTITIONS = 2
 CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
 LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
           'variance_only': 'WN + variance-only BN'}
@@ -36,21 +46,26 @@ PRESETS = {
     # steps); seeds: of BN, PN, PN + gamma decay and the ghost sweep (the
     # ablations run the first seed); ghost_batch / ghost_steps: the optimizer
     # batch and the steps of the gamma^2 sweep, in which ghost batch norm
-    # normalizes over each of virtual_sizes (so M is the only change).
+    # normalizes over each of virtual_sizes (so M is the only change);
+    # implicit_sample: training examples bnjax.implicit measures BN's implicit
+    # gamma decay on, at the end of the BN runs, for each of virtual_sizes.
     'smoke': dict(batch=32, eval_every=8, seeds=(0,), ghost_batch=64, ghost_steps=8,
+                  implicit_sample=128,
                   virtual_sizes=(8, 16, 32, 64), base=Config(
                       train_subset=256, num_epochs=2, width=8, log_every=4,
                       checkpoint_every=16, eval_batch_size=2000)),
     'quick': dict(batch=32, eval_every=256, seeds=(0,), ghost_batch=128, ghost_steps=192,
+                  implicit_sample=1024,
                   virtual_sizes=SIZES, base=Config(
                       train_subset=8192, num_epochs=3, width=16, log_every=32,
                       checkpoint_every=256)),
     'standard': dict(batch=32, eval_every=256, seeds=(0, 1, 2), ghost_batch=128,
-                     ghost_steps=512, virtual_sizes=SIZES, base=Config(
+                     ghost_steps=512, virtual_sizes=SIZES, implicit_sample=2048, base=Config(
                          train_subset=8192, num_epochs=6, width=16, log_every=32,
                          checkpoint_every=256)),
     'paper': dict(batch=128, eval_every=1950, seeds=(0, 1, 2), ghost_batch=512,
                   ghost_steps=15625, virtual_sizes=(16, 32, 64, 128, 256, 512),
+                  implicit_sample=2048,
                   base=Config(dataset='cifar10', model='resnet20', augment=True,
                               num_epochs=100, log_every=50, checkpoint_every=1000)),
 }
@@ -259,6 +274,11 @@ def report(workdir):
       lines.append(verdict.markdown())
     sections.append(('PN + explicit gamma decay against BN', f'![gamma decay]({gd_png})\n\n'
                      + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  section = _implicit_section(workdir, bn, spec)
+  if section:
+    text, verdict = section
+    found.append(verdict)
+    sections.append(('BN\'s implicit gamma decay, measured from gradients', text))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(spec["seeds"])} seed(s) (with fewer than '
@@ -266,6 +286,56 @@ def report(workdir):
                    'the direction only).'))
   return study.write_report(workdir, 'BN as population norm + gamma decay (Luo et al. 2019)',
                             sections, found)
+
+
+def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
+  """``{M: {layer: zeta}}`` of a BN run's last checkpoint, measured by
+  :func:`bnjax.implicit.gamma_decay` on its first ``sample`` training examples."""
+  config = run.as_config()
+  state = workdirs.Checkpoints(pathlib.Path(workdir) / run.name).latest_state()
+  splits = trainer.load_data(config)
+  mean, std = data.normalization_stats(splits['train'].x)
+  batch = data.Batches(splits['train'], sample, seed=0, shuffle=False, mean=mean,
+                       std=std).batch(0, 0)
+  return implicit.gamma_decay(implicit.model_apply(config, state['batch_stats']),
+                              state['params'], batch['x'], batch['y'], sizes,
+                              partitions=IMPLICIT_PARTITIONS)
+
+
+def _implicit_section(workdir, bn: dict, spec: dict):
+  """Section 4: BN's implicit gamma decay per layer and M, and its verdict."""
+  sample = spec['implicit_sample']
+  sizes = [m for m in spec['virtual_sizes'] if m < sample and sample % m == 0]
+  seeds = {s: r for s, r in sorted(bn.items())
+           if (pathlib.Path(workdir) / r.name / workdirs.CHECKPOINTS).is_dir()}
+  if not seeds or not sizes:
+    return None
+  measured = {s: implicit_decay(workdir, r, sizes, sample) for s, r in seeds.items()}
+  layers = sorted(next(iter(measured.values()))[sizes[0]])
+  m_eff = {m: theory.effective_batch(m, sample) for m in sizes}
+  table = ['| M | M_eff | ' + ' | '.join(f'{l}: zeta' for l in layers) + ' | 4 M_eff zeta '
+           '(mean over layers) | Luo et al. 1/(4M) |', '|---:' * (len(layers) + 4) + '|']
+  for m in sizes:
+    zetas = [[measured[s][m][l] for s in seeds] for l in layers]
+    table.append(f'| {m} | {m_eff[m]:.1f} | ' + ' | '.join(
+        f'{np.mean(z):.3g} ({", ".join(f"{v:.2g}" for v in z)})' for z in zetas)
+                 + f' | {4 * m_eff[m] * np.mean(zetas):.3g} | {1 / (4 * m):.3g} |')
+  per_seed = [float(np.mean([4 * m_eff[m] * measured[s][m][l] for m in sizes
+                             for l in layers])) - 1.0 for s in seeds]
+  verdict = verdicts.paired(
+      'BN\'s implicit gamma decay in the CNN, measured from gradients, is Luo et al.\'s '
+      'zeta = 1/(4M)', 'Luo et al. 2019, section 2 (BN = PN + gamma decay)',
+      f'mean over layers and M = {", ".join(map(str, sizes))} of 4 M_eff zeta - 1',
+      per_seed, threshold=IMPLICIT_MARGIN, side='within',
+      numbers='4 M_eff zeta per seed ' + ', '.join(f'{v + 1:.3g}' for v in per_seed))
+  text = (f'At the end of each BN run (M = {spec["batch"]}), on its first {sample} training '
+          f'examples: the gain gradient with ghost batches of M (a random partition, '
+          f'{IMPLICIT_PARTITIONS} averaged) minus that with the sample\'s own statistics is '
+          f'2 zeta gamma per channel; zeta is its least-squares fit over the layer\'s '
+          f'channels (bnjax.implicit; columns: the mean over seeds, then each seed). '
+          f'M_eff = M (P - 1) / (P - M) for P = {sample}.\n\n' + '\n'.join(table)
+          + '\n\n' + verdict.markdown())
+  return text, verdict
 
 
 if __name__ == '__main__':

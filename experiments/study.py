@@ -97,6 +97,11 @@ class Run:
       return float(np.mean(1.0 - late))
     return float(np.mean(np.append(1.0 - late, self.test_error)))
 
+  def as_config(self) -> Config:
+    """The run's :class:`bnjax.config.Config` (older config records upgraded)."""
+    stored = config_lib.upgrade_record(self.config)
+    return Config(**{f.name: stored[f.name] for f in dataclasses.fields(Config)})
+
   def series(self, key: str):
     """``(steps, values)`` of one metrics.jsonl field."""
     lines = [l for l in self.metrics if key in l]
@@ -131,9 +136,7 @@ def scheduled_learning_rates(run: Run) -> np.ndarray:
   config's schedule (:func:`bnjax.programs.learning_rate_schedule`)."""
   import jax  # pylint: disable=g-import-not-at-top
   from bnjax import programs  # pylint: disable=g-import-not-at-top
-  stored = config_lib.upgrade_record(run.config)
-  config = Config(**{f.name: stored[f.name] for f in dataclasses.fields(Config)})
-  lr = programs.learning_rate_schedule(config)
+  lr = programs.learning_rate_schedule(run.as_config())
   steps = np.arange(run.summary['steps'])
   if not callable(lr):
     return np.full(steps.shape, float(lr))

@@ -35,7 +35,7 @@ is the gamma decay at which BN's final gamma is stationary for the PN
 objective (the training set's statistics, BN's own direction and beta). A
 batch of M drawn without replacement from P points has mean variance
 ``sigma^2 (P - M) / (M (P - 1))``, so theory's M is the effective
-:func:`effective_batch` ``M (P - 1) / (P - M)``.
+:func:`bnjax.theory.effective_batch` ``M (P - 1) / (P - M)``.
 
 Verdicts (rules fixed before the runs; each statistic is computed per seed,
 its 95% t-interval over seeds decides):
@@ -62,7 +62,7 @@ import pathlib
 
 import numpy as np
 
-from bnjax import data, theory
+from bnjax import data, implicit, theory
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
@@ -79,6 +79,7 @@ ZETA_MARGIN = math.log(1.25)
 SLOPE_MARGIN = 0.25
 SMALL_LOAD = 2.0
 INIT_SCALES = (0.0, 1.0, 3.0, 10.0)
+GRADIENT_PARTITIONS = 8  # partitions of the training set bnjax.implicit averages
 # Train vectorized by default, on CPU too: a perceptron's step is a few
 # hundred flops, so one vmapped program over the seeds beats worker processes.
 VECTORIZE = True
@@ -336,21 +337,6 @@ def sgd_limit(w, b: float, x, y, init_scale: float = 1.0):
   return out[:-1], float(out[-1])
 
 
-def effective_batch(m: int, p: int) -> float:
-  r"""The batch size of independent draws whose mean varies as a batch of ``m``
-  drawn without replacement from ``p`` points.
-
-  .. math::
-    M_\text{eff} = M\,\frac{P - 1}{P - M}
-
-  (infinite for ``m = p``: the batch is the training set, its statistics fixed).
-
-  References:
-    Cochran, "Sampling Techniques", 1977, eq. 2.8 (finite population correction).
-  """
-  return math.inf if m >= p else m * (p - 1) / (p - m)
-
-
 def fitted_zeta(params, x, y, activation: str) -> float:
   r"""The gamma decay at which BN's final gamma is stationary for PN + gamma decay.
 
@@ -409,6 +395,10 @@ def _measure(workdir, run):
       out[s] = error(affine_map(params, stats, 'batch', s, x))
     out['error'] = out['population']
     out['zeta'] = fitted_zeta(params, x, y, act)
+    if c['batch_size'] < c['num_train']:
+      out['zeta_gradient'] = implicit.gamma_decay(
+          implicit.model_apply(run.as_config()), params, x, y, [c['batch_size']],
+          regression=True, partitions=GRADIENT_PARTITIONS)[c['batch_size']]['dense_norm']
     w, _ = affine_map(params, stats, 'batch', 'population')
     a = np.c_[np.asarray(x, np.float64), np.ones(len(y))]
     u = np.r_[w, 0.0] / np.linalg.norm(w)
@@ -497,23 +487,26 @@ def _load_verdicts(activation, loads, arm, seeds, measured, runs, n):
 def _zeta_section(activation, spec, seeds, measured, runs, ax):
   """The fitted zeta against M (table, plot, two verdicts)."""
   p = spec['sweep_p']
-  sizes = [m for m in spec['sweep'] if effective_batch(m, p) < math.inf]
+  sizes = [m for m in spec['sweep'] if theory.effective_batch(m, p) < math.inf]
   arm = lambda m: run_name(activation, 'bn', p, m=None if m == BATCH else m)
   zetas = {m: _per_seed(measured, runs, arm(m), 'zeta') for m in sizes}
   ok = _paired(list(zetas.values()), seeds)
-  rows = ['| M | M_eff | fitted zeta: median [IQR] | zeta M_eff | theory zeta M_eff |',
-          '|---:|---:|---|---:|---:|']
+  grads = {m: _per_seed(measured, runs, arm(m), 'zeta_gradient') for m in sizes}
+  rows = ['| M | M_eff | fitted zeta: median [IQR] | zeta M_eff | zeta from gradients '
+          '(bnjax.implicit): median [IQR] | theory zeta M_eff |',
+          '|---:|---:|---|---:|---|---:|']
   c = theory.gamma_decay_strength(1, activation)
   for m in sizes:
     values = [zetas[m][s] for s in ok]
     if values:
-      me = effective_batch(m, p)
+      me = theory.effective_batch(m, p)
+      g = [grads[m][s] for s in ok if s in grads[m]]
       rows.append(f'| {m} | {me:.1f} | {_median_iqr(values)} | '
-                  f'{np.median(values) * me:.3g} | {c:g} |')
+                  f'{np.median(values) * me:.3g} | {_median_iqr(g) if g else ""} | {c:g} |')
   found = []
   if len(sizes) >= 2 and ok:
-    log_m = np.log([effective_batch(m, p) for m in sizes])
-    me = np.array([effective_batch(m, p) for m in sizes])
+    log_m = np.log([theory.effective_batch(m, p) for m in sizes])
+    me = np.array([theory.effective_batch(m, p) for m in sizes])
     slopes, ratios = [], []
     for s in ok:
       z = np.array([zetas[m][s] for m in sizes])

@@ -119,16 +119,6 @@ def test_sgd_limit_is_where_gradient_descent_goes(scale):
   np.testing.assert_allclose(a @ np.r_[w, b], y, atol=1e-8)  # it interpolates
 
 
-def test_effective_batch_against_sampling_without_replacement():
-  rng = np.random.default_rng(3)
-  p, m = 40, 12
-  points = rng.standard_normal(p)
-  means = [points[rng.permutation(p)[:m]].mean() for _ in range(100_000)]
-  expected = points.var() / ts.effective_batch(m, p)
-  assert np.var(means) == pytest.approx(expected, rel=0.02)
-  assert ts.effective_batch(m, m) == math.inf
-
-
 @pytest.mark.parametrize('activation', ['linear', 'relu'])
 def test_fitted_zeta_recovers_a_planted_gamma_decay(activation):
   """Plant BN's gamma and beta at the minimum of PN + zeta gamma^2 (found by a
@@ -198,9 +188,9 @@ def _planted_state(cfg, claims_hold):
   x, y, t = (splits['train'].x.astype(np.float64), splits['train'].y.astype(np.float64),
              splits['teacher'].astype(np.float64))
   k = 2.0 * t / np.linalg.norm(t)
-  target = (theory.gamma_decay_strength(1, act) / ts.effective_batch(m, p)
+  target = (theory.gamma_decay_strength(1, act) / theory.effective_batch(m, p)
             if claims_hold else 0.05)
-  if ts.effective_batch(m, p) == math.inf:
+  if theory.effective_batch(m, p) == math.inf:
     target = 0.0
   beta = 0.0 if act == 'relu' else (0.3 if claims_hold else 2.0)
   zeta_of = lambda gamma: ts.fitted_zeta(_bn_params(k, gamma, beta, 1.0)['params'], x, y,

@@ -222,3 +222,20 @@ def test_time_constants():
 def test_bad_trajectory_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_effective_batch_against_sampling_without_replacement():
+  rng = np.random.default_rng(3)
+  p, m = 40, 12
+  points = rng.standard_normal(p)
+  means = [points[rng.permutation(p)[:m]].mean() for _ in range(100_000)]
+  expected = points.var() / theory.effective_batch(m, p)
+  assert np.var(means) == pytest.approx(expected, rel=0.02)
+  assert theory.effective_batch(m, m) == math.inf
+
+
+def test_effective_batch_refuses_a_batch_larger_than_the_set():
+  with pytest.raises(ValueError, match='population must be >= batch_size'):
+    theory.effective_batch(64, 32)
+  with pytest.raises(TypeError, match='batch_size'):
+    theory.effective_batch(8.5, 32)
