@@ -125,9 +125,13 @@ def gamma_decay(apply: Callable, params, x, y, batch_sizes: Sequence[int], *,
   if not any(jax.tree_util.tree_leaves(gains)):
     raise ValueError('params hold no gain (no leaf named scale): nothing to measure.')
 
+  compiled = {}
+
   def grad_of(m, order):
-    loss = lambda q: executors.objective(apply(q, x[order], m), y[order], regression)[0]
-    return jax.grad(loss)(params)
+    if m not in compiled:  # one program per batch size, reused by every partition
+      loss = lambda q, xs, ys: executors.objective(apply(q, xs, m), ys, regression)[0]
+      compiled[m] = jax.jit(jax.grad(loss))
+    return compiled[m](params, x[order], y[order])
 
   rng = np.random.default_rng(seed)
   orders = [jnp.asarray(rng.permutation(p)) for _ in range(partitions)]
