@@ -15,9 +15,9 @@ the one batch norm brings) and reports
 4. BN's implicit gamma decay itself, measured from gradients at the end of
    the BN runs (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
    M minus that with the sample's population statistics, ``2 zeta gamma``),
-   against Luo et al.'s ``1/(4M)``. Declared before the runs: the claim holds
-   when the mean over layers and M of ``4 M_eff zeta - 1`` lies within
-   +-0.25.
+   against Luo et al.'s ``1/(4M)``. Declared before the measurement (the runs
+   had trained already): the claim holds when the mean over layers and M of
+   ``4 M_eff zeta - 1`` lies within +-0.25.
 
   python -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
 """
