@@ -27,7 +27,7 @@ import pathlib
 
 import numpy as np
 
-from bnjax import data, implicit, theory, trainer
+from bnjax import data, executors, implicit, programs, theory, trainer
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
@@ -170,11 +170,25 @@ def report(workdir):
   pn = study.seeds_of(runs, lambda s: run_name('population', m, seed=s))
   both = sorted(set(bn) & set(pn))
   if both:
-    gap = lambda r: r.summary['test_loss'] - r.series('loss')[1][-1]
+    eval_loss = {(arm, sd): eval_mode_loss(workdir, runs_[sd]) for arm, runs_ in
+                 (('bn', bn), ('pn', pn)) for sd in both}
+    if all(v is not None for v in eval_loss.values()):
+      # Both losses in eval mode: BN with its running statistics, as it is tested.
+      train_loss = lambda r: eval_loss[('bn' if r.config['norm'] == 'batch' else 'pn',
+                                        r.config['seed'])]
+      how = 'training loss in eval mode over the whole training subset'
+    else:  # runs without checkpoints: the last window of the train-mode loss
+      train_loss = lambda r: r.series('loss')[1][-1]
+      how = 'training loss: the last window of the train-mode loss'
+    gap = lambda r: r.summary['test_loss'] - train_loss(r)
+    rows.append(f'\nTraining loss in eval mode at the end (BN with its running statistics, '
+                f'PN with its population statistics), per seed: BN '
+                f'{_each(train_loss(bn[s]) for s in both)}, PN '
+                f'{_each(train_loss(pn[s]) for s in both)}.')
     verdict = verdicts.paired(
         'BN regularizes: its gap between test and training loss is smaller than PN\'s',
         'Luo et al. 2019, section 5 (BN against PN)',
-        'generalization gap (test - training loss) BN minus PN',
+        f'generalization gap (test - training loss) BN minus PN ({how})',
         [gap(bn[s]) - gap(pn[s]) for s in both],
         numbers=f'gap per seed BN {_each(gap(bn[s]) for s in both)}, PN '
                 f'{_each(gap(pn[s]) for s in both)}; test loss BN '
@@ -286,6 +300,31 @@ def report(workdir):
                    'the direction only).'))
   return study.write_report(workdir, 'BN as population norm + gamma decay (Luo et al. 2019)',
                             sections, found)
+
+
+def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: int = 1024):
+  """The mean cross-entropy over a whole split (the training subset, or the test
+  set) of the run's last checkpoint in eval mode, with the statistics its test
+  evaluation uses (running averages); ``None`` without a checkpoint or for
+  another ``bn_eval``."""
+  config = run.as_config()
+  folder = pathlib.Path(workdir) / run.name
+  if config.bn_eval != 'running' or not (folder / workdirs.CHECKPOINTS).is_dir():
+    return None
+  state = workdirs.Checkpoints(folder).latest_state()
+  splits = trainer.load_data(config)
+  mean, std = data.normalization_stats(splits['train'].x)
+  batches = data.Batches(splits[split], min(batch_size, len(splits[split])), seed=0,
+                         shuffle=False, mean=mean, std=std)
+  net = programs.build_model(config, host=True)
+  variables = {k: state[k] for k in ('params', 'batch_stats') if state.get(k)}
+  total = count = 0
+  for i in range(batches.steps_per_epoch):
+    batch = batches.batch(0, i)
+    out = net.apply(variables, batch['x'], train=False)
+    total += float(executors.objective(out, batch['y'], False)[0]) * len(batch['y'])
+    count += len(batch['y'])
+  return total / count
 
 
 def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:

@@ -23,3 +23,17 @@ def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plo
   assert text.count('**Verdict:') == verdicts, text
   for png in plots:
     assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_eval_mode_loss_is_the_trainers_test_loss(data_dir, tmp_path):
+  """bn_regularization's eval-mode loss, run on the test split, is the number the
+  trainer reported: the same model, statistics and objective."""
+  from experiments import bn_regularization as bnr, study
+  wanted = {n: c for n, c in bnr.configs('smoke').items() if n in ('batch_m32',
+                                                                   'population_m32')}
+  runs = study.run_sweep('bn_regularization', 'smoke', wanted, tmp_path, data_dir=data_dir,
+                         workers=1)
+  for run in runs.values():
+    assert bnr.eval_mode_loss(tmp_path, run, 'test') == pytest.approx(
+        run.summary['test_loss'], rel=1e-4)
+    assert bnr.eval_mode_loss(tmp_path, run) > 0
