@@ -413,10 +413,8 @@ def _measure(workdir, run):
       out['limit'] = out['limit1']
     if act == 'linear' and c['norm'] == 'weight':
       out['closed_form'] = error(ridge(x, y, c['gamma_decay']))
-  if act == 'linear':
+  if act == 'linear' and c['norm'] == 'batch':  # shown beside BN, one per data set
     out['bayes'] = error(ridge(x, y, c['noise_std'] ** 2 / len(y)))
-    out['ridge_theory'] = error(ridge(x, y, theory.gamma_decay_strength(
-        c['batch_size'], act) / c['input_dim']))
   return out
 
 
