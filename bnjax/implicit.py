@@ -121,6 +121,9 @@ def gamma_decay(apply: Callable, params, x, y, batch_sizes: Sequence[int], *,
     check_positive_int('batch size', m)
     if p % m:
       raise ValueError(f'the sample of {p} examples is not a whole number of batches of {m}.')
+  if not (bool(jnp.all(jnp.isfinite(x))) and all(
+      bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree_util.tree_leaves(params))):
+    raise ValueError('x and params must be finite: a non-finite gradient measures nothing.')
   gains = masks.gain_mask(params)
   if not any(jax.tree_util.tree_leaves(gains)):
     raise ValueError('params hold no gain (no leaf named scale): nothing to measure.')

@@ -82,6 +82,13 @@ def test_gamma_decay_refuses_bad_inputs():
     implicit.gamma_decay(apply, params, x, y[:10], [8], regression=True)
   with pytest.raises(TypeError, match='partitions must be a positive int'):
     implicit.gamma_decay(apply, params, x, y, [8], regression=True, partitions=1.5)
+  bad = x.copy()
+  bad[0, 0] = np.inf
+  with pytest.raises(ValueError, match='must be finite'):
+    implicit.gamma_decay(apply, params, bad, y, [8], regression=True)
+  nan_params = jax.tree_util.tree_map(lambda a: a * np.nan, params)
+  with pytest.raises(ValueError, match='must be finite'):
+    implicit.gamma_decay(apply, nan_params, x, y, [8], regression=True)
   with pytest.raises(ValueError, match='no gain'):
     implicit.gamma_decay(apply, {'dense': params['dense']}, x, y, [8], regression=True)
   with pytest.raises(ValueError, match="norm must be 'batch' or 'ghost'"):
