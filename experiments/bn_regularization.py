@@ -302,29 +302,30 @@ def report(workdir):
                             sections, found)
 
 
+def _unshuffled(config, split: str, batch_size: int):
+  """``(split arrays, unshuffled Batches)`` of a run's data, normalized as it trained."""
+  splits = trainer.load_data(config)
+  mean, std = data.normalization_stats(splits['train'].x)
+  arrays = splits[split]
+  return arrays, data.Batches(arrays, min(batch_size, len(arrays)), seed=0, shuffle=False,
+                              mean=mean, std=std)
+
+
 def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: int = 1024):
   """The mean cross-entropy over a whole split (the training subset, or the test
-  set) of the run's last checkpoint in eval mode, with the statistics its test
-  evaluation uses (running averages); ``None`` without a checkpoint or for
-  another ``bn_eval``."""
+  set) of the run's last checkpoint in eval mode, as the trainer evaluates
+  (:func:`bnjax.executors.evaluate`, running averages); ``None`` without a
+  checkpoint or for another ``bn_eval``."""
   config = run.as_config()
   folder = pathlib.Path(workdir) / run.name
   if config.bn_eval != 'running' or not (folder / workdirs.CHECKPOINTS).is_dir():
     return None
   state = workdirs.Checkpoints(folder).latest_state()
-  splits = trainer.load_data(config)
-  mean, std = data.normalization_stats(splits['train'].x)
-  batches = data.Batches(splits[split], min(batch_size, len(splits[split])), seed=0,
-                         shuffle=False, mean=mean, std=std)
-  net = programs.build_model(config, host=True)
-  variables = {k: state[k] for k in ('params', 'batch_stats') if state.get(k)}
-  total = count = 0
-  for i in range(batches.steps_per_epoch):
-    batch = batches.batch(0, i)
-    out = net.apply(variables, batch['x'], train=False)
-    total += float(executors.objective(out, batch['y'], False)[0]) * len(batch['y'])
-    count += len(batch['y'])
-  return total / count
+  arrays, batches = _unshuffled(config, split, batch_size)
+  step = executors.make_eval_step(programs.build_model(config, host=True), False)
+  restored = executors.TrainState(state['step'], state['params'],
+                                  state.get('batch_stats') or {}, None)
+  return executors.evaluate(step, restored, arrays, batches)['test_loss']
 
 
 def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
@@ -332,10 +333,7 @@ def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
   :func:`bnjax.implicit.gamma_decay` on its first ``sample`` training examples."""
   config = run.as_config()
   state = workdirs.Checkpoints(pathlib.Path(workdir) / run.name).latest_state()
-  splits = trainer.load_data(config)
-  mean, std = data.normalization_stats(splits['train'].x)
-  batch = data.Batches(splits['train'], sample, seed=0, shuffle=False, mean=mean,
-                       std=std).batch(0, 0)
+  batch = _unshuffled(config, 'train', sample)[1].batch(0, 0)
   return implicit.gamma_decay(implicit.model_apply(config, state['batch_stats']),
                               state['params'], batch['x'], batch['y'], sizes,
                               partitions=IMPLICIT_PARTITIONS)

@@ -125,6 +125,11 @@ def examples(load: float, n: int) -> int:
   return BATCH * max(1, round(load * n / BATCH))
 
 
+def load_examples(spec: dict) -> list:
+  """The sorted P of a preset's loads."""
+  return sorted({examples(a, spec['n']) for a in spec['loads']})
+
+
 def run_name(activation: str, method: str, p: int, *, n=None, m=None, long=False) -> str:
   """``<activation>_<method>_P<p>`` and ``_N<n>`` (the larger N), ``_M<m>`` (the batch
   sweep), ``_long`` (twice the steps); seeds add ``_seed<s>`` (study.seeded)."""
@@ -141,18 +146,20 @@ def _config(activation, overrides, *, n, p, m, steps, seed, parallel):
                 noise_std=NOISE_STD, batch_size=m, num_epochs=epochs, optimizer='sgd',
                 momentum=0.0, learning_rate=LEARNING_RATE, schedule='cosine',
                 regularizer='none', weight_decay=0.0, log_every=log_every,
-                checkpoint_every=log_every * 20, **dict(dict(gamma_decay=0.0), **overrides))
+                checkpoint_every=log_every * 20, **{'gamma_decay': 0.0, **overrides})
 
 
 def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
   n, out = spec['n'], {}
-  make = lambda name, seed, *a, **k: out.__setitem__(
-      study.seeded(name, seed), _config(*a, seed=seed, parallel=parallel, **k))
+
+  def make(name, seed, *args, **kwargs):
+    out[study.seeded(name, seed)] = _config(*args, seed=seed, parallel=parallel, **kwargs)
+
   for activation, seed in itertools.product(ACTIVATIONS, spec['seeds']):
     arms = methods(activation, n)
     for method, (_, overrides) in arms.items():
-      for p in sorted({examples(a, n) for a in spec['loads']}):
+      for p in load_examples(spec):
         make(run_name(activation, method, p), seed, activation, overrides, n=n, p=p,
              m=BATCH, steps=spec['steps'])
     for m in spec['sweep']:  # M = BATCH is the main BN arm at P = sweep_p
@@ -409,13 +416,18 @@ def _measure(workdir, run):
     out['error'] = error(wb)
     if act == 'linear' and c['norm'] == 'none':
       for s in INIT_SCALES:
-        out[f'limit{s:g}'] = error(sgd_limit(*wb, x, y, s))
-      out['limit'] = out['limit1']
+        out[_limit_key(s)] = error(sgd_limit(*wb, x, y, s))
     if act == 'linear' and c['norm'] == 'weight':
       out['closed_form'] = error(ridge(x, y, c['gamma_decay']))
   if act == 'linear' and c['norm'] == 'batch':  # shown beside BN, one per data set
     out['bayes'] = error(ridge(x, y, c['noise_std'] ** 2 / len(y)))
   return out
+
+
+def _limit_key(scale: float) -> str:
+  """The measurement of SGD's limit from its init scaled by ``scale`` (``'limit'``:
+  its own init)."""
+  return 'limit' if scale == 1 else f'limit{scale:g}'
 
 
 def measure_all(workdir, runs) -> dict:
@@ -440,9 +452,10 @@ def _paired(per_arm: list, seeds) -> list:
   return [s for s in seeds if all(s in arm for arm in per_arm)]
 
 
-def _load_verdicts(activation, loads, arm, seeds, measured, runs, n):
+def _load_verdicts(activation, loads, seeds, measured, runs, n):
   """The three generalization verdicts of one activation (module docstring)."""
-  bn, wn, sgd = (lambda p, m=m: arm(activation, m, p) for m in ('bn', 'wn_gamma_decay', 'sgd'))
+  bn, wn, sgd = (lambda p, m=m: run_name(activation, m, p)
+                 for m in ('bn', 'wn_gamma_decay', 'sgd'))
   sgd_key = 'limit' if activation == 'linear' else 'error'
   err = {(m, p): _per_seed(measured, runs, f(p), key) for p in loads
          for m, f, key in (('bn', bn, 'error'), ('wn', wn, 'error'), ('sgd', sgd, sgd_key))}
@@ -540,7 +553,7 @@ def report(workdir):
   spec = PRESETS[meta['preset']]
   n, seeds = spec['n'], list(spec['seeds'])
   measured = measure_all(workdir, runs)
-  loads = sorted({examples(a, n) for a in spec['loads']})
+  loads = load_examples(spec)
   sections = [('Setup', study.finished_line(meta, runs) + f' N = {n} inputs, P = alpha N '
                f'training examples (a multiple of M = {BATCH}: every example every epoch), '
                f'label noise std {NOISE_STD} (noise floor {NOISE_STD ** 2:g}, not included '
@@ -551,7 +564,6 @@ def report(workdir):
                f'statistics unless stated. Medians [interquartile range] over seeds. Rules, '
                f'fixed before the runs, are in `experiments/teacher_student.py`.')]
   found = []
-  arm = lambda activation, method, p: run_name(activation, method, p)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for ax, activation in zip(axes, ACTIVATIONS):
     compared = methods(activation, n)
@@ -564,7 +576,7 @@ def report(workdir):
     for key, (label, field, style) in curves.items():
       method = key if key in compared else {'bn_running': 'bn', 'sgd_limit': 'sgd',
                                             'bayes': 'bn'}[key]
-      pts = {p: list(_per_seed(measured, runs, arm(activation, method, p), field).values())
+      pts = {p: list(_per_seed(measured, runs, run_name(activation, method, p), field).values())
              for p in loads}
       pts = {p: v for p, v in pts.items() if v}
       if not pts:
@@ -586,7 +598,7 @@ def report(workdir):
     bn_stats = ['| alpha | ' + ' | '.join(f'BN, {s} statistics' for s in STATS)
                 + ' | BN direction outside the data span |', '|---' * 5 + '|']
     for p in loads:
-      per = [list(_per_seed(measured, runs, arm(activation, 'bn', p), s).values())
+      per = [list(_per_seed(measured, runs, run_name(activation, 'bn', p), s).values())
              for s in STATS + ('null_share',)]
       if all(per):
         bn_stats.append(f'| {p / n:g} | ' + ' | '.join(_median_iqr(v) for v in per) + ' |')
@@ -594,14 +606,14 @@ def report(workdir):
                  'and seeds) |', '|---|---|']
     for key, (label, _) in compared.items():
       drops = [v for p in loads for v in _per_seed(
-          measured, runs, arm(activation, key, p), 'train_drop').values()]
+          measured, runs, run_name(activation, key, p), 'train_drop').values()]
       if drops:
         converged.append(f'| {label} | {np.median(drops):.2%}, {np.max(drops):.2%} |')
     text = '\n'.join(table) + '\n\nBN evaluated three ways:\n\n' + '\n'.join(bn_stats)
     text += '\n\nConvergence:\n\n' + '\n'.join(converged)
     if activation == 'linear':
       text += '\n\n' + _linear_checks(measured, runs, loads, n, spec)
-    for v in _load_verdicts(activation, loads, arm, seeds, measured, runs, n):
+    for v in _load_verdicts(activation, loads, seeds, measured, runs, n):
       found.append(v)
       text += '\n\n' + v.markdown()
     zeta_table, zeta_found = _zeta_section(activation, spec, seeds, measured, runs, axes[2])
@@ -631,13 +643,13 @@ def _linear_checks(measured, runs, loads, n, spec) -> str:
     wn = _per_seed(measured, runs, run_name('linear', 'wn_gamma_decay', p), 'error')
     wn_cf = _per_seed(measured, runs, run_name('linear', 'wn_gamma_decay', p), 'closed_form')
     sgd = _per_seed(measured, runs, run_name('linear', 'sgd', p), 'error')
-    lim = [_per_seed(measured, runs, run_name('linear', 'sgd', p), f'limit{s:g}')
+    lim = [_per_seed(measured, runs, run_name('linear', 'sgd', p), _limit_key(s))
            for s in INIT_SCALES]
     if wn and sgd:
       lines.append(f'| {p / n:g} | {np.median(list(wn.values())):.3g} / '
                    f'{np.median(list(wn_cf.values())):.3g} | '
                    f'{np.median(list(sgd.values())):.3g} / '
-                   f'{np.median(list(lim[1].values())):.3g} | '
+                   f'{np.median(list(lim[INIT_SCALES.index(1.0)].values())):.3g} | '
                    + ' | '.join(f'{np.median(list(l.values())):.3g}' for l in lim) + ' |')
   text = ('Closed-form checks (medians; SGD\'s limit keeps its initialization\'s part '
           'outside the data span, scaled here by s):\n\n' + '\n'.join(lines))
