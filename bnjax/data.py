@@ -16,7 +16,9 @@ batches an uninterrupted one would. :func:`teacher_student` generates Luo et
 al.'s perceptron data.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import gzip
 import hashlib
 import os
@@ -409,10 +411,25 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
   if name not in BUILDERS:
     raise ValueError(f'unknown image dataset {name!r}; choose from {sorted(BUILDERS)}.')
   data_dir = os.path.join(data_dir or default_data_dir(), source_key(name))
-  builder = tfds.builder(BUILDERS[name], data_dir=data_dir, file_format='array_record')
-  builder.download_and_prepare()
+  with _preparing(data_dir):
+    builder = tfds.builder(BUILDERS[name], data_dir=data_dir, file_format='array_record')
+    builder.download_and_prepare()
   return {split: _decoded_arrays(builder, name, split, data_dir)
           for split in ('train', 'test')}
+
+
+@contextlib.contextmanager
+def _preparing(data_dir: str):
+  """Holds an exclusive ``flock`` on ``data_dir/.prepare.lock``: two processes
+  preparing one data dir at once (two binaries started together on a fresh
+  machine) would both build it, and the second one's final rename fails."""
+  os.makedirs(data_dir, exist_ok=True)
+  fd = os.open(os.path.join(data_dir, '.prepare.lock'), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
 
 
 def _decoded_arrays(builder, name: str, split: str, data_dir: str) -> Arrays:

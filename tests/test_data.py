@@ -199,3 +199,23 @@ def test_a_partial_last_batch_drops_other_examples_each_epoch():
   assert set().union(*seen[:10]) == set(range(50))
   used = np.array([[i in s for i in range(50)] for s in seen]).mean(0)
   np.testing.assert_allclose(used, 32 / 50, atol=0.12)
+
+
+def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
+  """Two binaries started together on a fresh machine: without the prepare
+  lock both build the dataset and the second one's final rename fails."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  from _helpers import fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'idx'
+  source.mkdir()
+  fake_fashion_mnist(source, n_train=12, n_test=5)
+  script = ('import sys; from bnjax import data; '
+            'print(len(data.load_image_dataset("fashion_mnist", sys.argv[1])["train"].x))')
+  env = dict(os.environ, BNJAX_FASHION_MNIST_DIR=str(source), JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path / 'tfds')], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  results = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
+  for out, err, code in results:
+    assert code == 0, err[-2000:]
+    assert out.split()[-1] == '12'
