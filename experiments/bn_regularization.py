@@ -4,7 +4,10 @@ Trains the ConvNet without any weight decay (so that the only regularizer is
 the one batch norm brings) and reports
 
 1. training and test curves of batch norm (BN), population norm (PN), weight
-   norm + mean-only BN and weight norm + variance-only BN at batch size M;
+   norm + mean-only BN and weight norm + variance-only BN at batch size M, on a
+   training subset small enough that PN overfits (its eval-mode training loss
+   under 0.05: else the gap verdict is inconclusive), with the change of each
+   layer's gamma^2 over the last quarter of training (plateaued under 5%);
 2. the squared gains gamma^2 of BN against the normalization batch M (at
    least five sizes): BN's implicit gamma decay ``zeta ~ 1/M`` should keep
    gamma^2 smaller at smaller M. Ghost batch norm varies M inside a fixed
@@ -12,8 +15,11 @@ the one batch norm brings) and reports
 3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
    :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
    plain PN: the decay should move PN's gamma^2 and test loss towards BN's;
-4. BN's implicit gamma decay itself, measured from gradients at the end of
-   the BN runs (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
+4. the explicit gamma decay zeta* at which PN's gamma^2 matches ghost BN's at
+   each M (a PN sweep over zeta at the ghost sweep's optimizer batch), and
+   whether zeta* scales as 1/M (slope of log zeta* on log M within -1 +- 0.25);
+5. BN's implicit gamma decay itself, measured from gradients at the end of
+   each ghost run for its own M (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
    M minus that with the sample's population statistics, ``2 zeta gamma``),
    against Luo et al.'s ``1/(4M)``. Declared before the measurement (the runs
    had trained already): the claim holds when the mean over layers and M of
@@ -36,6 +42,9 @@ from experiments import study, verdicts
 STUDY = 'bn_regularization'
 IMPLICIT_MARGIN = 0.25  # |4 M_eff zeta - 1| within this: Luo et al.'s 1/(4M) holds
 IMPLICIT_PARTITIONS = 2
+OVERFIT_LOSS = 0.05  # PN's eval-mode training loss below this in every seed: PN overfits
+PLATEAU = 0.05  # |change of gamma^2 over the last quarter of training| / gamma^2 below this
+SLOPE_MARGIN = 0.25  # slope of log zeta* against log M within -1 +- this: zeta* ~ 1/M
 CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
 LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
           'variance_only': 'WN + variance-only BN'}
@@ -137,6 +146,55 @@ def spearman(x, y) -> float:
   return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def gamma_sq_change(run: study.Run, fraction: float = 0.25) -> dict:
+  """``{layer: (gamma^2 at the end - at 1 - fraction of training) / gamma^2 at the
+  end}`` of a run's logged gains: near 0 where gamma^2 has plateaued."""
+  out = {}
+  for key in sorted(k for k in run.metrics[-1] if k.startswith('gamma_sq/')):
+    steps, g = run.series(key)
+    start = g[min(np.searchsorted(steps, steps[-1] * (1 - fraction)), len(g) - 1)]
+    out[key.split('/', 1)[1]] = float((g[-1] - start) / g[-1])
+  return out
+
+
+def interpolate_zeta(zetas, values, target: float, log: bool = True) -> Optional[float]:
+  """The explicit gamma decay at which a swept quantity (PN's gamma^2, its test
+  loss) equals ``target``: linear in zeta between the two swept values that
+  bracket it (first bracket in increasing zeta; on log values when ``log``);
+  ``None`` when no two neighbours bracket it."""
+  order = np.argsort(zetas)
+  z = np.asarray(zetas, float)[order]
+  v = np.asarray(values, float)[order]
+  if log:
+    v, target = np.log(v), np.log(target)
+  for i in range(len(z) - 1):
+    lo, hi = v[i], v[i + 1]
+    if lo != hi and min(lo, hi) <= target <= max(lo, hi):
+      return float(z[i] + (target - lo) / (hi - lo) * (z[i + 1] - z[i]))
+  return None
+
+
+def _plateau_table(arms: dict) -> str:
+  """Per arm and layer, the mean over seeds of :func:`gamma_sq_change`, and how
+  many (arm, layer) cells plateaued."""
+  changes = {label: [gamma_sq_change(r) for r in seeds.values()]
+             for label, seeds in arms.items() if seeds}
+  if not changes:
+    return ''
+  layers = sorted(next(iter(changes.values()))[0])
+  rows = ['| run | seeds | ' + ' | '.join(layers) + ' |', '|---|---:' + '|---:' * len(layers)
+          + '|']
+  flat = 0
+  for label, per_seed in changes.items():
+    means = [float(np.mean([c[l] for c in per_seed])) for l in layers]
+    flat += sum(abs(v) < PLATEAU for v in means)
+    rows.append(f'| {label} | {len(per_seed)} | ' + ' | '.join(f'{v:+.1%}' for v in means)
+                + ' |')
+  return ('Change of gamma^2 over the last quarter of training, relative to its final '
+          f'value (mean over seeds): {flat} of {len(changes) * len(layers)} (run, layer) '
+          f'cells moved by less than {PLATEAU:.0%} (plateaued).\n\n' + '\n'.join(rows))
+
+
 def _each(values) -> str:
   return ', '.join(f'{v:.4f}' for v in values)
 
@@ -148,15 +206,18 @@ def report(workdir):
   spec = PRESETS[meta['preset']]
   m = spec['batch']
   zeta = theory.gamma_decay_strength(m, 'relu')
-  size = study.each_run(runs, lambda c, _: (
-      f'{c["num_epochs"]} epochs over {c["train_subset"] or "all"} {c["dataset"]} training '
-      f'examples ({c["model"]}, width {c["width"]}), SGD with momentum {c["momentum"]}, '
-      f'lr {c["learning_rate"]}, no weight decay.'))
-  sections = [('Setup', study.finished_line(meta, runs) + f'{size} Training loss: the mean '
-               f'over each log window of the train-mode loss (BN with batch statistics, PN '
-               f'with its population statistics); test loss/error on the full test set. '
-               f'{len(spec["seeds"])} seed(s) of BN, PN, PN + gamma decay and the ghost '
-               f'sweep; the mean-only / variance-only ablations run the first seed.')]
+  base = spec['base']
+  sections = [('Setup', study.finished_line(meta, runs) + f' No weight decay, SGD with '
+               f'momentum 0.9, lr 0.05, {base.model} of width {base.width} on '
+               f'{base.dataset}. BN, PN, the ablations and PN + gamma decay train at batch '
+               f'{m} for {spec["overfit_epochs"]} epochs over {spec["overfit_subset"]} '
+               f'training examples (so that PN overfits); the ghost sweep and the zeta sweep '
+               f'train {spec["ghost_steps"]} steps of batch {spec["ghost_batch"]} over '
+               f'{base.train_subset or "all"} examples. Training loss: the mean over each '
+               f'log window of the train-mode loss (BN with batch statistics, PN with its '
+               f'population statistics); test loss/error on the full test set. '
+               f'{len(spec["seeds"])} seed(s) of every arm; the mean-only / variance-only '
+               f'ablations run the first seed.')]
 
   # 1. Curves.
   first = spec['seeds'][0]
@@ -202,7 +263,8 @@ def report(workdir):
                 f'{_each(train_loss(bn[s]) for s in both)}, PN '
                 f'{_each(train_loss(pn[s]) for s in both)}.')
     verdict = verdicts.paired(
-        'BN regularizes: its gap between test and training loss is smaller than PN\'s',
+        'BN regularizes: trained until PN overfits, its gap between test and training '
+        'loss is smaller than PN\'s',
         'Luo et al. 2019, section 5 (BN against PN)',
         f'generalization gap (test - training loss) BN minus PN ({how})',
         [gap(bn[s]) - gap(pn[s]) for s in both],
@@ -210,11 +272,20 @@ def report(workdir):
                 f'{_each(gap(pn[s]) for s in both)}; test loss BN '
                 f'{_each(bn[s].summary["test_loss"] for s in both)}, PN '
                 f'{_each(pn[s].summary["test_loss"] for s in both)}')
+    if not all(train_loss(pn[s]) < OVERFIT_LOSS for s in both):
+      verdict = dataclasses.replace(
+          verdict, outcome='inconclusive',
+          rule=verdict.rule + f'; and only when PN\'s training loss is below '
+          f'{OVERFIT_LOSS:g} in every seed (PN overfits), which this run did not reach')
+    else:
+      verdict = dataclasses.replace(verdict, rule=verdict.rule + f'; PN\'s training loss '
+                                    f'is below {OVERFIT_LOSS:g} in every seed (PN overfits)')
     found.append(verdict)
     lines.append(verdict.markdown())
+  plateau = _plateau_table({'BN': bn, 'PN': pn})
   sections.append(('BN, PN and the mean-only / variance-only ablations',
                    f'![curves]({curves_png})\n\n' + '\n'.join(rows) + '\n\n'
-                   + '\n\n'.join(lines)))
+                   + '\n\n'.join(lines) + (f'\n\n{plateau}' if plateau else '')))
 
   # 2. gamma^2 against the normalization batch M (ghost BN, fixed optimizer batch).
   fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
@@ -258,12 +329,13 @@ def report(workdir):
   study.label_axes(axes[:2], 'normalization batch M')
   study.label_axes(axes[2:], 'step')
   batch_png = study.savefig(fig, workdir, 'batch_size')
+  plateau = _plateau_table({f'M = {size}': per_size[size] for size in sorted(per_size)})
   sections.append(('gamma^2 against the normalization batch', f'![batch size]({batch_png})\n\n'
                    f'Ghost batch norm over virtual batches of M examples inside a fixed '
                    f'optimizer batch of {spec["ghost_batch"]}, {spec["ghost_steps"]} steps at '
                    f'the same learning rate: M is the only change (M = '
                    f'{spec["ghost_batch"]} is ordinary BN).\n\n' + '\n'.join(table)
-                   + '\n\n' + '\n\n'.join(lines)))
+                   + '\n\n' + '\n\n'.join(lines) + (f'\n\n{plateau}' if plateau else '')))
 
   # 3. PN + gamma decay against BN and PN.
   gd = study.seeds_of(runs, lambda s: run_name('population', m, True, s))
@@ -304,7 +376,12 @@ def report(workdir):
       lines.append(verdict.markdown())
     sections.append(('PN + explicit gamma decay against BN', f'![gamma decay]({gd_png})\n\n'
                      + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
-  section = _implicit_section(workdir, bn, spec)
+  section = _matching_section(runs, per_size, spec)
+  if section:
+    text, verdict = section
+    found.extend([verdict] if verdict else [])
+    sections.append(('The explicit gamma decay that matches BN', text))
+  section = _implicit_section(workdir, per_size, spec)
   if section:
     text, verdict = section
     found.append(verdict)
@@ -355,25 +432,100 @@ def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
                               partitions=IMPLICIT_PARTITIONS)
 
 
-def _implicit_section(workdir, bn: dict, spec: dict):
-  """Section 4: BN's implicit gamma decay per layer and M, and its verdict."""
-  sample = spec['implicit_sample']
-  sizes = [m for m in spec['virtual_sizes'] if m < sample and sample % m == 0]
-  seeds = {s: r for s, r in sorted(bn.items())
-           if (pathlib.Path(workdir) / r.name / workdirs.CHECKPOINTS).is_dir()}
-  if not seeds or not sizes:
+def _matching_section(runs: dict, per_size: dict, spec: dict):
+  """Section 4: PN's gamma^2 and test loss against its explicit gamma decay, the
+  zeta that matches BN's gamma^2 at each M, and whether it scales as 1/M."""
+  batch = spec['ghost_batch']
+  swept = {z: study.seeds_of(runs, lambda s, z=z: run_name('population', batch, seed=s,
+                                                             zeta=z))
+           for z in spec['zetas']}
+  swept = {z: v for z, v in swept.items() if v}
+  if len(swept) < 2 or not per_size:
     return None
-  measured = {s: implicit_decay(workdir, r, sizes, sample) for s, r in seeds.items()}
-  layers = sorted(next(iter(measured.values()))[sizes[0]])
+  zetas, sizes = sorted(swept), sorted(per_size)
+  seeds = sorted(set.intersection(*(set(v) for v in list(swept.values())
+                                    + list(per_size.values()))))
+  if not seeds:
+    return None
+  g2 = lambda s: [mean_gamma_sq(swept[z][s]) for z in zetas]
+  loss = lambda s: [swept[z][s].summary['test_loss'] for z in zetas]
+  table = ['| PN, zeta | seeds | mean gamma^2 | test loss | test error |', '|---:|---:|---:|---:|---:|']
+  for z in zetas:
+    group = [swept[z][s] for s in seeds]
+    table.append(f'| {z:g} | {len(group)} | {np.mean([mean_gamma_sq(r) for r in group]):.4f} | '
+                 f'{np.mean([r.summary["test_loss"] for r in group]):.4f} | '
+                 f'{np.mean([r.test_error for r in group]):.4f} |')
+  fmt = lambda v: '-' if v is None else f'{v:.2e}'
+  matched = ['| M | BN mean gamma^2 | zeta matching gamma^2 (per seed) | BN test loss | zeta '
+             'matching test loss (per seed) | Luo et al. 1/(4M) |', '|---:|---:|---|---:|---|---:|']
+  star = {}
+  for size in sizes:
+    by_g2 = [interpolate_zeta(zetas, g2(s), mean_gamma_sq(per_size[size][s])) for s in seeds]
+    by_loss = [interpolate_zeta(zetas, loss(s), per_size[size][s].summary['test_loss'],
+                                log=False) for s in seeds]
+    star[size] = by_g2
+    matched.append(f'| {size} | {np.mean([mean_gamma_sq(per_size[size][s]) for s in seeds]):.4f}'
+                   f' | {", ".join(fmt(v) for v in by_g2)} | '
+                   f'{np.mean([per_size[size][s].summary["test_loss"] for s in seeds]):.4f} | '
+                   f'{", ".join(fmt(v) for v in by_loss)} | {1 / (4 * size):.2e} |')
+  slopes, skipped = [], 0
+  for i, _ in enumerate(seeds):
+    ok = [(size, star[size][i]) for size in sizes if star[size][i] and star[size][i] > 0]
+    if len(ok) < 2:
+      skipped += 1
+      continue
+    slopes.append(float(np.polyfit(np.log([m for m, _ in ok]), np.log([z for _, z in ok]),
+                                   1)[0]) + 1.0)
+  note = (f'; {skipped} seed(s) with fewer than two M inside the swept zetas give no slope'
+          if skipped else '')
+  claim = 'the explicit gamma decay that matches BN\'s gamma^2 scales as 1/M (ghost batch M)'
+  if slopes:
+    verdict = verdicts.paired(
+        claim, 'Luo et al. 2019, section 4 and Fig. 2 (zeta = 1/(4M))',
+        f'slope of log zeta* against log M, plus 1 (M = {", ".join(map(str, sizes))}; zeta* '
+        f'interpolated in the PN sweep over zeta = {", ".join(f"{z:g}" for z in zetas)})',
+        slopes, threshold=SLOPE_MARGIN, side='within',
+        numbers='slopes ' + ', '.join(f'{v - 1:.2f}' for v in slopes) + note)
+    decided = verdict.markdown()
+  else:
+    verdict, decided = None, (f'No verdict on "{claim}": no seed had two M with zeta* '
+                              'inside the swept range.')
+  text = (f'PN at the ghost sweep\'s setting (batch {batch}, {spec["ghost_steps"]} steps) with '
+          f'explicit gamma decay zeta, against BN with ghost batches of M. zeta*: the zeta at '
+          f'which PN\'s mean gamma^2 equals BN\'s at that M, per seed (log gamma^2 linear in '
+          f'zeta between the two bracketing swept values; - where no two bracket it); the '
+          f'same for the test loss.\n\n' + '\n'.join(table) + '\n\n' + '\n'.join(matched)
+          + '\n\n' + decided)
+  return text, verdict
+
+
+def _implicit_section(workdir, per_size: dict, spec: dict):
+  """Section 5: BN's implicit gamma decay per layer, measured at the end of each
+  ghost run for its own M, and its verdict."""
+  sample = spec['implicit_sample']
+  with_checkpoints = lambda runs_: {s: r for s, r in runs_.items() if (
+      pathlib.Path(workdir) / r.name / workdirs.CHECKPOINTS).is_dir()}
+  measured_runs = {m: with_checkpoints(per_size[m]) for m in sorted(per_size)
+                   if m < sample and sample % m == 0}
+  measured_runs = {m: v for m, v in measured_runs.items() if v}
+  if not measured_runs:
+    return None
+  sizes = sorted(measured_runs)
+  seeds = sorted(set.intersection(*(set(v) for v in measured_runs.values())))
+  if not seeds:
+    return None
+  measured = {m: {s: implicit_decay(workdir, measured_runs[m][s], [m], sample)[m]
+                  for s in seeds} for m in sizes}
+  layers = sorted(measured[sizes[0]][seeds[0]])
   m_eff = {m: theory.effective_batch(m, sample) for m in sizes}
   table = ['| M | M_eff | ' + ' | '.join(f'{l}: zeta' for l in layers) + ' | 4 M_eff zeta '
            '(mean over layers) | Luo et al. 1/(4M) |', '|---:' * (len(layers) + 4) + '|']
   for m in sizes:
-    zetas = [[measured[s][m][l] for s in seeds] for l in layers]
+    zetas = [[measured[m][s][l] for s in seeds] for l in layers]
     table.append(f'| {m} | {m_eff[m]:.1f} | ' + ' | '.join(
         f'{np.mean(z):.3g} ({", ".join(f"{v:.2g}" for v in z)})' for z in zetas)
                  + f' | {4 * m_eff[m] * np.mean(zetas):.3g} | {1 / (4 * m):.3g} |')
-  per_seed = [float(np.mean([4 * m_eff[m] * measured[s][m][l] for m in sizes
+  per_seed = [float(np.mean([4 * m_eff[m] * measured[m][s][l] for m in sizes
                              for l in layers])) - 1.0 for s in seeds]
   verdict = verdicts.paired(
       'BN\'s implicit gamma decay in the CNN, measured from gradients, is Luo et al.\'s '
@@ -381,8 +533,8 @@ def _implicit_section(workdir, bn: dict, spec: dict):
       f'mean over layers and M = {", ".join(map(str, sizes))} of 4 M_eff zeta - 1',
       per_seed, threshold=IMPLICIT_MARGIN, side='within',
       numbers='4 M_eff zeta per seed ' + ', '.join(f'{v + 1:.3g}' for v in per_seed))
-  text = (f'At the end of each BN run (M = {spec["batch"]}), on its first {sample} training '
-          f'examples: the gain gradient with ghost batches of M (a random partition, '
+  text = (f'At the end of each ghost run of section 2, for its own M, on its first {sample} '
+          f'training examples: the gain gradient with ghost batches of M (a random partition, '
           f'{IMPLICIT_PARTITIONS} averaged) minus that with the sample\'s own statistics is '
           f'2 zeta gamma per channel; zeta is its least-squares fit over the layer\'s '
           f'channels (bnjax.implicit; columns: the mean over seeds, then each seed). '

@@ -269,19 +269,25 @@ def test_equilibrium_report_flags_a_factor_two(tmp_path):
 
 
 def _bn_regularization_study(tmp_path, claims_hold):
+  """Planted runs. The zeta sweep (0, 2e-3) plants PN's gamma^2 at 2 and 0.25, so
+  that ghost BN's gamma^2 = 2 * 8^(-8 / M) is matched at zeta* = 2e-3 * 8 / M
+  (log gamma^2 linear in zeta): slope -1 exactly when the claims hold."""
   from experiments import bn_regularization as bnr
+  spec = bnr.PRESETS['smoke']
   runs = {}
   for name, cfg in bnr.configs('smoke').items():
     if cfg.norm == 'ghost':  # the gamma^2 sweep over the normalization batch M
       m = cfg.virtual_batch_size
-      gamma_sq = 0.5 + m / 256 if claims_hold else 1.0 - m / 256
+      gamma_sq = 2.0 * 8.0 ** (-8 / m) if claims_hold else 1.0 - m / 256
       train_loss, test_loss = 0.3, 0.4
+    elif cfg.batch_size == spec['ghost_batch']:  # PN in the zeta sweep
+      gamma_sq, train_loss, test_loss = (2.0 if cfg.gamma_decay == 0 else 0.25), 0.3, 0.4
     elif cfg.norm == 'batch':
       gamma_sq, train_loss, test_loss = 0.5, 0.3, 0.4
     elif cfg.gamma_decay:
       gamma_sq, train_loss, test_loss = (0.6, 0.3, 0.45) if claims_hold else (2.0, 0.3, 0.9)
-    else:
-      gamma_sq, train_loss, test_loss = (1.2, 0.1, 0.6) if claims_hold else (0.6, 0.3, 0.35)
+    else:  # PN overfits: training loss under bnr.OVERFIT_LOSS
+      gamma_sq, train_loss, test_loss = (1.2, 0.02, 0.6) if claims_hold else (0.6, 0.02, 0.05)
     lines = [{'step': s, 'loss': train_loss, 'gamma_sq/conv1_norm': gamma_sq,
               'gamma_sq/conv2_norm': gamma_sq, 'test_loss': test_loss,
               'test_accuracy': 0.8} for s in (4, 8)]
@@ -291,15 +297,52 @@ def _bn_regularization_study(tmp_path, claims_hold):
 
 
 def test_bn_regularization_report_when_the_claims_hold(tmp_path):
-  _bn_regularization_study(tmp_path, True)
-  assert len(_decided(tmp_path, 'holds')) == 4
+  text = _bn_regularization_study(tmp_path, True).read_text()
+  assert len(_decided(tmp_path, 'holds')) == 5
+  assert 'slopes -1.00' in text  # zeta* = 2e-3 * 8 / M, found by interpolation
+  assert '4 of 4 (run, layer) cells moved by less than 5%' in text  # planted flat
   for png in ('curves.png', 'batch_size.png', 'gamma_decay.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
 
 def test_bn_regularization_report_when_the_claims_fail(tmp_path):
   _bn_regularization_study(tmp_path, False)
-  assert len(_decided(tmp_path, 'does not hold')) == 4
+  assert len(_decided(tmp_path, 'does not hold')) == 5
+
+
+def test_bn_regularization_gap_needs_pn_to_overfit(tmp_path):
+  """PN's training loss above bnr.OVERFIT_LOSS: the gap verdict is inconclusive
+  whatever its interval says."""
+  from experiments import bn_regularization as bnr
+  _bn_regularization_study(tmp_path, True)
+  for name in ('population_m32',):
+    path = tmp_path / name / 'metrics.jsonl'
+    lines = [json.loads(l) for l in path.read_text().splitlines()]
+    path.write_text(''.join(json.dumps(dict(l, loss=0.2)) + '\n' for l in lines))
+  bnr.report(tmp_path)
+  gap = [v for v in verdicts.read(tmp_path) if v.claim.startswith('BN regularizes')]
+  assert gap[0].outcome == 'inconclusive' and 'did not reach' in gap[0].rule
+
+
+def test_interpolate_zeta_against_hand_values():
+  from experiments import bn_regularization as bnr
+  # log gamma^2 from log 2 at 0 to log 0.5 at 1e-3: gamma^2 = 1 halfway, at 5e-4.
+  assert bnr.interpolate_zeta([0.0, 1e-3, 4e-3], [2.0, 0.5, 0.1], 1.0) == pytest.approx(5e-4)
+  # in the second bracket: log 0.5 -> log 0.1, target 0.5 * 0.2^(1/2) halfway: 2.5e-3
+  assert bnr.interpolate_zeta([4e-3, 0.0, 1e-3], [0.1, 2.0, 0.5], 0.5 * 0.2 ** 0.5) == (
+      pytest.approx(2.5e-3))
+  # linear values (a test loss): 0.4 -> 0.6 over 0..2e-3, target 0.45 at 5e-4
+  assert bnr.interpolate_zeta([0.0, 2e-3], [0.4, 0.6], 0.45, log=False) == pytest.approx(5e-4)
+  assert bnr.interpolate_zeta([0.0, 1e-3], [2.0, 0.5], 3.0) is None  # outside the sweep
+
+
+def test_gamma_sq_change_over_the_last_quarter():
+  from experiments import bn_regularization as bnr, study
+  lines = [{'step': s, 'gamma_sq/a': 1.0 + s / 100, 'gamma_sq/b': 2.0} for s in (25, 50, 75, 100)]
+  run = study.Run('r', {}, {}, lines)
+  change = bnr.gamma_sq_change(run)
+  # a: from 1.75 at step 75 to 2.0 at step 100, relative to 2.0 -> 0.125; b flat
+  assert change == {'a': pytest.approx(0.125), 'b': 0.0}
 
 
 def test_spearman_against_hand_ranks():
