@@ -25,6 +25,7 @@ import os
 import pathlib
 import queue
 import socket
+import tempfile
 import threading
 import urllib.parse
 from typing import Iterator, Optional
@@ -420,11 +421,13 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
 
 @contextlib.contextmanager
 def _preparing(data_dir: str):
-  """Holds an exclusive ``flock`` on ``data_dir/.prepare.lock``: two processes
+  """Holds an exclusive ``flock`` on a lock file named by ``data_dir``'s path in
+  the temp dir (nothing is written into the data dir itself): two processes
   preparing one data dir at once (two binaries started together on a fresh
   machine) would both build it, and the second one's final rename fails."""
-  os.makedirs(data_dir, exist_ok=True)
-  fd = os.open(os.path.join(data_dir, '.prepare.lock'), os.O_RDWR | os.O_CREAT, 0o644)
+  key = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:16]
+  fd = os.open(os.path.join(tempfile.gettempdir(), f'bnjax-prepare-{key}.lock'),
+               os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
     yield
