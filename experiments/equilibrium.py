@@ -63,7 +63,11 @@ OPTIMIZERS = {
 NARROW = ('sgd', 'momentum', 'adamw', 'adam_l2')
 
 PRESETS = {
-    # seeds: of every optimizer's run; arms: the OPTIMIZERS run (default NARROW).
+    # seeds: of every optimizer's run; arms: the OPTIMIZERS run (default NARROW);
+    # epochs: {arm: num_epochs} where an arm needs fewer than base's to run 10+
+    # time constants before the averaging window (SGD's and momentum's tau is
+    # 125 steps: one epoch of 1,875 steps gives 11; AdamW's tau of 250 and
+    # Adam + L2's conv1 keep two).
     'smoke': dict(seeds=(0,), base=Config(
         train_subset=1024, batch_size=32, num_epochs=2, width=8, log_every=4,
         checkpoint_every=32, eval_batch_size=2000)),
@@ -71,7 +75,8 @@ PRESETS = {
     'quick': dict(seeds=(0,), base=Config(
         train_subset=0, batch_size=32, num_epochs=1, width=16, log_every=25,
         checkpoint_every=500)),
-    'standard': dict(seeds=(0, 1, 2), arms=tuple(OPTIMIZERS), base=Config(
+    'standard': dict(seeds=(0, 1, 2), arms=tuple(OPTIMIZERS),
+                     epochs=dict(sgd=1, momentum=1, momentum_width32=1), base=Config(
         train_subset=0, batch_size=32, num_epochs=2, width=16, log_every=25,
         checkpoint_every=500)),
     'paper': dict(seeds=(0, 1, 2), base=Config(
@@ -83,7 +88,10 @@ PRESETS = {
 def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
   base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
-  return {study.seeded(name, seed): dataclasses.replace(base, **OPTIMIZERS[name][0], seed=seed)
+  epochs = spec.get('epochs', {})
+  return {study.seeded(name, seed): dataclasses.replace(
+              base, **OPTIMIZERS[name][0], seed=seed,
+              num_epochs=epochs.get(name, base.num_epochs))
           for name in spec.get('arms', NARROW) for seed in spec['seeds']}
 
 

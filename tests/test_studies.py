@@ -221,6 +221,22 @@ def test_every_preset_of_every_study_is_valid(module):
       c.validate()
 
 
+def test_equilibrium_standard_runs_ten_time_constants_before_its_window():
+  """Every SGD / momentum / AdamW arm of the standard preset, its epochs cut per
+  arm, still runs 10+ of theory's time constants before the last quarter."""
+  from bnjax import theory
+  from experiments import equilibrium
+  cfgs = equilibrium.configs('standard')
+  steps = {n: c.num_epochs * 60000 // c.batch_size for n, c in cfgs.items()}
+  assert steps['sgd'] == 1875 and steps['adamw_seed2'] == 3750
+  for name, c in cfgs.items():
+    kind = equilibrium.OPTIMIZERS[name.split('_seed')[0]][1]
+    if kind != 'adam_l2':
+      tau = theory.equilibrium_time_constant(kind, c.learning_rate, c.weight_decay,
+                                             momentum=c.momentum)
+      assert 0.75 * steps[name] / tau >= 10, (name, tau)
+
+
 def _equilibrium_study(tmp_path, factor):
   """Runs whose late angles and norms are ``factor`` x the hand-derived equilibria."""
   from experiments import equilibrium
