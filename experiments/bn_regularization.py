@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from bnjax import data, executors, implicit, programs, theory, trainer
+from bnjax import executors, implicit, programs, theory
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
@@ -395,15 +395,6 @@ def report(workdir):
                             sections, found)
 
 
-def _unshuffled(config, split: str, batch_size: int):
-  """``(split arrays, unshuffled Batches)`` of a run's data, normalized as it trained."""
-  splits = trainer.load_data(config)
-  mean, std = data.normalization_stats(splits['train'].x)
-  arrays = splits[split]
-  return arrays, data.Batches(arrays, min(batch_size, len(arrays)), seed=0, shuffle=False,
-                              mean=mean, std=std)
-
-
 def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: int = 1024):
   """The mean cross-entropy over a whole split (the training subset, or the test
   set) of the run's last checkpoint in eval mode, as the trainer evaluates
@@ -414,7 +405,7 @@ def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: in
   if config.bn_eval != 'running' or not (folder / workdirs.CHECKPOINTS).is_dir():
     return None
   state = workdirs.Checkpoints(folder).latest_state()
-  arrays, batches = _unshuffled(config, split, batch_size)
+  arrays, batches = study.unshuffled_batches(config, split, batch_size)
   step = executors.make_eval_step(programs.build_model(config, host=True), False)
   restored = executors.TrainState(state['step'], state['params'],
                                   state.get('batch_stats') or {}, None)
@@ -426,7 +417,7 @@ def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
   :func:`bnjax.implicit.gamma_decay` on its first ``sample`` training examples."""
   config = run.as_config()
   state = workdirs.Checkpoints(pathlib.Path(workdir) / run.name).latest_state()
-  batch = _unshuffled(config, 'train', sample)[1].batch(0, 0)
+  batch = study.unshuffled_batches(config, 'train', sample)[1].batch(0, 0)
   return implicit.gamma_decay(implicit.model_apply(config, state['batch_stats']),
                               state['params'], batch['x'], batch['y'], sizes,
                               partitions=IMPLICIT_PARTITIONS)

@@ -14,19 +14,23 @@ last quarter of training) with the closed forms of :mod:`bnjax.theory`:
   (``grad_sq_at_unit_norm/<layer>``, averaged over the same steps).
 
 Adam + L2 is also predicted per unit from Adam's own second moment at the
-last checkpoint (:func:`adam_unit_equilibrium`), leaving dead units out: the
-layer-mean gradient mixes units whose equilibria differ.
+last checkpoint (:func:`adam_unit_equilibrium`), and SGD's norm from each
+unit's own gradient there (:func:`sgd_unit_equilibrium`), leaving dead units
+out: the layer-mean gradient mixes units whose equilibria differ.
 
   python -m experiments.equilibrium --preset=quick --workdir=runs/equilibrium
 """
 
 import dataclasses
+import itertools
 import math
 import pathlib
+from typing import Optional
 
+import jax
 import numpy as np
 
-from bnjax import dynamics, theory
+from bnjax import dynamics, executors, programs, theory
 from bnjax import workdir as workdirs
 from bnjax.config import Config
 from experiments import study, verdicts
@@ -43,6 +47,10 @@ EQUILIBRATED = 0.05
 # Fewer time constants of approach (bnjax.theory.equilibrium_time_constant)
 # than this before the averaging window: the run is still in its transient.
 FAR = 3.0
+
+# Training batches, in order, over which a checkpoint's per-unit gradient
+# scale E||g~_j||^2 is averaged for SGD's per-unit prediction.
+UNIT_BATCHES = 20
 
 # name: (config overrides, theory optimizer name, momentum for theory)
 OPTIMIZERS = {
@@ -223,6 +231,72 @@ def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) 
               angle_theory=float(np.sqrt(np.mean(angles ** 2))))
 
 
+def unit_grad_sq(run: study.Run, state, batches: int = UNIT_BATCHES) -> dict:
+  r"""``{layer: E_b ||g~_j||^2}`` per unit of every invariant layer of a checkpoint.
+
+  :math:`\lVert\tilde g_j\rVert^2 = \lVert\nabla_{w_j} L_b\rVert^2 \lVert w_j\rVert^2`
+  (the gradient a unit would get at unit norm: it scales as 1/||w||) of the
+  training loss ``L_b`` of minibatch ``b`` of the run's batch size, in
+  training mode (batch statistics, as the step saw them), averaged over the
+  first ``batches`` batches of the unshuffled training set. The loss
+  gradient only: L2's term is the optimizer's.
+  """
+  config = run.as_config()
+  _, stream = study.unshuffled_batches(config, 'train', config.batch_size)
+  model = programs.build_model(config, host=True)
+  params, stats = state['params'], state.get('batch_stats') or {}
+
+  @jax.jit
+  def grads(x, y):
+    def loss(p):
+      out, _ = model.apply({'params': p, 'batch_stats': stats}, x, train=True,
+                           mutable=['batch_stats'])
+      return executors.objective(out, y, False)[0]
+    return jax.grad(loss)(params)
+
+  norms = {layer: kernel_unit_norms(state, layer) for layer in invariant_layers(run)}
+  total = {layer: 0.0 for layer in norms}
+  count = min(batches, stream.steps_per_epoch)
+  for batch in itertools.islice(stream.epoch(0), count):
+    g = grads(batch['x'], batch['y'])
+    for layer, n in norms.items():
+      total[layer] = total[layer] + np.sum(
+          np.asarray(g[layer]['kernel'], float).reshape(-1, n.size) ** 2, axis=0)
+  return {layer: total[layer] / count * norms[layer] ** 2 for layer in norms}
+
+
+def sgd_unit_equilibrium(run: study.Run, state, name: str, grad_sq: dict) -> dict:
+  r"""SGD's equilibrium norm predicted per unit from the unit's own gradient scale.
+
+  For each live unit :math:`j` (:func:`bnjax.dynamics.live_units`) of each
+  layer, theory's norm (:func:`bnjax.theory.equilibrium_norm`,
+  :math:`\lVert w^*_j\rVert^4 = \eta\,E\lVert\tilde g_j\rVert^2 / (2\lambda(1 - a))`,
+  Wan et al. 2021, Theorem 1) from
+  ``grad_sq[layer]`` (:func:`unit_grad_sq`), against the unit's norm in the
+  checkpoint. SGD's angle does not depend on the gradient: per unit it is the
+  layer's.
+
+  Returns:
+    ``{layer: {'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75'}}``.
+  """
+  _, kind, momentum = OPTIMIZERS[name]
+  c = run.config
+  out = {}
+  for layer, g2 in grad_sq.items():
+    norms = kernel_unit_norms(state, layer)
+    fan_in = np.asarray(state['params'][layer]['kernel']).size // norms.size
+    live = np.asarray(dynamics.live_units(norms)) & (g2 > 0)
+    predicted = np.array([theory.equilibrium_norm(
+        kind, c['learning_rate'], c['weight_decay'], momentum=momentum, fan_in=fan_in,
+        grad_norm=math.sqrt(g)) for g in g2[live]])
+    ratio = norms[live] / predicted
+    out[layer] = dict(live=float(live.mean()), ratios=ratio,
+                      ratio_median=float(np.median(ratio)),
+                      ratio_q25=float(np.quantile(ratio, 0.25)),
+                      ratio_q75=float(np.quantile(ratio, 0.75)))
+  return out
+
+
 def kernel_unit_norms(state, layer: str) -> np.ndarray:
   """The per-unit norms of ``layer``'s kernel in a restored checkpoint ``state``."""
   w = np.asarray(state['params'][layer]['kernel'], float)
@@ -240,9 +314,10 @@ def last_states(workdir, runs, names) -> dict:
   return out
 
 
-def _unit_distributions(workdir, states, rows_of, names):
+def _unit_distributions(workdir, states, rows_of, names, sgd_units):
   """Per-unit norms over theory at the end, every optimizer and layer (all seeds):
-  a figure of their distributions and a table of quartiles and dead units."""
+  a figure of their distributions and a table of quartiles and dead units; SGD's
+  units against their own predictions (``sgd_units``, :func:`sgd_unit_equilibrium`)."""
   plt = study.pyplot()
   found = {}
   for (n, seed), (run, state) in states.items():
@@ -250,6 +325,9 @@ def _unit_distributions(workdir, states, rows_of, names):
       layer = row['layer']
       if n == 'adam_l2':
         unit = adam_unit_equilibrium(state, run, layer)
+        ratios, collapsed = unit['ratios'], 1.0 - unit['live']
+      elif (n, seed) in sgd_units:
+        unit = sgd_units[(n, seed)][layer]
         ratios, collapsed = unit['ratios'], 1.0 - unit['live']
       else:
         norms = kernel_unit_norms(state, layer)
@@ -276,8 +354,9 @@ def _unit_distributions(workdir, states, rows_of, names):
     axes[0, col].legend(fontsize=7)
   png = study.savefig(fig, workdir, 'unit_norms')
   return (f'![unit norms]({png})\n\nAt the last checkpoint of every seed: each live unit\'s '
-          'norm over theory\'s (the layer\'s prediction from the late mean gradient; for '
-          'Adam + L2 the unit\'s own prediction from Adam\'s second moment, as above). A '
+          'norm over theory\'s (AdamW: the layer\'s, which needs no gradient; SGD and '
+          'momentum: the unit\'s own from its gradient at the end; Adam + L2: the unit\'s '
+          'own from Adam\'s second moment; both as above). A '
           'spread around 1 is per-unit noise; a shifted layer is a layer the layer-level '
           'prediction misses.\n\n' + '\n'.join(table))
 
@@ -318,6 +397,40 @@ def _adam_per_unit(states):
           'norm: the gradient at unit norm), and theory predicts that unit\'s norm and angle; '
           'dead units (collapsed norm or no second moment) are left out. This replaces the '
           'layer-mean gradient norm of the table above, which mixes units and steps.\n\n'
+          + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
+  return text, found
+
+
+def _sgd_per_unit(sgd_units: dict, arms) -> Optional[tuple]:
+  """The per-unit SGD table and one norm verdict per SGD arm (``arms``)."""
+  if not sgd_units:
+    return None
+  table = ['| run | seed | layer | live units | measured / predicted norm: median '
+           '(quartiles) |', '|---|---|---|---|---|']
+  found = []
+  for n in arms:
+    stat = []
+    for (m, seed), units in sorted(sgd_units.items()):
+      if m != n:
+        continue
+      for layer, unit in units.items():
+        table.append(f'| {n} | {seed} | {layer} | {unit["live"]:.1%} | '
+                     f'{unit["ratio_median"]:.3f} ({unit["ratio_q25"]:.3f}-'
+                     f'{unit["ratio_q75"]:.3f}) |')
+      stat.append(max(abs(math.log(u['ratio_median'])) for u in units.values()))
+    if stat:
+      found.append(verdicts.paired(
+          f'{n}, per unit from its own gradient: measured norm matches theory within a '
+          f'factor {TOLERANCE} in every layer', 'Wan et al. 2021, Theorem 1; '
+          'bnjax.theory.equilibrium_norm (SGD)',
+          f'max over layers of |log(measured/predicted)| (norm; the median over live units), '
+          f'against log {TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
+          numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat)))
+  text = ('At the last checkpoint each live unit\'s gradient scale E||g~_j||^2 (its loss '
+          'gradient times its norm, squared: the gradient at unit norm) is averaged over the '
+          f'first {UNIT_BATCHES} training batches in training mode, and theory predicts that '
+          'unit\'s norm; dead units are left out. The layer-level table above uses the layer\'s '
+          'late mean over units and steps instead.\n\n'
           + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
   return text, found
 
@@ -421,7 +534,14 @@ def report(workdir):
     section, more = per_unit
     found += more
     sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
-  distributions = _unit_distributions(workdir, states, rows_of, names)
+  sgd_units = {key: sgd_unit_equilibrium(run, state, key[0], unit_grad_sq(run, state))
+               for key, (run, state) in states.items() if OPTIMIZERS[key[0]][1] == 'sgd'}
+  per_unit = _sgd_per_unit(sgd_units, [n for n in names if OPTIMIZERS[n][1] == 'sgd'])
+  if per_unit:
+    section, more = per_unit
+    found += more
+    sections.append(('SGD per unit, from each unit\'s own gradient', section))
+  distributions = _unit_distributions(workdir, states, rows_of, names, sgd_units)
   if distributions:
     sections.append(('Per-unit norms at the end', distributions))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '

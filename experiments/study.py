@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bnjax import config as config_lib
-from bnjax import sweep, trainer
+from bnjax import data, sweep, trainer
 from bnjax.config import Config, PARALLEL
 from bnjax import workdir as workdirs
 
@@ -116,6 +116,15 @@ class Run:
       return self.series(f'angular_update_sq/{layer}')
     steps, angle = self.series(f'angular_update/{layer}')
     return steps, np.square(angle)
+
+
+def unshuffled_batches(config: Config, split: str, batch_size: int):
+  """``(split arrays, unshuffled Batches)`` of a run's data, normalized as it trained."""
+  splits = trainer.load_data(config)
+  mean, std = data.normalization_stats(splits['train'].x)
+  arrays = splits[split]
+  return arrays, data.Batches(arrays, min(batch_size, len(arrays)), seed=0, shuffle=False,
+                              mean=mean, std=std)
 
 
 def seeded(name: str, seed: int) -> str:

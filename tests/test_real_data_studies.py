@@ -10,7 +10,7 @@ from test_real_data import _real_data_present, data_dir, pytestmark  # noqa: F40
 
 
 @pytest.mark.parametrize('module,verdicts,plots', [
-    ('equilibrium', 10, ('equilibrium.png', 'unit_norms.png')),
+    ('equilibrium', 12, ('equilibrium.png', 'unit_norms.png')),
     ('bn_regularization', 5, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
 ])
 def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):

@@ -560,3 +560,53 @@ def test_kernel_unit_norms_of_the_last_checkpoint(tmp_path):
   state = Checkpoints(tmp_path / 'run').latest_state()  # the step-8 one
   np.testing.assert_allclose(equilibrium.kernel_unit_norms(state, 'conv1'),
                              [5.0, 2.0, 1.0, 1e-3], rtol=1e-6)
+
+
+def test_sgd_unit_equilibrium_against_planted_gradients():
+  """Units planted at theory's SGD norm for their own E||g~||^2 give ratio 1;
+  one at twice its norm gives 2; a collapsed unit is dead and left out."""
+  from experiments import equilibrium
+  lr, lam, a = 0.02, 1e-2, 0.9
+  g2 = np.array([0.5, 2.0, 8.0, 1.0, 3.0])
+  norms = (lr * g2 / (2 * lam * (1 - a))) ** 0.25  # Wan et al. 2021, Theorem 1
+  norms[3] *= 2.0
+  norms[4] = 1e-6
+  direction = np.random.default_rng(0).standard_normal((12, 5))
+  kernel = (direction / np.linalg.norm(direction, axis=0) * norms).reshape(3, 4, 5)
+  state = {'params': {'conv1': {'kernel': kernel}}}
+  run = study.Run('momentum', {'learning_rate': lr, 'weight_decay': lam}, {}, [])
+  unit = equilibrium.sgd_unit_equilibrium(run, state, 'momentum', {'conv1': g2})['conv1']
+  assert unit['live'] == pytest.approx(0.8)
+  np.testing.assert_allclose(unit['ratios'], [1.0, 1.0, 1.0, 2.0], rtol=1e-6)
+  assert unit['ratio_median'] == pytest.approx(1.0)
+
+
+def test_unit_grad_sq_is_the_trainers_metric_and_scale_invariant(tmp_path):
+  """On one batch, the per-unit E||g~_j||^2 of a trained smoke checkpoint averages
+  to the trainer's grad_sq_at_unit_norm formula on the same gradient, and scaling
+  a batch-normed unit's kernel leaves it unchanged (the gradient scales as 1/||w||)."""
+  import jax
+  from bnjax import executors, programs, step_metrics
+  from bnjax.workdir import Checkpoints
+  from experiments import equilibrium
+  cfg = equilibrium.configs('smoke')['sgd']
+  runs = study.run_sweep('equilibrium', 'smoke', {'sgd': cfg}, tmp_path, workers=1)
+  state = Checkpoints(tmp_path / 'sgd').latest_state()
+  run = runs['sgd']
+  one = equilibrium.unit_grad_sq(run, state, batches=1)
+  assert sorted(one) == ['conv1', 'conv2', 'conv3']
+  batch = next(study.unshuffled_batches(cfg, 'train', cfg.batch_size)[1].epoch(0))
+  model = programs.build_model(cfg, host=True)
+  grads = jax.grad(lambda p: executors.objective(model.apply(
+      {'params': p, 'batch_stats': state['batch_stats']}, batch['x'], train=True,
+      mutable=['batch_stats'])[0], batch['y'], False)[0])(state['params'])
+  reference = step_metrics.unit_scale_grad_sq(grads, state['params'])
+  for layer, g2 in one.items():
+    assert np.mean(g2) == pytest.approx(float(reference[f'grad_sq_at_unit_norm/{layer}']),
+                                        rel=1e-4)
+  scaled = jax.tree.map(lambda x: x, state)
+  kernel = np.array(scaled['params']['conv2']['kernel'])
+  kernel[..., 0] *= 3.0
+  scaled['params']['conv2']['kernel'] = kernel
+  np.testing.assert_allclose(equilibrium.unit_grad_sq(run, scaled, batches=1)['conv2'],
+                             one['conv2'], rtol=1e-3)
