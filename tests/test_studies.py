@@ -610,3 +610,30 @@ def test_unit_grad_sq_is_the_trainers_metric_and_scale_invariant(tmp_path):
   scaled['params']['conv2']['kernel'] = kernel
   np.testing.assert_allclose(equilibrium.unit_grad_sq(run, scaled, batches=1)['conv2'],
                              one['conv2'], rtol=1e-3)
+
+
+def test_momentum_signal_is_one_for_uncorrelated_gradients_in_optax_adam():
+  """optax.adam fed i.i.d. zero-mean gradients: rho ~ 1; with a persistent mean
+  direction rho > 1; a hand-planted first moment twice the uncorrelated one: 4."""
+  import jax.numpy as jnp
+  import optax
+  from experiments import equilibrium
+  rng = np.random.default_rng(0)
+  params = {'conv1': {'kernel': jnp.zeros((3, 3, 8, 64))}}
+  rhos = {}
+  for mean in (0.0, 1.0):
+    tx = optax.adam(1e-3)
+    opt_state = tx.init(params)
+    for _ in range(3000):
+      g = {'conv1': {'kernel': jnp.asarray(mean + rng.standard_normal((3, 3, 8, 64)),
+                                           jnp.float32)}}
+      _, opt_state = tx.update(g, opt_state, params)
+    rhos[mean] = equilibrium.momentum_signal({'opt_state': opt_state}, 'conv1')
+  assert rhos[0.0] == pytest.approx(1.0, abs=0.1)
+  assert rhos[1.0] > 5.0
+  v = rng.uniform(0.5, 2.0, (4, 6))
+  m = 2 * np.sqrt(v * 0.1 / 1.9) * rng.choice([-1, 1], (4, 6))
+  planted = {'opt_state': [{'count': 10 ** 6, 'mu': {'conv1': {'kernel': m}},
+                            'nu': {'conv1': {'kernel': v}}}]}
+  assert equilibrium.momentum_signal(planted, 'conv1') == pytest.approx(4.0, rel=1e-6)
+  assert math.isnan(equilibrium.momentum_signal({'opt_state': [None]}, 'conv1'))
