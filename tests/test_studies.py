@@ -496,8 +496,14 @@ def test_rotational_runs_end_to_end(tmp_path):
   assert sorted(runs) == sorted(wanted)
   ratios = rot.angle_ratios(runs['rotational_adamw-seed0'], 'adamw')
   assert sorted(ratios) == ['conv1', 'conv2', 'conv3']
-  # The wrapper's angle, a few steps in, within 1.6x of its target: an AMD EPYC
-  # CPU gave conv's 0.645 at the last smoke step where an Intel Xeon passed 1.5x.
+  # The wrapper's angle, a few steps in, within 1.6x of its target. It sits below
+  # the target by design early on: the angle is eta_r ||u_t|| / sqrt(nu_t), and
+  # the bias-corrected EMA nu_t (beta 0.9) still holds the larger norms of
+  # AdamW's first updates (m/sqrt(v) shrinks from 1 per coordinate towards
+  # sqrt(0.1/1.9)): for i.i.d. gradients on conv1's 36 coordinates the expected
+  # ratio is 0.71, 0.67, 0.68, 0.71 at steps 4, 8, 12, 16 (a numpy simulation).
+  # The 4-unit smoke net measured 0.80 -> 0.64 on an AMD EPYC CPU, where 1.5x
+  # (0.667) failed.
   for steps, ratio in ratios.values():
     assert np.all(np.abs(np.log(ratio[steps >= 8])) < np.log(1.6)), ratio
   assert len(_verdicts(rot.report(tmp_path))) == 3  # no warmup arms: no warmup verdict
