@@ -192,6 +192,14 @@ def adam_moments(state):
   return None
 
 
+def _unit_ratios(ratio: np.ndarray, live: np.ndarray) -> dict:
+  """The live fraction and the measured / predicted norms of the live units with
+  their median and quartiles."""
+  return dict(live=float(np.mean(live)), ratios=ratio, ratio_median=float(np.median(ratio)),
+              ratio_q25=float(np.quantile(ratio, 0.25)),
+              ratio_q75=float(np.quantile(ratio, 0.75)))
+
+
 def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) -> dict:
   r"""Adam + L2's equilibrium predicted per unit from Adam's own second moment.
 
@@ -227,10 +235,7 @@ def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) 
   angles = np.array([theory.equilibrium_angular_update(
       'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
                      for s in sigma[live]])
-  ratio = norms[live] / predicted
-  return dict(live=float(live.mean()), ratios=ratio, ratio_median=float(np.median(ratio)),
-              ratio_q25=float(np.quantile(ratio, 0.25)),
-              ratio_q75=float(np.quantile(ratio, 0.75)),
+  return dict(_unit_ratios(norms[live] / predicted, live),
               angle_theory=float(np.sqrt(np.mean(angles ** 2))))
 
 
@@ -292,11 +297,7 @@ def sgd_unit_equilibrium(run: study.Run, state, name: str, grad_sq: dict) -> dic
     predicted = np.array([theory.equilibrium_norm(
         kind, c['learning_rate'], c['weight_decay'], momentum=momentum, fan_in=fan_in,
         grad_norm=math.sqrt(g)) for g in g2[live]])
-    ratio = norms[live] / predicted
-    out[layer] = dict(live=float(live.mean()), ratios=ratio,
-                      ratio_median=float(np.median(ratio)),
-                      ratio_q25=float(np.quantile(ratio, 0.25)),
-                      ratio_q75=float(np.quantile(ratio, 0.75)))
+    out[layer] = _unit_ratios(norms[live] / predicted, live)
   return out
 
 
@@ -311,8 +312,9 @@ def momentum_signal(state, layer: str, b1: float = 0.9, b2: float = 0.999) -> fl
   forms' assumption) the EMA ``m`` has variance ``(1 - b1)/(1 + b1)`` times
   ``v``'s, so ``rho = 1``; gradients correlated over the ~10 steps ``m``
   averages (a persistent direction, or Adam + L2's own ``lambda w`` term) give
-  ``rho > 1``, and a random walk grows the norm faster than theory assumes.
-  ``nan`` without Adam moments.
+  ``rho > 1``, and a random walk grows the norm faster than theory assumes;
+  anticorrelated gradients (a step that overshoots, then the next back) give
+  ``rho < 1``. ``nan`` without Adam moments.
   """
   moments = adam_moments(state['opt_state'])
   if moments is None:
