@@ -354,14 +354,13 @@ def _unit_distributions(workdir, states, rows_of, names, sgd_units):
       layer = row['layer']
       if n == 'adam_l2':
         unit = adam_unit_equilibrium(state, run, layer)
-        ratios, collapsed = unit['ratios'], 1.0 - unit['live']
       elif (n, seed) in sgd_units:
         unit = sgd_units[(n, seed)][layer]
-        ratios, collapsed = unit['ratios'], 1.0 - unit['live']
-      else:
+      else:  # AdamW: the layer's prediction needs no gradient
         norms = kernel_unit_norms(state, layer)
         live = np.asarray(dynamics.live_units(norms))
-        ratios, collapsed = norms[live] / row['norm_theory'], 1.0 - live.mean()
+        unit = _unit_ratios(norms[live] / row['norm_theory'], live)
+      ratios, collapsed = unit['ratios'], 1.0 - unit['live']
       entry = found.setdefault((n, layer), {'ratios': [], 'collapsed': []})
       entry['ratios'].append(ratios)
       entry['collapsed'].append(collapsed)
