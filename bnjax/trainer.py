@@ -212,6 +212,7 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
   total = steps_per_epoch * config.num_epochs
   end = total if stop_after is None else min(total, stop_after)
   window, window_start = [], time.perf_counter()
+  final_test = None  # the test metrics of the last step, when the loop evaluated it
   bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
              unit='step', dynamic_ncols=True)
   try:
@@ -231,6 +232,7 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
           if config.eval_every and step % config.eval_every == 0:
             test = _evaluate(config, eval_step, current, splits['test'], test_batches,
                              train_batches)
+            final_test = test if step == total else None
           line = files.write_line(step, epoch, host, current,
                                   time.perf_counter() - window_start, test)
           bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
@@ -243,8 +245,10 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
   if step < total:
     return {}
   final = jax.device_get(executor.get_state(state))
-  return files.finish(step, final, _evaluate(config, eval_step, final, splits['test'],
-                                             test_batches, train_batches))
+  if final_test is None:
+    final_test = _evaluate(config, eval_step, final, splits['test'], test_batches,
+                           train_batches)
+  return files.finish(step, final, final_test)
 
 
 def _evaluate(config, eval_step, state, test_split, test_batches, train_batches) -> dict:

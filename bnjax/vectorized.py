@@ -232,6 +232,7 @@ class _Group:
       return fetched[step]
 
     window, window_start = [], time.perf_counter()
+    final_test = None  # the test metrics of the last step, when the loop evaluated it
     bar = tqdm(total=total, initial=step, disable=not progress, unit='step',
                dynamic_ncols=True)
     try:
@@ -251,6 +252,7 @@ class _Group:
             test = {}
             if config.eval_every and step % config.eval_every == 0:
               test = self.evaluate(current, members)
+              final_test = test if step == total else None
 
             def log(j):
               files, mine = self.files[members[j]], _member(current, j)
@@ -269,7 +271,7 @@ class _Group:
       bar.close()
     if step >= total:
       final = host_state()
-      results = self.evaluate(final, members)
+      results = self.evaluate(final, members) if final_test is None else final_test
 
       def finish(j):
         out[j] = self.files[members[j]].finish(step, _member(final, j), results[members[j]])

@@ -183,6 +183,22 @@ def test_vectorized_member_resumes_from_its_own_checkpoint(one_by_one, tmp_path)
     _assert_same_runs(reference, d)
 
 
+
+def test_a_vectorized_group_evaluates_its_last_step_once(one_by_one, tmp_path, monkeypatch):
+  calls = []
+  evaluate = vectorized._Group.evaluate  # pylint: disable=protected-access
+
+  def counted(self, state, members):
+    calls.append(int(np.asarray(state.step).max()))
+    return evaluate(self, state, members)
+
+  monkeypatch.setattr(vectorized._Group, 'evaluate', counted)  # pylint: disable=protected-access
+  dirs = [tmp_path / 'a', tmp_path / 'b']
+  sweep.train_many(_configs('sgd_l2'), dirs, vectorize=True)
+  assert calls == [8, 16, 24]  # the loop's evaluation of step 24 is the summaries'
+  for reference, d in zip(one_by_one['sgd_l2'], dirs):
+    _assert_same_runs(reference, d)
+
 def test_finished_members_answer_without_training(one_by_one):
   configs = _configs('sgd_l2')
   before = [(d / workdirs.SUMMARY).stat().st_mtime_ns for d in one_by_one['sgd_l2']]

@@ -273,6 +273,28 @@ def test_eval_every_logs_test_metrics_and_gains(tmp_path):
   assert summary['fan_in'] == {'dense': 20}
 
 
+
+def test_the_last_step_is_evaluated_once_and_again_after_a_lost_summary(tmp_path, monkeypatch):
+  calls = []
+  evaluate = trainer._evaluate  # pylint: disable=protected-access
+
+  def counted(config, eval_step, state, *args):
+    calls.append(int(state.step))
+    return evaluate(config, eval_step, state, *args)
+
+  monkeypatch.setattr(trainer, '_evaluate', counted)
+  summary = trainer.train(dataclasses.replace(TS, eval_every=16), tmp_path, progress=False)
+  assert calls == [16, 32, 48]  # the loop's evaluation of step 48 is the summary's
+  (tmp_path / workdirs.SUMMARY).unlink()  # killed after the last checkpoint
+  calls.clear()
+  assert trainer.train(dataclasses.replace(TS, eval_every=16), tmp_path,
+                       progress=False) == {**summary, 'wall_time_s': pytest.approx(
+                           summary['wall_time_s'], abs=60)}
+  assert calls == [48]
+  calls.clear()
+  trainer.train(dataclasses.replace(TS, eval_every=0), tmp_path / 'no_eval', progress=False)
+  assert calls == [48]
+
 @pytest.mark.parametrize('fields,message', [
     (dict(gamma_decay=-1.0), '--gamma_decay: must be >= 0'),
     (dict(gamma_decay=0.1, norm='none'), '--gamma_decay: acts on the normalization gains'),
