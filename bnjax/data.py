@@ -558,6 +558,9 @@ class Batches:
     2
     >>> bool(np.array_equal(batches.batch(0, 1)['y'], next(batches.epoch(0, 1))['y']))
     True
+    >>> [b['y'].tolist() == batches.batch(e, i)['y'].tolist()
+    ...  for b, (e, i) in zip(batches.steps(1, 4), [(0, 1), (1, 0), (1, 1)])]
+    [True, True, True]
 
   References:
     He et al., "Deep Residual Learning", CVPR 2016, arXiv 1512.03385,
@@ -606,6 +609,17 @@ class Batches:
     end = self.steps_per_epoch if stop is None else min(stop, self.steps_per_epoch)
     for index in range(start, end):
       yield self.batch(epoch, index, order)
+
+  def steps(self, start: int, stop: int) -> Iterator[dict]:
+    """The batches of optimizer steps ``start`` to ``stop``, across epochs (step
+    ``s`` is batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``)."""
+    per_epoch = self.steps_per_epoch
+    step = start
+    while step < stop:
+      epoch, index = divmod(step, per_epoch)
+      end = min(per_epoch, index + stop - step)
+      yield from self.epoch(epoch, index, end)
+      step += end - index
 
 
 def _crop_and_flip(x: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:

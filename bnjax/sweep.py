@@ -19,7 +19,12 @@ How the members are trained:
 * **Vectorized groups** (the default on GPU/TPU; ``vectorize=True`` forces
   it): members that differ only in learning rate, momentum, weight decay,
   gamma decay and seed are trained in one jitted program, ``jax.vmap``-ed over
-  those values (:mod:`bnjax.vectorized`).
+  those values (:mod:`bnjax.vectorized`). With ``workers > 1`` (the default
+  on CPU) and several groups, the groups go out to that many worker
+  processes, the longest first (:func:`bnjax.vectorized.plan`): a group of
+  small models (the perceptrons of the teacher-student study) is bound by
+  its per-step dispatch on one core, so two groups on two cores take about
+  the time of one.
 * One config, or ``workers=1``: one after another in the calling process.
 """
 
@@ -144,30 +149,53 @@ def _log_done(i: int, n: int, workdir, summary: Optional[dict], seconds: float) 
   logging.warning('[%d/%d] %s %s (%.0f s)', i, n, workdir, status, seconds)
 
 
-def _train_in_workers(configs, paths, data_dir, workers: int) -> list:
+def _train_members(configs, paths, data_dir) -> list:
+  """Members one after another (a worker's task)."""
+  return [train_member(c, p, data_dir) for c, p in zip(configs, paths)]
+
+
+def _train_group(configs, paths, data_dir) -> list:
+  """One vectorized group (a worker's task)."""
+  from bnjax import vectorized  # pylint: disable=g-import-not-at-top
+  return vectorized.train_groups(configs, paths, data_dir=data_dir)
+
+
+def _train_in_workers(configs, paths, data_dir, workers: int, tasks=None,
+                      task=_train_members) -> list:
   """Every member in a spawned process pool; other members finish before an error
-  of one is raised (naming its workdir)."""
+  of one is raised (naming its workdir).
+
+  ``tasks``: lists of member indices, each one call of ``task`` in a worker
+  (default: one member per task, round-robin over programs).
+  """
+  if tasks is None:
+    tasks = [[i] for i in interleaved(configs)]
   cache = tempfile.TemporaryDirectory(prefix='bnjax-xla-cache-')
   pool = concurrent.futures.ProcessPoolExecutor(
-      max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
+      max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context('spawn'),
       initializer=_init_worker, initargs=(SINGLE_THREAD_XLA_FLAGS, cache.name))
   start = time.perf_counter()
-  summaries, errors = [None] * len(configs), []
+  summaries, errors, done = [None] * len(configs), [], 0
   with cache, pool:
-    futures = {pool.submit(train_member, configs[i], str(paths[i]), data_dir): i
-               for i in interleaved(configs)}
-    for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-      i = futures[future]
+    futures = {pool.submit(task, [configs[i] for i in members],
+                           [str(paths[i]) for i in members], data_dir): members
+               for members in tasks}
+    for future in concurrent.futures.as_completed(futures):
+      members = futures[future]
       try:
-        summaries[i] = future.result()
+        results = future.result()
       except Exception as e:  # reported after the other members are done
-        errors.append((i, e))
-        logging.warning('[%d/%d] %s failed: %s', done, len(configs), paths[i], e)
+        done += len(members)
+        errors.append((members[0], e))
+        logging.warning('[%d/%d] %s failed: %s', done, len(configs), paths[members[0]], e)
         continue
-      _log_done(done, len(configs), paths[i], summaries[i], time.perf_counter() - start)
+      for i, summary in zip(members, results):
+        done += 1
+        summaries[i] = summary
+        _log_done(done, len(configs), paths[i], summary, time.perf_counter() - start)
   if errors:
     i, e = min(errors, key=lambda ie: ie[0])
-    more = f' ({len(errors) - 1} more member(s) failed too)' if len(errors) > 1 else ''
+    more = f' ({len(errors) - 1} more task(s) failed too)' if len(errors) > 1 else ''
     raise type(e)(f'member {i} ({paths[i]}): {e}{more}') from e
   return summaries
 
@@ -190,7 +218,8 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
     workdirs: one folder per member (distinct).
     data_dir: tfds data dir for image datasets.
     workers: worker processes (default: one per core on CPU, 1 elsewhere);
-      ``1`` trains the members one after another in this process.
+      ``1`` trains the members (or the vectorized groups) one after another
+      in this process.
     vectorize: train members that differ only in hyperparameters and seed as
       one vmapped program (default: on for GPU/TPU, off for CPU).
     progress: progress bars (members trained in this process only).
@@ -226,12 +255,17 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
   on_cpu = jax.default_backend() == 'cpu'
   if vectorize is None:
     vectorize = not on_cpu and len(configs) > 1
-  if vectorize:
-    from bnjax import vectorized  # pylint: disable=g-import-not-at-top
-    return vectorized.train_groups(list(configs), paths, data_dir=data_dir,
-                                   max_group=max_group, progress=progress)
   if workers is None:
     workers = default_workers() if on_cpu else 1
+  if vectorize:
+    from bnjax import vectorized  # pylint: disable=g-import-not-at-top
+    summaries, groups = vectorized.plan(list(configs), paths, max_group)
+    if workers > 1 and len(groups) > 1:
+      trained = _train_in_workers(list(configs), paths, data_dir, workers, tasks=groups,
+                                  task=_train_group)
+      return [s if s is not None else t for s, t in zip(summaries, trained)]
+    return vectorized.train_groups(list(configs), paths, data_dir=data_dir,
+                                   max_group=max_group, progress=progress)
   workers = min(workers, len(configs))
   if workers > 1:
     return _train_in_workers(list(configs), paths, data_dir, workers)

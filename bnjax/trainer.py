@@ -216,29 +216,27 @@ def _run(config, workdir, wanted, state, executor, eval_step, splits, train_batc
   bar = tqdm(total=total, initial=step, disable=not (progress and main_process),
              unit='step', dynamic_ncols=True)
   try:
-    while step < end:
-      epoch, index = divmod(step, steps_per_epoch)
-      stop = min(steps_per_epoch, index + end - step)
-      for batch in data.prefetch(train_batches.epoch(epoch, index, stop)):
-        state, metrics = executor.step(state, batch, hyper)
-        step += 1
-        window.append((step, metrics))
-        bar.update(1)
-        if step % config.log_every == 0 or step == total:
-          host = jax.device_get([m for _, m in window])
-          current = jax.device_get(executor.get_state(state))
-          files.check_window([s for s, _ in window], host, current, step)
-          test = None
-          if config.eval_every and step % config.eval_every == 0:
-            test = _evaluate(config, eval_step, current, splits['test'], test_batches,
-                             train_batches)
-            final_test = test if step == total else None
-          line = files.write_line(step, epoch, host, current,
-                                  time.perf_counter() - window_start, test)
-          bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
-          window, window_start = [], time.perf_counter()
-        if step % config.checkpoint_every == 0 or step == total:
-          files.save(step, executor.get_state(state))
+    for batch in data.prefetch(train_batches.steps(step, end)):
+      epoch = step // steps_per_epoch
+      state, metrics = executor.step(state, batch, hyper)
+      step += 1
+      window.append((step, metrics))
+      bar.update(1)
+      if step % config.log_every == 0 or step == total:
+        host = jax.device_get([m for _, m in window])
+        current = jax.device_get(executor.get_state(state))
+        files.check_window([s for s, _ in window], host, current, step)
+        test = None
+        if config.eval_every and step % config.eval_every == 0:
+          test = _evaluate(config, eval_step, current, splits['test'], test_batches,
+                           train_batches)
+          final_test = test if step == total else None
+        line = files.write_line(step, epoch, host, current,
+                                time.perf_counter() - window_start, test)
+        bar.set_postfix(loss=f'{line["loss"]:.4f}', img_s=f'{line["images_per_s"]:.0f}')
+        window, window_start = [], time.perf_counter()
+      if step % config.checkpoint_every == 0 or step == total:
+        files.save(step, executor.get_state(state))
   finally:
     bar.close()
     files.close()

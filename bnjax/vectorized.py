@@ -34,7 +34,7 @@ from bnjax.run_files import NonFiniteLossError, RunFiles
 tqdm = _extras.require('tqdm').tqdm
 logging = _extras.require('absl.logging')
 
-__all__ = ['VECTORIZED_FIELDS', 'group_key', 'train_groups']
+__all__ = ['VECTORIZED_FIELDS', 'group_key', 'plan', 'train_groups']
 
 # The fields members of one group may differ in.
 VECTORIZED_FIELDS = programs.VALUE_FIELDS
@@ -82,32 +82,54 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
     Bradbury et al., JAX (2018), ``jax.vmap``.
   """
   paths = [pathlib.Path(p) for p in paths]
+  summaries, chunks = plan(configs, paths, max_group)
+  count, total = 0, sum(len(chunk) for chunk in chunks)
+  for chunk in chunks:
+    start = time.perf_counter()
+    done = _train_locked([configs[i] for i in chunk], [paths[i] for i in chunk],
+                         data_dir, progress)
+    for i, summary in zip(chunk, done):
+      summaries[i] = summary
+      count += 1
+      logging.warning('[%d/%d] %s %s (%.0f s, group of %d)', count, total, paths[i],
+                      (summary or {}).get('status', 'finished'),
+                      time.perf_counter() - start, len(chunk))
+  return summaries
+
+
+def plan(configs: List[Config], paths: list, max_group: Optional[int] = None):
+  """The summaries of members already done and the groups left to train.
+
+  Args:
+    configs: the members' configs (``parallel='none'``; validated here).
+    paths: their workdirs.
+    max_group: the most members in one group (``None``: no cap).
+
+  Returns:
+    ``(summaries, groups)``: ``summaries[i]`` the summary of a finished or
+    diverged member, else ``None``; ``groups`` lists of the other members'
+    indices, one per program (:func:`group_key`, cut at ``max_group``), the
+    longest first (optimizer steps x members), so that worker processes taking
+    them in this order finish close together.
+  """
+  paths = [pathlib.Path(p) for p in paths]
   for i, c in enumerate(configs):
     if c.parallel != 'none':
       raise ValueError(f'member {i} ({paths[i]}): --parallel={c.parallel}; vectorized '
                        "groups vmap over members on one device, so parallel must be 'none'.")
     c.validate()
   summaries: List[Optional[dict]] = [None] * len(configs)
-  groups: Dict[str, list] = {}
+  by_key: Dict[str, list] = {}
   for i, (c, p) in enumerate(zip(configs, paths)):
     summaries[i] = _answered(p, config_lib.record(c))
     if summaries[i] is None:
-      groups.setdefault(group_key(c), []).append(i)
-  count, total = 0, sum(len(m) for m in groups.values())
-  for members in groups.values():
+      by_key.setdefault(group_key(c), []).append(i)
+  groups = []
+  for members in by_key.values():
     size = max_group or len(members)
-    for k in range(0, len(members), size):
-      chunk = members[k:k + size]
-      start = time.perf_counter()
-      done = _train_locked([configs[i] for i in chunk], [paths[i] for i in chunk],
-                           data_dir, progress)
-      for i, summary in zip(chunk, done):
-        summaries[i] = summary
-        count += 1
-        logging.warning('[%d/%d] %s %s (%.0f s, group of %d)', count, total, paths[i],
-                        (summary or {}).get('status', 'finished'),
-                        time.perf_counter() - start, len(chunk))
-  return summaries
+    groups += [members[k:k + size] for k in range(0, len(members), size)]
+  groups.sort(key=lambda g: -configs[g[0]].total_steps() * len(g))
+  return summaries, groups
 
 
 def _train_locked(configs, paths, data_dir, progress) -> list:
@@ -236,37 +258,37 @@ class _Group:
     bar = tqdm(total=total, initial=step, disable=not progress, unit='step',
                dynamic_ncols=True)
     try:
-      while step < total and any(alive.values()):
-        epoch, index = divmod(step, steps_per_epoch)
-        for batches in data.prefetch(zip(*(b.epoch(epoch, index) for b in batches_of))):
-          state, metrics = self.step(hyper, state, {
-              'x': np.stack([b['x'] for b in batches]),
-              'y': np.stack([b['y'] for b in batches])})
-          step += 1
-          window.append((step, metrics))
-          bar.update(1)
-          if step % config.log_every == 0 or step == total:
-            host = jax.device_get([m for _, m in window])
-            current = host_state()
-            seconds = time.perf_counter() - window_start
-            test = {}
-            if config.eval_every and step % config.eval_every == 0:
-              test = self.evaluate(current, members)
-              final_test = test if step == total else None
+      stacked = ({'x': np.stack([b['x'] for b in batches]),
+                  'y': np.stack([b['y'] for b in batches])}
+                 for batches in zip(*(b.steps(step, total) for b in batches_of)))
+      for batch in data.prefetch(stacked):
+        epoch = step // steps_per_epoch
+        state, metrics = self.step(hyper, state, batch)
+        step += 1
+        window.append((step, metrics))
+        bar.update(1)
+        if step % config.log_every == 0 or step == total:
+          host = jax.device_get([m for _, m in window])
+          current = host_state()
+          seconds = time.perf_counter() - window_start
+          test = {}
+          if config.eval_every and step % config.eval_every == 0:
+            test = self.evaluate(current, members)
+            final_test = test if step == total else None
 
-            def log(j):
-              files, mine = self.files[members[j]], _member(current, j)
-              lines = [{k: v[j] for k, v in m.items()} for m in host]
-              files.check_window([s for s, _ in window], lines, mine, step)
-              files.write_line(step, epoch, lines, mine, seconds, test.get(members[j]))
+          def log(j):
+            files, mine = self.files[members[j]], _member(current, j)
+            lines = [{k: v[j] for k, v in m.items()} for m in host]
+            files.check_window([s for s, _ in window], lines, mine, step)
+            files.write_line(step, epoch, lines, mine, seconds, test.get(members[j]))
 
-            each_alive(log)
-            window, window_start = [], time.perf_counter()
-          if step % config.checkpoint_every == 0 or step == total:
-            current = host_state()
-            each_alive(lambda j: self.files[members[j]].save(step, _member(current, j)))
-          if not any(alive.values()):
-            break
+          each_alive(log)
+          window, window_start = [], time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == total:
+          current = host_state()
+          each_alive(lambda j: self.files[members[j]].save(step, _member(current, j)))
+        if not any(alive.values()):
+          break
     finally:
       bar.close()
     if step >= total:

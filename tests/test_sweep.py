@@ -128,6 +128,30 @@ def test_workers_equal_one_by_one(one_by_one, tmp_path):
     _assert_same_runs(ref, d)
 
 
+
+def test_vectorized_groups_in_workers_equal_one_by_one(one_by_one, tmp_path):
+  configs = _configs('sgd_l2') + _configs('adam_l2_gamma')
+  reference = one_by_one['sgd_l2'] + one_by_one['adam_l2_gamma']
+  assert len(vectorized.plan(configs, [tmp_path / f'p{i}' for i in range(4)])[1]) == 2
+  dirs = [tmp_path / f'w{i}' for i in range(len(configs))]
+  summaries = sweep.train_many(configs, dirs, vectorize=True, workers=2)
+  for ref, d, s in zip(reference, dirs, summaries):
+    assert s == json.loads((d / workdirs.SUMMARY).read_text())
+    _assert_same_runs(ref, d)
+
+
+def test_plan_answers_finished_members_and_puts_the_longest_group_first(one_by_one,
+                                                                      tmp_path):
+  short = _configs('sgd_l2')  # 24 steps each, one program
+  long = [dataclasses.replace(c, num_epochs=8) for c in _configs('adam_l2_gamma')]
+  configs = short + long + [dataclasses.replace(short[0], seed=5)]
+  dirs = one_by_one['sgd_l2'] + [tmp_path / f'm{i}' for i in range(3)]
+  summaries, groups = vectorized.plan(configs, dirs)
+  assert [s is not None for s in summaries] == [True, True, False, False, False]
+  assert summaries[0] == json.loads((dirs[0] / workdirs.SUMMARY).read_text())
+  assert groups == [[2, 3], [4]]  # 48 steps x 2 members before 24 x 1
+  assert vectorized.plan(configs, dirs, max_group=1)[1] == [[2], [3], [4]]
+
 def test_vectorized_convnet_equals_one_by_one(tmp_path, monkeypatch):
   """The ConvNet (vmapped convolutions and batch norm) on an image dataset.
 
