@@ -100,6 +100,21 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
           'test': splits['test']}
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_normalization(name: str, data_dir: Optional[str], subset: int):
+  """One pass per process over a dataset's (subset of) training images."""
+  return data.normalization_stats(_cached_image_dataset(name, data_dir)['train'].take(
+      subset or None).x)
+
+
+def input_normalization(config: Config, data_dir: Optional[str] = None):
+  """``(mean, std)`` per channel of the run's training images (the
+  :func:`load_data` split); ``(None, None)`` for teacher-student data."""
+  if config.dataset == 'teacher_student':
+    return None, None
+  return _cached_normalization(config.dataset, data_dir, config.train_subset)
+
+
 # ------------------------------------------------------------- driver
 
 
@@ -169,7 +184,6 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
     return summary
 
   splits = load_data(config, data_dir)
-  regression = config.dataset == 'teacher_student'
   if len(splits['train']) < config.batch_size:
     raise ValueError(f'--batch_size: {config.batch_size} exceeds the '
                      f'{len(splits["train"])} training examples of {config.dataset}')
@@ -178,9 +192,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
     raise ValueError(f'--schedule: the schedule was laid out for '
                      f'{config.train_examples()} training examples, but '
                      f'{config.dataset} has {len(splits["train"])} here')
-  mean = std = None
-  if not regression:
-    mean, std = data.normalization_stats(splits['train'].x)
+  mean, std = input_normalization(config, data_dir)
   train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed,
                                augment=config.augment, mean=mean, std=std)
   test_batches = data.Batches(splits['test'], config.eval_batch_size, shuffle=False,

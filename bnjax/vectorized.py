@@ -170,9 +170,7 @@ class _Group:
     self.train_batches, self.test_batches, self.test_sizes = [], [], []
     for c in configs:
       splits = trainer.load_data(c, data_dir)
-      mean = std = None
-      if not self.regression:
-        mean, std = data.normalization_stats(splits['train'].x)
+      mean, std = trainer.input_normalization(c, data_dir)
       self.train_batches.append(data.Batches(splits['train'], c.batch_size, seed=c.seed,
                                              augment=c.augment, mean=mean, std=std))
       self.test_batches.append(data.Batches(splits['test'], c.eval_batch_size,

@@ -90,6 +90,36 @@ def test_batches_are_deterministic_and_cover_the_epoch():
   assert not np.array_equal(np.concatenate(epoch0), other)
 
 
+
+@pytest.mark.parametrize('start,stop', [(0, 18), (4, 13), (6, 6), (11, 12)])
+def test_steps_are_the_epochs_batches_end_to_end(start, stop):
+  b = data.Batches(_arrays(), 16, seed=5)  # 6 steps per epoch
+  expected = [b.batch(s // 6, s % 6)['y'].tolist() for s in range(start, stop)]
+  assert [x['y'].tolist() for x in b.steps(start, stop)] == expected
+
+
+def test_input_normalization_is_the_training_subsets_once_per_process(tmp_path, monkeypatch):
+  from _helpers import fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  from bnjax import trainer  # pylint: disable=g-import-not-at-top
+  from bnjax.config import Config  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'idx'
+  source.mkdir()
+  fake_fashion_mnist(source, n_train=48, n_test=8)
+  monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(source))
+  data_dir = str(tmp_path / 'tfds')
+  calls = []
+  stats = data.normalization_stats
+  monkeypatch.setattr(data, 'normalization_stats', lambda x: calls.append(len(x)) or stats(x))
+  for subset in (0, 16, 16):
+    config = Config(train_subset=subset, batch_size=8)
+    mean, std = trainer.input_normalization(config, data_dir)
+    x = trainer.load_data(config, data_dir)['train'].x.astype(np.float64) / 255
+    np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(std, x.std((0, 1, 2)), rtol=1e-5)
+  assert calls == [48, 16]  # the second subset of 16 is answered from the cache
+  assert trainer.input_normalization(Config(dataset='teacher_student', model='perceptron',
+                                            batch_size=8)) == (None, None)
+
 def test_normalization_and_eval_order():
   arrays = _arrays()
   mean, std = data.normalization_stats(arrays.x)
