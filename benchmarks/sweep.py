@@ -1,15 +1,19 @@
 """Sweep throughput: one-by-one, worker processes and vectorized groups, in one run.
 
-Run: python -m benchmarks.sweep [--members 4 8] [--steps 1248] [--modes ...]
+Run: python -m benchmarks.sweep [--model convnet|perceptron] [--members 4 8]
+     [--steps N] [--modes ...]
 
-Each mode trains the same members (the quick preset's ConvNet of
-experiments.effective_lr: widths 16/32/64, batch 32, Fashion-MNIST, SGD with
-momentum + L2, members differing in learning rate, L2 strength and seed) from
-fresh workdirs through :func:`bnjax.sweep.train_many`, and the wall time
-includes everything a sweep pays (process start, data loading, compilation,
-logging, checkpoints). Printed: member-steps per second per mode and the ratio
-to one-by-one. The modes run one after another in this process, in the order
-given, for every member count.
+Each mode trains the same members from fresh workdirs through
+:func:`bnjax.sweep.train_many`, and the wall time includes everything a sweep
+pays (process start, data loading, compilation, logging, checkpoints).
+``--model convnet`` (default): the quick preset's ConvNet of
+experiments.effective_lr (widths 16/32/64, batch 32, Fashion-MNIST, SGD with
+momentum + L2), members differing in learning rate, L2 strength and seed: one
+program. ``--model perceptron``: the teacher-student study's linear BN
+perceptrons (N = 100, batch 32, 10,000 steps by default), members differing in
+seed and in P (two loads: two vectorized groups). Printed: member-steps per
+second per mode and the ratio to one-by-one. The modes run one after another
+in this process, in the order given, for every member count.
 """
 
 import argparse
@@ -22,13 +26,24 @@ import jax
 
 from benchmarks.common import machine_line
 from bnjax import sweep
-from experiments import effective_lr
+from experiments import effective_lr, teacher_student
 
 MODES = {
     'one-by-one': dict(workers=1, vectorize=False),
     'workers': dict(workers=None, vectorize=False),
-    'vectorized': dict(vectorize=True),
+    'vectorized': dict(workers=1, vectorize=True),
+    'vectorized-workers': dict(workers=None, vectorize=True),
 }
+STEPS = {'convnet': 1248, 'perceptron': 10000}  # convnet: the quick preset's 1250, /4
+
+
+def perceptrons(n: int, steps: int) -> list:
+  """``n`` linear BN perceptrons of the teacher-student study, seeds 0..n-1, on
+  P = 96 (even seeds) or 128 (odd): two programs."""
+  return [teacher_student.student_config('linear', dict(norm='batch'), n=100,
+                                         p=(96, 128)[k % 2], m=teacher_student.BATCH,
+                                         steps=steps, seed=k)
+          for k in range(n)]
 
 
 def members(n: int, steps: int) -> list:
@@ -56,23 +71,29 @@ def time_mode(configs, mode: str, data_dir) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', default='convnet', choices=list(STEPS))
   parser.add_argument('--members', type=int, nargs='+', default=[4, 8])
-  parser.add_argument('--steps', type=int, default=1248)  # the quick preset's 1250, /4
+  parser.add_argument('--steps', type=int, default=None,
+                      help='steps per member (default: convnet 1248, perceptron 10000)')
   parser.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES))
   parser.add_argument('--data_dir', default=None)
   args = parser.parse_args()
+  args.steps = STEPS[args.model] if args.steps is None else args.steps
   if args.steps < 4 or args.steps % 4:
     parser.error(f'--steps: a positive multiple of 4, got {args.steps}')
+  if any(n < 1 for n in args.members):
+    parser.error(f'--members: positive counts, got {args.members}')
+  build = perceptrons if args.model == 'perceptron' else members
   print(machine_line(), f'| workers default: {sweep.default_workers()} '
         f'(backend {jax.default_backend()})')
   print(f'{"members":>7} {"mode":>12} {"wall s":>8} {"member-steps/s":>15} '
         f'{"vs one-by-one":>14}')
   for n in args.members:
-    configs = members(n, args.steps)
+    configs = build(n, args.steps)
     base = None
     for mode in args.modes:
       seconds = time_mode(configs, mode, args.data_dir)
-      rate = n * args.steps / seconds
+      rate = sum(c.total_steps() for c in configs) / seconds
       base = rate if mode == 'one-by-one' else base
       ratio = f'{rate / base:.2f}x' if base else '-'
       print(f'{n:>7} {mode:>12} {seconds:>8.1f} {rate:>15.1f} {ratio:>14}', flush=True)

@@ -47,8 +47,8 @@ POWER = {'sgd': 1, 'adam': 2}
 HEAD_DECAY = 5e-4
 TRACKED_LAYER = 'conv2'
 FAILED = 0.85  # test error of a run that did not train (chance is 0.9)
-# Rules fixed before the runs. Test error: the mean over the evaluations from
-# ERROR_WINDOW of training on (a single iterate at a constant learning rate is
+# Rules fixed before the runs. Test error: the mean over the evaluations after
+# ERROR_WINDOW of training (a single iterate at a constant learning rate is
 # noisy). A cell whose slowest layer ran fewer than FAR time constants of
 # approach before that window is still in its transient. "Within the noise":
 # the pooled spread along the lines at most NOISE_FACTOR x the seed-to-seed
@@ -65,10 +65,9 @@ MARGIN = 0.01
 # (3 lr lambda ||w*||), scales as (lr^2 lambda)^(-2/3); conv1, fan-in 9, is
 # the slowest layer: from a calibration run's gradient norms, about 100 steps
 # on the line below the Adam grid's centre). Precise BN statistics from 20
-# training batches; test evaluations at steps 400 and 800, the start and the
-# end of the error window.
+# training batches; test evaluations at steps 200, 400, 600 and 800.
 _FASHION = dict(train_subset=25600, batch_size=32, num_epochs=1, width=16, log_every=25,
-                eval_every=400, checkpoint_every=400, bn_eval='precise', bn_eval_batches=20)
+                eval_every=200, checkpoint_every=400, bn_eval='precise', bn_eval_batches=20)
 PRESETS = {
     # seeds: of every arm; centre_seeds: extra seeds of the grid's centre cell.
     'smoke': dict(grid=2, seeds=(0,), centre_seeds=(), base=Config(
@@ -237,8 +236,8 @@ def _rule_note(spec) -> str:
   return (
       'Each verdict is decided by its statistic\'s 95% Student-t interval over seeds, '
       f'with at least {verdicts.MIN_SEEDS} seeds for every cell it uses (rule in each '
-      f'line, fixed before the runs). Test error is the mean over the evaluations from '
-      f'{ERROR_WINDOW:.0%} of training on. The line test pools unbiased variances within '
+      f'line, fixed before the runs). Test error is the mean over the evaluations after '
+      f'{ERROR_WINDOW:.0%} of training. The line test pools unbiased variances within '
       'the lines (and within rows, columns, diagonals for the alternatives), so that '
       'groupings with different group sizes estimate the same noise under the null; '
       f'it leaves out cells with fewer than {FAR:g} time constants before the error '
@@ -301,8 +300,8 @@ def report(workdir):
       f'with {c["bn_eval"]} statistics.'))
   sections = [('Setup', study.finished_line(meta, runs) + f' BN after every conv; every '
                f'run\'s config is in its folder\'s `config.json`. Test error = 1 - test '
-               f'accuracy, averaged over the evaluations from {ERROR_WINDOW:.0%} of '
-               f'training on.{size} lambda acts on the scale-invariant kernels; the '
+               f'accuracy, averaged over the evaluations after {ERROR_WINDOW:.0%} of '
+               f'training.{size} lambda acts on the scale-invariant kernels; the '
                f'classifier head keeps lambda = {HEAD_DECAY:g} in every regularized run. '
                f'A test error near 0.9 is chance: that run failed to train.')]
 

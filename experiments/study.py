@@ -87,12 +87,12 @@ class Run:
     return 1.0 - self.summary['test_accuracy']
 
   def late_test_error(self, start: float) -> float:
-    """Mean test error over the evaluations logged from fraction ``start`` of
-    training on (``eval_every``), with the final evaluation; the final test
-    error alone when none was logged there. Averaging evaluations reduces the
-    noise of a single iterate at a constant learning rate."""
+    """Mean test error over the evaluations logged after fraction ``start`` of
+    training (``eval_every``), with the final evaluation; the final test error
+    alone when none was logged there. Averaging evaluations reduces the noise
+    of a single iterate at a constant learning rate."""
     steps, accuracy = self.series('test_accuracy')
-    late = accuracy[steps >= start * self.summary['steps']]
+    late = accuracy[steps > start * self.summary['steps']]
     if steps.size and steps[-1] == self.summary['steps']:
       return float(np.mean(1.0 - late))
     return float(np.mean(np.append(1.0 - late, self.test_error)))

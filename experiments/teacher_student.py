@@ -137,7 +137,11 @@ def run_name(activation: str, method: str, p: int, *, n=None, m=None, long=False
           + ('_long' if long else ''))
 
 
-def _config(activation, overrides, *, n, p, m, steps, seed, parallel):
+def student_config(activation: str, overrides: dict, *, n: int, p: int, m: int, steps: int,
+                   seed: int, parallel: str = 'none') -> Config:
+  """One student's run: N = ``n`` inputs, P = ``p`` examples in batches of ``m``,
+  whole epochs covering at least ``steps`` steps, the study's SGD with a cosine
+  decay; ``overrides`` set the normalization (and gamma decay)."""
   batches = p // m
   epochs = math.ceil(steps / batches)
   log_every = max(1, epochs * batches // 20)
@@ -154,7 +158,7 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   n, out = spec['n'], {}
 
   def make(name, seed, *args, **kwargs):
-    out[study.seeded(name, seed)] = _config(*args, seed=seed, parallel=parallel, **kwargs)
+    out[study.seeded(name, seed)] = student_config(*args, seed=seed, parallel=parallel, **kwargs)
 
   for activation, seed in itertools.product(ACTIVATIONS, spec['seeds']):
     arms = methods(activation, n)

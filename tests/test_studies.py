@@ -362,16 +362,17 @@ def test_gamma_sq_change_over_the_last_quarter():
 
 
 
-def test_late_test_error_averages_the_evaluations_from_the_window_on():
+def test_late_test_error_averages_the_evaluations_after_the_window_start():
   from experiments import study
   lines = [{'step': s, 'test_accuracy': a} for s, a in ((200, 0.5), (400, 0.7), (600, 0.8))]
   lines.insert(1, {'step': 300})  # a line without an evaluation
   run = study.Run('r', {}, {'steps': 800, 'test_accuracy': 0.9}, lines)
-  # steps 400 and 600 (400 is the window's start), then the final 0.9 not logged
-  assert run.late_test_error(0.5) == pytest.approx(((1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 3)
+  # after step 400: 600, then the final 0.9 (not logged)
+  assert run.late_test_error(0.5) == pytest.approx(((1 - 0.8) + (1 - 0.9)) / 2)
   lines.append({'step': 800, 'test_accuracy': 0.9})  # the final evaluation logged too
-  assert run.late_test_error(0.5) == pytest.approx(((1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 3)
+  assert run.late_test_error(0.5) == pytest.approx(((1 - 0.8) + (1 - 0.9)) / 2)
   assert run.late_test_error(0.9) == pytest.approx(0.1)
+  assert run.late_test_error(0.2) == pytest.approx(((1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 3)
 
 def test_spearman_against_hand_ranks():
   from experiments import bn_regularization as bnr
