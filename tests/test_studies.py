@@ -372,7 +372,8 @@ def test_late_test_error_averages_the_evaluations_after_the_window_start():
   lines.append({'step': 800, 'test_accuracy': 0.9})  # the final evaluation logged too
   assert run.late_test_error(0.5) == pytest.approx(((1 - 0.8) + (1 - 0.9)) / 2)
   assert run.late_test_error(0.9) == pytest.approx(0.1)
-  assert run.late_test_error(0.2) == pytest.approx(((1 - 0.5) + (1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 4)
+  assert run.late_test_error(0.2) == pytest.approx(
+      ((1 - 0.5) + (1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 4)  # after step 160
 
 def test_spearman_against_hand_ranks():
   from experiments import bn_regularization as bnr
