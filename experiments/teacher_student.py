@@ -81,7 +81,8 @@ SMALL_LOAD = 2.0
 INIT_SCALES = (0.0, 1.0, 3.0, 10.0)
 GRADIENT_PARTITIONS = 8  # partitions of the training set bnjax.implicit averages
 # Train vectorized by default, on CPU too: a perceptron's step is a few
-# hundred flops, so one vmapped program over the seeds beats worker processes.
+# hundred flops, so one vmapped program over the seeds beats a worker process
+# per seed; the groups themselves go out to the worker processes (bnjax.sweep).
 VECTORIZE = True
 COLORS = {'bn': 'C0', 'wn_gamma_decay': 'C1', 'wn_strong_gamma_decay': 'C2', 'sgd': 'C3',
           'bayes': 'k', 'linear': 'C4', 'relu': 'C5'}
