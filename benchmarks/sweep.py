@@ -11,8 +11,8 @@ experiments.effective_lr (widths 16/32/64, batch 32, Fashion-MNIST, SGD with
 momentum + L2), members differing in learning rate, L2 strength and seed: one
 program. ``--model perceptron``: the teacher-student study's linear BN
 perceptrons (N = 100, batch 32, 10,000 steps by default), members differing in
-seed and in P (two loads: two vectorized groups). Printed: member-steps per
-second per mode and the ratio to one-by-one. The modes run one after another
+seed and in P (four loads: up to four vectorized groups). Printed:
+member-steps per second per mode and the ratio to the first mode given. The modes run one after another
 in this process, in the order given, for every member count.
 """
 
@@ -39,9 +39,9 @@ STEPS = {'convnet': 1248, 'perceptron': 10000}  # convnet: the quick preset's 12
 
 def perceptrons(n: int, steps: int) -> list:
   """``n`` linear BN perceptrons of the teacher-student study, seeds 0..n-1, on
-  P = 96 (even seeds) or 128 (odd): two programs."""
+  P = 96, 128, 160, 192 in turn: up to four programs."""
   return [teacher_student.student_config('linear', dict(norm='batch'), n=100,
-                                         p=(96, 128)[k % 2], m=teacher_student.BATCH,
+                                         p=(96, 128, 160, 192)[k % 4], m=teacher_student.BATCH,
                                          steps=steps, seed=k)
           for k in range(n)]
 
@@ -86,17 +86,17 @@ def main():
   build = perceptrons if args.model == 'perceptron' else members
   print(machine_line(), f'| workers default: {sweep.default_workers()} '
         f'(backend {jax.default_backend()})')
-  print(f'{"members":>7} {"mode":>12} {"wall s":>8} {"member-steps/s":>15} '
-        f'{"vs one-by-one":>14}')
+  print(f'{"members":>7} {"mode":>18} {"wall s":>8} {"member-steps/s":>15} '
+        f'{"vs " + args.modes[0]:>14}')
   for n in args.members:
     configs = build(n, args.steps)
     base = None
     for mode in args.modes:
       seconds = time_mode(configs, mode, args.data_dir)
       rate = sum(c.total_steps() for c in configs) / seconds
-      base = rate if mode == 'one-by-one' else base
-      ratio = f'{rate / base:.2f}x' if base else '-'
-      print(f'{n:>7} {mode:>12} {seconds:>8.1f} {rate:>15.1f} {ratio:>14}', flush=True)
+      base = rate if base is None else base
+      print(f'{n:>7} {mode:>18} {seconds:>8.1f} {rate:>15.1f} {rate / base:>13.2f}x',
+            flush=True)
 
 
 if __name__ == '__main__':
