@@ -45,8 +45,8 @@ studies: study
 	$(PY) -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
 	$(PY) -m experiments.rotational --preset=quick --workdir=runs/rotational
 
-# The standard presets: 3+ seeds per cell, decisive verdicts (78 minutes for
-# the first four, 85 for all five, on a 2-core AMD EPYC), into runs/standard/<study>/.
+# The standard presets: 3+ seeds per cell, decisive verdicts (56 minutes for
+# the first four, about 62 for all five, on a 2-core AMD EPYC), into runs/standard/<study>/.
 standard: $(STAMP) data
 	for s in effective_lr equilibrium bn_regularization teacher_student rotational; do \
 	  $(PY) -m experiments.$$s --preset=standard --workdir=runs/standard/$$s || exit 1; \
