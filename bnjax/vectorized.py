@@ -111,6 +111,19 @@ def plan(configs: List[Config], paths: list, max_group: Optional[int] = None):
     indices, one per program (:func:`group_key`, cut at ``max_group``), the
     longest first (optimizer steps x members), so that worker processes taking
     them in this order finish close together.
+
+  Example:
+    >>> import dataclasses, tempfile
+    >>> from bnjax import vectorized
+    >>> from bnjax.config import Config
+    >>> base = Config(dataset='teacher_student', model='perceptron', batch_size=8,
+    ...               num_train=32, num_test=16, input_dim=4, log_every=2,
+    ...               checkpoint_every=4)
+    >>> configs = [base, dataclasses.replace(base, seed=1),
+    ...            dataclasses.replace(base, num_train=96)]
+    >>> root = tempfile.mkdtemp()
+    >>> vectorized.plan(configs, [f'{root}/{k}' for k in range(3)])
+    ([None, None, None], [[2], [0, 1]])
   """
   paths = [pathlib.Path(p) for p in paths]
   for i, c in enumerate(configs):
