@@ -12,8 +12,9 @@ momentum + L2), members differing in learning rate, L2 strength and seed: one
 program. ``--model perceptron``: the teacher-student study's linear BN
 perceptrons (N = 100, batch 32, 10,000 steps by default), members differing in
 seed and in P (four loads: up to four vectorized groups). Printed:
-member-steps per second per mode and the ratio to the first mode given. The modes run one after another
-in this process, in the order given, for every member count.
+member-steps per second per mode and the ratio to the first mode given. The
+modes run one after another in this process, in the order given, for every
+member count.
 """
 
 import argparse
