@@ -134,6 +134,8 @@ def test_vectorized_groups_in_workers_equal_one_by_one(one_by_one, tmp_path):
   reference = one_by_one['sgd_l2'] + one_by_one['adam_l2_gamma']
   assert len(vectorized.plan(configs, [tmp_path / f'p{i}' for i in range(4)])[1]) == 2
   dirs = [tmp_path / f'w{i}' for i in range(len(configs))]
+  # Member 3 was interrupted after its step-8 checkpoint: its worker resumes it.
+  assert trainer.train(configs[3], dirs[3], progress=False, stop_after=10) == {}
   summaries = sweep.train_many(configs, dirs, vectorize=True, workers=2)
   for ref, d, s in zip(reference, dirs, summaries):
     assert s == json.loads((d / workdirs.SUMMARY).read_text())
