@@ -3,9 +3,12 @@
 A *unit* is one output feature: for a flax kernel ``(..., in, out)`` the
 per-unit quantities reduce over every axis but ``axis`` (default -1).
 
-:func:`bnjax.transforms.track_dynamics` keeps per-leaf summaries of these in
-its optimizer state; :func:`read` pulls them out of any optax state.
+:func:`bnjax.transforms.track_dynamics` keeps per-leaf summaries of these
+(:class:`LeafDynamics`) in its optimizer state (:class:`TrackDynamicsState`);
+:func:`read` pulls them out of any optax state.
 """
+
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -116,6 +119,67 @@ def angular_update(w_old, w_new, axis: int = -1):
   return jnp.where((n_old > 0) & (n_new > 0), 2.0 * jnp.arctan2(diff, total), 0.0)
 
 
+class LeafDynamics(NamedTuple):
+  r"""One step of one weight leaf, each field a mean over its units.
+
+  .. math::
+    \Delta\theta_j = \angle(w_j, w_j + u_j), \qquad
+    \eta_{\mathrm{eff}, j} = \eta / \lVert w_j \rVert^2 \ (\text{SGD}),\ \eta / \lVert w_j \rVert \ (\text{Adam})
+
+  Attributes:
+    weight_norm: per-unit norm of the weight before the step.
+    update_norm: per-unit norm of the update.
+    angular_update: per-unit angle (radians) between the weight before and after.
+    effective_lr: per-unit effective learning rate at the weight before the
+      step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
+      are left out of the mean.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import transforms
+    >>> tx = optax.chain(optax.sgd(0.5), transforms.track_dynamics(0.5, 'sgd'))
+    >>> params = {'kernel': jnp.array([[1.0], [0.0]])}
+    >>> _, state = tx.update({'kernel': jnp.array([[0.0], [-2.0]])}, tx.init(params), params)
+    >>> leaf = state[1].metrics['kernel']
+    >>> round(float(leaf.angular_update), 4), float(leaf.effective_lr)  # pi / 4, 0.5 / 1
+    (0.7854, 0.5)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 9 (effective learning rate).
+  """
+  weight_norm: jax.Array
+  update_norm: jax.Array
+  angular_update: jax.Array
+  effective_lr: jax.Array
+
+
+class TrackDynamicsState(NamedTuple):
+  r"""State of :func:`bnjax.transforms.track_dynamics`.
+
+  .. math::
+    \text{metrics}_t = \mathrm{LeafDynamics}(w_t, u_t)
+
+  Attributes:
+    count: number of updates so far.
+    metrics: a pytree with the structure of the params: a :class:`LeafDynamics`
+      for each tracked leaf, ``None`` for the others.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import transforms
+    >>> state = transforms.track_dynamics(0.1, 'sgd').init({'kernel': jnp.ones((2, 2))})
+    >>> int(state.count), type(state.metrics['kernel']).__name__
+    (0, 'LeafDynamics')
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, section 3.
+  """
+  count: jax.Array
+  metrics: Any
+
+
 def read(opt_state) -> dict:
   r"""Flat ``{'<leaf path>/<metric>': value}`` from every tracking state in ``opt_state``.
 
@@ -146,7 +210,6 @@ def read(opt_state) -> dict:
     van Laarhoven, "L2 Regularization versus Batch and Weight
     Normalization", 2017, arXiv 1706.05350, section 3.
   """
-  from bnjax.transforms import LeafDynamics, TrackDynamicsState  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   if hasattr(nnx, 'as_pure'):  # nnx.Optimizer keeps its state in nnx Variables
     opt_state = nnx.as_pure(opt_state)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from bnjax import dynamics, norms, transforms
+from bnjax.transforms import adamp_sgdp as adamp_lib
 from _helpers import dtype_context
 
 STEPS = 300
@@ -148,9 +149,9 @@ def test_the_test_problem_exercises_both_branches():
   params, grad_fn = _problem()
   g = grad_fn(params, 0)
   w = params['k1']
-  _, ratio_k1 = transforms._radial_projection(w, g['k1'], g['k1'], delta=0.1, wd_ratio=0.1,
+  _, ratio_k1 = adamp_lib._radial_projection(w, g['k1'], g['k1'], delta=0.1, wd_ratio=0.1,
                                               eps=1e-8)
-  _, ratio_head = transforms._radial_projection(params['head'], g['head'], g['head'],
+  _, ratio_head = adamp_lib._radial_projection(params['head'], g['head'], g['head'],
                                                 delta=0.1, wd_ratio=0.1, eps=1e-8)
   assert float(ratio_k1) == pytest.approx(0.1) and float(ratio_head) == 1.0
 

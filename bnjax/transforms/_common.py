@@ -1,0 +1,48 @@
+"""What the transforms share: argument types, mask expansion, required params."""
+
+from typing import Any, Callable, Optional, Union
+
+import jax
+import optax
+
+from bnjax import masks
+
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+Mask = Optional[Union[Any, Callable[[Any], Any]]]
+
+
+def _require_projection_mask(mask, where: str):
+  if mask is None:
+    raise ValueError(
+        f'{where} needs an explicit mask: projecting a leaf that is not scale-invariant '
+        f'(a classifier head, a bias) changes the function the network computes. Pass '
+        f'bnjax.masks.scale_invariant_kernels (structural) or a measured '
+        f'bnjax.masks.scale_invariant_mask(loss_fn, params, ...).')
+
+
+def _require_params(params, name):
+  if params is None:
+    raise ValueError(f'{name} needs the current params: call '
+                     f'update(updates, state, params).')
+
+
+def _needs_params(tx: optax.GradientTransformation, name: str
+                  ) -> optax.GradientTransformation:
+  """``tx`` whose update raises a ValueError naming ``name`` when params are missing."""
+
+  def update_fn(updates, state, params=None):
+    _require_params(params, name)
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)
+
+
+def _expanded(mask: 'Mask', params):
+  """The mask as a full tree of bools; ``None`` means every leaf."""
+  if mask is None:
+    return jax.tree_util.tree_map(lambda _: True, params)
+  return masks.expand_mask(mask, params)
+
+
+def _at(rate, count):
+  return rate(count) if callable(rate) else rate
