@@ -1,5 +1,5 @@
 # `make test` on a fresh machine: creates .venv, installs bnjax with its test
-# extra, runs the whole suite. `make study`: the same setup plus Fashion-MNIST,
+# extra, runs the whole suite. `make docs`: the Sphinx site in docs/_build/html. `make study`: the same setup plus Fashion-MNIST,
 # then the quick presets of the effective-LR and equilibrium studies
 # (runs/<study>/report.md); `make studies` adds the two Luo et al. studies and the
 # rotational-optimizer study; `make standard` runs all five at the standard
@@ -9,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-floors bench study studies standard data clean
+.PHONY: test test-floors bench docs study studies standard data clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,17 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --durations=12
+
+# The API reference and guides: Sphinx (autodoc + napoleon, myst-parser), warnings as
+# errors, into docs/_build/html.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[experiments,test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf docs/_build
+	$(PY) -m sphinx -W --keep-going -b html -q docs docs/_build/html
 
 # The oldest dependency versions setup.cfg allows, in their own venv.
 FLOORS := jax==0.5.0 jaxlib==0.5.0 flax==0.10.2 optax==0.2.5 numpy==1.26.4
@@ -59,4 +70,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sweep
 
 clean:
-	rm -rf $(VENV) .venv-floors build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-floors build *.egg-info .pytest_cache docs/_build

@@ -4,7 +4,7 @@ Run: python -m benchmarks.sweep [--model convnet|perceptron] [--members 4 8]
      [--steps N] [--modes ...]
 
 Each mode trains the same members from fresh workdirs through
-:func:`bnjax.sweep.train_many`, and the wall time includes everything a sweep
+:func:`bnjax.train.sweep.train_many`, and the wall time includes everything a sweep
 pays (process start, data loading, compilation, logging, checkpoints).
 ``--model convnet`` (default): the quick preset's ConvNet of
 experiments.effective_lr (widths 16/32/64, batch 32, Fashion-MNIST, SGD with
@@ -26,8 +26,8 @@ import time
 import jax
 
 from benchmarks.common import machine_line
-from bnjax import sweep
-from experiments import effective_lr, teacher_student
+from bnjax.train import sweep
+from bnjax.train.studies import effective_lr, teacher_student
 
 MODES = {
     'one-by-one': dict(workers=1, vectorize=False),

@@ -25,8 +25,9 @@ import numpy as np
 import optax
 
 from benchmarks.common import machine_line, time_alternating
-from bnjax import data, executors, masks, trainer, transforms
-from bnjax.config import Config
+from bnjax import masks, transforms
+from bnjax.train import data, executors, trainer
+from bnjax.train.config import Config
 
 
 class FlaxConvNet(nn.Module):

@@ -124,7 +124,8 @@ def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
   Args:
     module: a flax.linen module.
     variables: its variables (``params`` and ``batch_stats``).
-    *args, **kwargs: the inference call's arguments.
+    *args: the inference call's positional arguments.
+    **kwargs: the inference call's keyword arguments.
 
   Returns:
     A list of ``(linear_path, norm_path)`` tuples of module paths (tuples of
@@ -190,7 +191,8 @@ def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
   Args:
     module: a flax.linen module.
     variables: its trained variables (``params`` and ``batch_stats``).
-    *args, **kwargs: the inference call's arguments.
+    *args: the inference call's positional arguments.
+    **kwargs: the inference call's keyword arguments.
 
   Returns:
     ``(folded_variables, pairs)``.

@@ -30,32 +30,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnjax import executors, masks, models
+from bnjax import masks, models
 from bnjax._validation import check_positive_int
 
 __all__ = ['gamma_decay', 'model_apply']
 
 
-def model_apply(config, batch_stats=None) -> Callable:
-  """``apply(params, x, m)``: a bnjax model of ``config`` in train mode with ghost
-  batch norm over virtual batches of ``m`` (the same parameters as batch norm's).
+def model_apply(model: str, norm: str = 'batch', *, width: int = 32,
+                activation: str = 'linear', batch_stats=None) -> Callable:
+  """``apply(params, x, m)``: a bnjax model in train mode with ghost batch norm
+  over virtual batches of ``m`` (the same parameters as batch norm's).
 
   Args:
-    config: a :class:`bnjax.config.Config` whose ``norm`` is ``'batch'`` or
-      ``'ghost'``.
+    model: one of ``bnjax.models.MODELS``, as in :func:`bnjax.models.build`.
+    norm: the model's normalization, ``'batch'`` or ``'ghost'``.
+    width: as in :func:`bnjax.models.build`.
+    activation: as in :func:`bnjax.models.build`.
     batch_stats: the model's running statistics (read, not used in train
       mode; flax needs the collection).
 
   Returns:
     The apply function for :func:`gamma_decay`.
   """
-  if config.norm not in ('batch', 'ghost'):
+  if norm not in ('batch', 'ghost'):
     raise ValueError(f"implicit gamma decay needs batch statistics: norm must be 'batch' "
-                     f"or 'ghost', got {config.norm!r}.")
+                     f"or 'ghost', got {norm!r}.")
 
   def apply(params, x, m):
-    net = models.build(config.model, 'ghost', virtual_batch_size=m, width=config.width,
-                       activation=config.activation)
+    net = models.build(model, 'ghost', virtual_batch_size=m, width=width,
+                       activation=activation)
     variables = {'params': params}
     if batch_stats is not None:
       variables['batch_stats'] = batch_stats
@@ -83,7 +86,7 @@ def gamma_decay(apply: Callable, params, x, y, batch_sizes: Sequence[int], *,
     x, y: the sample, ``P`` examples (``P`` a multiple of every ``M``).
     batch_sizes: the M to measure.
     regression: squared error (True) or cross-entropy (False), as
-      :func:`bnjax.executors.objective`.
+      :func:`bnjax.models.objective`.
     partitions: random partitions of the sample averaged per M.
     seed: numpy seed of the partitions (``default_rng(seed)``, one
       permutation per partition in order, shared by every M).
@@ -95,10 +98,8 @@ def gamma_decay(apply: Callable, params, x, y, batch_sizes: Sequence[int], *,
   Example:
     >>> import jax, jax.numpy as jnp
     >>> from bnjax import implicit
-    >>> from bnjax.config import Config
-    >>> config = Config(dataset='teacher_student', model='perceptron', input_dim=4)
     >>> x = jax.random.normal(jax.random.key(0), (64, 4)) / 2
-    >>> apply = implicit.model_apply(config)
+    >>> apply = implicit.model_apply('perceptron', activation='relu')
     >>> from bnjax import models
     >>> params = models.build('perceptron', 'batch', activation='relu').init(
     ...     jax.random.key(1), x)['params']
@@ -132,7 +133,7 @@ def gamma_decay(apply: Callable, params, x, y, batch_sizes: Sequence[int], *,
 
   def grad_of(m, order):
     if m not in compiled:  # one program per batch size, reused by every partition
-      loss = lambda q, xs, ys: executors.objective(apply(q, xs, m), ys, regression)[0]
+      loss = lambda q, xs, ys: models.objective(apply(q, xs, m), ys, regression)[0]
       compiled[m] = jax.jit(jax.grad(loss))
     return compiled[m](params, x[order], y[order])
 

@@ -18,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import optax
 
 from bnjax import layers
 
@@ -302,3 +303,37 @@ def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[st
   if name == 'perceptron':
     return Perceptron(activation=activation, **settings)
   raise ValueError(f'model must be one of {MODELS}, got {name!r}.')
+
+
+def objective(outputs, targets, regression: bool):
+  r"""Mean loss and metrics: cross-entropy and accuracy, or squared error.
+
+  .. math::
+    L = -\frac{1}{B}\sum_b \log \operatorname{softmax}(o_b)_{y_b}
+    \quad\text{or}\quad L = \frac{1}{B}\sum_b (o_b - y_b)^2
+
+  Args:
+    outputs: model outputs, logits ``(B, classes)`` or predictions ``(B,)``.
+    targets: integer labels or regression targets, ``(B,)``.
+    regression: squared error (True) or cross-entropy (False).
+
+  Returns:
+    ``(loss, metrics)``; metrics hold ``loss`` and, for classification,
+    ``accuracy``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import models
+    >>> loss, m = models.objective(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]), True)
+    >>> float(loss)  # (1 + 4) / 2
+    2.5
+
+  References:
+    Luo et al. 2019, arXiv 1809.00846, section 2 (squared error of the
+    teacher-student task).
+  """
+  if regression:
+    loss = jnp.mean(jnp.square(outputs - targets))
+    return loss, {'loss': loss}
+  loss = optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
+  return loss, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(outputs, -1) == targets)}

@@ -382,18 +382,18 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   feature by ``a > 0`` rescales that feature's mu_B and sigma_B by ``a``, so
   the training output is unchanged (exactly as ``epsilon -> 0``).
 
-    Args:
-      x: input of real floating dtype, features along ``axis``.
-      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-      stats: running :class:`BatchStats`; required for inference.
-      training: normalize with batch statistics (True) or ``stats`` (False).
-      momentum: running-average decay in [0, 1].
-      epsilon: added to the variance, > 0.
-      axis: the feature axis.
-      axis_name: mapped axis over which batch statistics are averaged.
-      fused_backward: differentiate with bnjax's analytic backward (a
-        ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
-        autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
+  Args:
+    x: input of real floating dtype, features along ``axis``.
+    scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
+    stats: running :class:`BatchStats`; required for inference.
+    training: normalize with batch statistics (True) or ``stats`` (False).
+    momentum: running-average decay in [0, 1].
+    epsilon: added to the variance, > 0.
+    axis: the feature axis.
+    axis_name: mapped axis over which batch statistics are averaged.
+    fused_backward: differentiate with bnjax's analytic backward (a
+      ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
+      autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
 
   Returns:
     ``(y, new_stats)``; ``new_stats`` is ``None`` when ``stats`` is.
@@ -437,15 +437,11 @@ def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   Scale invariance: none. The output is linear in the kernel feeding it,
   since mu_P and var_P are constants for the gradient.
 
-    Args:
-      x: input of real floating dtype, features along ``axis``.
-      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-      stats: running :class:`BatchStats`; required for inference.
-      training: normalize with batch statistics (True) or ``stats`` (False).
-      momentum: running-average decay in [0, 1].
-      epsilon: added to the variance, > 0.
-      axis: the feature axis.
-      axis_name: mapped axis over which batch statistics are averaged.
+  Args:
+    x, scale, bias, stats, momentum, epsilon, axis, axis_name: as in
+      :func:`batch_norm`.
+    training: update ``stats`` from the batch statistics (True) or leave
+      them (False); the normalization uses ``stats`` as passed in either way.
 
   Returns:
     ``(y, new_stats)``.
@@ -505,15 +501,11 @@ def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool
   Scale invariance: none. The output is positively homogeneous of degree 1
   in the kernel: ``f(a * w) = a * f(w)``.
 
-    Args:
-      x: input of real floating dtype, features along ``axis``.
-      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-      stats: running :class:`BatchStats`; required for inference.
-      training: normalize with batch statistics (True) or ``stats`` (False).
-      momentum: running-average decay in [0, 1].
-      epsilon: added to the variance, > 0.
-      axis: the feature axis.
-      axis_name: mapped axis over which batch statistics are averaged.
+  Args:
+    x, scale, bias, stats, training, momentum, axis, axis_name: as in
+      :func:`batch_norm` (only ``stats.mean`` is tracked).
+    epsilon: unused (nothing is divided by a standard deviation); kept so
+      the signature is :func:`batch_norm`'s.
 
   Returns:
     ``(y, new_stats)``.
@@ -548,15 +540,9 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
 
   Scale invariance: per unit, as batch_norm.
 
-    Args:
-      x: input of real floating dtype, features along ``axis``.
-      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-      stats: running :class:`BatchStats`; required for inference.
-      training: normalize with batch statistics (True) or ``stats`` (False).
-      momentum: running-average decay in [0, 1].
-      epsilon: added to the variance, > 0.
-      axis: the feature axis.
-      axis_name: mapped axis over which batch statistics are averaged.
+  Args:
+    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name: as
+      in :func:`batch_norm` (only ``stats.var`` is tracked).
 
   Returns:
     ``(y, new_stats)``.
@@ -595,17 +581,11 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
   Scale invariance: per unit, as batch_norm.
 
-    Args:
-      x: input of real floating dtype, features along ``axis``.
-      scale, bias: optional ``(features,)`` affine parameters (gamma, beta).
-      stats: running :class:`BatchStats`; required for inference.
-      training: normalize with batch statistics (True) or ``stats`` (False).
-      momentum: running-average decay in [0, 1].
-      epsilon: added to the variance, > 0.
-      axis: the feature axis.
-      axis_name: mapped axis over which batch statistics are averaged.
-      virtual_batch_size: examples per virtual batch; divides the batch.
-      fused_backward: as in :func:`batch_norm`.
+  Args:
+    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name: as
+      in :func:`batch_norm`; the statistics are per virtual batch.
+    virtual_batch_size: examples per virtual batch; divides the batch.
+    fused_backward: as in :func:`batch_norm`.
 
   Returns:
     ``(y, new_stats)``.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's dataset-fashion-mnist (the four official IDX files in
 # /usr/share/datasets/fashion-mnist) where apt-get is allowed.
-#   scripts/install_fashion_mnist.sh            elsewhere: a note, exit 0 (bnjax.data
+#   scripts/install_fashion_mnist.sh            elsewhere: a note, exit 0 (bnjax.train.data
 #                                               then downloads the official files)
 #   scripts/install_fashion_mnist.sh --require  exit 1 when the files are not there
 #                                               afterwards (CI: the real-data tests

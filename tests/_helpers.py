@@ -5,7 +5,7 @@ import json
 import pathlib
 import sys
 
-from bnjax.config import Config
+from bnjax.train.config import Config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TIMING = ('time_s', 'images_per_s')

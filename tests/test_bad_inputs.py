@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import data, folding, masks, norms, theory, trainer, transforms
+from bnjax import folding, masks, norms, theory, transforms
+from bnjax.train import data, trainer
 
 from _helpers import ROOT, TS, binary
 
@@ -309,7 +310,7 @@ BINARY = [
 _ROWS_DRIVER = """
 import contextlib, io, json, sys
 from absl import app, flags
-from experiments import train
+from bnjax.train.binaries import train
 rows = json.loads(sys.argv[1])
 out = []
 for argv in rows:
@@ -376,7 +377,7 @@ def test_data_dependent_refusal_leaves_no_file_and_the_fix_runs(tmp_path, monkey
 
 def test_study_checks_plotting_and_data_before_the_sweep(tmp_path, monkeypatch):
   from absl import app  # pylint: disable=g-import-not-at-top
-  from experiments import study  # pylint: disable=g-import-not-at-top
+  from bnjax.train.studies import study  # pylint: disable=g-import-not-at-top
 
   def no_matplotlib():
     raise ImportError("No module named 'matplotlib'")

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax import bn_eval, layers, trainer
-from bnjax.config import Config
+from bnjax import bn_eval, layers
+from bnjax.train import trainer
+from bnjax.train.config import Config
 from _helpers import TS
 
 M = 0.9  # a fast EMA, so few steps move it far

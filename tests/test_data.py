@@ -1,4 +1,4 @@
-"""bnjax.data: builders under mock data, parsers, teacher-student, the pipeline."""
+"""bnjax.train.data: builders under mock data, parsers, teacher-student, the pipeline."""
 
 import gzip
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from bnjax import data
+from bnjax.train import data
 
 
 @pytest.mark.parametrize('name,shape', [('fashion_mnist', (28, 28, 1)),
@@ -100,8 +100,8 @@ def test_steps_are_the_epochs_batches_end_to_end(start, stop):
 
 def test_input_normalization_is_the_training_subsets_once_per_process(tmp_path, monkeypatch):
   from _helpers import fake_fashion_mnist  # pylint: disable=g-import-not-at-top
-  from bnjax import trainer  # pylint: disable=g-import-not-at-top
-  from bnjax.config import Config  # pylint: disable=g-import-not-at-top
+  from bnjax.train import trainer  # pylint: disable=g-import-not-at-top
+  from bnjax.train.config import Config  # pylint: disable=g-import-not-at-top
   source = tmp_path / 'idx'
   source.mkdir()
   fake_fashion_mnist(source, n_train=48, n_test=8)
@@ -239,7 +239,7 @@ def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
   source = tmp_path / 'idx'
   source.mkdir()
   fake_fashion_mnist(source, n_train=12, n_test=5)
-  script = ('import sys; from bnjax import data; '
+  script = ('import sys; from bnjax.train import data; '
             'print(len(data.load_image_dataset("fashion_mnist", sys.argv[1])["train"].x))')
   env = dict(os.environ, BNJAX_FASHION_MNIST_DIR=str(source), JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path / 'tfds')], env=env,

@@ -113,8 +113,8 @@ def _logged(workdir):
 @pytest.mark.parametrize('mode', ['pmap', 'sharded'])
 def test_every_logged_metric_equals_one_device(mode, tmp_path):
   """All of metrics.jsonl, gradient metrics included, is the global-batch number."""
-  from bnjax import trainer  # pylint: disable=g-import-not-at-top
-  from bnjax.config import Config
+  from bnjax.train import trainer  # pylint: disable=g-import-not-at-top
+  from bnjax.train.config import Config
   config = Config(dataset='teacher_student', model='perceptron', norm='batch',
                         optimizer='momentum', learning_rate=0.05, regularizer='l2',
                         weight_decay=1e-3, batch_size=32, num_epochs=3, num_train=256,

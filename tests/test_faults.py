@@ -1,6 +1,6 @@
 """Faults: kills, torn lines, damaged checkpoints, concurrent processes, full disks, stale runs.
 
-Each test states a promise of bnjax.workdir / bnjax.train and fails without
+Each test states a promise of bnjax.train.workdir / bnjax.train and fails without
 it: after any interruption the workdir resumes to exactly the numbers of an
 uninterrupted run, with every metric line present once and valid JSON.
 """
@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from bnjax import config, trainer, workdir
-from experiments import study
+from bnjax.train import config, trainer, workdir
+from bnjax.train.studies import study
 
 from _helpers import ROOT, TS, binary, metrics as _metrics, strict_json as _strict
 
@@ -174,7 +174,7 @@ def test_disk_full_binary_prints_one_clear_line(tmp_path):
   script = (
       'import errno, sys\n'
       'from absl import app\n'
-      'from bnjax import workdir\n'
+      'from bnjax.train import workdir\n'
       'from experiments import train\n'
       'def full(self, record):\n'
       '  raise OSError(errno.ENOSPC, "No space left on device")\n'

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from bnjax import implicit, models
-from bnjax.config import Config
 
 EPS = 1e-5  # bnjax.layers' batch-norm epsilon
 
@@ -42,10 +41,8 @@ def _hand_gamma_gradient(params, x, y, order, m):
 
 def test_gamma_decay_matches_the_hand_gradient_of_a_linear_perceptron():
   params, x, y = _linear_perceptron()
-  config = Config(dataset='teacher_student', model='perceptron', activation='linear',
-                  input_dim=6)
   partitions, seed = 3, 7
-  zeta = implicit.gamma_decay(implicit.model_apply(config), params, x, y, [8, 16, 64],
+  zeta = implicit.gamma_decay(implicit.model_apply('perceptron'), params, x, y, [8, 16, 64],
                               regression=True, partitions=partitions, seed=seed)
   rng = np.random.default_rng(seed)
   orders = [rng.permutation(len(y)) for _ in range(partitions)]
@@ -60,12 +57,11 @@ def test_gamma_decay_matches_the_hand_gradient_of_a_linear_perceptron():
 
 
 def test_gamma_decay_on_a_convnet_names_every_norm_layer():
-  config = Config(width=4)
   net = models.build('convnet', 'batch', width=4)
   x = jax.random.normal(jax.random.key(0), (32, 28, 28, 1))
   y = jax.random.randint(jax.random.key(1), (32,), 0, 10)
   variables = net.init(jax.random.key(2), x, train=False)
-  zeta = implicit.gamma_decay(implicit.model_apply(config, variables['batch_stats']),
+  zeta = implicit.gamma_decay(implicit.model_apply('convnet', width=4, batch_stats=variables['batch_stats']),
                               variables['params'], x, y, [8], partitions=1)
   assert sorted(zeta[8]) == ['conv1_norm', 'conv2_norm', 'conv3_norm']
   assert all(np.isfinite(v) for v in zeta[8].values())
@@ -73,9 +69,7 @@ def test_gamma_decay_on_a_convnet_names_every_norm_layer():
 
 def test_gamma_decay_refuses_bad_inputs():
   params, x, y = _linear_perceptron()
-  config = Config(dataset='teacher_student', model='perceptron', activation='linear',
-                  input_dim=6)
-  apply = implicit.model_apply(config)
+  apply = implicit.model_apply('perceptron')
   with pytest.raises(ValueError, match='not a whole number of batches of 10'):
     implicit.gamma_decay(apply, params, x, y, [10], regression=True)
   with pytest.raises(ValueError, match='same examples'):
@@ -92,4 +86,4 @@ def test_gamma_decay_refuses_bad_inputs():
   with pytest.raises(ValueError, match='no gain'):
     implicit.gamma_decay(apply, {'dense': params['dense']}, x, y, [8], regression=True)
   with pytest.raises(ValueError, match="norm must be 'batch' or 'ghost'"):
-    implicit.model_apply(Config(norm='weight'))
+    implicit.model_apply('convnet', 'weight')

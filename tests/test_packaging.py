@@ -1,18 +1,24 @@
-"""Packaging and layout: the core imports without the experiments extra, one config
-declaration serves the flags, one optimizer spelling, the study CLI."""
+"""Packaging and layout: every library module imports without the experiments extra,
+bnjax.train names the extra, the wheel holds only bnjax, one config declaration serves
+the flags, one optimizer spelling, the study CLI."""
 
 import dataclasses
+import pathlib
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from absl import flags
 
-from bnjax import config, data
-from experiments import cli, study
+from bnjax.train import config, data
+from bnjax.train.studies import study
+from bnjax.train.binaries import study as cli
 
-CORE = ('bnjax', 'bnjax.norms', 'bnjax.layers', 'bnjax.transforms', 'bnjax.theory',
-        'bnjax.dynamics', 'bnjax.masks', 'bnjax.models', 'bnjax.folding')
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Every module of the library: bnjax's modules outside bnjax.train, from the tree.
+CORE = sorted('.'.join(p.relative_to(ROOT).with_suffix('').parts).replace('.__init__', '')
+              for p in (ROOT / 'bnjax').rglob('*.py') if 'train' not in p.parts)
 # What the experiments and test extras add (absl and orbax come with flax itself).
 EXTRA = ('tensorflow_datasets', 'array_record', 'tqdm', 'matplotlib', 'pytest')
 
@@ -32,11 +38,12 @@ def _python(code):
 
 
 def test_core_imports_without_the_experiments_extra():
+  assert {'bnjax.implicit', 'bnjax.nnx', 'bnjax.transforms.rotation'} <= set(CORE)
   out = _python(f'import {", ".join(CORE)}\nprint("ok")')
   assert out.returncode == 0 and out.stdout.strip() == 'ok', out.stderr[-2000:]
 
 
-@pytest.mark.parametrize('module', ['bnjax.data', 'bnjax.trainer'])
+@pytest.mark.parametrize('module', ['bnjax.train', 'bnjax.train.data', 'bnjax.train.trainer'])
 def test_extra_modules_name_the_extra(module):
   out = _python(f'import {module}')
   assert out.returncode != 0
@@ -70,9 +77,31 @@ def test_study_cli_refuses_an_unknown_study(capsys):
   with pytest.raises(SystemExit) as exit_info:
     cli.run(['bnjax-study', 'imagenet'])
   assert exit_info.value.code == 2
-  assert 'bnjax-study {' in capsys.readouterr().err
+  assert "unknown study 'imagenet'" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    cli.run(['bnjax-study', '--help'])
+  assert exit_info.value.code == 0
+  listing = capsys.readouterr().out
+  assert all(name in listing for name in study.STUDIES)
+  assert all(preset in listing for preset in study.PRESETS)
   assert set(study.STUDIES) == {'effective_lr', 'equilibrium', 'bn_regularization',
                                 'teacher_student', 'rotational'}
   for name in study.STUDIES:
     module = study.study_module(name)
     assert callable(module.configs) and callable(module.report)
+
+
+def test_the_wheel_holds_only_bnjax(tmp_path):
+  out = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+                        '--quiet', '-w', str(tmp_path), str(ROOT)], capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  wheel, = tmp_path.glob('bnjax-*.whl')
+  names = zipfile.ZipFile(wheel).namelist()
+  tops = {n.split('/')[0] for n in names if not n.split('/')[0].endswith('.dist-info')}
+  assert tops == {'bnjax'}
+  assert 'bnjax/train/binaries/study.py' in names and 'bnjax/train/studies/effective_lr.py' in names
+  entry_points, = [n for n in names if n.endswith('entry_points.txt')]
+  scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+  assert 'bnjax-train = bnjax.train.binaries.train:run' in scripts
+  assert 'bnjax-study = bnjax.train.binaries.study:run' in scripts

@@ -1,36 +1,54 @@
-"""README's Python examples run as written, and its verdict table is generated."""
+"""README and the docs' Python examples run as written; README is a user's page of at
+most 12,000 bytes; its results summary and docs/results.md's table are generated from
+the committed verdicts."""
 
 import pathlib
 import re
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parent.parent / 'README.md'
-BLOCKS = re.findall(r'```python\n(.*?)```', README.read_text(), re.S)
-
-
-def test_readme_has_examples():
-  assert len(BLOCKS) >= 2
-
-
-@pytest.mark.parametrize('index', range(len(BLOCKS)))
-def test_readme_example_runs(index):
-  if 'nnx.as_pure' in BLOCKS[index]:
-    from flax import nnx  # pylint: disable=g-import-not-at-top
-    if not hasattr(nnx, 'as_pure'):
-      pytest.skip('the flax.nnx example needs flax >= 0.11 (nnx.as_pure, '
-                  'nnx.Optimizer(wrt=)), as README says')
-  exec(compile(BLOCKS[index], f'README.md[python block {index}]', 'exec'), {})
-
-
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / 'README.md'
+PAGES = [README, ROOT / 'docs' / 'guide.md']
+BLOCKS = [(page.name, i, block) for page in PAGES
+          for i, block in enumerate(re.findall(r'```python\n(.*?)```', page.read_text(), re.S))]
 STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student', 'rotational')
 
 
-def test_verdict_table_is_generated_from_the_committed_verdicts():
-  """README's table of verdicts is verdicts.json of docs/reports, as generated."""
-  from experiments import verdicts  # pylint: disable=g-import-not-at-top
-  reports = README.parent / 'docs' / 'reports'
-  table = verdicts.readme_table([reports / s for s in STUDIES])
-  assert table in README.read_text(), (
-      'README is out of date; regenerate its table with python -m experiments.verdicts '
-      + ' '.join(f'docs/reports/{s}' for s in STUDIES))
+def test_pages_have_examples():
+  assert sum(name == 'README.md' for name, _, _ in BLOCKS) >= 2
+  assert sum(name == 'guide.md' for name, _, _ in BLOCKS) >= 3
+
+
+@pytest.mark.parametrize('page,index,block', BLOCKS, ids=[f'{n}[{i}]' for n, i, _ in BLOCKS])
+def test_example_runs(page, index, block):
+  if 'nnx.as_pure' in block:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    if not hasattr(nnx, 'as_pure'):
+      pytest.skip('the flax.nnx examples need flax >= 0.11 (nnx.as_pure, '
+                  'nnx.Optimizer(wrt=)), as README says')
+  exec(compile(block, f'{page}[python block {index}]', 'exec'), {})
+
+
+def test_readme_is_a_users_page():
+  text = README.read_text()
+  assert len(text.encode()) <= 12_000
+  assert not re.search(r'this round|last round|the audit|the contract|seed paper', text, re.I)
+  for needed in ('pip install bnjax', "pip install 'bnjax[experiments]'", 'make test',
+                 'make study', 'nnx.as_pure', 'scale_invariant_mask', 'dynamics.read'):
+    assert needed in text, needed
+  for link in re.findall(r'\]\(([^)#]+)\)', text):
+    assert (ROOT / link).exists(), f'README links to a missing {link}'
+
+
+def test_results_are_generated_from_the_committed_verdicts():
+  from bnjax.train.studies import verdicts  # pylint: disable=g-import-not-at-top
+  reports = ROOT / 'docs' / 'reports'
+  folders = [reports / s for s in STUDIES]
+  args = ' '.join(f'docs/reports/{s}' for s in STUDIES)
+  assert verdicts.summary_table(folders) in README.read_text(), (
+      f'README is out of date; regenerate its summary with python -m experiments.verdicts '
+      f'--summary {args}')
+  assert verdicts.results_table(folders) in (ROOT / 'docs' / 'results.md').read_text(), (
+      f'docs/results.md is out of date; regenerate its table with python -m '
+      f'experiments.verdicts {args}')

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from bnjax import data
+from bnjax.train import data
 
 MISSING = data.fashion_mnist_dir() is None
 # CI sets BNJAX_REQUIRE_REAL_DATA=1: there a missing copy fails, never skips.
@@ -73,7 +73,8 @@ def test_train_binary_on_real_data(data_dir, tmp_path):
 
 
 def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
-  from experiments import effective_lr, report, study, verdicts
+  from bnjax.train.studies import effective_lr, study, verdicts
+  from bnjax.train.binaries import report
   runs = study.run_sweep('effective_lr', 'smoke', effective_lr.configs('smoke'), tmp_path,
                          data_dir=data_dir, workers=1)
   assert len(runs) == len(effective_lr.configs('smoke'))

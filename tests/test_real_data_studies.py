@@ -14,8 +14,8 @@ from test_real_data import _real_data_present, data_dir, pytestmark  # noqa: F40
     ('bn_regularization', 5, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
 ])
 def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
-  from experiments import study
-  mod = __import__(f'experiments.{module}', fromlist=['configs'])
+  from bnjax.train.studies import study
+  mod = __import__(f'bnjax.train.studies.{module}', fromlist=['configs'])
   runs = study.run_sweep(module, 'smoke', mod.configs('smoke'), tmp_path, data_dir=data_dir,
                          workers=1)
   assert sorted(runs) == sorted(mod.configs('smoke'))
@@ -28,7 +28,7 @@ def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plo
 def test_eval_mode_loss_is_the_trainers_test_loss(data_dir, tmp_path):
   """bn_regularization's eval-mode loss, run on the test split, is the number the
   trainer reported: the same model, statistics and objective."""
-  from experiments import bn_regularization as bnr, study
+  from bnjax.train.studies import bn_regularization as bnr, study
   wanted = {n: c for n, c in bnr.configs('smoke').items() if n in ('batch_m32',
                                                                    'population_m32')}
   runs = study.run_sweep('bn_regularization', 'smoke', wanted, tmp_path, data_dir=data_dir,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from bnjax import programs, trainer
-from bnjax.config import Config
+from bnjax.train import programs, trainer
+from bnjax.train.config import Config
 from _helpers import TS, TIMING
 
 # 16 steps per epoch x 3 epochs = 48 steps.

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from bnjax.workdir import write_json_atomic
-from experiments import effective_lr, study, verdicts
+from bnjax.train.workdir import write_json_atomic
+from bnjax.train.studies import effective_lr, study, verdicts
 from _helpers import ROOT
 
 
@@ -186,7 +186,7 @@ def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
 
 
 def test_report_binary_regenerates(tmp_path):
-  from experiments import report
+  from bnjax.train.binaries import report
   _fake_study(tmp_path, lambda name, cfg: 0.3)
   path = report.report(tmp_path)
   assert path.name == 'report.md' and _verdicts(path)
@@ -213,7 +213,7 @@ def _write_study(folder, study_name, preset, runs):
 @pytest.mark.parametrize('module', ['effective_lr', 'equilibrium', 'bn_regularization',
                                     'teacher_student', 'rotational'])
 def test_every_preset_of_every_study_is_valid(module):
-  mod = __import__(f'experiments.{module}', fromlist=['configs'])
+  mod = __import__(f'bnjax.train.studies.{module}', fromlist=['configs'])
   for preset in mod.PRESETS:
     cfgs = mod.configs(preset)
     assert cfgs
@@ -225,7 +225,7 @@ def test_equilibrium_standard_runs_ten_time_constants_before_its_window():
   """Every SGD / momentum / AdamW arm of the standard preset, its epochs cut per
   arm, still runs 10+ of theory's time constants before the last quarter."""
   from bnjax import theory
-  from experiments import equilibrium
+  from bnjax.train.studies import equilibrium
   cfgs = equilibrium.configs('standard')
   steps = {n: c.num_epochs * 60000 // c.batch_size for n, c in cfgs.items()}
   assert steps['sgd'] == 1875 and steps['adamw_seed2'] == 3750
@@ -239,7 +239,7 @@ def test_equilibrium_standard_runs_ten_time_constants_before_its_window():
 
 def _equilibrium_study(tmp_path, factor):
   """Runs whose late angles and norms are ``factor`` x the hand-derived equilibria."""
-  from experiments import equilibrium
+  from bnjax.train.studies import equilibrium
   fan_in = {'conv1': 9, 'conv2': 72, 'head': 128}
   g2 = 0.04  # E||g~||^2, planted
   runs = {}
@@ -288,7 +288,7 @@ def _bn_regularization_study(tmp_path, claims_hold):
   """Planted runs. The zeta sweep (0, 2e-3) plants PN's gamma^2 at 2 and 0.25, so
   that ghost BN's gamma^2 = 2 * 8^(-8 / M) is matched at zeta* = 2e-3 * 8 / M
   (log gamma^2 linear in zeta): slope -1 exactly when the claims hold."""
-  from experiments import bn_regularization as bnr
+  from bnjax.train.studies import bn_regularization as bnr
   spec = bnr.PRESETS['smoke']
   runs = {}
   for name, cfg in bnr.configs('smoke').items():
@@ -329,7 +329,7 @@ def test_bn_regularization_report_when_the_claims_fail(tmp_path):
 def test_bn_regularization_gap_needs_pn_to_overfit(tmp_path):
   """PN's training loss above bnr.OVERFIT_LOSS: the gap verdict is inconclusive
   whatever its interval says."""
-  from experiments import bn_regularization as bnr
+  from bnjax.train.studies import bn_regularization as bnr
   _bn_regularization_study(tmp_path, True)
   for name in ('population_m32',):
     path = tmp_path / name / 'metrics.jsonl'
@@ -341,7 +341,7 @@ def test_bn_regularization_gap_needs_pn_to_overfit(tmp_path):
 
 
 def test_interpolate_zeta_against_hand_values():
-  from experiments import bn_regularization as bnr
+  from bnjax.train.studies import bn_regularization as bnr
   # log gamma^2 from log 2 at 0 to log 0.5 at 1e-3: gamma^2 = 1 halfway, at 5e-4.
   assert bnr.interpolate_zeta([0.0, 1e-3, 4e-3], [2.0, 0.5, 0.1], 1.0) == pytest.approx(5e-4)
   # in the second bracket: log 0.5 -> log 0.1, target 0.5 * 0.2^(1/2) halfway: 2.5e-3
@@ -353,7 +353,7 @@ def test_interpolate_zeta_against_hand_values():
 
 
 def test_gamma_sq_change_over_the_last_quarter():
-  from experiments import bn_regularization as bnr, study
+  from bnjax.train.studies import bn_regularization as bnr, study
   lines = [{'step': s, 'gamma_sq/a': 1.0 + s / 100, 'gamma_sq/b': 2.0} for s in (25, 50, 75, 100)]
   run = study.Run('r', {}, {}, lines)
   change = bnr.gamma_sq_change(run)
@@ -363,7 +363,7 @@ def test_gamma_sq_change_over_the_last_quarter():
 
 
 def test_late_test_error_averages_the_evaluations_after_the_window_start():
-  from experiments import study
+  from bnjax.train.studies import study
   lines = [{'step': s, 'test_accuracy': a} for s, a in ((200, 0.5), (400, 0.7), (600, 0.8))]
   lines.insert(1, {'step': 300})  # a line without an evaluation
   run = study.Run('r', {}, {'steps': 800, 'test_accuracy': 0.9}, lines)
@@ -376,7 +376,7 @@ def test_late_test_error_averages_the_evaluations_after_the_window_start():
       ((1 - 0.5) + (1 - 0.7) + (1 - 0.8) + (1 - 0.9)) / 4)  # after step 160
 
 def test_spearman_against_hand_ranks():
-  from experiments import bn_regularization as bnr
+  from bnjax.train.studies import bn_regularization as bnr
   assert bnr.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
   assert bnr.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
   # ranks (0, 1, 2, 3) vs (1, 0, 2, 3): 1 - 6 * 2 / (4 * 15) = 0.8
@@ -434,9 +434,12 @@ def test_paired_verdict_and_its_json(tmp_path):
   assert {'claim', 'source', 'outcome', 'statistic', 'value', 'uncertainty', 'seeds',
           'rule'} <= set(stored[0])
   assert verdicts.read(tmp_path) == [v, weak]
-  table = verdicts.readme_table([tmp_path])
+  table = verdicts.results_table([tmp_path])
   assert f'| A beats B ({tmp_path.name}) | holds | A - B: -0.25 ± 0.124 | 3 |' in table
   assert '**inconclusive**' in table
+  summary = verdicts.summary_table([tmp_path], link='reports').splitlines()
+  assert summary[2] == f'| [{tmp_path.name}](reports/{tmp_path.name}/report.md) | A beats B | holds |'
+  assert summary[3] == '|  | A beats B | inconclusive |'
   with pytest.raises(ValueError, match='outcome must be one of'):
     verdicts.write(tmp_path, [dataclasses.replace(v, outcome='maybe')])
 
@@ -452,8 +455,9 @@ def test_verdicts_doctests():
 
 def _rotational_study(tmp_path, claims_hold, preset):
   """Planted runs: angles at ``factor`` x the theory's equilibrium, errors by arm."""
-  from bnjax import programs, theory
-  from experiments import rotational as rot
+  from bnjax import theory
+  from bnjax.train import programs
+  from bnjax.train.studies import rotational as rot
   runs = {}
   arms = list(rot.ARMS)
   for name, cfg in rot.configs(preset).items():
@@ -503,7 +507,7 @@ def test_rotational_report_decides_the_planted_outcome(tmp_path, claims_hold, pr
 
 
 def test_rotational_runs_end_to_end(tmp_path):
-  from experiments import rotational as rot
+  from bnjax.train.studies import rotational as rot
   wanted = {n: c for n, c in rot.configs('smoke').items()
             if n in ('adamw-seed0', 'rotational_adamw-seed0')}
   runs = study.run_sweep('rotational', 'smoke', wanted, tmp_path, workers=1)
@@ -527,8 +531,8 @@ def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
   """A checkpoint whose units sit exactly at theory's Adam + L2 norm for the sigma
   their planted second moment holds: ratio 1 per unit; a collapsed unit is dead."""
   from bnjax import theory
-  from bnjax.workdir import Checkpoints
-  from experiments import equilibrium
+  from bnjax.train.workdir import Checkpoints
+  from bnjax.train.studies import equilibrium
   lr, lam, fan_in, count, b2 = 2e-3, 5e-2, 12, 400, 0.999
   sigmas = np.array([0.05, 0.1, 0.2, 0.4, 0.3])  # gradient RMS at unit norm, per unit
   norms = (lr * fan_in * sigmas / (2 * lam)) ** (1 / 3)
@@ -559,7 +563,7 @@ def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
 
 
 def test_workload_counts_steps_and_examples():
-  from bnjax.config import Config
+  from bnjax.train.config import Config
   cfgs = {'a': Config(train_subset=640, batch_size=32, num_epochs=2),   # 40 steps
           'b': Config(train_subset=320, batch_size=64, num_epochs=1)}   # 5 steps
   line = study.workload(cfgs, per_second=1000.0)
@@ -569,8 +573,8 @@ def test_workload_counts_steps_and_examples():
 
 
 def test_kernel_unit_norms_of_the_last_checkpoint(tmp_path):
-  from bnjax.workdir import Checkpoints
-  from experiments import equilibrium
+  from bnjax.train.workdir import Checkpoints
+  from bnjax.train.studies import equilibrium
   kernel = np.zeros((3, 3, 2, 4), np.float32)
   kernel[0, 0, 0] = [3.0, 0.0, 1.0, 0.0]
   kernel[1, 1, 1] = [4.0, 2.0, 0.0, 1e-3]
@@ -585,7 +589,7 @@ def test_kernel_unit_norms_of_the_last_checkpoint(tmp_path):
 def test_sgd_unit_equilibrium_against_planted_gradients():
   """Units planted at theory's SGD norm for their own E||g~||^2 give ratio 1;
   one at twice its norm gives 2; a collapsed unit is dead and left out."""
-  from experiments import equilibrium
+  from bnjax.train.studies import equilibrium
   lr, lam, a = 0.02, 1e-2, 0.9
   g2 = np.array([0.5, 2.0, 8.0, 1.0, 3.0])
   norms = (lr * g2 / (2 * lam * (1 - a))) ** 0.25  # Wan et al. 2021, Theorem 1
@@ -606,9 +610,9 @@ def test_unit_grad_sq_is_the_trainers_metric_and_scale_invariant(tmp_path):
   to the trainer's grad_sq_at_unit_norm formula on the same gradient, and scaling
   a batch-normed unit's kernel leaves it unchanged (the gradient scales as 1/||w||)."""
   import jax
-  from bnjax import executors, programs, step_metrics
-  from bnjax.workdir import Checkpoints
-  from experiments import equilibrium
+  from bnjax.train import executors, programs, step_metrics
+  from bnjax.train.workdir import Checkpoints
+  from bnjax.train.studies import equilibrium
   cfg = equilibrium.configs('smoke')['sgd']
   runs = study.run_sweep('equilibrium', 'smoke', {'sgd': cfg}, tmp_path, workers=1)
   state = Checkpoints(tmp_path / 'sgd').latest_state()
@@ -637,7 +641,7 @@ def test_momentum_signal_is_one_for_uncorrelated_gradients_in_optax_adam():
   direction rho > 1; a hand-planted first moment twice the uncorrelated one: 4."""
   import jax.numpy as jnp
   import optax
-  from experiments import equilibrium
+  from bnjax.train.studies import equilibrium
   rng = np.random.default_rng(0)
   params = {'conv1': {'kernel': jnp.zeros((3, 3, 8, 64))}}
   rhos = {}

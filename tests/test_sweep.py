@@ -1,4 +1,4 @@
-"""bnjax.sweep.train_many: worker processes and vectorized groups against one-by-one runs."""
+"""bnjax.train.sweep.train_many: worker processes and vectorized groups against one-by-one runs."""
 
 import concurrent.futures
 import dataclasses
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from _helpers import TIMING, TS, fake_fashion_mnist
-from bnjax import programs, sweep, trainer, vectorized
-from bnjax import workdir as workdirs
-from bnjax.config import Config
+from bnjax.train import programs, sweep, trainer, vectorized
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
 
 # Short runs (24 steps, a line every 4, a checkpoint every 8, a test evaluation every 8).
 BASE = dataclasses.replace(TS, num_train=192, num_test=64, input_dim=8, num_epochs=4,
@@ -276,7 +276,7 @@ def test_default_workers_follow_the_affinity():
 
 
 def test_shards_partition_the_runs():
-  from experiments import study
+  from bnjax.train.studies import study
   names = [f'run{k}' for k in range(11)]
   parts = [study.shard_of(names, (i, 3)) for i in range(3)]
   assert sorted(sum(parts, [])) == sorted(names)
@@ -293,7 +293,7 @@ def test_three_shard_processes_run_the_study_once(tmp_path):
   import subprocess
   import sys
   from _helpers import ROOT
-  from experiments import study, teacher_student
+  from bnjax.train.studies import study, teacher_student
   workdir = tmp_path / 'study'
   command = [sys.executable, '-m', 'experiments.teacher_student', '--preset=smoke',
              f'--workdir={workdir}', '--workers=1']
@@ -314,7 +314,7 @@ def test_three_shard_processes_run_the_study_once(tmp_path):
 
 
 def test_report_only_lists_the_missing_runs(tmp_path):
-  from experiments import study
+  from bnjax.train.studies import study
   meta = {'study': 'x', 'preset': 'smoke', 'runs': ['a', 'b', 'c']}
   line = study.finished_line(meta, {'b': None})
   assert line.startswith('Preset `smoke`: 1 of 3 runs finished.')

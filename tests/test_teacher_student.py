@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from bnjax import data, models, theory
-from bnjax.workdir import Checkpoints, write_json_atomic
-from experiments import study, verdicts
-from experiments import teacher_student as ts
+from bnjax import models, theory
+from bnjax.train import data
+from bnjax.train.workdir import Checkpoints, write_json_atomic
+from bnjax.train.studies import study, verdicts
+from bnjax.train.studies import teacher_student as ts
 from _helpers import ROOT
 
 # Relative tolerance of a smoke rerun against its committed numbers (as in

@@ -15,10 +15,11 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from bnjax import executors, masks, step_metrics, trainer, transforms
-from bnjax.config import Config
-from bnjax.workdir import ConfigMismatchError
-from bnjax import workdir as workdirs
+from bnjax import masks, transforms
+from bnjax.train import executors, step_metrics, trainer
+from bnjax.train.config import Config
+from bnjax.train.workdir import ConfigMismatchError
+from bnjax.train import workdir as workdirs
 
 from _helpers import ROOT, TIMING, TS, binary
 

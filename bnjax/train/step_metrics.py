@@ -1,7 +1,7 @@
 """Per-step metrics of a run: gradient at unit scale, gains, tracked dynamics, finiteness.
 
 Keys are ``<metric>/<layer>`` with ``<layer>`` the module path of a leaf
-(:func:`layer_name`). What each metric means: ``bnjax.trainer``'s docstring.
+(:func:`layer_name`). What each metric means: ``bnjax.train.trainer``'s docstring.
 """
 
 import jax
@@ -45,7 +45,7 @@ def unit_scale_grad_sq(grads, params) -> dict:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from bnjax import step_metrics
+    >>> from bnjax.train import step_metrics
     >>> w = {'conv1': {'kernel': jnp.array([[2.0], [0.0]])}}
     >>> g = {'conv1': {'kernel': jnp.array([[0.0], [3.0]])}}
     >>> step_metrics.unit_scale_grad_sq(g, w)
@@ -96,7 +96,7 @@ def unit_angle_metrics(params, new_params, grads) -> dict:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from bnjax import step_metrics
+    >>> from bnjax.train import step_metrics
     >>> w = {'conv1': {'kernel': jnp.array([[1.0, 1.0], [0.0, 0.0]])}}
     >>> new = {'conv1': {'kernel': jnp.array([[1.0, 1.0], [0.1, 0.0]])}}
     >>> g = {'conv1': {'kernel': jnp.array([[0.0, 0.0], [-1.0, 0.0]])}}   # unit 1: none
@@ -147,7 +147,7 @@ def gain_metrics(params) -> dict:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from bnjax import step_metrics
+    >>> from bnjax.train import step_metrics
     >>> step_metrics.gain_metrics({'conv1_norm': {'scale': jnp.array([1.0, 3.0])}})
     {'gamma_sq/conv1_norm': 5.0}
 
@@ -175,7 +175,8 @@ def layer_metrics(opt_state) -> dict:
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from bnjax import step_metrics, transforms
+    >>> from bnjax import transforms
+    >>> from bnjax.train import step_metrics
     >>> tx = optax.chain(optax.sgd(0.1), transforms.track_dynamics(0.1, 'sgd'))
     >>> params = {'conv1': {'kernel': jnp.ones((2, 2))}}
     >>> _, state = tx.update(params, tx.init(params), params)

@@ -35,8 +35,8 @@ import time
 from typing import Any, Iterable, Optional
 
 import numpy as np
-
-from bnjax import _extras
+import orbax.checkpoint as ocp
+from absl import logging
 
 __all__ = [
     'Checkpoints',
@@ -47,9 +47,6 @@ __all__ = [
     'read_metrics',
     'write_json_atomic',
 ]
-
-ocp = _extras.require('orbax.checkpoint')
-logging = _extras.require('absl.logging')
 
 CONFIG = 'config.json'
 SUMMARY = 'summary.json'
@@ -68,13 +65,13 @@ class ConfigMismatchError(ValueError):
 
   Example:
     >>> import tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> d = tempfile.mkdtemp()
     >>> workdir.write_json_atomic(f'{d}/config.json', {'seed': 0})
     >>> workdir.check_config(d, {'seed': 1})
     Traceback (most recent call last):
     ...
-    bnjax.workdir.ConfigMismatchError: ... (seed: was 0, now 1)....
+    bnjax.train.workdir.ConfigMismatchError: ... (seed: was 0, now 1)....
 
   References:
     POSIX ``rename(2)`` (the record is written atomically, so it is whole).
@@ -86,14 +83,14 @@ class WorkdirLockedError(RuntimeError):
 
   Example:
     >>> import tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> d = tempfile.mkdtemp()
     >>> with workdir.locked(d):
     ...   with workdir.locked(d):
     ...     pass
     Traceback (most recent call last):
     ...
-    bnjax.workdir.WorkdirLockedError: ...
+    bnjax.train.workdir.WorkdirLockedError: ...
 
   References:
     POSIX ``flock(2)``: the kernel releases the lock when its holder dies.
@@ -136,7 +133,7 @@ def write_json_atomic(path, obj) -> None:
 
   Example:
     >>> import json, tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> path = tempfile.mkdtemp() + '/summary.json'
     >>> workdir.write_json_atomic(path, {'loss': float('nan'), 'step': 3})
     >>> json.load(open(path))
@@ -177,9 +174,9 @@ def config_differences(stored: dict, wanted: dict, ignore: Iterable[str] = ()) -
   """``{field: (stored, wanted)}`` for every field that differs, outside ``ignore``.
 
   A stored record of an older format is compared as it meant
-  (:func:`bnjax.config.upgrade_record`).
+  (:func:`bnjax.train.config.upgrade_record`).
   """
-  from bnjax.config import upgrade_record  # pylint: disable=g-import-not-at-top
+  from bnjax.train.config import upgrade_record  # pylint: disable=g-import-not-at-top
   stored = upgrade_record(stored)
   ignore = set(ignore)
   keys = (set(stored) | set(wanted)) - ignore
@@ -224,7 +221,7 @@ def locked(workdir, enabled: bool = True):
 
   Example:
     >>> import tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> with workdir.locked(tempfile.mkdtemp()):
     ...   pass
 
@@ -286,7 +283,7 @@ class MetricsLog:
 
   Example:
     >>> import tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> d = tempfile.mkdtemp()
     >>> log = workdir.MetricsLog(d, last_step=0)
     >>> for step in (4, 8):
@@ -334,7 +331,7 @@ def read_metrics(workdir) -> list:
 
   Example:
     >>> import tempfile
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> d = tempfile.mkdtemp()
     >>> log = workdir.MetricsLog(d, last_step=0)
     >>> log.write({'step': 4, 'loss': 0.5}); log.close()
@@ -364,7 +361,7 @@ class Checkpoints:
   Example:
     >>> import tempfile
     >>> import jax.numpy as jnp
-    >>> from bnjax import workdir
+    >>> from bnjax.train import workdir
     >>> ckpt = workdir.Checkpoints(tempfile.mkdtemp())
     >>> ckpt.save(8, {'params': {'w': jnp.ones(2)}})
     >>> state, step = ckpt.restore_latest({'params': {'w': jnp.zeros(2)}})

@@ -17,8 +17,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnjax import data
-from bnjax.step_metrics import unit_angle_metrics, unit_scale_grad_sq
+from bnjax.models import objective
+from bnjax.train import data
+from bnjax.train.step_metrics import unit_angle_metrics, unit_scale_grad_sq
 
 __all__ = [
     'Executor',
@@ -44,7 +45,7 @@ class TrainState:
 
   Example:
     >>> import jax.numpy as jnp, optax
-    >>> from bnjax.executors import TrainState
+    >>> from bnjax.train.executors import TrainState
     >>> params = {'w': jnp.ones(2)}
     >>> state = TrainState(jnp.int32(0), params, {}, optax.sgd(0.1).init(params))
     >>> int(state.replace(step=state.step + 1).step)
@@ -58,40 +59,6 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-
-
-def objective(outputs, targets, regression: bool):
-  r"""Mean loss and metrics: cross-entropy and accuracy, or squared error.
-
-  .. math::
-    L = -\frac{1}{B}\sum_b \log \operatorname{softmax}(o_b)_{y_b}
-    \quad\text{or}\quad L = \frac{1}{B}\sum_b (o_b - y_b)^2
-
-  Args:
-    outputs: model outputs, logits ``(B, classes)`` or predictions ``(B,)``.
-    targets: integer labels or regression targets, ``(B,)``.
-    regression: squared error (True) or cross-entropy (False).
-
-  Returns:
-    ``(loss, metrics)``; metrics hold ``loss`` and, for classification,
-    ``accuracy``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from bnjax import executors
-    >>> loss, m = executors.objective(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]), True)
-    >>> float(loss)  # (1 + 4) / 2
-    2.5
-
-  References:
-    Luo et al. 2019, arXiv 1809.00846, section 2 (squared error of the
-    teacher-student task).
-  """
-  if regression:
-    loss = jnp.mean(jnp.square(outputs - targets))
-    return loss, {'loss': loss}
-  loss = optax.softmax_cross_entropy_with_integer_labels(outputs, targets).mean()
-  return loss, {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(outputs, -1) == targets)}
 
 
 def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None):
@@ -116,7 +83,8 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from bnjax import executors, models
+    >>> from bnjax import models
+    >>> from bnjax.train import executors
     >>> model, tx = models.Perceptron(norm='none'), optax.sgd(0.1)
     >>> x, y = jnp.ones((4, 3)), jnp.zeros(4)
     >>> params = model.init(jax.random.key(0), x)['params']
@@ -168,7 +136,8 @@ def make_eval_step(model, regression: bool):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from bnjax import executors, models
+    >>> from bnjax import models
+    >>> from bnjax.train import executors
     >>> model = models.Perceptron(norm='none')
     >>> params = model.init(jax.random.key(0), jnp.ones((2, 3)))['params']
     >>> sorted(executors.make_eval_step(model, True)(params, {}, jnp.ones((2, 3)),
@@ -201,15 +170,16 @@ def evaluate(eval_step, state: TrainState, split: data.Arrays, batches: data.Bat
   Args:
     eval_step: from :func:`make_eval_step`.
     state: a single-copy :class:`TrainState`.
-    split: the :class:`bnjax.data.Arrays` to evaluate.
-    batches: unshuffled :class:`bnjax.data.Batches` of ``split``.
+    split: the :class:`bnjax.train.data.Arrays` to evaluate.
+    batches: unshuffled :class:`bnjax.train.data.Batches` of ``split``.
 
   Returns:
     ``{'test_loss': ...}`` and, for classification, ``'test_accuracy'``.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
-    >>> from bnjax import data, executors, models
+    >>> from bnjax import models
+    >>> from bnjax.train import data, executors
     >>> model = models.Perceptron(norm='none')
     >>> split = data.Arrays(np.ones((5, 3), np.float32), np.zeros(5, np.float32))
     >>> params = model.init(jax.random.key(0), split.x)['params']
@@ -256,7 +226,8 @@ class Executor:
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
-    >>> from bnjax import executors, models
+    >>> from bnjax import models
+    >>> from bnjax.train import executors
     >>> model, tx = models.Perceptron(norm='none'), optax.sgd(0.1)
     >>> x, y = jnp.ones((4, 3)), jnp.zeros(4)
     >>> params = model.init(jax.random.key(0), x)['params']

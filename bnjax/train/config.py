@@ -73,7 +73,7 @@ class Config:
     schedule, warmup_steps: see ``--help`` of ``bnjax-train``.
 
   Example:
-    >>> from bnjax.config import Config
+    >>> from bnjax.train.config import Config
     >>> Config(optimizer='momentum').optimizer
     'sgd'
     >>> Config(learning_rate=-1.0).validate()
@@ -305,7 +305,7 @@ def record(config: 'Config') -> dict:
     A JSON-serializable dict.
 
   Example:
-    >>> from bnjax import config
+    >>> from bnjax.train import config
     >>> config.record(config.Config())['config_version']
     4
 
@@ -326,7 +326,7 @@ def upgrade_record(stored):
     ``config_version`` raised.
 
   Example:
-    >>> from bnjax import config
+    >>> from bnjax.train import config
     >>> config.upgrade_record({'seed': 0, 'config_version': 2})['bn_eval']
     'running'
 
@@ -349,7 +349,7 @@ def define_flags(flag_values=None) -> None:
 
   Example:
     >>> from absl import flags
-    >>> from bnjax import config
+    >>> from bnjax.train import config
     >>> fv = flags.FlagValues()
     >>> config.define_flags(fv)
     >>> _ = fv(['prog', '--optimizer=adam', '--learning_rate=0.001'])
@@ -388,7 +388,7 @@ def from_flags(flag_values=None) -> Config:
 
   Example:
     >>> from absl import flags
-    >>> from bnjax import config
+    >>> from bnjax.train import config
     >>> fv = flags.FlagValues()
     >>> config.define_flags(fv)
     >>> _ = fv(['prog', '--batch_size=64'])

@@ -5,10 +5,10 @@ setting that shapes the computation are trained in one jitted program,
 ``jax.vmap``-ed over their learning rate, momentum, weight decay, gamma decay
 and seed: each member has its own initialization (its seed), its own data
 order and augmentation (its seed), and its own optimizer values, passed to
-:func:`bnjax.trainer.build_optimizer` as traced arrays. On GPUs and TPUs this
+:func:`bnjax.train.trainer.build_optimizer` as traced arrays. On GPUs and TPUs this
 fills the device with one program instead of many small ones.
 
-Each member writes through its own :class:`bnjax.run_files.RunFiles`, so its
+Each member writes through its own :class:`bnjax.train.run_files.RunFiles`, so its
 workdir holds exactly what a single run writes, resumes from its own
 checkpoints (members restored at different steps train as separate
 subgroups), and a member whose loss or state stops being finite is recorded
@@ -23,16 +23,15 @@ from typing import Dict, List, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from tqdm import tqdm
 
-from bnjax import _extras
-from bnjax import config as config_lib
-from bnjax import data, executors, programs, trainer
-from bnjax import workdir as workdirs
-from bnjax.config import Config
-from bnjax.run_files import NonFiniteLossError, RunFiles
+from bnjax.train import config as config_lib
+from bnjax.train import data, executors, programs, trainer
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
+from bnjax.train.run_files import NonFiniteLossError, RunFiles
 
-tqdm = _extras.require('tqdm').tqdm
-logging = _extras.require('absl.logging')
 
 __all__ = ['VECTORIZED_FIELDS', 'group_key', 'plan', 'train_groups']
 
@@ -67,8 +66,8 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
 
   Example:
     >>> import dataclasses, tempfile
-    >>> from bnjax import vectorized
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import vectorized
+    >>> from bnjax.train.config import Config
     >>> base = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...               num_train=32, num_test=16, input_dim=4, log_every=2,
     ...               checkpoint_every=4)
@@ -114,8 +113,8 @@ def plan(configs: List[Config], paths: list, max_group: Optional[int] = None):
 
   Example:
     >>> import dataclasses, tempfile
-    >>> from bnjax import vectorized
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import vectorized
+    >>> from bnjax.train.config import Config
     >>> base = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...               num_train=32, num_test=16, input_dim=4, log_every=2,
     ...               checkpoint_every=4)

@@ -24,20 +24,20 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 from absl import app, flags, logging
 
-from bnjax import config as config_lib
-from bnjax import data, sweep, trainer
-from bnjax.config import Config, PARALLEL
-from bnjax import workdir as workdirs
+from bnjax.train import config as config_lib
+from bnjax.train import data, sweep, trainer
+from bnjax.train.config import Config, PARALLEL
+from bnjax.train import workdir as workdirs
 
 PRESETS = ('smoke', 'quick', 'standard', 'paper')
 # Every study, once: name -> module with ``configs(preset, parallel)`` and
 # ``report(workdir)``. The binaries, experiments.report and bnjax-study read it.
 STUDIES = {
-    'effective_lr': 'experiments.effective_lr',
-    'equilibrium': 'experiments.equilibrium',
-    'bn_regularization': 'experiments.bn_regularization',
-    'teacher_student': 'experiments.teacher_student',
-    'rotational': 'experiments.rotational',
+    'effective_lr': 'bnjax.train.studies.effective_lr',
+    'equilibrium': 'bnjax.train.studies.equilibrium',
+    'bn_regularization': 'bnjax.train.studies.bn_regularization',
+    'teacher_student': 'bnjax.train.studies.teacher_student',
+    'rotational': 'bnjax.train.studies.rotational',
 }
 
 
@@ -98,7 +98,7 @@ class Run:
     return float(np.mean(np.append(1.0 - late, self.test_error)))
 
   def as_config(self) -> Config:
-    """The run's :class:`bnjax.config.Config` (older config records upgraded)."""
+    """The run's :class:`bnjax.train.config.Config` (older config records upgraded)."""
     stored = config_lib.upgrade_record(self.config)
     return Config(**{f.name: stored[f.name] for f in dataclasses.fields(Config)})
 
@@ -142,9 +142,9 @@ def seeds_of(runs: Dict[str, Run], arm) -> Dict[int, Run]:
 
 def scheduled_learning_rates(run: Run) -> np.ndarray:
   """The learning rate of every step of ``run`` (index t: step t + 1), from its
-  config's schedule (:func:`bnjax.programs.learning_rate_schedule`)."""
+  config's schedule (:func:`bnjax.train.programs.learning_rate_schedule`)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from bnjax import programs  # pylint: disable=g-import-not-at-top
+  from bnjax.train import programs  # pylint: disable=g-import-not-at-top
   lr = programs.learning_rate_schedule(run.as_config())
   steps = np.arange(run.summary['steps'])
   if not callable(lr):
@@ -196,7 +196,7 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
   :class:`StaleRunsError` before any training, or with ``rerun_stale`` is
   moved to ``<workdir>/stale/<name>-<time>`` and rerun. A run that diverges
   is recorded as diverged (its ``summary.json``) and the sweep goes on. The
-  runs go through :func:`bnjax.sweep.train_many` (``workers``, ``vectorize``);
+  runs go through :func:`bnjax.train.sweep.train_many` (``workers``, ``vectorize``);
   ``shard=(i, n)`` trains only that part of the runs (:func:`shard_of`).
   """
   workdir = pathlib.Path(workdir)
@@ -292,7 +292,7 @@ def pooled_spread(grid: np.ndarray, grouping: str) -> float:
 
   Example:
     >>> import numpy as np
-    >>> from experiments import study
+    >>> from bnjax.train.studies import study
     >>> grid = np.add.outer(np.arange(3.), np.arange(3.))   # constant on i + j
     >>> study.pooled_spread(grid, 'anti-diagonals'), round(study.pooled_spread(grid, 'rows'), 4)
     (0.0, 1.0)
@@ -384,9 +384,9 @@ def provenance() -> str:
 
 def write_report(workdir, title: str, sections: list, found=None) -> pathlib.Path:
   """Writes ``report.md`` (atomically) from ``[(heading, markdown), ...]``, a
-  provenance line, and ``found`` (:class:`experiments.verdicts.Verdict` list) as
+  provenance line, and ``found`` (:class:`bnjax.train.studies.verdicts.Verdict` list) as
   ``verdicts.json``."""
-  from experiments import verdicts  # pylint: disable=g-import-not-at-top
+  from bnjax.train.studies import verdicts  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(workdir) / 'report.md'
   if found is not None:
     verdicts.write(workdir, found)
@@ -430,7 +430,7 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
              report: Callable, vectorize_default: Optional[bool] = None) -> Callable:
   """The ``main`` of a study binary: run the preset's sweep, then write the report.
   ``--vectorize=auto`` means ``vectorize_default`` (the study's ``VECTORIZE``;
-  ``None``: :func:`bnjax.sweep.train_many` decides by platform)."""
+  ``None``: :func:`bnjax.train.sweep.train_many` decides by platform)."""
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')

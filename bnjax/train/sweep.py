@@ -19,9 +19,9 @@ How the members are trained:
 * **Vectorized groups** (the default on GPU/TPU; ``vectorize=True`` forces
   it): members that differ only in learning rate, momentum, weight decay,
   gamma decay and seed are trained in one jitted program, ``jax.vmap``-ed over
-  those values (:mod:`bnjax.vectorized`). With ``workers > 1`` (the default
+  those values (:mod:`bnjax.train.vectorized`). With ``workers > 1`` (the default
   on CPU) and several groups, the groups go out to that many worker
-  processes, the longest first (:func:`bnjax.vectorized.plan`): a group of
+  processes, the longest first (:func:`bnjax.train.vectorized.plan`): a group of
   small models (the perceptrons of the teacher-student study) is bound by
   its per-step dispatch on one core, so two groups on two cores take about
   the time of one.
@@ -36,14 +36,14 @@ import tempfile
 import time
 from typing import List, Optional, Sequence
 
-from bnjax import _extras
-from bnjax import config as config_lib
-from bnjax import programs
-from bnjax import trainer
-from bnjax import workdir as workdirs
-from bnjax.config import Config
+from absl import logging
 
-logging = _extras.require('absl.logging')
+from bnjax.train import config as config_lib
+from bnjax.train import programs
+from bnjax.train import trainer
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
+
 
 __all__ = ['train_many', 'default_workers', 'interleaved', 'SINGLE_THREAD_XLA_FLAGS']
 
@@ -101,7 +101,7 @@ def _check_count(name: str, value) -> Optional[int]:
 
 def train_member(config: Config, workdir, data_dir: Optional[str] = None,
                  progress: bool = False) -> dict:
-  """One member: :func:`bnjax.trainer.train`, a divergence answered by its summary."""
+  """One member: :func:`bnjax.train.trainer.train`, a divergence answered by its summary."""
   try:
     return trainer.train(config, workdir, data_dir=data_dir, progress=progress)
   except trainer.NonFiniteLossError:
@@ -119,7 +119,7 @@ def _init_worker(xla_flags: str, cache_dir: Optional[str] = None) -> None:
 
 
 def interleaved(configs) -> List[int]:
-  """Member indices, round-robin over the :func:`bnjax.programs.program_key` groups.
+  """Member indices, round-robin over the :func:`bnjax.train.programs.program_key` groups.
 
   Workers taking members in this order start on different programs, so no
   two compile the same one at once; a later member of a group finds its
@@ -127,8 +127,8 @@ def interleaved(configs) -> List[int]:
 
   Example:
     >>> import dataclasses
-    >>> from bnjax import sweep
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import sweep
+    >>> from bnjax.train.config import Config
     >>> a, b = Config(), Config(optimizer='adam', regularizer='decoupled')
     >>> sweep.interleaved([a, dataclasses.replace(a, seed=1), b,
     ...                    dataclasses.replace(b, seed=1)])
@@ -156,7 +156,7 @@ def _train_members(configs, paths, data_dir) -> list:
 
 def _train_group(configs, paths, data_dir) -> list:
   """One vectorized group (a worker's task)."""
-  from bnjax import vectorized  # pylint: disable=g-import-not-at-top
+  from bnjax.train import vectorized  # pylint: disable=g-import-not-at-top
   return vectorized.train_groups(configs, paths, data_dir=data_dir)
 
 
@@ -206,7 +206,7 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
                max_group: Optional[int] = None) -> List[dict]:
   """Trains every config in its workdir; returns their summaries in order.
 
-  Each member behaves as :func:`bnjax.trainer.train` on its own: a finished
+  Each member behaves as :func:`bnjax.train.trainer.train` on its own: a finished
   workdir answers with its summary, an unfinished one resumes, a workdir
   holding another config is refused, and a member that diverges returns its
   ``status: "diverged"`` summary while the others go on. Everything that can
@@ -214,7 +214,7 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
   workdir holding another config) is refused before any member starts.
 
   Args:
-    configs: the members' :class:`bnjax.config.Config`.
+    configs: the members' :class:`bnjax.train.config.Config`.
     workdirs: one folder per member (distinct).
     data_dir: tfds data dir for image datasets.
     workers: worker processes (default: one per core on CPU, 1 elsewhere);
@@ -231,8 +231,8 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
 
   Example:
     >>> import dataclasses, tempfile
-    >>> from bnjax import sweep
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import sweep
+    >>> from bnjax.train.config import Config
     >>> base = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...               num_train=32, num_test=16, input_dim=4, log_every=2,
     ...               checkpoint_every=4)
@@ -258,7 +258,7 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
   if workers is None:
     workers = default_workers() if on_cpu else 1
   if vectorize:
-    from bnjax import vectorized  # pylint: disable=g-import-not-at-top
+    from bnjax.train import vectorized  # pylint: disable=g-import-not-at-top
     summaries, groups = vectorized.plan(list(configs), paths, max_group)
     if workers > 1 and len(groups) > 1:
       trained = _train_in_workers(list(configs), paths, data_dir, workers, tasks=groups,

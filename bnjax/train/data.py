@@ -31,8 +31,7 @@ import urllib.parse
 from typing import Iterator, Optional
 
 import numpy as np
-
-from bnjax import _extras
+import tensorflow_datasets as tfds
 
 from bnjax._validation import check_positive_int
 
@@ -47,7 +46,6 @@ __all__ = [
     'teacher_student',
 ]
 
-tfds = _extras.require('tensorflow_datasets')
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 IDX_FILES = {
@@ -94,7 +92,7 @@ class DataUnavailableError(OSError):
   the local folders and the URL it tried.
 
   Example:
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> issubclass(data.DataUnavailableError, OSError)
     True
 
@@ -129,7 +127,7 @@ def fashion_mnist_dir() -> Optional[str]:
 
   Example:
     >>> import os, tempfile
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> from unittest import mock
     >>> with mock.patch.dict(os.environ, {'BNJAX_FASHION_MNIST_DIR': tempfile.mkdtemp()}):
     ...   data.fashion_mnist_dir()
@@ -163,7 +161,7 @@ def read_idx(path) -> np.ndarray:
 
   Example:
     >>> import gzip, tempfile
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> path = tempfile.mkdtemp() + '/labels-idx1-ubyte.gz'
     >>> with gzip.open(path, 'wb') as f:
     ...   _ = f.write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
@@ -328,7 +326,7 @@ class Arrays:
 
   Example:
     >>> import numpy as np
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> split = data.Arrays(np.zeros((5, 2)), np.arange(5))
     >>> len(split), len(split.take(3))
     (5, 3)
@@ -389,7 +387,7 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
 
     >>> import contextlib, gzip, io, os, tempfile
     >>> from unittest import mock
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> src = tempfile.mkdtemp()
     >>> def idx(name, dims, payload):
     ...   header = bytes([0, 0, 8, len(dims)]) + b''.join(d.to_bytes(4, 'big') for d in dims)
@@ -494,7 +492,7 @@ def teacher_student(num_train: int, num_test: int, input_dim: int, *,
     ``{'train': Arrays, 'test': Arrays, 'teacher': w*}``, float32.
 
   Example:
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> d = data.teacher_student(8, 4, 3, noise_std=0.0)
     >>> d['train'].x.shape, d['test'].y.shape, d['teacher'].shape
     ((8, 3), (4,), (3,))
@@ -552,7 +550,7 @@ class Batches:
 
   Example:
     >>> import numpy as np
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> batches = data.Batches(data.Arrays(np.arange(10.0), np.arange(10)), 4, seed=1)
     >>> batches.steps_per_epoch
     2
@@ -648,7 +646,7 @@ def prefetch(iterator: Iterator, size: int = 4) -> Iterator:
     An iterator of the same items, in order.
 
   Example:
-    >>> from bnjax import data
+    >>> from bnjax.train import data
     >>> list(data.prefetch(iter(range(5)), size=2))
     [0, 1, 2, 3, 4]
 

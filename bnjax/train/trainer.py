@@ -13,7 +13,7 @@
   :func:`unit_scale_grad_sq`), ``angular_update_sq/<layer>`` and
   ``dead_units/<layer>`` (window means of the squared per-unit angle over the
   live units and of the fraction of dead or collapsed units, see
-  :func:`bnjax.step_metrics.unit_angle_metrics`), ``gamma_sq/<layer>`` for every normalization
+  :func:`bnjax.train.step_metrics.unit_angle_metrics`), ``gamma_sq/<layer>`` for every normalization
   gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;
@@ -23,10 +23,10 @@
   done: rerunning the same config returns it (a diverged one raises again).
 
 Lock, resume, fallback past a damaged checkpoint and strict JSON are
-:mod:`bnjax.workdir`'s.
+:mod:`bnjax.train.workdir`'s.
 
-The steps and parallel modes are :mod:`bnjax.executors`'s, the metrics
-:mod:`bnjax.step_metrics`'s, the config :mod:`bnjax.config`'s.
+The steps and parallel modes are :mod:`bnjax.train.executors`'s, the metrics
+:mod:`bnjax.train.step_metrics`'s, the config :mod:`bnjax.train.config`'s.
 """
 
 import functools
@@ -35,16 +35,16 @@ import time
 from typing import Any, Optional
 
 import jax
+from tqdm import tqdm
 
-from bnjax import _extras
-from bnjax import data, executors
-from bnjax import workdir as workdirs
-from bnjax import config as config_lib
-from bnjax.config import Config
-from bnjax.programs import (build_model, build_optimizer, eval_batch_stats,
+from bnjax.train import data, executors
+from bnjax.train import workdir as workdirs
+from bnjax.train import config as config_lib
+from bnjax.train.config import Config
+from bnjax.train.programs import (build_model, build_optimizer, eval_batch_stats,
                             hyperparameters, init_state, programs)
-from bnjax.run_files import NonFiniteLossError, RunFiles
-from bnjax.workdir import write_json_atomic
+from bnjax.train.run_files import NonFiniteLossError, RunFiles
+from bnjax.train.workdir import write_json_atomic
 
 __all__ = [
     'NonFiniteLossError',
@@ -55,8 +55,6 @@ __all__ = [
     'load_params',
     'train',
 ]
-
-tqdm = _extras.require('tqdm').tqdm
 
 
 # ------------------------------------------------------------ components
@@ -71,15 +69,15 @@ def load_data(config: Config, data_dir: Optional[str] = None) -> dict:
   """``{'train': Arrays, 'test': Arrays}``, train cut to ``train_subset``.
 
   Args:
-    config: the run's :class:`bnjax.config.Config`.
+    config: the run's :class:`bnjax.train.config.Config`.
     data_dir: tfds data dir for image datasets (default ``$BNJAX_DATA_DIR``).
 
   Returns:
-    A dict of two :class:`bnjax.data.Arrays`.
+    A dict of two :class:`bnjax.train.data.Arrays`.
 
   Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import trainer
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)
@@ -137,13 +135,13 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
 
   Everything that can be refused is refused before the workdir is created or
   written: the config (:meth:`Config.validate`), a workdir holding another
-  config (:class:`bnjax.workdir.ConfigMismatchError`), the data and the
-  model. Then the workdir is locked (:class:`bnjax.workdir.WorkdirLockedError`
+  config (:class:`bnjax.train.workdir.ConfigMismatchError`), the data and the
+  model. Then the workdir is locked (:class:`bnjax.train.workdir.WorkdirLockedError`
   when another process holds it) and the run resumes from its newest intact
   checkpoint. A finished workdir answers with its summary without training.
 
   Args:
-    config: the run's :class:`bnjax.config.Config`.
+    config: the run's :class:`bnjax.train.config.Config`.
     workdir: the run's folder (config.json, metrics.jsonl, checkpoints/,
       summary.json).
     data_dir: tfds data dir for image datasets.
@@ -162,8 +160,8 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
       ``status: "diverged"``.
 
   Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import trainer
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)
@@ -278,8 +276,8 @@ def load_params(workdir) -> Any:
     The params pytree.
 
   Example:
-    >>> from bnjax import trainer
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import trainer
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)

@@ -6,7 +6,7 @@ weight decay, gamma decay) can be arrays instead of the config's floats
 (:func:`hyperparameters`), so one compiled step serves every run that
 differs only in them and in the seed (:func:`program_key`): :func:`programs`
 keeps the compiled init, step and eval of the last few keys in the process,
-and :mod:`bnjax.vectorized` vmaps the same step over a group's values.
+and :mod:`bnjax.train.vectorized` vmaps the same step over a group's values.
 """
 
 import collections
@@ -19,9 +19,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax import config as config_lib
-from bnjax import bn_eval, executors, layers, masks, models, transforms
-from bnjax.config import Config
+from bnjax.train import config as config_lib
+from bnjax import bn_eval, layers, masks, models, transforms
+from bnjax.train import executors
+from bnjax.train.config import Config
 
 __all__ = [
     'HYPERPARAMETERS',
@@ -56,8 +57,8 @@ def hyperparameters(config: Config) -> dict:
     A dict of scalar float32 arrays.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> sorted(programs.hyperparameters(Config(momentum=0.9, gamma_decay=0.0)))
     ['learning_rate', 'momentum', 'weight_decay']
 
@@ -83,8 +84,8 @@ def program_key(config: Config) -> str:
     A string key.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> programs.program_key(Config(seed=1)) == programs.program_key(Config(seed=2))
     True
     >>> programs.program_key(Config()) == programs.program_key(Config(momentum=0.0))
@@ -117,12 +118,12 @@ def programs(config: Config) -> tuple:
 
   Returns:
     ``initial(rng, x, hyper) -> TrainState`` (jitted), an
-    :class:`bnjax.executors.Executor` whose step takes ``hyper``, and the
+    :class:`bnjax.train.executors.Executor` whose step takes ``hyper``, and the
     jitted eval step.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> a = programs.programs(Config(learning_rate=0.1))
     >>> programs.programs(Config(learning_rate=0.3, seed=1)) is a
     True
@@ -176,16 +177,16 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
 
   Args:
     config: the run's config.
-    state: a single-copy host :class:`bnjax.executors.TrainState`.
-    train_batches: the run's training :class:`bnjax.data.Batches`.
+    state: a single-copy host :class:`bnjax.train.executors.TrainState`.
+    train_batches: the run's training :class:`bnjax.train.data.Batches`.
 
   Returns:
     A ``batch_stats`` collection.
 
   Example:
     >>> import jax
-    >>> from bnjax import data, programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import data, programs
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, input_dim=4, bn_eval='debiased')
     >>> split = data.teacher_student(32, 8, config.input_dim, seed=0)['train']
@@ -241,15 +242,15 @@ def build_model(config: Config, *, host: bool = False):
   """The configured model; ``host=True``: without the pmap axis (init, evaluation).
 
   Args:
-    config: the run's :class:`bnjax.config.Config`.
+    config: the run's :class:`bnjax.train.config.Config`.
     host: build without the ``pmap`` axis name.
 
   Returns:
     An unbound flax.linen module (:func:`bnjax.models.build`).
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)
@@ -290,18 +291,18 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   on every kernel.
 
   Args:
-    config: the run's :class:`bnjax.config.Config`.
+    config: the run's :class:`bnjax.train.config.Config`.
     hyper: values (arrays, possibly traced) that replace the config's
       ``learning_rate``, ``momentum``, ``weight_decay`` and ``gamma_decay``;
       the config still decides which transforms are chained (e.g. whether
-      ``gamma_decay`` is on). :mod:`bnjax.vectorized` vmaps over them.
+      ``gamma_decay`` is on). :mod:`bnjax.train.vectorized` vmaps over them.
 
   Returns:
     An ``optax.GradientTransformation``.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)
@@ -386,8 +387,8 @@ def learning_rate_schedule(config: Config, learning_rate=None):
     ``learning_rate`` itself, or a schedule ``count -> lr``.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=10,
     ...                 num_train=100, num_epochs=2, learning_rate=0.1,
     ...                 schedule='cosine', warmup_steps=5)
@@ -419,20 +420,20 @@ def learning_rate_schedule(config: Config, learning_rate=None):
 
 
 def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
-  """The initial :class:`bnjax.executors.TrainState` of ``config``'s seed.
+  """The initial :class:`bnjax.train.executors.TrainState` of ``config``'s seed.
 
   Args:
-    config: the run's :class:`bnjax.config.Config` (its ``seed``).
+    config: the run's :class:`bnjax.train.config.Config` (its ``seed``).
     model: from :func:`build_model` with ``host=True``.
     tx: from :func:`build_optimizer`.
     sample_x: a batch of inputs (its shape sets the parameters').
 
   Returns:
-    A :class:`bnjax.executors.TrainState` at step 0.
+    A :class:`bnjax.train.executors.TrainState` at step 0.
 
   Example:
-    >>> from bnjax import programs
-    >>> from bnjax.config import Config
+    >>> from bnjax.train import programs
+    >>> from bnjax.train.config import Config
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)

@@ -1,8 +1,8 @@
 """One run's files while it trains: resume point, metric lines, divergence, checkpoints, summary.
 
 :class:`RunFiles` is what a training loop writes through, whichever loop it
-is (one run in :mod:`bnjax.trainer`, one member of a vectorized group in
-:mod:`bnjax.vectorized`), so every run's workdir holds the same files in the
+is (one run in :mod:`bnjax.train.trainer`, one member of a vectorized group in
+:mod:`bnjax.train.vectorized`), so every run's workdir holds the same files in the
 same format. Before a metrics line or checkpoint is written, every loss of
 the window and the whole carried state must be finite; otherwise the run
 ends as diverged (``summary.json`` with ``status: "diverged"``) and
@@ -16,11 +16,11 @@ from typing import Optional
 
 import numpy as np
 
-from bnjax import step_metrics
-from bnjax.programs import learning_rate_schedule
-from bnjax import workdir as workdirs
-from bnjax.config import Config
-from bnjax.workdir import write_json_atomic
+from bnjax.train import step_metrics
+from bnjax.train.programs import learning_rate_schedule
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
+from bnjax.train.workdir import write_json_atomic
 
 __all__ = ['NonFiniteLossError', 'RunFiles']
 
@@ -32,7 +32,7 @@ class NonFiniteLossError(FloatingPointError):
   ``status: "diverged"`` and a rerun answers the same without retraining.
 
   Example:
-    >>> from bnjax import trainer
+    >>> from bnjax.train import trainer
     >>> issubclass(trainer.NonFiniteLossError, FloatingPointError)
     True
 
@@ -47,13 +47,13 @@ class RunFiles:
   Args:
     config: the run's config.
     workdir: its folder (locked by the caller).
-    wanted: its config record (:func:`bnjax.config.record`).
+    wanted: its config record (:func:`bnjax.train.config.record`).
     main_process: whether this process writes (the first of a multi-host run).
 
   Example:
     >>> import tempfile
     >>> import jax.numpy as jnp
-    >>> from bnjax import config, run_files
+    >>> from bnjax.train import config, run_files
     >>> c = config.Config()
     >>> files = run_files.RunFiles(c, tempfile.mkdtemp(), config.record(c))
     >>> state = files.resume({'params': {'w': jnp.ones(2)}})

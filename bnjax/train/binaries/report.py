@@ -1,0 +1,36 @@
+"""Regenerates a study's report.md and plots from its workdir.
+
+  python -m experiments.report --workdir=runs/effective_lr
+"""
+
+import pathlib
+
+from absl import app, flags
+
+from bnjax.train.studies import study
+
+
+def report(workdir) -> pathlib.Path:
+  """Writes the report of the study folder ``workdir``; returns the report's path.
+
+  Raises ``absl.app.UsageError`` naming ``--workdir`` when it is not a study folder.
+  """
+  meta_path = pathlib.Path(workdir) / 'study.json'
+  if not meta_path.exists():
+    raise app.UsageError(f'--workdir: {workdir} has no study.json (not a study folder)')
+  name = study.study_meta(workdir)['study']
+  if name not in study.STUDIES:
+    raise app.UsageError(f'--workdir: unknown study {name!r}')
+  return study.study_module(name).report(workdir)
+
+
+def run():
+  """``python -m experiments.report --workdir=DIR``; the flag is defined here, not on
+  import, so that this module imports beside the other binaries."""
+  flags.DEFINE_string('workdir', None, 'A study folder (it holds study.json).')
+  flags.mark_flag_as_required('workdir')
+  app.run(lambda argv: print(report(flags.FLAGS.workdir)))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,100 @@
+r"""Trains one configuration into --workdir (resumable; a finished workdir is left as is).
+
+Example:
+
+  python -m experiments.train --dataset=fashion_mnist --model=convnet \
+      --norm=batch --optimizer=sgd --momentum=0.9 --regularizer=l2 --weight_decay=5e-4 \
+      --learning_rate=0.05 --batch_size=128 --num_epochs=1 --workdir=runs/demo
+
+Writes metrics.jsonl, checkpoints/, summary.json (see bnjax.train.trainer). Every field of
+bnjax.train.config.Config is a flag.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags
+
+from bnjax.train import config as config_lib
+from bnjax.train import data, trainer
+from bnjax.train import workdir as workdirs
+from bnjax.train.studies import study
+
+config_lib.define_flags()
+flags.adopt_module_key_flags(config_lib)  # --help lists the config flags too
+flags.DEFINE_string('workdir', None, 'Output folder (created; resumed if it exists).')
+flags.DEFINE_string('data_dir', None,
+                    'Where tfds datasets are prepared (default $BNJAX_DATA_DIR or '
+                    '~/bnjax_data).')
+flags.DEFINE_string('fashion_mnist_dir', None,
+                    'Folder with the four official Fashion-MNIST IDX files (default '
+                    '$BNJAX_FASHION_MNIST_DIR, else /usr/share/datasets/fashion-mnist, '
+                    'else download).')
+flags.DEFINE_boolean('multihost', False,
+                     'Call jax.distributed.initialize() first (multi-host runs; see '
+                     'BUILD.md).')
+flags.DEFINE_boolean('progress', True, 'Show a tqdm progress bar.')
+flags.mark_flag_as_required('workdir')
+
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str, code: int = 1):
+  """One line on stderr and exit ``code`` (no traceback: the message says it all)."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  study.quiet_logging()
+  config = config_lib.from_flags()
+  if FLAGS.multihost and config.parallel != 'sharded':
+    raise app.UsageError(f'--multihost: runs one program over every host\'s devices, '
+                         f'which needs --parallel=sharded (got --parallel={config.parallel}: '
+                         f'each host would train alone and write the same files)')
+  try:
+    config.validate(1)  # the device-independent checks, before the backend starts
+  except (ValueError, TypeError) as e:
+    raise app.UsageError(str(e))
+  if FLAGS.fashion_mnist_dir is not None:
+    try:
+      data.check_fashion_mnist_dir(FLAGS.fashion_mnist_dir)
+    except (OSError, ValueError) as e:
+      raise app.UsageError(f'--fashion_mnist_dir: {e}')
+    os.environ['BNJAX_FASHION_MNIST_DIR'] = FLAGS.fashion_mnist_dir
+  if FLAGS.multihost:  # before anything starts the backend (device_count below)
+    jax.distributed.initialize()
+  try:
+    config.validate(jax.device_count())
+  except (ValueError, TypeError) as e:
+    raise app.UsageError(str(e))
+  try:
+    summary = trainer.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                          progress=FLAGS.progress)
+  except trainer.NonFiniteLossError as e:
+    _fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
+  except (workdirs.ConfigMismatchError, workdirs.WorkdirLockedError) as e:
+    _fail(str(e), code=2)
+  except ValueError as e:
+    if str(e).startswith('--'):  # a bad flag found once the data is known
+      raise app.UsageError(str(e))
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if workdirs.is_disk_full(e):
+      _fail(f'no space left on the device while writing {FLAGS.workdir} ({e}). Free some '
+            f'space and rerun the same command: the run resumes from its last checkpoint.')
+    raise
+  print(workdirs.dumps({k: v for k, v in summary.items() if k not in ('config', 'fan_in')},
+                       sort_keys=True))
+
+
+def run():
+  """The ``bnjax-train`` console script."""
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,541 @@
+r"""Luo et al. (2019): batch norm = population norm + gamma decay, in a CNN.
+
+Trains the ConvNet without any weight decay (so that the only regularizer is
+the one batch norm brings) and reports
+
+1. training and test curves of batch norm (BN), population norm (PN), weight
+   norm + mean-only BN and weight norm + variance-only BN at batch size M, on a
+   training subset small enough that PN overfits (its eval-mode training loss
+   under 0.05: else the gap verdict is inconclusive), with the change of each
+   layer's gamma^2 over the last quarter of training (plateaued under 5%);
+2. the squared gains gamma^2 of BN against the normalization batch M (at
+   least five sizes): BN's implicit gamma decay ``zeta ~ 1/M`` should keep
+   gamma^2 smaller at smaller M. Ghost batch norm varies M inside a fixed
+   optimizer batch, at equal steps and learning rate, so M is the only change;
+3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
+   :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
+   plain PN: the decay should move PN's gamma^2 and test loss towards BN's;
+4. the explicit gamma decay zeta* at which PN's gamma^2 matches ghost BN's at
+   each M (a PN sweep over zeta at the ghost sweep's optimizer batch), and
+   whether zeta* scales as 1/M (slope of log zeta* on log M within -1 +- 0.25);
+5. BN's implicit gamma decay itself, measured from gradients at the end of
+   each ghost run for its own M (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
+   M minus that with the sample's population statistics, ``2 zeta gamma``),
+   against Luo et al.'s ``1/(4M)``. Declared before the measurement (the runs
+   had trained already): the claim holds when the mean over layers and M of
+   ``4 M_eff zeta - 1`` lies within +-0.25.
+
+  python -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
+"""
+
+import dataclasses
+import pathlib
+from typing import Optional
+
+import numpy as np
+
+from bnjax import implicit, theory
+from bnjax.train import executors, programs
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
+from bnjax.train.studies import study, verdicts
+
+STUDY = 'bn_regularization'
+IMPLICIT_MARGIN = 0.25  # |4 M_eff zeta - 1| within this: Luo et al.'s 1/(4M) holds
+IMPLICIT_PARTITIONS = 2
+OVERFIT_LOSS = 0.05  # PN's eval-mode training loss below this in every seed: PN overfits
+PLATEAU = 0.05  # |change of gamma^2 over the last quarter of training| / gamma^2 below this
+SLOPE_MARGIN = 0.25  # slope of log zeta* against log M within -1 +- this: zeta* ~ 1/M
+CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
+LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
+          'variance_only': 'WN + variance-only BN'}
+
+SIZES = (8, 16, 32, 64, 128)
+TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
+PRESETS = {
+    # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
+    # steps), trained on overfit_subset training examples for overfit_epochs so
+    # that PN's training loss approaches 0; seeds: of BN, PN, PN + gamma decay,
+    # the ghost sweep and the zeta sweep (the ablations run the first seed);
+    # ghost_batch / ghost_steps: the optimizer batch and the steps of the gamma^2
+    # sweep on base.train_subset examples, in which ghost batch norm normalizes
+    # over each of virtual_sizes (so M is the only change); zetas: the explicit
+    # gamma decays of PN in that same setting, to find the zeta that matches BN's
+    # gamma^2 at each M; implicit_sample: training examples bnjax.implicit
+    # measures BN's implicit gamma decay on, at the end of each ghost run, for
+    # its own M.
+    'smoke': dict(batch=32, eval_every=8, seeds=(0,), ghost_batch=64, ghost_steps=8,
+                  implicit_sample=128, overfit_subset=128, overfit_epochs=2,
+                  zetas=(0.0, 2e-3), virtual_sizes=(8, 16, 32, 64), base=Config(
+                      train_subset=256, num_epochs=2, width=8, log_every=4,
+                      checkpoint_every=16, eval_batch_size=2000)),
+    'quick': dict(batch=32, eval_every=320, seeds=(0,), ghost_batch=128, ghost_steps=192,
+                  implicit_sample=1024, overfit_subset=1024, overfit_epochs=20,
+                  zetas=(0.0, 2e-3, 8e-3), virtual_sizes=SIZES, base=Config(
+                      train_subset=8192, num_epochs=3, width=16, log_every=32,
+                      checkpoint_every=256)),
+    'standard': dict(batch=32, eval_every=320, seeds=(0, 1, 2), ghost_batch=128,
+                     ghost_steps=512, virtual_sizes=SIZES, implicit_sample=2048,
+                     overfit_subset=1024, overfit_epochs=40, zetas=(0.0, 5e-4, 2e-3, 8e-3),
+                     base=Config(train_subset=8192, num_epochs=8, width=16, log_every=32,
+                                 checkpoint_every=256)),
+    'paper': dict(batch=128, eval_every=1950, seeds=(0, 1, 2), ghost_batch=512,
+                  ghost_steps=15625, virtual_sizes=(16, 32, 64, 128, 256, 512),
+                  implicit_sample=2048, overfit_subset=10000, overfit_epochs=200,
+                  zetas=(0.0, 1e-4, 4e-4, 1.6e-3, 6.4e-3),
+                  base=Config(dataset='cifar10', model='resnet20', augment=True,
+                              num_epochs=100, log_every=50, checkpoint_every=1000)),
+}
+
+
+def run_name(norm: str, batch: int, gamma_decay: bool = False, seed: int = 0,
+             ghost: bool = False, zeta: Optional[float] = None) -> str:
+  """A run's name; ``zeta`` names a run of the zeta sweep (PN at the ghost
+  sweep's optimizer batch with that explicit gamma decay)."""
+  swept = '' if zeta is None else '_zeta' + f'{zeta:g}'.replace('.', 'p')
+  return (f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '') + swept
+          + ('_ghost' if ghost else '') + (f'_seed{seed}' if seed else ''))
+
+
+def equal_steps_epochs(steps: int, batch: int, train_size: int) -> int:
+  """Epochs that give ``steps`` steps of ``batch`` over ``train_size`` examples."""
+  epochs, rest = divmod(steps * batch, train_size)
+  if rest or not epochs:
+    raise ValueError(f'{steps} steps of batch {batch} are not whole epochs of '
+                     f'{train_size} examples.')
+  return epochs
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, optimizer='sgd',
+                             learning_rate=0.05, regularizer='none', weight_decay=0.0)
+  m = spec['batch']
+  curve = dataclasses.replace(base, batch_size=m, eval_every=spec['eval_every'],
+                              train_subset=spec['overfit_subset'],
+                              num_epochs=spec['overfit_epochs'])
+  train_size = base.train_subset or TRAIN_SIZES[base.dataset]
+  ghost = dataclasses.replace(
+      base, norm='ghost', batch_size=spec['ghost_batch'],
+      num_epochs=equal_steps_epochs(spec['ghost_steps'], spec['ghost_batch'], train_size))
+  swept = dataclasses.replace(ghost, norm='population')
+  out = {}
+  for seed in spec['seeds']:
+    for norm in CURVE_NORMS if seed == spec['seeds'][0] else ('batch', 'population'):
+      out[run_name(norm, m, seed=seed)] = dataclasses.replace(curve, norm=norm, seed=seed)
+    out[run_name('population', m, True, seed)] = dataclasses.replace(
+        curve, norm='population', gamma_decay=theory.gamma_decay_strength(m, 'relu'),
+        seed=seed)
+    for size in spec['virtual_sizes']:
+      out[run_name('batch', size, seed=seed, ghost=True)] = dataclasses.replace(
+          ghost, virtual_batch_size=size, seed=seed)
+    for zeta in spec['zetas']:
+      out[run_name('population', spec['ghost_batch'], seed=seed, zeta=zeta)] = (
+          dataclasses.replace(swept, gamma_decay=zeta, seed=seed))
+  return out
+
+
+def mean_gamma_sq(run: study.Run) -> float:
+  """Mean over the normalization layers of gamma^2 at the end of training."""
+  last = run.metrics[-1]
+  return float(np.mean([v for k, v in last.items() if k.startswith('gamma_sq/')]))
+
+
+def spearman(x, y) -> float:
+  """Rank correlation (no ties expected)."""
+  rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+  return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def gamma_sq_change(run: study.Run, fraction: float = 0.25) -> dict:
+  """``{layer: (gamma^2 at the end - at 1 - fraction of training) / gamma^2 at the
+  end}`` of a run's logged gains: near 0 where gamma^2 has plateaued."""
+  out = {}
+  for key in sorted(k for k in run.metrics[-1] if k.startswith('gamma_sq/')):
+    steps, g = run.series(key)
+    start = g[min(np.searchsorted(steps, steps[-1] * (1 - fraction)), len(g) - 1)]
+    out[key.split('/', 1)[1]] = float((g[-1] - start) / g[-1])
+  return out
+
+
+def interpolate_zeta(zetas, values, target: float, log: bool = True) -> Optional[float]:
+  """The explicit gamma decay at which a swept quantity (PN's gamma^2, its test
+  loss) equals ``target``: linear in zeta between the two swept values that
+  bracket it (first bracket in increasing zeta; on log values when ``log``);
+  ``None`` when no two neighbours bracket it."""
+  order = np.argsort(zetas)
+  z = np.asarray(zetas, float)[order]
+  v = np.asarray(values, float)[order]
+  if log:
+    v, target = np.log(v), np.log(target)
+  for i in range(len(z) - 1):
+    lo, hi = v[i], v[i + 1]
+    if lo != hi and min(lo, hi) <= target <= max(lo, hi):
+      return float(z[i] + (target - lo) / (hi - lo) * (z[i + 1] - z[i]))
+  return None
+
+
+def _plateau_table(arms: dict) -> str:
+  """Per arm and layer, the mean over seeds of :func:`gamma_sq_change`, and how
+  many (arm, layer) cells plateaued."""
+  changes = {label: [gamma_sq_change(r) for r in seeds.values()]
+             for label, seeds in arms.items() if seeds}
+  if not changes:
+    return ''
+  layers = sorted(next(iter(changes.values()))[0])
+  rows = ['| run | seeds | ' + ' | '.join(layers) + ' |', '|---|---:' + '|---:' * len(layers)
+          + '|']
+  flat = 0
+  for label, per_seed in changes.items():
+    means = [float(np.mean([c[l] for c in per_seed])) for l in layers]
+    flat += sum(abs(v) < PLATEAU for v in means)
+    rows.append(f'| {label} | {len(per_seed)} | ' + ' | '.join(f'{v:+.1%}' for v in means)
+                + ' |')
+  return ('Change of gamma^2 over the last quarter of training, relative to its final '
+          f'value (mean over seeds): {flat} of {len(changes) * len(layers)} (run, layer) '
+          f'cells moved by less than {PLATEAU:.0%} (plateaued).\n\n' + '\n'.join(rows))
+
+
+def _each(values) -> str:
+  return ', '.join(f'{v:.4f}' for v in values)
+
+
+def report(workdir):
+  plt = study.pyplot()
+
+  meta, runs = study.load_study(workdir)
+  spec = PRESETS[meta['preset']]
+  m = spec['batch']
+  zeta = theory.gamma_decay_strength(m, 'relu')
+  base = spec['base']
+  sections = [('Setup', study.finished_line(meta, runs) + f' No weight decay, SGD with '
+               f'momentum 0.9, lr 0.05, {base.model} of width {base.width} on '
+               f'{base.dataset}. BN, PN, the ablations and PN + gamma decay train at batch '
+               f'{m} for {spec["overfit_epochs"]} epochs over {spec["overfit_subset"]} '
+               f'training examples (so that PN overfits); the ghost sweep and the zeta sweep '
+               f'train {spec["ghost_steps"]} steps of batch {spec["ghost_batch"]} over '
+               f'{base.train_subset or "all"} examples. Training loss: the mean over each '
+               f'log window of the train-mode loss (BN with batch statistics, PN with its '
+               f'population statistics); test loss/error on the full test set. '
+               f'{len(spec["seeds"])} seed(s) of every arm; the mean-only / variance-only '
+               f'ablations run the first seed.')]
+
+  # 1. Curves.
+  first = spec['seeds'][0]
+  curves = [n for n in CURVE_NORMS if run_name(n, m, seed=first) in runs]
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+  rows = ['| normalization | seeds | final training loss | test loss | test error |',
+          '|---|---|---|---|---|']
+  for norm in curves:
+    run = runs[run_name(norm, m, seed=first)]
+    steps, loss = run.series('loss')
+    axes[0].plot(steps, loss, label=LABELS[norm])
+    e_steps, e_loss = run.series('test_loss')
+    _, e_acc = run.series('test_accuracy')
+    axes[1].plot(e_steps, e_loss, 'o-', label=LABELS[norm])
+    axes[2].plot(e_steps, 1 - e_acc, 'o-', label=LABELS[norm])
+    seeds = study.seeds_of(runs, lambda s, norm=norm: run_name(norm, m, seed=s))
+    rows.append(f'| {LABELS[norm]} | {len(seeds)} | '
+                f'{np.mean([r.series("loss")[1][-1] for r in seeds.values()]):.4f} | '
+                f'{np.mean([r.summary["test_loss"] for r in seeds.values()]):.4f} | '
+                f'{np.mean([r.test_error for r in seeds.values()]):.4f} |')
+  for ax, title in zip(axes, ('training loss', 'test loss', 'test error')):
+    ax.set_title(f'{title} (M = {m}, first seed)')
+  study.label_axes(axes, 'step')
+  curves_png = study.savefig(fig, workdir, 'curves')
+  lines, found = [], []
+  bn = study.seeds_of(runs, lambda s: run_name('batch', m, seed=s))
+  pn = study.seeds_of(runs, lambda s: run_name('population', m, seed=s))
+  both = sorted(set(bn) & set(pn))
+  if both:
+    eval_loss = {(arm, sd): eval_mode_loss(workdir, runs_[sd]) for arm, runs_ in
+                 (('bn', bn), ('pn', pn)) for sd in both}
+    if all(v is not None for v in eval_loss.values()):
+      # Both losses in eval mode: BN with its running statistics, as it is tested.
+      train_loss = lambda r: eval_loss[('bn' if r.config['norm'] == 'batch' else 'pn',
+                                        r.config['seed'])]
+      how = 'training loss in eval mode over the whole training subset'
+    else:  # runs without checkpoints: the last window of the train-mode loss
+      train_loss = lambda r: r.series('loss')[1][-1]
+      how = 'training loss: the last window of the train-mode loss'
+    gap = lambda r: r.summary['test_loss'] - train_loss(r)
+    rows.append(f'\nTraining loss in eval mode at the end (BN with its running statistics, '
+                f'PN with its population statistics), per seed: BN '
+                f'{_each(train_loss(bn[s]) for s in both)}, PN '
+                f'{_each(train_loss(pn[s]) for s in both)}.')
+    verdict = verdicts.paired(
+        'BN regularizes: trained until PN overfits, its gap between test and training '
+        'loss is smaller than PN\'s',
+        'Luo et al. 2019, section 5 (BN against PN)',
+        f'generalization gap (test - training loss) BN minus PN ({how})',
+        [gap(bn[s]) - gap(pn[s]) for s in both],
+        numbers=f'gap per seed BN {_each(gap(bn[s]) for s in both)}, PN '
+                f'{_each(gap(pn[s]) for s in both)}; test loss BN '
+                f'{_each(bn[s].summary["test_loss"] for s in both)}, PN '
+                f'{_each(pn[s].summary["test_loss"] for s in both)}')
+    if not all(train_loss(pn[s]) < OVERFIT_LOSS for s in both):
+      verdict = dataclasses.replace(
+          verdict, outcome='inconclusive',
+          rule=verdict.rule + f'; and only when PN\'s training loss is below '
+          f'{OVERFIT_LOSS:g} in every seed (PN overfits), which this run did not reach')
+    else:
+      verdict = dataclasses.replace(verdict, rule=verdict.rule + f'; PN\'s training loss '
+                                    f'is below {OVERFIT_LOSS:g} in every seed (PN overfits)')
+    found.append(verdict)
+    lines.append(verdict.markdown())
+  plateau = _plateau_table({'BN': bn, 'PN': pn})
+  sections.append(('BN, PN and the mean-only / variance-only ablations',
+                   f'![curves]({curves_png})\n\n' + '\n'.join(rows) + '\n\n'
+                   + '\n\n'.join(lines) + (f'\n\n{plateau}' if plateau else '')))
+
+  # 2. gamma^2 against the normalization batch M (ghost BN, fixed optimizer batch).
+  fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+  table = ['| M (ghost batch) | seeds | mean gamma^2 | test loss | test error |',
+           '|---|---|---|---|---|']
+  per_size = {size: study.seeds_of(runs, lambda s, size=size: run_name('batch', size, seed=s,
+                                                                  ghost=True))
+              for size in spec['virtual_sizes']}
+  per_size = {k: v for k, v in per_size.items() if v}
+  lines = []
+  if per_size:
+    sizes = sorted(per_size)
+    for size in sizes:
+      g2 = [mean_gamma_sq(r) for r in per_size[size].values()]
+      table.append(f'| {size} | {len(g2)} | {np.mean(g2):.4f} | '
+                   f'{np.mean([r.summary["test_loss"] for r in per_size[size].values()]):.4f}'
+                   f' | {np.mean([r.test_error for r in per_size[size].values()]):.4f} |')
+      run = per_size[size][min(per_size[size])]
+      steps, g = run.series('gamma_sq/conv2_norm')
+      axes[2].plot(steps, g, label=f'M = {size}')
+    common = sorted(set.intersection(*(set(v) for v in per_size.values())))
+    rhos = []
+    for seed in common:
+      g2 = [mean_gamma_sq(per_size[size][seed]) for size in sizes]
+      axes[0].semilogx(sizes, g2, 'o-', base=2, label=f'seed {seed}')
+      axes[1].semilogx(sizes, [per_size[size][seed].summary['test_loss'] for size in sizes],
+                       'o-', base=2, label=f'seed {seed}')
+      rhos.append(spearman(sizes, g2))
+    if rhos and len(sizes) >= 2:
+      verdict = verdicts.paired(
+          'BN\'s gamma^2 grows with the normalization batch M at a fixed optimizer batch '
+          '(weaker implicit gamma decay at larger M)',
+          'Luo et al. 2019, section 5 and Fig. 2 (batch size and gamma^2)',
+          f'Spearman rank correlation of the final mean gamma^2 with M over {len(sizes)} '
+          f'sizes, against 0', rhos, side='above', numbers=f'per seed {_each(rhos)}')
+      found.append(verdict)
+      lines.append(verdict.markdown())
+  axes[0].set_title('BN: mean gamma^2 at the end')
+  axes[1].set_title('BN: test loss')
+  axes[2].set_title('conv2 gamma^2 over training (first seed)')
+  study.label_axes(axes[:2], 'normalization batch M')
+  study.label_axes(axes[2:], 'step')
+  batch_png = study.savefig(fig, workdir, 'batch_size')
+  plateau = _plateau_table({f'M = {size}': per_size[size] for size in sorted(per_size)})
+  sections.append(('gamma^2 against the normalization batch', f'![batch size]({batch_png})\n\n'
+                   f'Ghost batch norm over virtual batches of M examples inside a fixed '
+                   f'optimizer batch of {spec["ghost_batch"]}, {spec["ghost_steps"]} steps at '
+                   f'the same learning rate: M is the only change (M = '
+                   f'{spec["ghost_batch"]} is ordinary BN).\n\n' + '\n'.join(table)
+                   + '\n\n' + '\n\n'.join(lines) + (f'\n\n{plateau}' if plateau else '')))
+
+  # 3. PN + gamma decay against BN and PN.
+  gd = study.seeds_of(runs, lambda s: run_name('population', m, True, s))
+  common = sorted(set(bn) & set(pn) & set(gd))
+  if common:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    table = ['| run | seeds | mean gamma^2 | training loss | test loss | test error |',
+             '|---|---|---|---|---|---|']
+    arms = {'BN': bn, 'PN': pn, f'PN + gamma decay (zeta = 1/(4M) = {zeta:.4g})': gd}
+    for label, seeds in arms.items():
+      run = seeds[common[0]]
+      steps, g = run.series('gamma_sq/conv2_norm')
+      axes[0].plot(steps, g, label=label)
+      e_steps, e_loss = run.series('test_loss')
+      axes[1].plot(e_steps, e_loss, 'o-', label=label)
+      group = [seeds[s] for s in common]
+      table.append(f'| {label} | {len(group)} | {np.mean([mean_gamma_sq(r) for r in group]):.4f} '
+                   f'| {np.mean([r.series("loss")[1][-1] for r in group]):.4f} | '
+                   f'{np.mean([r.summary["test_loss"] for r in group]):.4f} | '
+                   f'{np.mean([r.test_error for r in group]):.4f} |')
+    axes[0].set_title('conv2 gamma^2 (first seed)')
+    axes[1].set_title('test loss (first seed)')
+    study.label_axes(axes, 'step')
+    gd_png = study.savefig(fig, workdir, 'gamma_decay')
+    lines = []
+    for what, value in (('mean gamma^2', mean_gamma_sq),
+                        ('test loss', lambda r: r.summary['test_loss'])):
+      verdict = verdicts.paired(
+          f'gamma decay moves PN\'s {what} towards BN\'s',
+          'Luo et al. 2019, section 4 (BN = PN + gamma decay)',
+          f'|PN + gamma decay - BN| minus |PN - BN| ({what})',
+          [abs(value(gd[s]) - value(bn[s])) - abs(value(pn[s]) - value(bn[s]))
+           for s in common],
+          numbers=f'per seed BN {_each(value(bn[s]) for s in common)}, PN '
+                  f'{_each(value(pn[s]) for s in common)}, PN + gamma decay '
+                  f'{_each(value(gd[s]) for s in common)}')
+      found.append(verdict)
+      lines.append(verdict.markdown())
+    sections.append(('PN + explicit gamma decay against BN', f'![gamma decay]({gd_png})\n\n'
+                     + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  section = _matching_section(runs, per_size, spec)
+  if section:
+    text, verdict = section
+    found.extend([verdict] if verdict else [])
+    sections.append(('The explicit gamma decay that matches BN', text))
+  section = _implicit_section(workdir, per_size, spec)
+  if section:
+    text, verdict = section
+    found.append(verdict)
+    sections.append(('BN\'s implicit gamma decay, measured from gradients', text))
+  sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
+                   f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
+                   f'preset runs {len(spec["seeds"])} seed(s) (with fewer than '
+                   f'{verdicts.MIN_SEEDS} the verdicts are inconclusive and the numbers show '
+                   'the direction only).'))
+  return study.write_report(workdir, 'BN as population norm + gamma decay (Luo et al. 2019)',
+                            sections, found)
+
+
+def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: int = 1024):
+  """The mean cross-entropy over a whole split (the training subset, or the test
+  set) of the run's last checkpoint in eval mode, as the trainer evaluates
+  (:func:`bnjax.train.executors.evaluate`, running averages); ``None`` without a
+  checkpoint or for another ``bn_eval``."""
+  config = run.as_config()
+  folder = pathlib.Path(workdir) / run.name
+  if config.bn_eval != 'running' or not (folder / workdirs.CHECKPOINTS).is_dir():
+    return None
+  state = workdirs.Checkpoints(folder).latest_state()
+  arrays, batches = study.unshuffled_batches(config, split, batch_size)
+  step = executors.make_eval_step(programs.build_model(config, host=True), False)
+  restored = executors.TrainState(state['step'], state['params'],
+                                  state.get('batch_stats') or {}, None)
+  return executors.evaluate(step, restored, arrays, batches)['test_loss']
+
+
+def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
+  """``{M: {layer: zeta}}`` of a BN run's last checkpoint, measured by
+  :func:`bnjax.implicit.gamma_decay` on its first ``sample`` training examples."""
+  config = run.as_config()
+  state = workdirs.Checkpoints(pathlib.Path(workdir) / run.name).latest_state()
+  batch = study.unshuffled_batches(config, 'train', sample)[1].batch(0, 0)
+  return implicit.gamma_decay(implicit.model_apply(config.model, config.norm, width=config.width,
+                                                   activation=config.activation,
+                                                   batch_stats=state['batch_stats']),
+                              state['params'], batch['x'], batch['y'], sizes,
+                              partitions=IMPLICIT_PARTITIONS)
+
+
+def _matching_section(runs: dict, per_size: dict, spec: dict):
+  """Section 4: PN's gamma^2 and test loss against its explicit gamma decay, the
+  zeta that matches BN's gamma^2 at each M, and whether it scales as 1/M."""
+  batch = spec['ghost_batch']
+  swept = {z: study.seeds_of(runs, lambda s, z=z: run_name('population', batch, seed=s,
+                                                             zeta=z))
+           for z in spec['zetas']}
+  swept = {z: v for z, v in swept.items() if v}
+  if len(swept) < 2 or not per_size:
+    return None
+  zetas, sizes = sorted(swept), sorted(per_size)
+  seeds = sorted(set.intersection(*(set(v) for v in list(swept.values())
+                                    + list(per_size.values()))))
+  if not seeds:
+    return None
+  g2 = lambda s: [mean_gamma_sq(swept[z][s]) for z in zetas]
+  loss = lambda s: [swept[z][s].summary['test_loss'] for z in zetas]
+  table = ['| PN, zeta | seeds | mean gamma^2 | test loss | test error |', '|---:|---:|---:|---:|---:|']
+  for z in zetas:
+    group = [swept[z][s] for s in seeds]
+    table.append(f'| {z:g} | {len(group)} | {np.mean([mean_gamma_sq(r) for r in group]):.4f} | '
+                 f'{np.mean([r.summary["test_loss"] for r in group]):.4f} | '
+                 f'{np.mean([r.test_error for r in group]):.4f} |')
+  fmt = lambda v: '-' if v is None else f'{v:.2e}'
+  matched = ['| M | BN mean gamma^2 | zeta matching gamma^2 (per seed) | BN test loss | zeta '
+             'matching test loss (per seed) | Luo et al. 1/(4M) |', '|---:|---:|---|---:|---|---:|']
+  star = {}
+  for size in sizes:
+    by_g2 = [interpolate_zeta(zetas, g2(s), mean_gamma_sq(per_size[size][s])) for s in seeds]
+    by_loss = [interpolate_zeta(zetas, loss(s), per_size[size][s].summary['test_loss'],
+                                log=False) for s in seeds]
+    star[size] = by_g2
+    matched.append(f'| {size} | {np.mean([mean_gamma_sq(per_size[size][s]) for s in seeds]):.4f}'
+                   f' | {", ".join(fmt(v) for v in by_g2)} | '
+                   f'{np.mean([per_size[size][s].summary["test_loss"] for s in seeds]):.4f} | '
+                   f'{", ".join(fmt(v) for v in by_loss)} | {1 / (4 * size):.2e} |')
+  slopes, skipped = [], 0
+  for i, _ in enumerate(seeds):
+    ok = [(size, star[size][i]) for size in sizes if star[size][i] and star[size][i] > 0]
+    if len(ok) < 2:
+      skipped += 1
+      continue
+    slopes.append(float(np.polyfit(np.log([m for m, _ in ok]), np.log([z for _, z in ok]),
+                                   1)[0]) + 1.0)
+  note = (f'; {skipped} seed(s) with fewer than two M inside the swept zetas give no slope'
+          if skipped else '')
+  claim = 'the explicit gamma decay that matches BN\'s gamma^2 scales as 1/M (ghost batch M)'
+  if slopes:
+    verdict = verdicts.paired(
+        claim, 'Luo et al. 2019, section 4 and Fig. 2 (zeta = 1/(4M))',
+        f'slope of log zeta* against log M, plus 1 (M = {", ".join(map(str, sizes))}; zeta* '
+        f'interpolated in the PN sweep over zeta = {", ".join(f"{z:g}" for z in zetas)})',
+        slopes, threshold=SLOPE_MARGIN, side='within',
+        numbers='slopes ' + ', '.join(f'{v - 1:.2f}' for v in slopes) + note)
+    decided = verdict.markdown()
+  else:
+    verdict, decided = None, (f'No verdict on "{claim}": no seed had two M with zeta* '
+                              'inside the swept range.')
+  text = (f'PN at the ghost sweep\'s setting (batch {batch}, {spec["ghost_steps"]} steps) with '
+          f'explicit gamma decay zeta, against BN with ghost batches of M. zeta*: the zeta at '
+          f'which PN\'s mean gamma^2 equals BN\'s at that M, per seed (log gamma^2 linear in '
+          f'zeta between the two bracketing swept values; - where no two bracket it); the '
+          f'same for the test loss.\n\n' + '\n'.join(table) + '\n\n' + '\n'.join(matched)
+          + '\n\n' + decided)
+  return text, verdict
+
+
+def _implicit_section(workdir, per_size: dict, spec: dict):
+  """Section 5: BN's implicit gamma decay per layer, measured at the end of each
+  ghost run for its own M, and its verdict."""
+  sample = spec['implicit_sample']
+  with_checkpoints = lambda runs_: {s: r for s, r in runs_.items() if (
+      pathlib.Path(workdir) / r.name / workdirs.CHECKPOINTS).is_dir()}
+  measured_runs = {m: with_checkpoints(per_size[m]) for m in sorted(per_size)
+                   if m < sample and sample % m == 0}
+  measured_runs = {m: v for m, v in measured_runs.items() if v}
+  if not measured_runs:
+    return None
+  sizes = sorted(measured_runs)
+  seeds = sorted(set.intersection(*(set(v) for v in measured_runs.values())))
+  if not seeds:
+    return None
+  measured = {m: {s: implicit_decay(workdir, measured_runs[m][s], [m], sample)[m]
+                  for s in seeds} for m in sizes}
+  layers = sorted(measured[sizes[0]][seeds[0]])
+  m_eff = {m: theory.effective_batch(m, sample) for m in sizes}
+  table = ['| M | M_eff | ' + ' | '.join(f'{l}: zeta' for l in layers) + ' | 4 M_eff zeta '
+           '(mean over layers) | Luo et al. 1/(4M) |', '|---:' * (len(layers) + 4) + '|']
+  for m in sizes:
+    zetas = [[measured[m][s][l] for s in seeds] for l in layers]
+    table.append(f'| {m} | {m_eff[m]:.1f} | ' + ' | '.join(
+        f'{np.mean(z):.3g} ({", ".join(f"{v:.2g}" for v in z)})' for z in zetas)
+                 + f' | {4 * m_eff[m] * np.mean(zetas):.3g} | {1 / (4 * m):.3g} |')
+  per_seed = [float(np.mean([4 * m_eff[m] * measured[m][s][l] for m in sizes
+                             for l in layers])) - 1.0 for s in seeds]
+  verdict = verdicts.paired(
+      'BN\'s implicit gamma decay in the CNN, measured from gradients, is Luo et al.\'s '
+      'zeta = 1/(4M)', 'Luo et al. 2019, section 2 (BN = PN + gamma decay)',
+      f'mean over layers and M = {", ".join(map(str, sizes))} of 4 M_eff zeta - 1',
+      per_seed, threshold=IMPLICIT_MARGIN, side='within',
+      numbers='4 M_eff zeta per seed ' + ', '.join(f'{v + 1:.3g}' for v in per_seed))
+  text = (f'At the end of each ghost run of section 2, for its own M, on its first {sample} '
+          f'training examples: the gain gradient with ghost batches of M (a random partition, '
+          f'{IMPLICIT_PARTITIONS} averaged) minus that with the sample\'s own statistics is '
+          f'2 zeta gamma per channel; zeta is its least-squares fit over the layer\'s '
+          f'channels (bnjax.implicit; columns: the mean over seeds, then each seed). '
+          f'M_eff = M (P - 1) / (P - M) for P = {sample}.\n\n' + '\n'.join(table)
+          + '\n\n' + verdict.markdown())
+  return text, verdict
+
+
+if __name__ == '__main__':
+  study.run_study(STUDY)
