@@ -175,7 +175,7 @@ def test_disk_full_binary_prints_one_clear_line(tmp_path):
       'import errno, sys\n'
       'from absl import app\n'
       'from bnjax.train import workdir\n'
-      'from experiments import train\n'
+      'from bnjax.train.binaries import train\n'
       'def full(self, record):\n'
       '  raise OSError(errno.ENOSPC, "No space left on device")\n'
       'workdir.MetricsLog.write = full\n'

@@ -105,3 +105,19 @@ def test_the_wheel_holds_only_bnjax(tmp_path):
   scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
   assert 'bnjax-train = bnjax.train.binaries.train:run' in scripts
   assert 'bnjax-study = bnjax.train.binaries.study:run' in scripts
+
+
+def test_every_config_field_has_one_help_topic():
+  listed = [name for names in config.TOPICS.values() for name in names]
+  assert sorted(listed) == sorted(f.name for f in dataclasses.fields(config.Config))
+
+
+def test_train_help_groups_bnjax_flags_by_topic():
+  out = subprocess.run([sys.executable, '-m', 'experiments.train', '--help'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  headings = [l[:-1] for l in out.stdout.splitlines() if l.endswith(':') and ' ' not in l]
+  assert headings == list(config.TOPICS) + ['run']
+  for f in dataclasses.fields(config.Config):
+    assert f'--{f.name}:' in out.stdout
+  assert '--xla_' not in out.stdout and '--jax_' not in out.stdout  # absl's and JAX's: --helpfull

@@ -338,6 +338,20 @@ def upgrade_record(stored):
   return stored
 
 
+# The fields by topic, in the order ``bnjax-train --help`` lists them.
+TOPICS = {
+    'data': ('dataset', 'train_subset', 'augment', 'input_dim', 'num_train', 'num_test',
+             'noise_std', 'seed'),
+    'model': ('model', 'norm', 'width', 'activation', 'virtual_batch_size'),
+    'optimizer': ('optimizer', 'learning_rate', 'momentum', 'regularizer', 'weight_decay',
+                  'head_weight_decay', 'projection', 'gamma_decay'),
+    'schedule': ('batch_size', 'num_epochs', 'schedule', 'warmup_steps'),
+    'evaluation': ('eval_every', 'eval_batch_size', 'bn_eval', 'bn_eval_batches'),
+    'logging': ('log_every', 'checkpoint_every'),
+    'parallel': ('parallel',),
+}
+
+
 def define_flags(flag_values=None) -> None:
   """Defines one absl flag per :class:`Config` field (type, default, help, choices).
 

@@ -38,6 +38,24 @@ flags.DEFINE_boolean('progress', True, 'Show a tqdm progress bar.')
 flags.mark_flag_as_required('workdir')
 
 FLAGS = flags.FLAGS
+# The binary's own flags beside the Config's (config_lib.TOPICS).
+RUN_FLAGS = ('workdir', 'data_dir', 'fashion_mnist_dir', 'multihost', 'progress')
+HELP_ARGS = ('-h', '--help', '-?', '--helpshort')
+
+
+def usage() -> str:
+  """The text of ``bnjax-train --help``: bnjax's flags grouped by topic, each with its
+  default and help (``--helpfull`` adds absl's and JAX's own flags)."""
+  lines = [f'usage: bnjax-train --workdir=DIR [--flag=value ...]', '',
+           (__doc__ or '').strip().splitlines()[0]]
+  for topic, names in list(config_lib.TOPICS.items()) + [('run', RUN_FLAGS)]:
+    lines += ['', f'{topic}:']
+    for name in names:
+      flag = FLAGS[name]
+      default = '' if flag.default is None else f' (default: {flag.default_as_str})'
+      lines.append(f'  --{name}: {flag.help}{default}')
+  lines += ['', 'bnjax-train --helpfull lists every flag, absl\'s and JAX\'s included.']
+  return '\n'.join(lines)
 
 
 def _fail(message: str, code: int = 1):
@@ -91,9 +109,13 @@ def main(argv):
                        sort_keys=True))
 
 
-def run():
+def run(argv=None):
   """The ``bnjax-train`` console script."""
-  app.run(main)
+  argv = sys.argv if argv is None else argv
+  if any(a in HELP_ARGS for a in argv[1:]):
+    print(usage())
+    sys.exit(0)
+  app.run(main, argv=argv)
 
 
 if __name__ == '__main__':
