@@ -164,6 +164,9 @@ class TrackDynamicsState(NamedTuple):
     count: number of updates so far.
     metrics: a pytree with the structure of the params: a :class:`LeafDynamics`
       for each tracked leaf, ``None`` for the others.
+    learning_rate: the learning rate of the last update (float32; before the
+      first update, the one the first will use), read by
+      :func:`tracked_learning_rate`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -178,6 +181,54 @@ class TrackDynamicsState(NamedTuple):
   """
   count: jax.Array
   metrics: Any
+  learning_rate: jax.Array
+
+
+def _tracking_states(opt_state) -> list:
+  """Every :class:`TrackDynamicsState` in ``opt_state`` (nnx states made pure first)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  if hasattr(nnx, 'as_pure'):  # nnx.Optimizer keeps its state in nnx Variables
+    opt_state = nnx.as_pure(opt_state)
+  return [s for s in jax.tree_util.tree_leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
+          if isinstance(s, TrackDynamicsState)]
+
+
+def tracked_learning_rate(opt_state):
+  r"""The learning rate of the last update, as the tracking state recorded it.
+
+  .. math::
+    \eta_{t} \ \text{of the update } w_{t} \to w_{t+1}
+
+  With a schedule it is the scheduled value the optimizer used, read from the
+  state rather than recomputed.
+
+  Args:
+    opt_state: an optax (or ``nnx.Optimizer``) state holding a
+      :func:`bnjax.transforms.track_dynamics` state.
+
+  Returns:
+    A float32 scalar array, or ``None`` when nothing is tracked.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from bnjax import dynamics, transforms
+    >>> lr = optax.linear_schedule(0.0, 0.1, 10)
+    >>> tx = optax.chain(optax.sgd(lr), transforms.track_dynamics(lr, 'sgd'))
+    >>> params = {'kernel': jnp.ones((2, 2))}
+    >>> state = tx.init(params)
+    >>> for _ in range(3):
+    ...   _, state = tx.update({'kernel': jnp.ones((2, 2))}, state, params)
+    >>> round(float(dynamics.tracked_learning_rate(state)), 4)  # lr(2)
+    0.02
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 9 (the effective learning
+    rate it scales).
+  """
+  found = _tracking_states(opt_state)
+  return found[0].learning_rate if found else None
 
 
 def read(opt_state) -> dict:
@@ -210,9 +261,6 @@ def read(opt_state) -> dict:
     van Laarhoven, "L2 Regularization versus Batch and Weight
     Normalization", 2017, arXiv 1706.05350, section 3.
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  if hasattr(nnx, 'as_pure'):  # nnx.Optimizer keeps its state in nnx Variables
-    opt_state = nnx.as_pure(opt_state)
   fields = set(LeafDynamics._fields)
 
   def summary(x):  # a LeafDynamics, or the mapping nnx.Optimizer turns it into
@@ -222,11 +270,8 @@ def read(opt_state) -> dict:
       return dict(x)
     return None
 
-  found = [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
-           if isinstance(s, TrackDynamicsState)]
   out = {}
-  for state in found:
+  for state in _tracking_states(opt_state):
     flat, _ = jax.tree_util.tree_flatten_with_path(
         state.metrics, is_leaf=lambda x: summary(x) is not None)
     for path, leaf in flat:

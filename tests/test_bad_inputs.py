@@ -9,6 +9,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from bnjax import folding, masks, norms, theory, transforms
-from bnjax.train import data, trainer
+from bnjax.train import data, inputs, trainer, vectorized
 
 from _helpers import ROOT, TS, binary
 
@@ -360,11 +361,37 @@ def test_binary_refusal_exits_non_zero_naming_the_flag(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.parametrize('path', ['single', 'vectorized'])
+@pytest.mark.parametrize('change,message', [
+    ({'batch_size': 64}, '--batch_size: 64 exceeds the 48 training examples of fashion_mnist'),
+    ({'schedule': 'cosine'},
+     '--schedule: the schedule was laid out for 60000 training examples, but '
+     'fashion_mnist has 48 here'),
+])
+def test_single_runs_and_vectorized_groups_refuse_alike(tmp_path, monkeypatch, path,
+                                                        change, message):
+  """The data-dependent refusals are one piece of code for both training paths, and
+  come before any file of the run is written."""
+  small = data.teacher_student(48, 32, 20, seed=0)
+  monkeypatch.setattr(inputs, 'load_data', lambda config, data_dir=None: small)
+  config = dataclasses.replace(TS, **{'dataset': 'fashion_mnist', 'model': 'convnet',
+                                      'width': 4, 'batch_size': 16, 'num_epochs': 1,
+                                      **change})
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=re.escape(message)):
+    if path == 'single':
+      trainer.train(config, workdir, progress=False)
+    else:
+      vectorized.train_groups([config, dataclasses.replace(config, seed=1)],
+                              [workdir, tmp_path / 'other'])
+  assert not workdir.exists() and not (tmp_path / 'other').exists()
+
+
 def test_data_dependent_refusal_leaves_no_file_and_the_fix_runs(tmp_path, monkeypatch):
   """A check that needs the data runs before the workdir exists, so the corrected
   command then runs in the same workdir."""
   small = data.teacher_student(48, 32, 20, seed=0)
-  monkeypatch.setattr(trainer, 'load_data', lambda config, data_dir=None: small)
+  monkeypatch.setattr(inputs, 'load_data', lambda config, data_dir=None: small)
   config = dataclasses.replace(TS, dataset='fashion_mnist', model='convnet', width=4,
                                batch_size=64, num_epochs=1)
   workdir = tmp_path / 'run'

@@ -72,14 +72,14 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
 
   Args:
     model: a flax.linen model called as ``model.apply(v, x, train=True)``.
-    tx: an optax transform, or a function ``hyper -> transform`` that builds it
-      from the step's third argument (hyperparameters as arrays, so one
-      compiled step serves runs that differ only in their values).
+    tx: an optax transform (with ``optax.inject_hyperparams`` its values
+      live in the state, so one compiled step serves runs that differ only
+      in them).
     regression: the loss of :func:`objective`.
     axis_name: the pmap axis, or ``None``.
 
   Returns:
-    The step function ``step(state, batch, hyper=None)`` (not jitted).
+    The step function ``step(state, batch)`` (not jitted).
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -98,8 +98,7 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
     Robbins & Monro, "A Stochastic Approximation Method", 1951.
   """
 
-  def step(state: TrainState, batch, hyper=None):
-    opt = tx(hyper) if callable(tx) else tx
+  def step(state: TrainState, batch):
 
     def loss_fn(params):
       out, updated = model.apply({'params': params, 'batch_stats': state.batch_stats},
@@ -111,7 +110,7 @@ def make_train_step(model, tx, regression: bool, axis_name: Optional[str] = None
         state.params)
     if axis_name is not None:  # before any metric of the gradient: it is the global one
       grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, **unit_scale_grad_sq(grads, state.params),
                **unit_angle_metrics(state.params, params, grads)}
@@ -247,13 +246,13 @@ class Executor:
     if mode == 'pmap':
       self.devices = jax.local_devices()
       self._step = jax.pmap(make_train_step(model, tx, regression, AXIS_NAME),
-                            axis_name=AXIS_NAME, donate_argnums=0, in_axes=(0, 0, None))
+                            axis_name=AXIS_NAME, donate_argnums=0, in_axes=(0, 0))
     elif mode == 'sharded':
       mesh = Mesh(np.asarray(jax.devices()), ('data',))
       self._replicated = NamedSharding(mesh, PartitionSpec())
       self._split = NamedSharding(mesh, PartitionSpec('data'))
       self._step = jax.jit(make_train_step(model, tx, regression),
-                           in_shardings=(self._replicated, self._split, self._replicated),
+                           in_shardings=(self._replicated, self._split),
                            out_shardings=(self._replicated, self._replicated),
                            donate_argnums=0)
     else:
@@ -286,9 +285,9 @@ class Executor:
               for k, v in batch.items()}
     return batch
 
-  def step(self, state, batch, hyper=None):
-    """One step on the global ``batch``; ``hyper`` feeds a ``tx`` given as a function."""
-    state, metrics = self._step(state, self.put_batch(batch), hyper)
+  def step(self, state, batch):
+    """One step on the global ``batch``."""
+    state, metrics = self._step(state, self.put_batch(batch))
     if self.mode == 'pmap':
       metrics = jax.tree_util.tree_map(lambda a: a[0], metrics)
     return state, metrics

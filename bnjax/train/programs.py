@@ -3,7 +3,8 @@
 :func:`build_model` and :func:`build_optimizer` turn a :class:`Config` into
 flax and optax objects. The optimizer's values (learning rate, momentum,
 weight decay, gamma decay) can be arrays instead of the config's floats
-(:func:`hyperparameters`), so one compiled step serves every run that
+(:func:`hyperparameters`) held in the optimizer state
+(``optax.inject_hyperparams``), so one compiled step serves every run that
 differs only in them and in the seed (:func:`program_key`): :func:`programs`
 keeps the compiled init, step and eval of the last few keys in the process,
 and :mod:`bnjax.train.vectorized` vmaps the same step over a group's values.
@@ -37,7 +38,7 @@ __all__ = [
     'programs',
 ]
 
-# The config fields build_optimizer takes as values (see its ``hyper``).
+# The config fields the optimizer state holds as values (optax.inject_hyperparams).
 HYPERPARAMETERS = ('learning_rate', 'momentum', 'weight_decay', 'gamma_decay')
 # Fields that change no compiled program: runs differing only in these share
 # one (the values are arguments), and vectorized groups vmap over them.
@@ -110,15 +111,16 @@ def programs(config: Config) -> tuple:
   once per process.
 
   A worker trains later runs of the same shape without compiling again (the
-  optimizer values are arguments: :func:`hyperparameters`). The last four keys
+  optimizer values live in the optimizer state: :func:`build_optimizer`). The last four keys
   are kept.
 
   Args:
     config: a run's config (any run of the key: it fixes the structure).
 
   Returns:
-    ``initial(rng, x, hyper) -> TrainState`` (jitted), an
-    :class:`bnjax.train.executors.Executor` whose step takes ``hyper``, and the
+    ``initial(rng, x, hyper) -> TrainState`` (jitted; ``hyper`` the run's
+    :func:`hyperparameters`, which the optimizer state then holds), an
+    :class:`bnjax.train.executors.Executor` of the config's optimizer, and the
     jitted eval step.
 
   Example:
@@ -136,7 +138,8 @@ def programs(config: Config) -> tuple:
     tx_of = functools.partial(build_optimizer, config)
     host_model = build_model(config, host=True)
     return (_initializer(host_model, tx_of),
-            executors.Executor(config.parallel, build_model(config), tx_of, regression),
+            executors.Executor(config.parallel, build_model(config), build_optimizer(config),
+                               regression),
             executors.make_eval_step(host_model, regression))
 
   return _cached(_PROGRAMS, program_key(config), build)
@@ -290,12 +293,19 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   scale-invariant kernels, the other kernels decayed. Dynamics are tracked
   on every kernel.
 
+  The values (``learning_rate`` at its peak, ``momentum``, ``weight_decay``,
+  ``gamma_decay``: :func:`hyperparameters`) are ``optax.inject_hyperparams``
+  hyperparameters: they live in the optimizer state, which is how one
+  compiled step serves every run that differs only in them (each state holds
+  its own) and how :mod:`bnjax.train.vectorized` trains a group (the states
+  are stacked). The learning rate a step used is read back from the state
+  (:func:`bnjax.dynamics.tracked_learning_rate`).
+
   Args:
     config: the run's :class:`bnjax.train.config.Config`.
-    hyper: values (arrays, possibly traced) that replace the config's
-      ``learning_rate``, ``momentum``, ``weight_decay`` and ``gamma_decay``;
-      the config still decides which transforms are chained (e.g. whether
-      ``gamma_decay`` is on). :mod:`bnjax.train.vectorized` vmaps over them.
+    hyper: values (arrays, possibly traced) that replace the config's in the
+      initial state; the config still decides which transforms are chained
+      (e.g. whether ``gamma_decay`` is on).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -306,38 +316,49 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
     >>> config = Config(dataset='teacher_student', model='perceptron', batch_size=8,
     ...                 num_train=32, num_test=16, input_dim=4, log_every=2,
     ...                 checkpoint_every=4, learning_rate=0.05)
+    >>> import jax.numpy as jnp
     >>> tx = programs.build_optimizer(config)
-    >>> callable(tx.update)
-    True
+    >>> state = tx.init({'dense': {'kernel': jnp.ones((4, 1))}})
+    >>> sorted(state.hyperparams), round(float(state.hyperparams['learning_rate']), 6)
+    (['learning_rate', 'momentum', 'weight_decay'], 0.05)
 
   References:
     van Laarhoven 2017, arXiv 1706.05350, eq. 6-9; Luo et al. 2019, arXiv
     1809.00846, section 2 (gamma decay).
   """
-  h = {k: getattr(config, k) for k in HYPERPARAMETERS}
-  h.update(hyper or {})
+  values = hyperparameters(config)
+  values.update(hyper or {})
+  return optax.inject_hyperparams(functools.partial(_chain, config))(**values)
+
+
+def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_decay=None
+           ) -> optax.GradientTransformation:
+  """The optimizer chain of :func:`build_optimizer` at the given values (the
+  ``optax.inject_hyperparams`` factory: the values come from the state). Momentum
+  and gamma decay are ``None`` when off (not hyperparameters: not in the chain)."""
+  momentum = 0.0 if momentum is None else momentum
   head_decay = config.head_weight_decay >= 0
   if config.regularizer == 'projection' or head_decay:
     mask = masks.scale_invariant_kernels
   else:
     mask = masks.kernel_mask
-  common = dict(regularizer=config.regularizer, weight_decay=h['weight_decay'],
+  common = dict(regularizer=config.regularizer, weight_decay=weight_decay,
                 mask=mask, track=False)
-  lr = learning_rate_schedule(config, h['learning_rate'])
+  lr = learning_rate_schedule(config, learning_rate)
   kind = 'adam' if config.optimizer in ('adam', 'adamp') else 'sgd'
-  decay = h['weight_decay'] if config.regularizer == 'decoupled' else 0.0
+  decay = weight_decay if config.regularizer == 'decoupled' else 0.0
   if config.regularizer == 'rotational':
     base = transforms.rotational(
-        'adamw' if kind == 'adam' else 'sgd', lr, h['weight_decay'], momentum=h['momentum'],
+        'adamw' if kind == 'adam' else 'sgd', lr, weight_decay, momentum=momentum,
         mask=masks.scale_invariant_kernels, decay_mask=masks.kernel_mask)
   elif config.optimizer == 'adamp':
     base = transforms.adamp(lr, weight_decay=decay, mask=masks.kernel_mask)
   elif config.optimizer == 'sgdp':
-    base = transforms.sgdp(lr, h['momentum'], weight_decay=decay, mask=masks.kernel_mask)
+    base = transforms.sgdp(lr, momentum, weight_decay=decay, mask=masks.kernel_mask)
   elif config.optimizer == 'adam':
     base = transforms.adam(lr, **common)
   else:
-    base = transforms.sgd(lr, h['momentum'], **common)
+    base = transforms.sgd(lr, momentum, **common)
   parts = [base]
   if head_decay and config.regularizer == 'l2':
     parts.insert(0, transforms.l2_regularization(config.head_weight_decay, _head_kernels))
@@ -346,7 +367,7 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
         _scaled(lr, config.head_weight_decay), _head_kernels))
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
-    parts.insert(0, transforms.l2_regularization(2 * h['gamma_decay'], masks.gain_mask))
+    parts.insert(0, transforms.l2_regularization(2 * gamma_decay, masks.gain_mask))
   if config.projection and config.regularizer != 'projection':
     parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
   parts.append(transforms.track_dynamics(lr, kind, masks.kernel_mask))

@@ -16,8 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from bnjax import dynamics
 from bnjax.train import step_metrics
-from bnjax.train.programs import learning_rate_schedule
 from bnjax.train import workdir as workdirs
 from bnjax.train.config import Config
 from bnjax.train.workdir import write_json_atomic
@@ -119,9 +119,8 @@ class RunFiles:
   def write_line(self, step: int, epoch: int, host_metrics, current, window_seconds: float,
                  test_metrics: Optional[dict] = None) -> dict:
     """Writes the metrics line of the window ending at ``step``; returns it."""
-    lr = learning_rate_schedule(self.config)
     line = {'step': step, 'epoch': epoch,
-            'learning_rate': float(lr(step - 1)) if callable(lr) else lr,
+            'learning_rate': float(dynamics.tracked_learning_rate(current.opt_state)),
             'images_per_s': len(host_metrics) * self.config.batch_size / window_seconds,
             'time_s': self.seconds()}
     for key in host_metrics[0]:

@@ -4,8 +4,8 @@ Members that share model, data, batch size, step count and every other
 setting that shapes the computation are trained in one jitted program,
 ``jax.vmap``-ed over their learning rate, momentum, weight decay, gamma decay
 and seed: each member has its own initialization (its seed), its own data
-order and augmentation (its seed), and its own optimizer values, passed to
-:func:`bnjax.train.trainer.build_optimizer` as traced arrays. On GPUs and TPUs this
+order and augmentation (its seed), and its own optimizer values, held in its
+optimizer state (:func:`bnjax.train.programs.build_optimizer`). On GPUs and TPUs this
 fills the device with one program instead of many small ones.
 
 Each member writes through its own :class:`bnjax.train.run_files.RunFiles`, so its
@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 from bnjax.train import config as config_lib
-from bnjax.train import data, executors, programs, trainer
+from bnjax.train import executors, inputs, loop, programs
 from bnjax.train import workdir as workdirs
 from bnjax.train.config import Config
 from bnjax.train.run_files import NonFiniteLossError, RunFiles
@@ -43,7 +42,7 @@ group_key = programs.program_key
 def _answered(workdir, wanted: dict) -> Optional[dict]:
   """The summary of a finished or diverged member (None when it still has to train)."""
   try:
-    return trainer._answered(workdir, wanted)  # pylint: disable=protected-access
+    return loop.answered(workdir, wanted)
   except NonFiniteLossError:
     return workdirs.read_json(workdir / workdirs.SUMMARY)
 
@@ -145,8 +144,11 @@ def plan(configs: List[Config], paths: list, max_group: Optional[int] = None):
 
 
 def _train_locked(configs, paths, data_dir, progress) -> list:
-  """One group, every member's workdir locked while it trains."""
+  """One group, every member's workdir locked while it trains. Each member's data
+  is prepared (and refused, :func:`bnjax.train.inputs.prepare`) before any of its
+  files is written."""
   wanted = [config_lib.record(c) for c in configs]
+  run_data = [inputs.prepare(c, data_dir) for c in configs]
   with contextlib.ExitStack() as stack:
     for p in paths:
       p.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,7 @@ def _train_locked(configs, paths, data_dir, progress) -> list:
         workdirs.write_json_atomic(paths[i] / workdirs.CONFIG, wanted[i])
     if todo:
       group = _Group([configs[i] for i in todo], [paths[i] for i in todo],
-                     [wanted[i] for i in todo], data_dir)
+                     [wanted[i] for i in todo], [run_data[i] for i in todo])
       for i, summary in zip(todo, group.train(progress)):
         out[i] = summary
   return out
@@ -168,58 +170,24 @@ def _stack(trees):
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _member(tree, i: int):
-  return jax.tree_util.tree_map(lambda a: a[i], tree)
-
-
 class _Group:
   """The members of one group: data, initial states, files, the vmapped steps."""
 
-  def __init__(self, configs, paths, wanted, data_dir):
+  def __init__(self, configs, paths, wanted, run_data):
     self.configs = configs
     first = configs[0]
     self.regression = first.dataset == 'teacher_student'
-    self.train_batches, self.test_batches, self.test_sizes = [], [], []
-    for c in configs:
-      splits = trainer.load_data(c, data_dir)
-      mean, std = trainer.input_normalization(c, data_dir)
-      self.train_batches.append(data.Batches(splits['train'], c.batch_size, seed=c.seed,
-                                             augment=c.augment, mean=mean, std=std))
-      self.test_batches.append(data.Batches(splits['test'], c.eval_batch_size,
-                                            shuffle=False, mean=mean, std=std))
-      self.test_sizes.append(len(splits['test']))
+    self.run_data = run_data
     model = programs.build_model(first, host=True)
     self.files = [RunFiles(c, p, w) for c, p, w in zip(configs, paths, wanted)]
     initial = programs.programs(first)[0]
-    self.states = [f.resume(initial(jax.random.key(c.seed), b.batch(0, 0)['x'],
+    self.states = [f.resume(initial(jax.random.key(c.seed), d.train_batches.batch(0, 0)['x'],
                                     programs.hyperparameters(c)))
-                   for f, c, b in zip(self.files, configs, self.train_batches)]
-
-    def member_step(hyper, state, batch):
-      tx = programs.build_optimizer(first, hyper=hyper)
-      return executors.make_train_step(model, tx, self.regression)(state, batch)
-
-    self.step = jax.jit(jax.vmap(member_step), donate_argnums=1)
+                   for f, c, d in zip(self.files, configs, run_data)]
+    member_step = executors.make_train_step(model, programs.build_optimizer(first),
+                                            self.regression)
+    self.step = jax.jit(jax.vmap(member_step), donate_argnums=0)
     self.eval_step = jax.jit(jax.vmap(executors.make_eval_step(model, self.regression)))
-
-  def evaluate(self, state, members) -> dict:
-    """``{i: test metrics}`` of a host state stacked over ``members`` (config indices),
-    each with the batch-norm statistics of its ``bn_eval``."""
-    if self.configs[members[0]].bn_eval != 'running':  # bn_eval is in the group key
-      state = state.replace(batch_stats=_stack([
-          programs.eval_batch_stats(self.configs[i], _member(state, j),
-                                    self.train_batches[i])
-          for j, i in enumerate(members)]))
-    totals = [{} for _ in members]
-    for batches in zip(*(self.test_batches[i].epoch(0) for i in members)):
-      out = jax.device_get(self.eval_step(
-          state.params, state.batch_stats, np.stack([b['x'] for b in batches]),
-          np.stack([b['y'] for b in batches])))
-      for j in range(len(members)):
-        for k, v in out.items():
-          totals[j][k] = totals[j].get(k, 0.0) + float(v[j])
-    return {i: executors.eval_metrics(totals[j], self.test_sizes[i])
-            for j, i in enumerate(members)}
 
   def train(self, progress: bool) -> list:
     """Trains the members, subgroups by restored step; their summaries in order."""
@@ -228,85 +196,67 @@ class _Group:
     for i, s in enumerate(self.states):
       by_step.setdefault(int(s.step), []).append(i)
     try:
-      for start, members in sorted(by_step.items()):
-        for i, summary in zip(members, self._loop(members, start, progress)):
-          summaries[i] = summary
+      for start, indices in sorted(by_step.items()):
+        members = [loop.Member(self.configs[i], self.files[i], self.run_data[i])
+                   for i in indices]
+        state = jax.device_put(_stack([self.states[i] for i in indices]))
+        outcome = loop.run(_VmappedRun(self, indices), members, state, start,
+                           progress=progress)
+        for i, out in zip(indices, outcome):
+          summaries[i] = (workdirs.read_json(self.files[i].workdir / workdirs.SUMMARY)
+                          if isinstance(out, NonFiniteLossError) else out)
     finally:
       for f in self.files:
         f.close()
     return summaries
 
-  def _loop(self, members, step, progress) -> list:
-    """Trains ``members`` (all at ``step``) to the end as one vmapped program."""
-    config = self.configs[members[0]]
-    hyper = _stack([programs.hyperparameters(self.configs[i]) for i in members])
-    state = jax.device_put(_stack([self.states[i] for i in members]))
-    batches_of = [self.train_batches[i] for i in members]
-    steps_per_epoch = batches_of[0].steps_per_epoch
-    total = steps_per_epoch * config.num_epochs
-    alive = {j: True for j in range(len(members))}
-    out: list = [None] * len(members)
 
-    def each_alive(action):
-      for j in [j for j, on in alive.items() if on]:
-        try:
-          action(j)
-        except NonFiniteLossError:
-          alive[j] = False
-          out[j] = workdirs.read_json(self.files[members[j]].workdir / workdirs.SUMMARY)
+class _VmappedRun:
+  """A subgroup's program for :func:`bnjax.train.loop.run`: the members' states
+  stacked on a leading axis and stepped by one vmapped step."""
 
-    fetched = {}  # step -> the host copy of the state at that step (read once per step)
+  def __init__(self, group: _Group, indices: list):
+    self.group, self.indices = group, indices
 
-    def host_state():
-      if step not in fetched:
-        fetched.clear()
-        fetched[step] = jax.device_get(state)
-      return fetched[step]
+  def step(self, state, batch):
+    return self.group.step(state, batch)
 
-    window, window_start = [], time.perf_counter()
-    final_test = None  # the test metrics of the last step, when the loop evaluated it
-    bar = tqdm(total=total, initial=step, disable=not progress, unit='step',
-               dynamic_ncols=True)
-    try:
-      stacked = ({'x': np.stack([b['x'] for b in batches]),
-                  'y': np.stack([b['y'] for b in batches])}
-                 for batches in zip(*(b.steps(step, total) for b in batches_of)))
-      for batch in data.prefetch(stacked):
-        epoch = step // steps_per_epoch
-        state, metrics = self.step(hyper, state, batch)
-        step += 1
-        window.append((step, metrics))
-        bar.update(1)
-        if step % config.log_every == 0 or step == total:
-          host = jax.device_get([m for _, m in window])
-          current = host_state()
-          seconds = time.perf_counter() - window_start
-          test = {}
-          if config.eval_every and step % config.eval_every == 0:
-            test = self.evaluate(current, members)
-            final_test = test if step == total else None
+  def batches(self, start: int, stop: int):
+    every = [self.group.run_data[i].train_batches for i in self.indices]
+    return ({'x': np.stack([b['x'] for b in batches]),
+             'y': np.stack([b['y'] for b in batches])}
+            for batches in zip(*(b.steps(start, stop) for b in every)))
 
-          def log(j):
-            files, mine = self.files[members[j]], _member(current, j)
-            lines = [{k: v[j] for k, v in m.items()} for m in host]
-            files.check_window([s for s, _ in window], lines, mine, step)
-            files.write_line(step, epoch, lines, mine, seconds, test.get(members[j]))
+  def host(self, state):
+    return jax.device_get(state)
 
-          each_alive(log)
-          window, window_start = [], time.perf_counter()
-        if step % config.checkpoint_every == 0 or step == total:
-          current = host_state()
-          each_alive(lambda j: self.files[members[j]].save(step, _member(current, j)))
-        if not any(alive.values()):
-          break
-    finally:
-      bar.close()
-    if step >= total:
-      final = host_state()
-      results = self.evaluate(final, members) if final_test is None else final_test
+  def saveable(self, state, host):
+    del state
+    return host()
 
-      def finish(j):
-        out[j] = self.files[members[j]].finish(step, _member(final, j), results[members[j]])
+  def member(self, tree, j: int):
+    return jax.tree_util.tree_map(lambda a: a[j], tree)
 
-      each_alive(finish)
-    return out
+  def evaluate(self, host, members) -> dict:
+    """``{j: test metrics}`` of the members ``j`` (positions in the subgroup), each
+    with the batch-norm statistics of its ``bn_eval``. Every member of the
+    subgroup is evaluated in one vmapped program (a diverged one too), so a
+    member's numbers do not depend on which others are still training."""
+    group, state = self.group, host
+    if group.configs[self.indices[0]].bn_eval != 'running':  # bn_eval is in the group key
+      state = state.replace(batch_stats=_stack([
+          programs.eval_batch_stats(group.configs[i], self.member(state, k),
+                                    group.run_data[i].train_batches)
+          for k, i in enumerate(self.indices)]))
+    totals = [{} for _ in self.indices]
+    test = [group.run_data[i].test_batches for i in self.indices]
+    for batches in zip(*(t.epoch(0) for t in test)):
+      out = jax.device_get(group.eval_step(
+          state.params, state.batch_stats, np.stack([b['x'] for b in batches]),
+          np.stack([b['y'] for b in batches])))
+      for k in range(len(self.indices)):
+        for key, v in out.items():
+          totals[k][key] = totals[k].get(key, 0.0) + float(v[k])
+    return {j: executors.eval_metrics(totals[j],
+                                      len(group.run_data[self.indices[j]].splits['test']))
+            for j in members}

@@ -83,7 +83,8 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
     metrics = jax.tree_util.tree_map(
         lambda on, _: LeafDynamics(zero, zero, zero, zero) if on else None,
         tracked(params), params)
-    return TrackDynamicsState(jnp.zeros([], jnp.int32), metrics)
+    first = jnp.asarray(_at(learning_rate, jnp.zeros([], jnp.int32)), jnp.float32)
+    return TrackDynamicsState(jnp.zeros([], jnp.int32), metrics, first)
 
   def update_fn(updates, state, params=None):
     _require_params(params, 'track_dynamics')
@@ -92,6 +93,6 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
         lambda on, u, w: _leaf_dynamics(w, u, lr, kind, axis) if on else None,
         tracked(params), updates, params)
     return updates, TrackDynamicsState(
-        optax.safe_increment(state.count), metrics)
+        optax.safe_increment(state.count), metrics, jnp.asarray(lr, jnp.float32))
 
   return optax.GradientTransformation(init_fn, update_fn)
