@@ -212,13 +212,13 @@ def test_vectorized_member_resumes_from_its_own_checkpoint(one_by_one, tmp_path)
 
 def test_a_vectorized_group_evaluates_its_last_step_once(one_by_one, tmp_path, monkeypatch):
   calls = []
-  evaluate = vectorized._Group.evaluate  # pylint: disable=protected-access
+  evaluate = vectorized._VmappedRun.evaluate  # pylint: disable=protected-access
 
   def counted(self, state, members):
     calls.append(int(np.asarray(state.step).max()))
     return evaluate(self, state, members)
 
-  monkeypatch.setattr(vectorized._Group, 'evaluate', counted)  # pylint: disable=protected-access
+  monkeypatch.setattr(vectorized._VmappedRun, "evaluate", counted)  # pylint: disable=protected-access
   dirs = [tmp_path / 'a', tmp_path / 'b']
   sweep.train_many(_configs('sgd_l2'), dirs, vectorize=True)
   assert calls == [8, 16, 24]  # the loop's evaluation of step 24 is the summaries'

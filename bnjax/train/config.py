@@ -308,9 +308,6 @@ def record(config: 'Config') -> dict:
     >>> from bnjax.train import config
     >>> config.record(config.Config())['config_version']
     4
-
-  References:
-    RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
   """
   return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
 
@@ -329,9 +326,6 @@ def upgrade_record(stored):
     >>> from bnjax.train import config
     >>> config.upgrade_record({'seed': 0, 'config_version': 2})['bn_eval']
     'running'
-
-  References:
-    RFC 8259, "The JavaScript Object Notation (JSON) Data Interchange Format".
   """
   if isinstance(stored, dict) and stored.get('config_version') in MEANT:
     return {**MEANT[stored['config_version']], **stored, 'config_version': CONFIG_VERSION}

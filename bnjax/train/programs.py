@@ -465,7 +465,7 @@ def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
     (0, (4, 1))
 
   References:
-    He et al., "Delving Deep into Rectifiers", ICCV 2015, arXiv 1502.01852
-    (flax's default kernel initialization scale).
+    LeCun, Bottou, Orr & Mueller, "Efficient BackProp", 1998, section 4.6
+    (flax's default kernel initialization, ``lecun_normal``).
   """
   return _initializer(model, lambda _: tx)(jax.random.key(config.seed), sample_x, None)
