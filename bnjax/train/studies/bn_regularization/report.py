@@ -1,178 +1,22 @@
-r"""Luo et al. (2019): batch norm = population norm + gamma decay, in a CNN.
-
-Trains the ConvNet without any weight decay (so that the only regularizer is
-the one batch norm brings) and reports
-
-1. training and test curves of batch norm (BN), population norm (PN), weight
-   norm + mean-only BN and weight norm + variance-only BN at batch size M, on a
-   training subset small enough that PN overfits (its eval-mode training loss
-   under 0.05: else the gap verdict is inconclusive), with the change of each
-   layer's gamma^2 over the last quarter of training (plateaued under 5%);
-2. the squared gains gamma^2 of BN against the normalization batch M (at
-   least five sizes): BN's implicit gamma decay ``zeta ~ 1/M`` should keep
-   gamma^2 smaller at smaller M. Ghost batch norm varies M inside a fixed
-   optimizer batch, at equal steps and learning rate, so M is the only change;
-3. PN with the explicit gamma decay ``zeta = 1/(4M)`` of
-   :func:`bnjax.theory.gamma_decay_strength` (ReLU units) against BN and
-   plain PN: the decay should move PN's gamma^2 and test loss towards BN's;
-4. the explicit gamma decay zeta* at which PN's gamma^2 matches ghost BN's at
-   each M (a PN sweep over zeta at the ghost sweep's optimizer batch), and
-   whether zeta* scales as 1/M (slope of log zeta* on log M within -1 +- 0.25);
-5. BN's implicit gamma decay itself, measured from gradients at the end of
-   each ghost run for its own M (:mod:`bnjax.implicit`: the gain gradient with ghost batches of
-   M minus that with the sample's population statistics, ``2 zeta gamma``),
-   against Luo et al.'s ``1/(4M)``. Declared before the measurement (the runs
-   had trained already): the claim holds when the mean over layers and M of
-   ``4 M_eff zeta - 1`` lies within +-0.25.
-
-  python -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
-"""
+"""The bn_regularization study: its verdicts and report.md with plots."""
 
 import dataclasses
 import pathlib
-from typing import Optional
 
 import numpy as np
 
-from bnjax import implicit, theory
-from bnjax.train import executors, programs
+from bnjax import theory
 from bnjax.train import workdir as workdirs
-from bnjax.train.config import Config
 from bnjax.train.studies import study, verdicts
-
-STUDY = 'bn_regularization'
-IMPLICIT_MARGIN = 0.25  # |4 M_eff zeta - 1| within this: Luo et al.'s 1/(4M) holds
-IMPLICIT_PARTITIONS = 2
-OVERFIT_LOSS = 0.05  # PN's eval-mode training loss below this in every seed: PN overfits
-PLATEAU = 0.05  # |change of gamma^2 over the last quarter of training| / gamma^2 below this
-SLOPE_MARGIN = 0.25  # slope of log zeta* against log M within -1 +- this: zeta* ~ 1/M
-CURVE_NORMS = ('batch', 'population', 'mean_only', 'variance_only')
-LABELS = {'batch': 'BN', 'population': 'PN', 'mean_only': 'WN + mean-only BN',
-          'variance_only': 'WN + variance-only BN'}
-
-SIZES = (8, 16, 32, 64, 128)
-TRAIN_SIZES = {'fashion_mnist': 60000, 'mnist': 60000, 'cifar10': 50000}
-PRESETS = {
-    # batch: the M of the curves and of PN + gamma decay (evaluated every eval_every
-    # steps), trained on overfit_subset training examples for overfit_epochs so
-    # that PN's training loss approaches 0; seeds: of BN, PN, PN + gamma decay,
-    # the ghost sweep and the zeta sweep (the ablations run the first seed);
-    # ghost_batch / ghost_steps: the optimizer batch and the steps of the gamma^2
-    # sweep on base.train_subset examples, in which ghost batch norm normalizes
-    # over each of virtual_sizes (so M is the only change); zetas: the explicit
-    # gamma decays of PN in that same setting, to find the zeta that matches BN's
-    # gamma^2 at each M; implicit_sample: training examples bnjax.implicit
-    # measures BN's implicit gamma decay on, at the end of each ghost run, for
-    # its own M.
-    'smoke': dict(batch=32, eval_every=8, seeds=(0,), ghost_batch=64, ghost_steps=8,
-                  implicit_sample=128, overfit_subset=128, overfit_epochs=2,
-                  zetas=(0.0, 2e-3), virtual_sizes=(8, 16, 32, 64), base=Config(
-                      train_subset=256, num_epochs=2, width=8, log_every=4,
-                      checkpoint_every=16, eval_batch_size=2000)),
-    'quick': dict(batch=32, eval_every=320, seeds=(0,), ghost_batch=128, ghost_steps=192,
-                  implicit_sample=1024, overfit_subset=1024, overfit_epochs=20,
-                  zetas=(0.0, 2e-3, 8e-3), virtual_sizes=SIZES, base=Config(
-                      train_subset=8192, num_epochs=3, width=16, log_every=32,
-                      checkpoint_every=256)),
-    'standard': dict(batch=32, eval_every=320, seeds=(0, 1, 2), ghost_batch=128,
-                     ghost_steps=512, virtual_sizes=SIZES, implicit_sample=2048,
-                     overfit_subset=1024, overfit_epochs=40, zetas=(0.0, 5e-4, 2e-3, 8e-3),
-                     base=Config(train_subset=8192, num_epochs=8, width=16, log_every=32,
-                                 checkpoint_every=256)),
-    'paper': dict(batch=128, eval_every=1950, seeds=(0, 1, 2), ghost_batch=512,
-                  ghost_steps=15625, virtual_sizes=(16, 32, 64, 128, 256, 512),
-                  implicit_sample=2048, overfit_subset=10000, overfit_epochs=200,
-                  zetas=(0.0, 1e-4, 4e-4, 1.6e-3, 6.4e-3),
-                  base=Config(dataset='cifar10', model='resnet20', augment=True,
-                              num_epochs=100, log_every=50, checkpoint_every=1000)),
-}
-
-
-def run_name(norm: str, batch: int, gamma_decay: bool = False, seed: int = 0,
-             ghost: bool = False, zeta: Optional[float] = None) -> str:
-  """A run's name; ``zeta`` names a run of the zeta sweep (PN at the ghost
-  sweep's optimizer batch with that explicit gamma decay)."""
-  swept = '' if zeta is None else '_zeta' + f'{zeta:g}'.replace('.', 'p')
-  return (f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '') + swept
-          + ('_ghost' if ghost else '') + (f'_seed{seed}' if seed else ''))
-
-
-def equal_steps_epochs(steps: int, batch: int, train_size: int) -> int:
-  """Epochs that give ``steps`` steps of ``batch`` over ``train_size`` examples."""
-  epochs, rest = divmod(steps * batch, train_size)
-  if rest or not epochs:
-    raise ValueError(f'{steps} steps of batch {batch} are not whole epochs of '
-                     f'{train_size} examples.')
-  return epochs
-
-
-def configs(preset: str, parallel: str = 'none') -> dict:
-  spec = PRESETS[preset]
-  base = dataclasses.replace(spec['base'], parallel=parallel, optimizer='sgd',
-                             learning_rate=0.05, regularizer='none', weight_decay=0.0)
-  m = spec['batch']
-  curve = dataclasses.replace(base, batch_size=m, eval_every=spec['eval_every'],
-                              train_subset=spec['overfit_subset'],
-                              num_epochs=spec['overfit_epochs'])
-  train_size = base.train_subset or TRAIN_SIZES[base.dataset]
-  ghost = dataclasses.replace(
-      base, norm='ghost', batch_size=spec['ghost_batch'],
-      num_epochs=equal_steps_epochs(spec['ghost_steps'], spec['ghost_batch'], train_size))
-  swept = dataclasses.replace(ghost, norm='population')
-  out = {}
-  for seed in spec['seeds']:
-    for norm in CURVE_NORMS if seed == spec['seeds'][0] else ('batch', 'population'):
-      out[run_name(norm, m, seed=seed)] = dataclasses.replace(curve, norm=norm, seed=seed)
-    out[run_name('population', m, True, seed)] = dataclasses.replace(
-        curve, norm='population', gamma_decay=theory.gamma_decay_strength(m, 'relu'),
-        seed=seed)
-    for size in spec['virtual_sizes']:
-      out[run_name('batch', size, seed=seed, ghost=True)] = dataclasses.replace(
-          ghost, virtual_batch_size=size, seed=seed)
-    for zeta in spec['zetas']:
-      out[run_name('population', spec['ghost_batch'], seed=seed, zeta=zeta)] = (
-          dataclasses.replace(swept, gamma_decay=zeta, seed=seed))
-  return out
-
-
-def mean_gamma_sq(run: study.Run) -> float:
-  """Mean over the normalization layers of gamma^2 at the end of training."""
-  last = run.metrics[-1]
-  return float(np.mean([v for k, v in last.items() if k.startswith('gamma_sq/')]))
-
-
-def spearman(x, y) -> float:
-  """Rank correlation (no ties expected)."""
-  rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-  return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def gamma_sq_change(run: study.Run, fraction: float = 0.25) -> dict:
-  """``{layer: (gamma^2 at the end - at 1 - fraction of training) / gamma^2 at the
-  end}`` of a run's logged gains: near 0 where gamma^2 has plateaued."""
-  out = {}
-  for key in sorted(k for k in run.metrics[-1] if k.startswith('gamma_sq/')):
-    steps, g = run.series(key)
-    start = g[min(np.searchsorted(steps, steps[-1] * (1 - fraction)), len(g) - 1)]
-    out[key.split('/', 1)[1]] = float((g[-1] - start) / g[-1])
-  return out
-
-
-def interpolate_zeta(zetas, values, target: float, log: bool = True) -> Optional[float]:
-  """The explicit gamma decay at which a swept quantity (PN's gamma^2, its test
-  loss) equals ``target``: linear in zeta between the two swept values that
-  bracket it (first bracket in increasing zeta; on log values when ``log``);
-  ``None`` when no two neighbours bracket it."""
-  order = np.argsort(zetas)
-  z = np.asarray(zetas, float)[order]
-  v = np.asarray(values, float)[order]
-  if log:
-    v, target = np.log(v), np.log(target)
-  for i in range(len(z) - 1):
-    lo, hi = v[i], v[i + 1]
-    if lo != hi and min(lo, hi) <= target <= max(lo, hi):
-      return float(z[i] + (target - lo) / (hi - lo) * (z[i + 1] - z[i]))
-  return None
+from bnjax.train.studies.bn_regularization.presets import (CURVE_NORMS, IMPLICIT_MARGIN,
+                                                           IMPLICIT_PARTITIONS, LABELS,
+                                                           OVERFIT_LOSS, PLATEAU, PRESETS,
+                                                           SLOPE_MARGIN, run_name)
+from bnjax.train.studies.bn_regularization.analysis import (eval_mode_loss,
+                                                            gamma_sq_change,
+                                                            implicit_decay,
+                                                            interpolate_zeta,
+                                                            mean_gamma_sq, spearman)
 
 
 def _plateau_table(arms: dict) -> str:
@@ -396,36 +240,6 @@ def report(workdir):
                             sections, found)
 
 
-def eval_mode_loss(workdir, run: study.Run, split: str = 'train', batch_size: int = 1024):
-  """The mean cross-entropy over a whole split (the training subset, or the test
-  set) of the run's last checkpoint in eval mode, as the trainer evaluates
-  (:func:`bnjax.train.executors.evaluate`, running averages); ``None`` without a
-  checkpoint or for another ``bn_eval``."""
-  config = run.as_config()
-  folder = pathlib.Path(workdir) / run.name
-  if config.bn_eval != 'running' or not (folder / workdirs.CHECKPOINTS).is_dir():
-    return None
-  state = workdirs.Checkpoints(folder).latest_state()
-  arrays, batches = study.unshuffled_batches(config, split, batch_size)
-  step = executors.make_eval_step(programs.build_model(config, host=True), False)
-  restored = executors.TrainState(state['step'], state['params'],
-                                  state.get('batch_stats') or {}, None)
-  return executors.evaluate(step, restored, arrays, batches)['test_loss']
-
-
-def implicit_decay(workdir, run: study.Run, sizes, sample: int) -> dict:
-  """``{M: {layer: zeta}}`` of a BN run's last checkpoint, measured by
-  :func:`bnjax.implicit.gamma_decay` on its first ``sample`` training examples."""
-  config = run.as_config()
-  state = workdirs.Checkpoints(pathlib.Path(workdir) / run.name).latest_state()
-  batch = study.unshuffled_batches(config, 'train', sample)[1].batch(0, 0)
-  return implicit.gamma_decay(implicit.model_apply(config.model, config.norm, width=config.width,
-                                                   activation=config.activation,
-                                                   batch_stats=state['batch_stats']),
-                              state['params'], batch['x'], batch['y'], sizes,
-                              partitions=IMPLICIT_PARTITIONS)
-
-
 def _matching_section(runs: dict, per_size: dict, spec: dict):
   """Section 4: PN's gamma^2 and test loss against its explicit gamma decay, the
   zeta that matches BN's gamma^2 at each M, and whether it scales as 1/M."""
@@ -535,7 +349,3 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
           f'M_eff = M (P - 1) / (P - M) for P = {sample}.\n\n' + '\n'.join(table)
           + '\n\n' + verdict.markdown())
   return text, verdict
-
-
-if __name__ == '__main__':
-  study.run_study(STUDY)

@@ -1,0 +1,92 @@
+"""The effective_lr study: its presets (the sweep of runs), names and the thresholds of
+its rules."""
+
+import dataclasses
+
+from bnjax.train.config import Config
+from bnjax.train.studies import study
+
+
+STUDY = 'effective_lr'
+OPTIMIZERS = {
+    # name: (optimizer flag, centre lr, centre lambda, lr step, lambda step). The
+    # steps make the anti-diagonals hold lr^p * lambda fixed (p = 1 SGD, 2 Adam):
+    # lambda_step = lr_step ** p.
+    'sgd': ('sgd', 0.05, 2e-2, 4.0, 4.0),
+    'adam': ('adam', 8e-3, 0.3, 2.0, 4.0),
+}
+POWER = {'sgd': 1, 'adam': 2}
+# The head's L2 (or decoupled) decay in every regularized run.
+HEAD_DECAY = 5e-4
+TRACKED_LAYER = 'conv2'
+FAILED = 0.85  # test error of a run that did not train (chance is 0.9)
+# Rules fixed before the runs. Test error: the mean over the evaluations after
+# ERROR_WINDOW of training (a single iterate at a constant learning rate is
+# noisy). A cell whose slowest layer ran fewer than FAR time constants of
+# approach before that window is still in its transient. "Within the noise":
+# the pooled spread along the lines at most NOISE_FACTOR x the seed-to-seed
+# standard deviation. AdamW + projection is lambda-free when the error
+# difference between its largest and smallest lambda stays within MARGIN.
+ERROR_WINDOW = 0.5
+FAR = 3.0
+NOISE_FACTOR = 2.0
+MARGIN = 0.01
+# The grids sit where theory's time constants are short against the runs:
+# at 800 steps the cells on the lines of two or more cells run about 3 or more
+# time constants before the error window at step 400 (Adam + L2's, sigma /
+# (3 lr lambda ||w*||), scales as (lr^2 lambda)^(-2/3); conv1, fan-in 9, is
+# the slowest layer: from a calibration run's gradient norms, about 100 steps
+# on the line below the Adam grid's centre). Precise BN statistics from 20
+# training batches; test evaluations at steps 200, 400, 600 and 800.
+_FASHION = dict(train_subset=25600, batch_size=32, num_epochs=1, width=16, log_every=25,
+                eval_every=200, checkpoint_every=400, bn_eval='precise', bn_eval_batches=20)
+PRESETS = {
+    # seeds: of every arm; centre_seeds: extra seeds of the grid's centre cell.
+    'smoke': dict(grid=2, seeds=(0,), centre_seeds=(), base=Config(
+        train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
+        checkpoint_every=16, eval_every=16, eval_batch_size=2000)),
+    # quick: a look in a few minutes (300 steps: the slow cells are left out).
+    'quick': dict(grid=3, seeds=(0,), centre_seeds=(), base=Config(
+        **{**_FASHION, 'train_subset': 9600, 'eval_every': 100, 'checkpoint_every': 100})),
+    'standard': dict(grid=3, seeds=(0, 1, 2), centre_seeds=(), base=Config(**_FASHION)),
+    'paper': dict(grid=5, seeds=(0, 1, 2), centre_seeds=(), base=Config(
+        dataset='cifar10', augment=True, batch_size=128, num_epochs=60, log_every=50,
+        eval_every=1950, checkpoint_every=1950, bn_eval='precise')),
+}
+
+
+def grid_values(centre, step, n):
+  """``n`` log-spaced values around ``centre`` (the centre cell for odd n)."""
+  return [centre * step ** (k - (n - 1) // 2) for k in range(n)]
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
+  n = spec['grid']
+  centre = (n - 1) // 2
+  arms = {}
+  for name, (opt, lr0, lam0, lr_step, lam_step) in OPTIMIZERS.items():
+    lrs, lams = grid_values(lr0, lr_step, n), grid_values(lam0, lam_step, n)
+    decayed = dataclasses.replace(base, optimizer=opt, head_weight_decay=HEAD_DECAY)
+    for i, lr in enumerate(lrs):
+      for j, lam in enumerate(lams):
+        arms[f'{name}_l2_lr{i}_wd{j}'] = dataclasses.replace(
+            decayed, learning_rate=lr, regularizer='l2', weight_decay=lam)
+    for j, lam in enumerate(lams):
+      arms[f'{name}_l2proj_wd{j}'] = dataclasses.replace(
+          decayed, learning_rate=lrs[centre], regularizer='l2', weight_decay=lam,
+          projection=True)
+      if name == 'adam':
+        arms[f'adamw_proj_wd{j}'] = dataclasses.replace(
+            decayed, learning_rate=lrs[centre], regularizer='decoupled', weight_decay=lam,
+            projection=True)
+    arms[f'{name}_none'] = dataclasses.replace(base, optimizer=opt, learning_rate=lrs[centre],
+                                               regularizer='none', weight_decay=0.0)
+  out = {study.seeded(arm, s): dataclasses.replace(c, seed=s)
+         for arm, c in arms.items() for s in spec['seeds']}
+  for name in OPTIMIZERS:
+    for s in spec['centre_seeds']:
+      arm = f'{name}_l2_lr{centre}_wd{centre}'
+      out[study.seeded(arm, s)] = dataclasses.replace(arms[arm], seed=s)
+  return out

@@ -1,0 +1,71 @@
+"""The equilibrium study: its presets (the sweep of runs), names and the thresholds of
+its rules."""
+
+import dataclasses
+
+from bnjax.train.config import Config
+from bnjax.train.studies import study
+
+
+STUDY = 'equilibrium'
+# A prediction "holds" within this factor (declared before any run): the
+# closed forms assume gradient noise that is stationary and uncorrelated
+# between steps, which a real network only approximates.
+TOLERANCE = 1.25
+# Means over the last quarter of the logged steps; equilibrated means the
+# norm moved less than EQUILIBRATED between the third and the last quarter.
+EQUILIBRATED = 0.05
+# Fewer time constants of approach (bnjax.theory.equilibrium_time_constant)
+# than this before the averaging window: the run is still in its transient.
+FAR = 3.0
+# Training batches, in order, over which a checkpoint's per-unit gradient
+# scale E||g~_j||^2 is averaged for SGD's per-unit prediction.
+UNIT_BATCHES = 20
+# name: (config overrides, theory optimizer name, momentum for theory)
+OPTIMIZERS = {
+    'sgd': (dict(optimizer='sgd', momentum=0.0, learning_rate=0.2, regularizer='l2',
+                 weight_decay=1e-2),
+            'sgd', 0.0),
+    'momentum': (dict(optimizer='sgd', momentum=0.9, learning_rate=0.02,
+                      regularizer='l2', weight_decay=1e-2), 'sgd', 0.9),
+    'adamw': (dict(optimizer='adam', learning_rate=2e-3, regularizer='decoupled',
+                   weight_decay=1.0), 'adamw', 0.0),
+    'adam_l2': (dict(optimizer='adam', learning_rate=2e-3, regularizer='l2',
+                     weight_decay=5e-2), 'adam_l2', 0.0),
+    # The default ConvNet (widths 32/64/128) under the momentum run's settings:
+    # whether every layer, the last conv included, reaches theory's angle there.
+    'momentum_width32': (dict(optimizer='sgd', momentum=0.9, learning_rate=0.02,
+                              regularizer='l2', weight_decay=1e-2, width=32), 'sgd', 0.9),
+}
+NARROW = ('sgd', 'momentum', 'adamw', 'adam_l2')
+PRESETS = {
+    # seeds: of every optimizer's run; arms: the OPTIMIZERS run (default NARROW);
+    # epochs: {arm: num_epochs} where an arm needs fewer than base's to run 10+
+    # time constants before the averaging window (SGD's and momentum's tau is
+    # 125 steps: one epoch of 1,875 steps gives 11; AdamW's tau of 250 and
+    # Adam + L2's conv1 keep two).
+    'smoke': dict(seeds=(0,), base=Config(
+        train_subset=1024, batch_size=32, num_epochs=2, width=8, log_every=4,
+        checkpoint_every=32, eval_batch_size=2000)),
+    # quick: a look (one epoch: Adam + L2's conv1 is marked far from equilibrium).
+    'quick': dict(seeds=(0,), base=Config(
+        train_subset=0, batch_size=32, num_epochs=1, width=16, log_every=25,
+        checkpoint_every=500)),
+    'standard': dict(seeds=(0, 1, 2), arms=tuple(OPTIMIZERS),
+                     epochs=dict(sgd=1, momentum=1, momentum_width32=1), base=Config(
+        train_subset=0, batch_size=32, num_epochs=2, width=16, log_every=25,
+        checkpoint_every=500)),
+    'paper': dict(seeds=(0, 1, 2), base=Config(
+        dataset='cifar10', model='resnet20', augment=True, batch_size=128, num_epochs=50,
+        log_every=50, checkpoint_every=1000)),
+}
+
+
+def configs(preset: str, parallel: str = 'none') -> dict:
+  spec = PRESETS[preset]
+  base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
+  epochs = spec.get('epochs', {})
+  return {study.seeded(name, seed): dataclasses.replace(
+              base, **OPTIMIZERS[name][0], seed=seed,
+              num_epochs=epochs.get(name, base.num_epochs))
+          for name in spec.get('arms', NARROW) for seed in spec['seeds']}

@@ -1,0 +1,275 @@
+"""The equilibrium study: its verdicts and report.md with plots."""
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from bnjax import dynamics
+from bnjax.train.studies import study, verdicts
+from bnjax.train.studies.equilibrium.presets import (EQUILIBRATED, FAR, OPTIMIZERS,
+                                                     PRESETS, TOLERANCE, UNIT_BATCHES)
+from bnjax.train.studies.equilibrium.analysis import (_unit_ratios, adam_unit_equilibrium,
+                                                      invariant_layers, kernel_unit_norms,
+                                                      last_states, measure, measured_angle,
+                                                      momentum_signal,
+                                                      sgd_unit_equilibrium, unit_grad_sq,
+                                                      window_predictions)
+
+
+def _unit_distributions(workdir, states, rows_of, names, sgd_units):
+  """Per-unit norms over theory at the end, every optimizer and layer (all seeds):
+  a figure of their distributions and a table of quartiles and dead units; SGD's
+  units against their own predictions (``sgd_units``, :func:`sgd_unit_equilibrium`)."""
+  plt = study.pyplot()
+  found = {}
+  for (n, seed), (run, state) in states.items():
+    for row in rows_of[(n, seed)]:
+      layer = row['layer']
+      if n == 'adam_l2':
+        unit = adam_unit_equilibrium(state, run, layer)
+      elif (n, seed) in sgd_units:
+        unit = sgd_units[(n, seed)][layer]
+      else:  # AdamW: the layer's prediction needs no gradient
+        norms = kernel_unit_norms(state, layer)
+        live = np.asarray(dynamics.live_units(norms))
+        unit = _unit_ratios(norms[live] / row['norm_theory'], live)
+      ratios, collapsed = unit['ratios'], 1.0 - unit['live']
+      entry = found.setdefault((n, layer), {'ratios': [], 'collapsed': []})
+      entry['ratios'].append(ratios)
+      entry['collapsed'].append(collapsed)
+  if not found:
+    return None
+  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+  table = ['| run | layer | units (all seeds) | per-unit norm / theory: 10% | 25% | median | '
+           '75% | 90% | collapsed units |', '|---|---|---|---|---|---|---|---|---|']
+  for col, n in enumerate(names):
+    layers = [layer for (m, layer) in found if m == n]
+    for i, layer in enumerate(layers):
+      ratios = np.concatenate(found[(n, layer)]['ratios'])
+      q = np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9])
+      table.append(f'| {n} | {layer} | {ratios.size} | ' + ' | '.join(f'{v:.3f}' for v in q)
+                   + f' | {np.mean(found[(n, layer)]["collapsed"]):.1%} |')
+      axes[0, col].hist(ratios, bins=30, histtype='step', color=f'C{i}', label=layer)
+    axes[0, col].axvline(1.0, color='k', ls='--', lw=1)
+    axes[0, col].set_title(f'{n}: per-unit norm / theory')
+    axes[0, col].legend(fontsize=7)
+  png = study.savefig(fig, workdir, 'unit_norms')
+  return (f'![unit norms]({png})\n\nAt the last checkpoint of every seed: each live unit\'s '
+          'norm over theory\'s (AdamW: the layer\'s, which needs no gradient; SGD and '
+          'momentum: the unit\'s own from its gradient at the end; Adam + L2: the unit\'s '
+          'own from Adam\'s second moment; both as above). A '
+          'spread around 1 is per-unit noise; a shifted layer is a layer the layer-level '
+          'prediction misses.\n\n' + '\n'.join(table))
+
+
+def _adam_per_unit(states):
+  """The per-unit Adam + L2 table and its two verdicts, from the last checkpoints."""
+  seeds = {seed: pair for (n, seed), pair in states.items() if n == 'adam_l2'}
+  if not seeds:
+    return None
+  table = ['| seed | layer | live units | measured / predicted norm: median (quartiles) | '
+           'angle measured (RMS) | angle predicted (RMS over units) | ratio |',
+           '|---|---|---|---|---|---|---|']
+  norm_stat, angle_stat = [], []
+  for seed, (run, state) in seeds.items():
+    worst_norm = worst_angle = 0.0
+    for layer in invariant_layers(run):
+      unit = adam_unit_equilibrium(state, run, layer)
+      angle = measured_angle(run, layer)
+      table.append(f'| {seed} | {layer} | {unit["live"]:.1%} | {unit["ratio_median"]:.3f} '
+                   f'({unit["ratio_q25"]:.3f}-{unit["ratio_q75"]:.3f}) | {angle:.4g} | '
+                   f'{unit["angle_theory"]:.4g} | {angle / unit["angle_theory"]:.3f} |')
+      worst_norm = max(worst_norm, abs(math.log(unit['ratio_median'])))
+      worst_angle = max(worst_angle, abs(math.log(angle / unit['angle_theory'])))
+    norm_stat.append(worst_norm)
+    angle_stat.append(worst_angle)
+  source = 'Kosson et al. 2024, section 3; bnjax.theory.equilibrium_norm (Adam + L2)'
+  found = [verdicts.paired(
+      f'adam_l2, per unit from Adam\'s second moment: measured {what} matches theory within '
+      f'a factor {TOLERANCE} in every layer', source,
+      f'max over layers of |log(measured/predicted)| ({what}; {kind}), against log '
+      f'{TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
+      numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat))
+           for what, kind, stat in (
+               ('norm', 'the median over live units', norm_stat),
+               ('angle', 'RMS angle against the RMS of the per-unit predictions', angle_stat))]
+  text = ('At the last checkpoint each live unit\'s gradient scale is read off Adam\'s '
+          'bias-corrected second moment (sigma_j = RMS of sqrt(v) over its fan-in, times its '
+          'norm: the gradient at unit norm), and theory predicts that unit\'s norm and angle; '
+          'dead units (collapsed norm or no second moment) are left out. This replaces the '
+          'layer-mean gradient norm of the table above, which mixes units and steps.\n\n'
+          + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
+  return text, found
+
+
+def _sgd_per_unit(sgd_units: dict, arms) -> Optional[tuple]:
+  """The per-unit SGD table and one norm verdict per SGD arm (``arms``)."""
+  if not sgd_units:
+    return None
+  table = ['| run | seed | layer | live units | measured / predicted norm: median '
+           '(quartiles) |', '|---|---|---|---|---|']
+  found = []
+  for n in arms:
+    stat = []
+    for (m, seed), units in sorted(sgd_units.items()):
+      if m != n:
+        continue
+      for layer, unit in units.items():
+        table.append(f'| {n} | {seed} | {layer} | {unit["live"]:.1%} | '
+                     f'{unit["ratio_median"]:.3f} ({unit["ratio_q25"]:.3f}-'
+                     f'{unit["ratio_q75"]:.3f}) |')
+      stat.append(max(abs(math.log(u['ratio_median'])) for u in units.values()))
+    if stat:
+      found.append(verdicts.paired(
+          f'{n}, per unit from its own gradient: measured norm matches theory within a '
+          f'factor {TOLERANCE} in every layer', 'Wan et al. 2021, Theorem 1; '
+          'bnjax.theory.equilibrium_norm (SGD)',
+          f'max over layers of |log(measured/predicted)| (norm; the median over live units), '
+          f'against log {TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
+          numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat)))
+  text = ('At the last checkpoint each live unit\'s gradient scale E||g~_j||^2 (its loss '
+          'gradient times its norm, squared: the gradient at unit norm) is averaged over the '
+          f'first {UNIT_BATCHES} training batches in training mode, and theory predicts that '
+          'unit\'s norm; dead units are left out. The layer-level table above uses the layer\'s '
+          'late mean over units and steps instead.\n\n'
+          + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
+  return text, found
+
+
+def _momentum_signal_table(states, rows_of) -> Optional[str]:
+  """:func:`momentum_signal` of every Adam run and layer beside its norm over theory."""
+  table = ['| run | seed | layer | rho = mean(m^2/v) / ((1 - b1)/(1 + b1)) | norm measured / '
+           'theory |', '|---|---|---|---|---|']
+  for (n, seed), (_, state) in sorted(states.items()):
+    if OPTIMIZERS[n][1] not in ('adamw', 'adam_l2'):
+      continue
+    for row in rows_of[(n, seed)]:
+      table.append(f'| {n} | {seed} | {row["layer"]} | '
+                   f'{momentum_signal(state, row["layer"]):.3f} | '
+                   f'{row["norm"] / row["norm_theory"]:.3f} |')
+  if len(table) == 2:
+    return None
+  return ('The closed forms assume gradients uncorrelated between steps. Adam\'s moments at '
+          'the last checkpoint test that: rho = 1 when they are (the first moment then has '
+          '(1 - b1)/(1 + b1) of the second\'s variance), rho > 1 when the gradient keeps a '
+          'direction over the ~10 steps the first moment averages, which grows the norm '
+          'faster than theory assumes. Adam + L2\'s gradient includes its own lambda w, '
+          'a persistent term by construction.\n\n' + '\n'.join(table))
+
+
+def report(workdir):
+  plt = study.pyplot()
+
+  meta, runs = study.load_study(workdir)
+  names = [n for n in OPTIMIZERS if study.seeds_of(runs, n)]
+  setup = [study.finished_line(meta, runs) + ' '
+           f'ConvNet with batch norm; measured values are means over the last quarter of '
+           f'the logged steps: the angle per step as the root mean square over the '
+           f'layer\'s live units and every step (dead units, which get no gradient or '
+           f'whose norm collapsed, counted apart), the norm from each log line\'s step, '
+           f'averaged over the units. A prediction holds within a factor '
+           f'{TOLERANCE} (fixed before the runs); "equilibrated" means the norm moved less '
+           f'than {EQUILIBRATED:.0%} between the third and last quarter; a layer with '
+           f'fewer than {FAR:g} time constants of approach (tau, from bnjax.theory) '
+           f'before the last quarter is marked far from equilibrium.', '',
+           '| run | optimizer | lr | lambda | steps | seeds |', '|---|---|---|---|---|---|']
+  for n in names:
+    seeds = study.seeds_of(runs, n)
+    first = seeds[min(seeds)]
+    c = first.config
+    setup.append(f'| {n} | {c["optimizer"]} ({c["regularizer"]}) | {c["learning_rate"]:g} | '
+                 f'{c["weight_decay"]:g} | {first.summary["steps"]} | {len(seeds)} |')
+  sections = [('Setup', '\n'.join(setup))]
+  if not names:
+    return study.write_report(workdir, 'Rotational equilibrium', sections, [])
+
+  fig, axes = plt.subplots(2, len(names), figsize=(4 * len(names), 6), squeeze=False)
+  table = ['| run | seed | layer | C | dead units | angle measured (RMS) | angle theory | ratio | '
+           'norm measured | norm theory | ratio | norm drift | tau (steps) | time '
+           'constants before the window |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  lines, found, rows_of = [], [], {}
+  for col, n in enumerate(names):
+    measured = {seed: (run, measure(run, n))
+                for seed, run in sorted(study.seeds_of(runs, n).items())}
+    rows_of.update({(n, seed): rows for seed, (_, rows) in measured.items()})
+    for seed, (run, rows) in measured.items():
+      for i, row in enumerate(rows):
+        if seed == min(measured):
+          colour = f'C{i}'
+          steps, angle_sq = run.angle_sq_series(row['layer'])
+          _, norm = run.series(f'weight_norm/{row["layer"]}')
+          axes[0, col].semilogy(steps, np.sqrt(angle_sq), colour, lw=0.8, label=row['layer'])
+          axes[0, col].axhline(row['angle_theory'], color=colour, ls='--', lw=1)
+          axes[1, col].semilogy(steps, norm, colour, lw=0.8, label=row['layer'])
+          axes[1, col].axhline(row['norm_theory'], color=colour, ls='--', lw=1)
+          g_steps, angle_t, norm_t = window_predictions(run, n, row['layer'])
+          axes[0, col].semilogy(g_steps, angle_t, colour, ls=':', lw=1)
+          axes[1, col].semilogy(g_steps, norm_t, colour, ls=':', lw=1)
+        table.append(
+            f'| {n} | {seed} | {row["layer"]} | {run.summary["fan_in"][row["layer"]]} | '
+            f'{row["dead"]:.1%} | {row["angle"]:.4g} | {row["angle_theory"]:.4g} | '
+            f'{row["angle"] / row["angle_theory"]:.3f} | {row["norm"]:.4g} | '
+            f'{row["norm_theory"]:.4g} | {row["norm"] / row["norm_theory"]:.3f} | '
+            f'{row["drift"]:.1%} | {row["tau"]:.0f} | {row["elapsed"]:.1f}'
+            f'{" (far from equilibrium)" if row["elapsed"] < FAR else ""} |')
+    axes[0, col].set_title(f'{n}: angular update / step')
+    axes[1, col].set_title(f'{n}: per-unit weight norm')
+    axes[1, col].set_xlabel('step')
+    axes[0, col].legend(fontsize=7)
+    for quantity in ('angle', 'norm'):
+      per_seed, shown = [], []
+      for seed, (_, rows) in measured.items():
+        ratios = [r[quantity] / r[f'{quantity}_theory'] for r in rows]
+        per_seed.append(float(max(abs(np.log(x)) for x in ratios)))
+        settled = all(r['drift'] < EQUILIBRATED for r in rows)
+        shown.append(
+            f'seed {seed}: ' + ', '.join(f'{r["layer"]} {x:.3f}' for r, x in zip(rows, ratios))
+            + ('' if settled else ' (not equilibrated: norm drift up to '
+               f'{max(r["drift"] for r in rows):.1%})')
+            + ''.join(f' (far from equilibrium: {r["layer"]} {r["elapsed"]:.1f} time '
+                      'constants)' for r in rows if r['elapsed'] < FAR))
+      verdict = verdicts.paired(
+          f'{n}: measured {quantity} matches bnjax.theory within a factor {TOLERANCE} '
+          f'in every layer', 'van Laarhoven 2017, section 3; Wan et al. 2021, Theorem 1; '
+          'Kosson et al. 2024, section 3', f'max over layers of |log(measured/theory)| '
+          f'({quantity}), against log {TOLERANCE}', per_seed,
+          threshold=float(np.log(TOLERANCE)),
+          numbers='measured/theory ' + '; '.join(shown))
+      found.append(verdict)
+      lines.append(verdict.markdown())
+  fig.tight_layout()
+  png = study.savefig(fig, workdir, 'equilibrium')
+  sections.append(('Measured against theory',
+                   f'![equilibrium]({png})\n\nSolid: measured (first seed); dashed: theory '
+                   f'(from the late-training mean of `grad_sq_at_unit_norm` where the '
+                   f'formula needs the gradient); dotted: theory from each window\'s own '
+                   f'gradient norm, the equilibrium the layer is approaching at that time.'
+                   f'\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
+  states = last_states(workdir, runs, names)
+  per_unit = _adam_per_unit(states)
+  if per_unit:
+    section, more = per_unit
+    found += more
+    sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
+  sgd_units = {key: sgd_unit_equilibrium(run, state, key[0], unit_grad_sq(run, state))
+               for key, (run, state) in states.items() if OPTIMIZERS[key[0]][1] == 'sgd'}
+  per_unit = _sgd_per_unit(sgd_units, [n for n in names if OPTIMIZERS[n][1] == 'sgd'])
+  if per_unit:
+    section, more = per_unit
+    found += more
+    sections.append(('SGD per unit, from each unit\'s own gradient', section))
+  correlation = _momentum_signal_table(states, rows_of)
+  if correlation:
+    sections.append(('Gradient correlation between steps (Adam)', correlation))
+  distributions = _unit_distributions(workdir, states, rows_of, names, sgd_units)
+  if distributions:
+    sections.append(('Per-unit norms at the end', distributions))
+  sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
+                   f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
+                   f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '
+                   'optimizer (with fewer than 3 the verdicts are inconclusive and the '
+                   'ratios show the direction only).'))
+  return study.write_report(workdir, 'Rotational equilibrium under weight decay', sections,
+                            found)
