@@ -159,21 +159,7 @@ class PopulationNorm(_BatchNormBase):
   .. math::
     y = \frac{x - \mu_P}{\sqrt{\sigma^2_P + \epsilon}}\,\gamma + \beta
 
-  Args:
-    num_features: number of features on ``axis``.
-    use_running_average: normalize with the running statistics (inference);
-      a call's ``use_running_average`` overrides it.
-    axis: the feature axis.
-    momentum: running-average decay (flax convention, default 0.99).
-    epsilon: added to the variance.
-    dtype: output dtype (default: promotion of input and parameters).
-    param_dtype: dtype of ``scale`` and ``bias``.
-    use_bias, use_scale: learn beta / gamma.
-    bias_init, scale_init: their initializers.
-    axis_name: mapped axis over which batch statistics are averaged.
-    frozen: always normalize with the running statistics and never update
-      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
-    rngs: ``nnx.Rngs`` for the parameter initializers.
+  Takes :class:`BatchNorm`'s arguments.
 
   Example:
     >>> import jax.numpy as jnp
@@ -199,21 +185,8 @@ class MeanOnlyBatchNorm(_BatchNormBase):
   .. math::
     y = (x - \mu_B)\,\gamma + \beta
 
-  Args:
-    num_features: number of features on ``axis``.
-    use_running_average: normalize with the running statistics (inference);
-      a call's ``use_running_average`` overrides it.
-    axis: the feature axis.
-    momentum: running-average decay (flax convention, default 0.99).
-    epsilon: added to the variance.
-    dtype: output dtype (default: promotion of input and parameters).
-    param_dtype: dtype of ``scale`` and ``bias``.
-    use_bias, use_scale: learn beta / gamma.
-    bias_init, scale_init: their initializers.
-    axis_name: mapped axis over which batch statistics are averaged.
-    frozen: always normalize with the running statistics and never update
-      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
-    rngs: ``nnx.Rngs`` for the parameter initializers.
+  Takes :class:`BatchNorm`'s arguments; ``epsilon`` is unused (nothing is
+  divided by a standard deviation).
 
   Example:
     >>> import jax.numpy as jnp
@@ -239,21 +212,7 @@ class VarianceOnlyBatchNorm(_BatchNormBase):
   .. math::
     y = \frac{x}{\sqrt{\sigma^2_B + \epsilon}}\,\gamma + \beta
 
-  Args:
-    num_features: number of features on ``axis``.
-    use_running_average: normalize with the running statistics (inference);
-      a call's ``use_running_average`` overrides it.
-    axis: the feature axis.
-    momentum: running-average decay (flax convention, default 0.99).
-    epsilon: added to the variance.
-    dtype: output dtype (default: promotion of input and parameters).
-    param_dtype: dtype of ``scale`` and ``bias``.
-    use_bias, use_scale: learn beta / gamma.
-    bias_init, scale_init: their initializers.
-    axis_name: mapped axis over which batch statistics are averaged.
-    frozen: always normalize with the running statistics and never update
-      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
-    rngs: ``nnx.Rngs`` for the parameter initializers.
+  Takes :class:`BatchNorm`'s arguments.
 
   Example:
     >>> import jax.numpy as jnp
@@ -281,21 +240,9 @@ class GhostBatchNorm(_BatchNormBase):
   .. math::
     y_g = \frac{x_g - \mu_g}{\sqrt{\sigma^2_g + \epsilon}}\,\gamma + \beta
 
+  Takes :class:`BatchNorm`'s arguments, and:
+
   Args:
-    num_features: number of features on ``axis``.
-    use_running_average: normalize with the running statistics (inference);
-      a call's ``use_running_average`` overrides it.
-    axis: the feature axis.
-    momentum: running-average decay (flax convention, default 0.99).
-    epsilon: added to the variance.
-    dtype: output dtype (default: promotion of input and parameters).
-    param_dtype: dtype of ``scale`` and ``bias``.
-    use_bias, use_scale: learn beta / gamma.
-    bias_init, scale_init: their initializers.
-    axis_name: mapped axis over which batch statistics are averaged.
-    frozen: always normalize with the running statistics and never update
-      them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
-    rngs: ``nnx.Rngs`` for the parameter initializers.
     virtual_batch_size: examples per virtual batch (keyword only).
 
   Example:

@@ -3,7 +3,9 @@ bnjax.train names the extra, the wheel holds only bnjax, one config declaration 
 the flags, one optimizer spelling, the study CLI."""
 
 import dataclasses
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -92,19 +94,45 @@ def test_study_cli_refuses_an_unknown_study(capsys):
 
 
 def test_the_wheel_holds_only_bnjax(tmp_path):
+  source = tmp_path / 'source'  # a copy: setuptools' build/ folder would keep stale modules
+  for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+    source.mkdir(exist_ok=True)
+    shutil.copy(ROOT / name, source / name)
+  shutil.copytree(ROOT / 'bnjax', source / 'bnjax',
+                  ignore=shutil.ignore_patterns('__pycache__'))
+  shutil.copytree(ROOT / 'experiments', source / 'experiments',
+                  ignore=shutil.ignore_patterns('__pycache__'))
   out = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                        '--quiet', '-w', str(tmp_path), str(ROOT)], capture_output=True,
+                        '--quiet', '-w', str(tmp_path), str(source)], capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   wheel, = tmp_path.glob('bnjax-*.whl')
   names = zipfile.ZipFile(wheel).namelist()
   tops = {n.split('/')[0] for n in names if not n.split('/')[0].endswith('.dist-info')}
   assert tops == {'bnjax'}
-  assert 'bnjax/train/binaries/study.py' in names and 'bnjax/train/studies/effective_lr.py' in names
+  assert 'bnjax/train/binaries/study.py' in names
+  assert 'bnjax/train/studies/effective_lr/report.py' in names
   entry_points, = [n for n in names if n.endswith('entry_points.txt')]
   scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
   assert 'bnjax-train = bnjax.train.binaries.train:run' in scripts
   assert 'bnjax-study = bnjax.train.binaries.study:run' in scripts
+  # Installed (without its dependencies, which this venv has) into a folder of its own,
+  # the console scripts' targets run from any folder, importing bnjax from the wheel.
+  site = tmp_path / 'site'
+  out = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
+                        '--target', str(site), str(wheel)], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  env = {**os.environ, 'PYTHONPATH': str(site)}
+  for binary, expected in (('study', 'effective_lr'), ('train', '--learning_rate')):
+    code = (f'import sys, bnjax; print(bnjax.__file__)\n'
+            f'from bnjax.train.binaries.{binary} import run\nrun(["bnjax-{binary}", "--help"])')
+    out = subprocess.run([sys.executable, '-c', code], cwd=elsewhere, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0].startswith(str(site)) and expected in out.stdout
 
 
 def test_every_config_field_has_one_help_topic():
