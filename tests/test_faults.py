@@ -314,3 +314,52 @@ def test_format_3_record_resumes_with_the_head_decayed_by_weight_decay(tmp_path)
   resumed = trainer.train(TS, tmp_path / 'a', progress=False)
   whole = trainer.train(TS, tmp_path / 'b', progress=False)
   assert resumed['test_loss'] == whole['test_loss']
+
+
+# ------------------------------------------------------- summaries trusted only when valid
+
+
+def _tampered(summary: dict, case: str) -> dict:
+  if case == 'running':
+    return {**summary, 'status': 'running', 'test_loss': 99.0,
+            'config': {**summary['config'], 'learning_rate': 0.3}}
+  if case == 'another_run':
+    return {**summary, 'config': {**summary['config'], 'seed': 5}}
+  if case == 'unknown_status':
+    return {**summary, 'status': 'paused'}
+  if case == 'incomplete':
+    return {k: v for k, v in summary.items() if k != 'test_loss'}
+  return ['not', 'an', 'object']
+
+
+@pytest.mark.parametrize('case', ['running', 'another_run', 'unknown_status', 'incomplete',
+                                  'not_an_object'])
+def test_a_tampered_summary_is_not_the_runs_answer(reference, tmp_path, case):
+  """A summary answers for a run only when it is a complete, finished summary of exactly
+  this config; any other is rewritten by resuming from the run's last checkpoint."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+  path = tmp_path / 'summary.json'
+  original = _strict(path.read_text())
+  path.write_text(__import__('json').dumps(_tampered(original, case)))
+  summary = trainer.train(TS, tmp_path, progress=False)
+  expected = {k: v for k, v in original.items() if k != 'wall_time_s'}
+  assert {k: v for k, v in summary.items() if k != 'wall_time_s'} == expected
+  _assert_same_run(tmp_path, reference)
+
+
+def test_a_study_trains_again_a_run_whose_summary_is_not_its_own(tmp_path):
+  """In a study, a run whose summary belongs to another run is neither reported as
+  finished nor left untrained: the sweep finishes it again from its checkpoint."""
+  import json  # pylint: disable=g-import-not-at-top
+  configs = {'a': TS, 'b': dataclasses.replace(TS, seed=1)}
+  study.run_sweep('test', 'smoke', configs, tmp_path, workers=1)
+  good = _strict((tmp_path / 'a' / 'summary.json').read_text())
+  foreign = _strict((tmp_path / 'b' / 'summary.json').read_text())
+  (tmp_path / 'a' / 'summary.json').write_text(json.dumps(foreign))
+  assert sorted(study.load_runs(tmp_path)) == ['b']  # not counted as a's result
+  runs = study.run_sweep('test', 'smoke', configs, tmp_path, workers=1)
+  assert sorted(runs) == ['a', 'b']
+  again = _strict((tmp_path / 'a' / 'summary.json').read_text())
+  assert {k: v for k, v in again.items() if k != 'wall_time_s'} == {
+      k: v for k, v in good.items() if k != 'wall_time_s'}

@@ -16,6 +16,7 @@ import time
 from typing import Iterator, List, Optional, Protocol
 
 import jax
+from absl import logging
 from tqdm import tqdm
 
 from bnjax.train import data
@@ -66,12 +67,25 @@ class Program(Protocol):
 def answered(workdir: pathlib.Path, wanted: dict) -> Optional[dict]:
   """The summary of a done run of ``wanted`` in ``workdir`` (None when not done).
 
+  A ``summary.json`` answers only when it is a complete, finished (or diverged)
+  summary of exactly this config (:func:`bnjax.train.workdir.summary_problem`);
+  any other is left in place with a warning naming it and what is wrong, the run
+  resumes from its checkpoint and its end overwrites it.
+
   Raises :class:`bnjax.train.workdir.ConfigMismatchError` for another config,
   :class:`bnjax.train.run_files.NonFiniteLossError` for a diverged run.
   """
   workdirs.check_config(workdir, wanted, Config.NON_RESULT_FIELDS)
-  summary = workdirs.read_json(workdir / workdirs.SUMMARY)
-  if summary is not None and summary.get('status') == 'diverged':
+  path = pathlib.Path(workdir) / workdirs.SUMMARY
+  summary = workdirs.read_json(path)
+  if summary is None:
+    return None
+  problem = workdirs.summary_problem(summary, wanted, Config.NON_RESULT_FIELDS)
+  if problem is not None:
+    logging.warning('%s is not a finished summary of this run (%s); the run resumes '
+                    'from its last checkpoint and rewrites it.', path, problem)
+    return None
+  if summary['status'] == 'diverged':
     raise NonFiniteLossError(summary.get('error', 'the run diverged'))
   return summary
 

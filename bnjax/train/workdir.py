@@ -44,6 +44,7 @@ __all__ = [
     'MetricsLog',
     'WorkdirLockedError',
     'locked',
+    'summary_problem',
     'read_metrics',
     'write_json_atomic',
 ]
@@ -198,6 +199,59 @@ def check_config(workdir, wanted: dict, ignore: Iterable[str] = ()) -> None:
     raise ConfigMismatchError(
         f'{workdir} holds a run with another config ({fields}). Use another workdir, '
         f'or rerun with the stored values.')
+
+
+# A finished summary holds these (RunFiles.finish), beside the test metrics.
+FINISHED_KEYS = ('status', 'steps', 'wall_time_s', 'test_loss', 'config')
+
+
+def summary_problem(summary, wanted: dict, ignore: Iterable[str] = ()) -> Optional[str]:
+  """Why ``summary`` does not answer for the run of ``wanted``; ``None`` when it does.
+
+  A summary answers only when it is a JSON object with the status ``'finished'``
+  (every key of :data:`FINISHED_KEYS`, a positive step count, finite test
+  metrics) or ``'diverged'``, recorded for exactly this config (outside
+  ``ignore``).
+
+  Args:
+    summary: the parsed ``summary.json``.
+    wanted: the run's config record.
+    ignore: config fields that do not change the run's result.
+
+  Returns:
+    A short reason, or ``None``.
+
+  Example:
+    >>> from bnjax.train import workdir
+    >>> wanted = {'seed': 0}
+    >>> workdir.summary_problem({'status': 'running', 'config': wanted}, wanted)
+    "status 'running'"
+    >>> workdir.summary_problem({'status': 'diverged', 'config': {'seed': 1}}, wanted)
+    'another config (seed)'
+  """
+  if not isinstance(summary, dict):
+    return 'not a JSON object'
+  status = summary.get('status')
+  if status not in ('finished', 'diverged'):
+    return f'status {status!r}'
+  if not isinstance(summary.get('config'), dict):
+    return 'no config'
+  diff = config_differences(summary['config'], wanted, ignore)
+  if diff:
+    return f'another config ({", ".join(sorted(diff))})'
+  if status == 'diverged':
+    return None
+  missing = [k for k in FINISHED_KEYS if k not in summary]
+  if missing:
+    return f'no {", ".join(missing)}'
+  steps = summary['steps']
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+    return f'steps {steps!r}'
+  for key in ('test_loss', 'test_accuracy'):
+    value = summary.get(key, 0.0)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+      return f'{key} {value!r}'
+  return None
 
 
 # ------------------------------------------------------------------- lock

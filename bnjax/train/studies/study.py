@@ -234,8 +234,9 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
 def load_runs(workdir) -> Dict[str, Run]:
   """Every finished run listed in ``study.json`` whose config is the listed one.
 
-  Diverged and unfinished runs are left out, and so is a run whose summary's
-  config differs from the one ``study.json`` records for it.
+  Diverged and unfinished runs are left out, and so is a run whose summary is
+  not a complete, finished summary of the config ``study.json`` records for it
+  (:func:`bnjax.train.workdir.summary_problem`; a sweep trains such a run again).
   """
   workdir = pathlib.Path(workdir)
   meta = study_meta(workdir)
@@ -244,10 +245,10 @@ def load_runs(workdir) -> Dict[str, Run]:
   for name in meta['runs']:
     folder = workdir / name
     summary = workdirs.read_json(folder / workdirs.SUMMARY)
-    if summary is None or summary.get('status', 'finished') != 'finished':
+    if summary is None or summary.get('status') != 'finished':
       continue
-    if name in wanted and workdirs.config_differences(
-        summary['config'], wanted[name], Config.NON_RESULT_FIELDS):
+    if workdirs.summary_problem(summary, wanted.get(name, summary.get('config')),
+                                Config.NON_RESULT_FIELDS):
       continue
     runs[name] = Run(name, summary['config'], summary, workdirs.read_metrics(folder))
   return runs
