@@ -361,6 +361,19 @@ def test_binary_refusal_exits_non_zero_naming_the_flag(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_an_empty_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match='workdir is empty'):
+    trainer.train(TS, '', progress=False)
+  with pytest.raises(TypeError, match='workdir must be a folder'):
+    trainer.train(TS, None, progress=False)
+  out = subprocess.run(binary(tmp_path / 'unused', '--workdir='), cwd=tmp_path,
+                       env={**os.environ, 'PYTHONPATH': str(ROOT)}, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and '--workdir is empty' in out.stderr, out.stderr[-2000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize('path', ['single', 'vectorized'])
 @pytest.mark.parametrize('change,message', [
     ({'batch_size': 64}, '--batch_size: 64 exceeds the 48 training examples of fashion_mnist'),

@@ -241,6 +241,8 @@ def test_finished_members_answer_without_training(one_by_one):
     (([], []), {}, ValueError, 'configs is empty'),
     (([BASE, 'x'], ['a', 'b']), {}, TypeError, r'configs\[1\] must be a Config'),
     (([BASE, BASE], ['a', 'b/../a']), {}, ValueError, 'same folder'),
+    (([BASE], ['']), {}, ValueError, r'workdirs\[0\] is empty'),
+    (([BASE, BASE], ['a', 3]), {}, TypeError, r'workdirs\[1\] must be a folder'),
     (([dataclasses.replace(BASE, learning_rate=-1.0)], ['a']), {}, ValueError,
      'member 0 .*--learning_rate: must be > 0'),
     (([BASE], ['a']), dict(workers=0), ValueError, 'workers must be a positive int'),
@@ -254,6 +256,16 @@ def test_refusals_before_any_file(tmp_path, monkeypatch, args, kwargs, error, ma
   with pytest.raises(error, match=match):
     sweep.train_many(*args, **kwargs)
   assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize('same_config', [True, False])
+def test_a_symlink_to_another_members_workdir_is_the_same_folder(tmp_path, same_config):
+  (tmp_path / 'real').mkdir()
+  (tmp_path / 'link').symlink_to(tmp_path / 'real')
+  other = BASE if same_config else dataclasses.replace(BASE, seed=1)
+  with pytest.raises(ValueError, match=r'workdirs\[0\] and workdirs\[1\] are the same folder'):
+    sweep.train_many([BASE, other], [tmp_path / 'real', tmp_path / 'link'])
+  assert not list((tmp_path / 'real').iterdir())
 
 
 def test_a_workdir_of_another_config_is_refused_before_training(one_by_one, tmp_path):

@@ -74,13 +74,13 @@ def _check_members(configs, workdirs_) -> List[pathlib.Path]:
   for i, c in enumerate(configs):
     if not isinstance(c, Config):
       raise TypeError(f'configs[{i}] must be a Config, got {type(c).__name__}.')
-  paths = [pathlib.Path(w) for w in workdirs_]
+  paths = [workdirs.folder(w, f'workdirs[{i}]') for i, w in enumerate(workdirs_)]
   seen = {}
   for i, p in enumerate(paths):
-    key = os.path.abspath(p)
+    key = os.path.realpath(p)  # a symlink to another member's folder is that folder
     if key in seen:
       raise ValueError(f'workdirs[{seen[key]}] and workdirs[{i}] are the same folder '
-                       f'{p}: every member needs its own workdir.')
+                       f'{key}: every member needs its own workdir.')
     seen[key] = i
   for i, (c, p) in enumerate(zip(configs, paths)):
     try:

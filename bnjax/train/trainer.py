@@ -31,7 +31,6 @@ steps and parallel modes :mod:`bnjax.train.executors`'s, the metrics
 :mod:`bnjax.train.step_metrics`'s, the config :mod:`bnjax.train.config`'s.
 """
 
-import pathlib
 from typing import Any, Optional
 
 import jax
@@ -104,8 +103,8 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   References:
     van Laarhoven 2017, arXiv 1706.05350, section 5 (the training setup).
   """
+  workdir = workdirs.folder(workdir)
   config.validate(jax.device_count())
-  workdir = pathlib.Path(workdir)
   wanted = config_lib.record(config)
   main_process = jax.process_index() == 0
   summary = loop.answered(workdir, wanted)

@@ -43,6 +43,7 @@ __all__ = [
     'ConfigMismatchError',
     'MetricsLog',
     'WorkdirLockedError',
+    'folder',
     'locked',
     'summary_problem',
     'read_metrics',
@@ -199,6 +200,25 @@ def check_config(workdir, wanted: dict, ignore: Iterable[str] = ()) -> None:
     raise ConfigMismatchError(
         f'{workdir} holds a run with another config ({fields}). Use another workdir, '
         f'or rerun with the stored values.')
+
+
+def folder(workdir, name: str = 'workdir') -> pathlib.Path:
+  """``workdir`` as a path, refusing what names no folder of its own.
+
+  Raises a TypeError for a value that is not a ``str`` or ``os.PathLike``, and a
+  ValueError for an empty string (which would write the run into the current
+  directory).
+
+  Example:
+    >>> from bnjax.train import workdir
+    >>> workdir.folder('runs/a').name
+    'a'
+  """
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f'{name} must be a folder (str or path), got {type(workdir).__name__}.')
+  if not os.fspath(workdir).strip():
+    raise ValueError(f'{name} is empty: name the folder the run writes into.')
+  return pathlib.Path(workdir)
 
 
 # A finished summary holds these (RunFiles.finish), beside the test metrics.

@@ -36,6 +36,8 @@ flags.DEFINE_boolean('multihost', False,
                      'BUILD.md).')
 flags.DEFINE_boolean('progress', True, 'Show a tqdm progress bar.')
 flags.mark_flag_as_required('workdir')
+flags.register_validator('workdir', lambda v: v is None or bool(v.strip()),
+                         message='--workdir is empty: name the folder the run writes into.')
 
 FLAGS = flags.FLAGS
 # The binary's own flags beside the Config's (config_lib.TOPICS).

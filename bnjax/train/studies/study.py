@@ -48,6 +48,8 @@ def define_flags(study: str):
                     'cell, sized so that the verdicts can be decided (the four studies in '
                     "about an hour on 2 cores); paper: the seeds' full settings (GPU/TPU).")
   flags.DEFINE_string('workdir', f'runs/{study}', 'Study folder (resumed if it exists).')
+  flags.register_validator('workdir', lambda v: bool(v and v.strip()),
+                           message='--workdir is empty: name the study folder.')
   flags.DEFINE_string('data_dir', None, 'tfds data dir (default $BNJAX_DATA_DIR).')
   flags.DEFINE_enum('parallel', 'none', PARALLEL, 'Parallel mode of every run.')
   flags.DEFINE_boolean('progress', False, 'Show each run\'s progress bar.')
