@@ -363,3 +363,22 @@ def test_a_study_trains_again_a_run_whose_summary_is_not_its_own(tmp_path):
   again = _strict((tmp_path / 'a' / 'summary.json').read_text())
   assert {k: v for k, v in again.items() if k != 'wall_time_s'} == {
       k: v for k, v in good.items() if k != 'wall_time_s'}
+
+
+@pytest.mark.parametrize('content, problem', [
+    ('{}', 'no study name'), ('[1, 2]', 'a JSON list, not an object'),
+    ('{"study": "effective_lr"}', 'no list of run names'), ('{"study": ', 'not valid JSON')])
+def test_a_damaged_study_record_is_named(tmp_path, content, problem):
+  """A damaged study.json is named with what is wrong, by the loader, the sweep and
+  the report binary (an exit naming --workdir, no traceback)."""
+  (tmp_path / 'study.json').write_text(content)
+  for call in (lambda: study.load_study(tmp_path),
+               lambda: study.run_sweep('effective_lr', 'smoke', {'a': TS}, tmp_path,
+                                       workers=1)):
+    with pytest.raises(ValueError, match=f'study.json.*{problem}'):
+      call()
+  assert not (tmp_path / 'a').exists()
+  out = subprocess.run([sys.executable, '-m', 'experiments.report', f'--workdir={tmp_path}'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert '--workdir' in out.stderr and 'study.json' in out.stderr

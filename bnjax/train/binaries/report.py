@@ -18,7 +18,10 @@ def report(workdir) -> pathlib.Path:
   meta_path = pathlib.Path(workdir) / 'study.json'
   if not meta_path.exists():
     raise app.UsageError(f'--workdir: {workdir} has no study.json (not a study folder)')
-  name = study.study_meta(workdir)['study']
+  try:
+    name = study.study_meta(workdir)['study']
+  except ValueError as e:
+    raise app.UsageError(f'--workdir: {e}')
   if name not in study.STUDIES:
     raise app.UsageError(f'--workdir: unknown study {name!r}')
   return study.study_module(name).report(workdir)

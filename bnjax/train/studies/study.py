@@ -205,9 +205,9 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
   for config in configs.values():
     config.validate()
   meta_path = workdir / 'study.json'
-  old = workdirs.read_json(meta_path)
-  if old is not None and (old['study'], old['preset']) != (study, preset):
-    raise ValueError(f'{workdir} holds study {old["study"]!r} preset {old["preset"]!r}; '
+  old = study_meta(workdir) if meta_path.exists() else None
+  if old is not None and (old['study'], old.get('preset')) != (study, preset):
+    raise ValueError(f'{workdir} holds study {old["study"]!r} preset {old.get("preset")!r}; '
                      f'use another --workdir for {study!r} preset {preset!r}.')
   stale = stale_runs(workdir, configs)
   if stale and not rerun_stale:
@@ -257,11 +257,28 @@ def load_runs(workdir) -> Dict[str, Run]:
 
 
 def study_meta(workdir) -> dict:
-  meta = workdirs.read_json(pathlib.Path(workdir) / 'study.json')
+  """``study.json`` of a study folder, checked: a JSON object naming its ``study``
+  (a str) and its ``runs`` (a list of names).
+
+  Raises FileNotFoundError when there is none and ValueError naming the file and
+  what is wrong otherwise.
+  """
+  path = pathlib.Path(workdir) / 'study.json'
+  meta = workdirs.read_json(path)
   if meta is None:
     raise FileNotFoundError(f'{workdir} holds no study (no study.json); run the study '
                             f'binary with this --workdir first.')
-  return meta
+  if not isinstance(meta, dict):
+    problem = f'a JSON {type(meta).__name__}, not an object'
+  elif not isinstance(meta.get('study'), str):
+    problem = 'no study name ("study")'
+  elif not isinstance(meta.get('runs'), list) or not all(
+      isinstance(r, str) for r in meta['runs']):
+    problem = 'no list of run names ("runs")'
+  else:
+    return meta
+  raise ValueError(f'{path} is not a study record ({problem}); it was not written by '
+                   f'bnjax or was damaged. Move it away and rerun the study to rewrite it.')
 
 
 def load_study(workdir):
@@ -448,7 +465,7 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
         raise app.UsageError('--report_only: writes the whole study\'s report; drop --shard')
       try:
         meta, runs = load_study(FLAGS.workdir)
-      except FileNotFoundError as e:
+      except (FileNotFoundError, ValueError) as e:
         raise app.UsageError(f'--workdir: {e}')
       check_ready({}, FLAGS.data_dir)
       print(f'{len(runs)} of {len(meta["runs"])} runs finished; report: '
@@ -456,6 +473,11 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
       return
     wanted = configs(FLAGS.preset, FLAGS.parallel)
     check_ready(wanted, FLAGS.data_dir)
+    if (pathlib.Path(FLAGS.workdir) / 'study.json').exists():
+      try:
+        study_meta(FLAGS.workdir)
+      except ValueError as e:
+        raise app.UsageError(f'--workdir: {e}')
     print(f'{study} --preset={FLAGS.preset}: {workload(wanted)}', flush=True)
     vectorize = {'auto': vectorize_default, 'on': True, 'off': False}[FLAGS.vectorize]
     try:
