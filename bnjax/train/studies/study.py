@@ -236,9 +236,9 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
 def load_runs(workdir) -> Dict[str, Run]:
   """Every finished run listed in ``study.json`` whose config is the listed one.
 
-  Diverged and unfinished runs are left out, and so is a run whose summary is
-  not a complete, finished summary of the config ``study.json`` records for it
-  (:func:`bnjax.train.workdir.summary_problem`; a sweep trains such a run again).
+  Diverged and unfinished runs are left out, and so is a run whose summary's
+  config differs from the one ``study.json`` records for it (a sweep trains such
+  a run again: :func:`bnjax.train.loop.answered`).
   """
   workdir = pathlib.Path(workdir)
   meta = study_meta(workdir)
@@ -247,10 +247,11 @@ def load_runs(workdir) -> Dict[str, Run]:
   for name in meta['runs']:
     folder = workdir / name
     summary = workdirs.read_json(folder / workdirs.SUMMARY)
-    if summary is None or summary.get('status') != 'finished':
-      continue
-    if workdirs.summary_problem(summary, wanted.get(name, summary.get('config')),
-                                Config.NON_RESULT_FIELDS):
+    if not isinstance(summary, dict) or summary.get('status', 'finished') != 'finished':
+      continue  # (summaries written before the status field are finished ones)
+    if not isinstance(summary.get('config'), dict) or (
+        name in wanted and workdirs.config_differences(
+            summary['config'], wanted[name], Config.NON_RESULT_FIELDS)):
       continue
     runs[name] = Run(name, summary['config'], summary, workdirs.read_metrics(folder))
   return runs
