@@ -116,13 +116,11 @@ def test_the_wheel_holds_only_bnjax(tmp_path):
   scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
   assert 'bnjax-train = bnjax.train.binaries.train:run' in scripts
   assert 'bnjax-study = bnjax.train.binaries.study:run' in scripts
-  # Installed (without its dependencies, which this venv has) into a folder of its own,
-  # the console scripts' targets run from any folder, importing bnjax from the wheel.
+  # Unpacked into a folder of its own (what pip does with a pure-Python wheel; its
+  # dependencies are this venv's), the console scripts' targets run from any folder,
+  # importing bnjax from the wheel.
   site = tmp_path / 'site'
-  out = subprocess.run([sys.executable, '-m', 'pip', 'install', '--quiet', '--no-deps',
-                        '--target', str(site), str(wheel)], capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode == 0, out.stderr[-2000:]
+  zipfile.ZipFile(wheel).extractall(site)
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
   env = {**os.environ, 'PYTHONPATH': str(site)}
