@@ -27,7 +27,19 @@ def test_example_runs(page, index, block):
     if not hasattr(nnx, 'as_pure'):
       pytest.skip('the flax.nnx examples need flax >= 0.11 (nnx.as_pure, '
                   'nnx.Optimizer(wrt=)), as README says')
-  exec(compile(block, f'{page}[python block {index}]', 'exec'), {})
+  exec(compile(block, f'{page}[python block {index}]', 'exec'), {'__name__': '__main__'})
+
+
+def test_the_many_runs_example_runs_as_a_script(tmp_path):
+  """Saved as a script and run (worker processes on a multi-core CPU), the guide's
+  train_many example works: it carries the __main__ guard that spawned workers need."""
+  import os, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  block, = [b for n, _, b in BLOCKS if 'sweep.train_many' in b]
+  (tmp_path / 'many.py').write_text(block)
+  out = subprocess.run([sys.executable, 'many.py'], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(eval(out.stdout.strip().splitlines()[-1])) == 4  # pylint: disable=eval-used
 
 
 def test_readme_is_a_users_page():

@@ -213,6 +213,11 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
   be refused (list shapes, types, duplicate workdirs, invalid configs, a
   workdir holding another config) is refused before any member starts.
 
+  With ``workers > 1`` the members train in spawned processes, which import the
+  calling script again: in a script, call ``train_many`` under
+  ``if __name__ == '__main__':`` (as with any ``multiprocessing`` code), or pass
+  ``workers=1``.
+
   Args:
     configs: the members' :class:`bnjax.train.config.Config`.
     workdirs: one folder per member (distinct).
