@@ -100,7 +100,7 @@ def test_steps_are_the_epochs_batches_end_to_end(start, stop):
 
 def test_input_normalization_is_the_training_subsets_once_per_process(tmp_path, monkeypatch):
   from _helpers import fake_fashion_mnist  # pylint: disable=g-import-not-at-top
-  from bnjax.train import trainer  # pylint: disable=g-import-not-at-top
+  from bnjax.train import inputs  # pylint: disable=g-import-not-at-top
   from bnjax.train.config import Config  # pylint: disable=g-import-not-at-top
   source = tmp_path / 'idx'
   source.mkdir()
@@ -112,12 +112,12 @@ def test_input_normalization_is_the_training_subsets_once_per_process(tmp_path, 
   monkeypatch.setattr(data, 'normalization_stats', lambda x: calls.append(len(x)) or stats(x))
   for subset in (0, 16, 16):
     config = Config(train_subset=subset, batch_size=8)
-    mean, std = trainer.input_normalization(config, data_dir)
-    x = trainer.load_data(config, data_dir)['train'].x.astype(np.float64) / 255
+    mean, std = inputs.input_normalization(config, data_dir)
+    x = inputs.load_data(config, data_dir)['train'].x.astype(np.float64) / 255
     np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(std, x.std((0, 1, 2)), rtol=1e-5)
   assert calls == [48, 16]  # the second subset of 16 is answered from the cache
-  assert trainer.input_normalization(Config(dataset='teacher_student', model='perceptron',
+  assert inputs.input_normalization(Config(dataset='teacher_student', model='perceptron',
                                             batch_size=8)) == (None, None)
 
 def test_normalization_and_eval_order():

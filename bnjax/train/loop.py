@@ -64,13 +64,14 @@ class Program(Protocol):
     """``{j: test metrics}`` of the members ``j`` in ``members``."""
 
 
-def answered(workdir: pathlib.Path, wanted: dict) -> Optional[dict]:
+def answered(workdir: pathlib.Path, wanted: dict, *, warn: bool = False) -> Optional[dict]:
   """The summary of a done run of ``wanted`` in ``workdir`` (None when not done).
 
   A ``summary.json`` answers only when it is a complete, finished (or diverged)
   summary of exactly this config (:func:`bnjax.train.workdir.summary_problem`);
-  any other is left in place with a warning naming it and what is wrong, the run
-  resumes from its checkpoint and its end overwrites it.
+  any other is left in place (``warn``: with a warning naming it and what is
+  wrong, given by the check made under the workdir's lock), the run resumes from
+  its checkpoint and its end overwrites it.
 
   Raises :class:`bnjax.train.workdir.ConfigMismatchError` for another config,
   :class:`bnjax.train.run_files.NonFiniteLossError` for a diverged run.
@@ -82,8 +83,9 @@ def answered(workdir: pathlib.Path, wanted: dict) -> Optional[dict]:
     return None
   problem = workdirs.summary_problem(summary, wanted, Config.NON_RESULT_FIELDS)
   if problem is not None:
-    logging.warning('%s is not a finished summary of this run (%s); the run resumes '
-                    'from its last checkpoint and rewrites it.', path, problem)
+    if warn:
+      logging.warning('%s is not a finished summary of this run (%s); the run resumes '
+                      'from its last checkpoint and rewrites it.', path, problem)
     return None
   if summary['status'] == 'diverged':
     raise NonFiniteLossError(summary.get('error', 'the run diverged'))

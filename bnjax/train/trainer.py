@@ -118,7 +118,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   workdir.mkdir(parents=True, exist_ok=True)
   with workdirs.locked(workdir, enabled=main_process):
     # Asked again under the lock: another process may have finished meanwhile.
-    summary = loop.answered(workdir, wanted)
+    summary = loop.answered(workdir, wanted, warn=True)
     if summary is not None:
       return summary
     if main_process and not (workdir / workdirs.CONFIG).exists():

@@ -39,10 +39,10 @@ VECTORIZED_FIELDS = programs.VALUE_FIELDS
 group_key = programs.program_key
 
 
-def _answered(workdir, wanted: dict) -> Optional[dict]:
+def _answered(workdir, wanted: dict, warn: bool = False) -> Optional[dict]:
   """The summary of a finished or diverged member (None when it still has to train)."""
   try:
-    return loop.answered(workdir, wanted)
+    return loop.answered(workdir, wanted, warn=warn)
   except NonFiniteLossError:
     return workdirs.read_json(workdir / workdirs.SUMMARY)
 
@@ -153,7 +153,7 @@ def _train_locked(configs, paths, data_dir, progress) -> list:
     for p in paths:
       p.mkdir(parents=True, exist_ok=True)
       stack.enter_context(workdirs.locked(p))
-    out = [_answered(p, w) for p, w in zip(paths, wanted)]  # again, under the locks
+    out = [_answered(p, w, warn=True) for p, w in zip(paths, wanted)]  # under the locks
     todo = [i for i, s in enumerate(out) if s is None]
     for i in todo:
       if not (paths[i] / workdirs.CONFIG).exists():

@@ -48,7 +48,7 @@ HELP_ARGS = ('-h', '--help', '-?', '--helpshort')
 def usage() -> str:
   """The text of ``bnjax-train --help``: bnjax's flags grouped by topic, each with its
   default and help (``--helpfull`` adds absl's and JAX's own flags)."""
-  lines = [f'usage: bnjax-train --workdir=DIR [--flag=value ...]', '',
+  lines = ['usage: bnjax-train --workdir=DIR [--flag=value ...]', '',
            (__doc__ or '').strip().splitlines()[0]]
   for topic, names in list(config_lib.TOPICS.items()) + [('run', RUN_FLAGS)]:
     lines += ['', f'{topic}:']

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bnjax.train import config as config_lib
-from bnjax.train import data, sweep, trainer
+from bnjax.train import data, inputs, sweep
 from bnjax.train.config import Config, PARALLEL
 from bnjax.train import workdir as workdirs
 
@@ -122,7 +122,7 @@ class Run:
 
 def unshuffled_batches(config: Config, split: str, batch_size: int):
   """``(split arrays, unshuffled Batches)`` of a run's data, normalized as it trained."""
-  splits = trainer.load_data(config)
+  splits = inputs.load_data(config)
   mean, std = data.normalization_stats(splits['train'].x)
   arrays = splits[split]
   return arrays, data.Batches(arrays, min(batch_size, len(arrays)), seed=0, shuffle=False,
@@ -442,7 +442,7 @@ def check_ready(configs: Dict[str, Config], data_dir: Optional[str]) -> None:
   for config in {c.dataset: c for c in configs.values()}.values():
     if config.dataset != 'teacher_student':
       try:
-        trainer.load_data(config, data_dir)
+        inputs.load_data(config, data_dir)
       except (OSError, ValueError) as e:
         raise app.UsageError(f'--data_dir: {config.dataset} could not be loaded: {e}')
 
