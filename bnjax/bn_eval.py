@@ -31,7 +31,13 @@ __all__ = ['BN_EVAL', 'debiased', 'precise']
 BN_EVAL = ('running', 'debiased', 'precise')
 
 
-def _check_count(count) -> int:
+def _check_count(count):
+  """``count`` as an int, or as it is when traced (``debiased`` under ``jit``)."""
+  if isinstance(count, jax.core.Tracer):
+    if not jnp.issubdtype(count.dtype, jnp.integer):
+      raise TypeError(f'count must be an integer (the number of EMA updates), got a '
+                      f'traced {count.dtype}.')
+    return count
   if isinstance(count, bool) or not isinstance(count, int) and not (
       hasattr(count, 'dtype') and jnp.issubdtype(count.dtype, jnp.integer)):
     raise TypeError(f'count must be an int (the number of EMA updates), got {count!r}.')
@@ -53,7 +59,8 @@ def debiased(batch_stats, count, *, momentum: float = 0.99, initial_mean: float 
 
   Args:
     batch_stats: a flax ``batch_stats`` collection (``'mean'``/``'var'`` leaves).
-    count: the number of EMA updates behind it (training steps).
+    count: the number of EMA updates behind it (training steps); an int, or an
+      integer array under ``jit``.
     momentum: the EMA's :math:`m`, in (0, 1).
     initial_mean, initial_var: :math:`r_0` (flax and bnjax start at 0 and 1).
 
@@ -75,10 +82,16 @@ def debiased(batch_stats, count, *, momentum: float = 0.99, initial_mean: float 
   """
   count = _check_count(count)
   check_unit_interval('momentum', momentum, include_one=False)
-  weight = momentum ** count
-  if count == 0 or weight == 1.0:  # no update has moved the values yet
-    return batch_stats
-  unbias = lambda r, r0: ((r - weight * r0) / (1.0 - weight)).astype(r.dtype)
+  if isinstance(count, int):
+    weight = momentum ** count
+    if count == 0 or weight == 1.0:  # no update has moved the values yet
+      return batch_stats
+    unbias = lambda r, r0: ((r - weight * r0) / (1.0 - weight)).astype(r.dtype)
+  else:  # traced: the same, with count = 0 (and a negative count) selected out
+    weight = jnp.asarray(momentum, jnp.float32) ** jnp.maximum(count, 0)
+    moved = weight < 1.0
+    divisor = jnp.where(moved, 1.0 - weight, 1.0)
+    unbias = lambda r, r0: jnp.where(moved, (r - weight * r0) / divisor, r).astype(r.dtype)
   return _map_stats(lambda node: {'mean': unbias(node['mean'], initial_mean),
                                   'var': unbias(node['var'], initial_var)}, batch_stats)
 
@@ -94,6 +107,14 @@ def _map_stats(fn, *trees):
   return {k: _map_stats(fn, *(t[k] for t in trees)) for k in first}
 
 
+def _batch_size(x) -> int:
+  sizes = {jnp.shape(a)[0] if jnp.ndim(a) else None for a in jax.tree_util.tree_leaves(x)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError(f'each batch must be an array (or pytree of arrays) with one leading '
+                     f'batch axis; got leading sizes {sorted(map(str, sizes))}.')
+  return sizes.pop()
+
+
 def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
             batches: Iterable, *, momentum: float = 0.99):
   r"""Exact population statistics of the given batches, with the current weights.
@@ -101,12 +122,13 @@ def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
   Each batch goes through the network in training mode with incoming
   statistics set to 0, so a layer's EMA update returns :math:`(1-m)\,b` and
   its batch statistics :math:`b` (mean :math:`\mu_k`, biased variance
-  :math:`\sigma^2_k`) are read off exactly. Over :math:`K` batches of equal
-  size, the law of total variance gives the statistics of their union:
+  :math:`\sigma^2_k`) are read off exactly. Over :math:`K` batches of
+  :math:`n_k` examples, :math:`N = \sum_k n_k`, the law of total variance
+  gives the statistics of their union:
 
   .. math::
-    \mu = \frac{1}{K}\sum_k \mu_k, \qquad
-    \sigma^2 = \frac{1}{K}\sum_k \left(\sigma^2_k + \mu_k^2\right) - \mu^2
+    \mu = \frac{1}{N}\sum_k n_k \mu_k, \qquad
+    \sigma^2 = \frac{1}{N}\sum_k n_k \left(\sigma^2_k + \mu_k^2\right) - \mu^2
 
   (for a batch norm whose later layers see normalized inputs, the statistics
   are those of the network as it runs in training, layer by layer, as in
@@ -123,7 +145,9 @@ def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
     params: the network's parameters.
     batch_stats: its running statistics (their structure and the values of
       statistics no layer updates).
-    batches: an iterable of input arrays ``x`` of equal batch size (at least one).
+    batches: an iterable of inputs ``x`` (arrays, or pytrees of arrays sharing a
+      leading batch axis), at least one; batches of unequal size are weighted
+      by their size (a ragged last batch counts for what it holds).
     momentum: the layers' EMA momentum :math:`m`, in (0, 1).
 
   Returns:
@@ -154,15 +178,17 @@ def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
   zeros, ones = fill(0.0), fill(1.0)
   sums, updated, count = None, None, 0
   for x in batches:
+    size = _batch_size(x)
     stats = jax.tree_util.tree_map(lambda a: a / (1.0 - momentum),
                                    update(params, zeros, x))
     if updated is None:  # a statistic no layer updates comes back as it went in
       moved = lambda a, b: bool(jnp.any(a != 0.0) | jnp.any(b != 1.0))
       updated = jax.tree_util.tree_map(moved, stats, update(params, ones, x))
-    moments = _map_stats(lambda n: {'mean': n['mean'],
-                                    'var': n['var'] + jnp.square(n['mean'])}, stats)
+    moments = _map_stats(lambda n: {'mean': size * n['mean'],
+                                    'var': size * (n['var'] + jnp.square(n['mean']))},
+                         stats)
     sums = moments if sums is None else jax.tree_util.tree_map(jnp.add, sums, moments)
-    count += 1
+    count += size
   if count == 0:
     raise ValueError('precise statistics need at least one batch; batches was empty.')
 

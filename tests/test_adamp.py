@@ -226,3 +226,12 @@ def test_update_needs_params():
   params = {'k': jnp.ones((2, 2))}
   with pytest.raises(ValueError, match='adamp needs the current params'):
     tx.update(params, tx.init(params))
+
+
+@pytest.mark.parametrize('make', [lambda: transforms.adamp(0.1),
+                                  lambda: transforms.sgdp(0.1, momentum=0.9)])
+def test_integer_params_are_refused_at_init(make):
+  # An int32 leaf would get its update truncated (to zero for small steps).
+  params = {'kernel': jnp.ones((3, 2)), 'step': jnp.ones((2,), jnp.int32)}
+  with pytest.raises(TypeError, match="'step' has dtype int32"):
+    make().init(params)

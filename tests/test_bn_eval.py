@@ -57,6 +57,17 @@ def test_debiased_equals_the_normalized_weighted_average_of_batch_statistics():
   assert np.all(np.abs(np.asarray(stats['mean']) - weights @ means) > 0.1)
 
 
+def test_debiased_under_jit_equals_the_eager_result():
+  # The count of a training loop is a traced int32 inside a jitted eval step.
+  stats = {'bn': {'mean': jnp.array([0.0398, -1.0]), 'var': jnp.array([1.5, 0.5])}}
+  jitted = jax.jit(lambda s, c: bn_eval.debiased(s, c, momentum=M))
+  for count in (0, 1, 2, 7):
+    chex.assert_trees_all_close(jitted(stats, jnp.int32(count)),
+                                bn_eval.debiased(stats, count, momentum=M), rtol=1e-5)
+  with pytest.raises(TypeError, match='count must be an integer'):
+    jitted(stats, jnp.float32(2.0))
+
+
 def test_debiased_at_count_zero_is_the_identity():
   stats = {'bn': {'mean': jnp.array([0.5]), 'var': jnp.array([2.0])}}
   assert bn_eval.debiased(stats, 0) is stats
@@ -106,6 +117,31 @@ def test_precise_gives_the_union_statistics_layer_by_layer():
   # Mean-only BN updates no variance: the running value is kept.
   chex.assert_trees_all_close(out['MeanOnlyBatchNorm_0']['var'],
                               running['MeanOnlyBatchNorm_0']['var'])
+
+
+def test_precise_weights_unequal_batches_by_their_size():
+  # Four ones and one three: the pooled mean is 1.4 and the pooled variance 0.64,
+  # where an unweighted mean of batch means would give 2.0 and variance 0.
+  bn = layers.BatchNorm(use_running_average=False, momentum=M)
+  x = jnp.array([[1.0], [1.0], [1.0], [1.0], [3.0]])
+  variables = bn.init(jax.random.key(1), x)
+  out = bn_eval.precise(_update(bn), variables['params'], variables['batch_stats'],
+                        [x[:4], x[4:]], momentum=M)
+  chex.assert_trees_all_close(out['mean'], np.array([1.4]), rtol=1e-5)
+  chex.assert_trees_all_close(out['var'], np.array([0.64]), rtol=1e-5)
+  # A ragged last batch of the multi-layer model: equal to the one-batch union.
+  model = _TwoLayer()
+  batches = _batches(k=1, size=24)
+  variables = model.init(jax.random.key(1), batches[0])
+  whole = jnp.concatenate(batches)
+  ragged = [whole[:16], whole[16:]]
+  first = bn_eval.precise(_update(model), variables['params'], variables['batch_stats'],
+                          ragged, momentum=M)
+  h = np.asarray(whole) @ np.asarray(variables['params']['Dense_0']['kernel'])
+  h = h + np.asarray(variables['params']['Dense_0']['bias'])
+  chex.assert_trees_all_close(first['BatchNorm_0']['mean'], h.mean(0), rtol=1e-5,
+                              atol=1e-5)
+  chex.assert_trees_all_close(first['BatchNorm_0']['var'], h.var(0), rtol=1e-4, atol=1e-5)
 
 
 def test_precise_refuses_no_batches():

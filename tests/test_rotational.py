@@ -179,3 +179,56 @@ def test_dtypes_and_jit(dtype, jit):
   chex.assert_trees_all_close(optax.apply_updates(params, u), optax.apply_updates(params, ref),
                               **(dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16
                                  else dict(rtol=1e-6)))
+
+
+@pytest.mark.parametrize('leaf, center, match', [
+    (jnp.ones(4), True, r"'w' has shape \(4,\)"),                   # a bias or gain
+    (jnp.ones((1, 4)), True, r"'w' has shape \(1, 4\)"),             # fan-in 1
+    (jnp.ones((8, 4)), True, "4 unit\\(s\\) of 'w' have zero norm"),  # constant, centred
+    (jnp.zeros((8, 4)).at[:, 1].set(1.0), False, "3 unit\\(s\\) of 'w' have zero norm"),
+])
+def test_units_without_a_direction_are_refused_at_init(leaf, center, match):
+  # Without the check each of these returns NaN parameters after one update.
+  tx = transforms.rotational('sgd', 0.1, 5e-4, mask=ALL, center=center)
+  with pytest.raises(ValueError, match=match):
+    tx.init({'w': leaf})
+
+
+def test_a_zero_unit_init_cannot_see_keeps_its_value():
+  # init under jit cannot read values: the zero unit takes no step, the others rotate.
+  w = jnp.zeros((8, 4)).at[:, 1:].set(jax.random.normal(jax.random.key(0), (8, 3)))
+  tx = transforms.rotational('sgd', 0.1, 5e-4, mask=ALL, center=False)
+  state = jax.jit(tx.init)({'w': w})
+  u, _ = tx.update({'w': jax.random.normal(jax.random.key(1), (8, 4))}, state, {'w': w})
+  assert bool(jnp.all(jnp.isfinite(u['w'])))
+  np.testing.assert_array_equal(np.asarray(u['w'][:, 0]), 0.0)
+  assert float(jnp.min(jnp.abs(u['w'][:, 1:]).sum(0))) > 0.0
+
+
+def test_integer_params_are_refused_at_init():
+  tx = transforms.rotational('adamw', 1e-3, 0.1, mask=ALL)
+  with pytest.raises(TypeError, match="'w' has dtype int32"):
+    tx.init({'w': jnp.ones((8, 4), jnp.int32)})
+
+
+def test_a_schedule_that_reaches_zero_stops_the_rotation():
+  # Eagerly (no jit) the scheduled lr of 0 is a concrete number: the angle is 0
+  # from then on, and before it the ratio to a constant-lr run is sqrt(lr_t / lr_0).
+  schedule = optax.linear_schedule(0.1, 0.0, 3)
+
+  def angles(learning_rate):
+    tx = transforms.rotational('sgd', learning_rate, 5e-4, momentum=0.9, mask=ALL)
+    params = {'w': _start()}
+    state, out = tx.init(params), []
+    for t in range(5):
+      grads = {'w': _gradient(params['w'], jax.random.key(t))}
+      updates, state = tx.update(grads, state, params)
+      new = optax.apply_updates(params, updates)
+      out.append(float(jnp.mean(dynamics.angular_update(params['w'], new['w']))))
+      params = new
+    return np.array(out)
+
+  scheduled, constant = angles(schedule), angles(0.1)
+  expected = np.sqrt([float(schedule(t)) / 0.1 for t in range(3)])
+  np.testing.assert_allclose(scheduled[:3] / constant[:3], expected, rtol=0.02)
+  np.testing.assert_allclose(scheduled[3:], 0.0, atol=1e-3)

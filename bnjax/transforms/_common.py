@@ -3,9 +3,11 @@
 from typing import Any, Callable, Optional, Union
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from bnjax import masks
+from bnjax._validation import path_str
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 Mask = Optional[Union[Any, Callable[[Any], Any]]]
@@ -24,6 +26,17 @@ def _require_params(params, name):
   if params is None:
     raise ValueError(f'{name} needs the current params: call '
                      f'update(updates, state, params).')
+
+
+def _require_float_params(params, name):
+  """TypeError naming the first leaf whose dtype is not a real float: an update cast
+  back to an integer dtype would be truncated, usually to zero."""
+  for path, w in jax.tree_util.tree_leaves_with_path(params):
+    dtype = jnp.result_type(w)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(f'{name} needs real floating params; {path_str(path)!r} has dtype '
+                      f'{dtype}. Cast it (e.g. w.astype(jnp.float32)) or keep it out of '
+                      f'the optimizer (optax.masked / optax.set_to_zero).')
 
 
 def _needs_params(tx: optax.GradientTransformation, name: str

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import optax
 
 from bnjax._validation import check_bool, check_nonnegative, check_positive, check_unit_interval
-from bnjax.transforms._common import Mask, ScalarOrSchedule, _at, _expanded, _require_params
+from bnjax.transforms._common import (Mask, ScalarOrSchedule, _at, _expanded,
+                                      _require_float_params, _require_params)
 
 
 class AdamPState(NamedTuple):
@@ -156,6 +157,7 @@ def adamp(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
   _check_projection_args(weight_decay, delta, wd_ratio, eps, nesterov)
 
   def init_fn(params):
+    _require_float_params(params, 'adamp')
     zeros = _float32_zeros(params)
     return AdamPState(jnp.zeros([], jnp.int32), zeros, zeros)
 
@@ -229,6 +231,7 @@ def sgdp(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, dampening: f
   _check_projection_args(weight_decay, delta, wd_ratio, eps, nesterov)
 
   def init_fn(params):
+    _require_float_params(params, 'sgdp')
     return SGDPState(jnp.zeros([], jnp.int32), _float32_zeros(params))
 
   def update_fn(grads, state, params=None):

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import optax
 
 from bnjax import masks, theory
-from bnjax._validation import check_bool, check_positive, check_unit_interval
-from bnjax.transforms._common import (Mask, ScalarOrSchedule, _at, _expanded, _require_params,
+from bnjax._validation import check_bool, check_positive, check_unit_interval, path_str
+from bnjax.transforms._common import (Mask, ScalarOrSchedule, _at, _expanded,
+                                      _require_float_params, _require_params,
                                       _require_projection_mask)
 
 
@@ -40,6 +41,25 @@ def _unit_sum(a):
 
 def _centred(a):
   return a - jnp.mean(a, tuple(range(a.ndim - 1)), keepdims=True)
+
+
+def _check_rotatable(path, w, norm):
+  """A rotated leaf needs units (its last axis) of at least two weights each and,
+  where its values are known, a non-zero norm per unit: a unit of one weight or
+  of zero norm has no direction to rotate (its update would be NaN)."""
+  name = path_str(path)
+  if w.ndim < 2 or w.size // w.shape[-1] < 2:
+    raise ValueError(
+        f'rotational rotates units (the last axis) of at least two weights; '
+        f'{name!r} has shape {w.shape}. Leave it out of mask (e.g. '
+        f'bnjax.masks.scale_invariant_kernels leaves biases and gains out).')
+  if not isinstance(norm, jax.core.Tracer):
+    zero = int(jnp.sum(norm == 0.0))
+    if zero:
+      raise ValueError(
+          f'rotational: {zero} unit(s) of {name!r} have zero norm (a zero or, with '
+          f'center=True, constant unit), which has no direction to rotate; '
+          f'initialize them randomly or leave the leaf out of mask.')
 
 
 def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
@@ -125,6 +145,8 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
   _require_projection_mask(mask, 'rotational')
   inner = (optax.scale_by_adam(b1, b2, eps) if optimizer == 'adamw'
            else optax.trace(momentum))
+  unit_angle = theory.equilibrium_angular_update(optimizer, 1.0, 1.0, momentum=momentum,
+                                                 b1=b1)
 
   def rotated(params):
     return masks.expand_mask(mask, params)
@@ -133,10 +155,17 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
     return _expanded(decay_mask, params)
 
   def init_fn(params):
+    _require_float_params(params, 'rotational')
     on = rotated(params)
-    norm = jax.tree_util.tree_map(
-        lambda w, r: jnp.sqrt(_unit_sum(jnp.square(_centred(w) if center else w)))
-        if r else None, params, on)
+
+    def unit_norm(path, w, r):
+      if not r:
+        return None
+      norm = jnp.sqrt(_unit_sum(jnp.square(_centred(w) if center else w)))
+      _check_rotatable(path, w, norm)
+      return norm
+
+    norm = jax.tree_util.tree_map_with_path(unit_norm, params, on)
     zeros = jax.tree_util.tree_map(lambda n: None if n is None else jnp.zeros_like(n),
                                    norm)
     return RotationalState(jnp.zeros([], jnp.int32), inner.init(params), norm, zeros)
@@ -151,7 +180,9 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
       grads = jax.tree_util.tree_map(
           lambda g, w, r, d: g + lam * w if d and not r else g, grads, params, on, decay)
     u, inner_state = inner.update(grads, state.inner, params)
-    eta_r = theory.equilibrium_angular_update(optimizer, lr, lam, momentum=momentum, b1=b1)
+    # The equilibrium angle is sqrt(lr * lam) times its value at lr = lam = 1, which
+    # stays defined (0) where a schedule reaches 0.
+    eta_r = jnp.sqrt(lr * lam) * unit_angle
     debias = 1.0 - update_norm_decay ** count
 
     def leaf(u, w, r, d, norm, nu):
@@ -160,16 +191,19 @@ def rotational(optimizer: str, learning_rate: ScalarOrSchedule,
         return (-lr * step).astype(w.dtype), None
       dtype = jnp.promote_types(w.dtype, jnp.float32)
       u, start = u.astype(dtype), w.astype(dtype)
+      live = norm > 0.0  # False only for a zero-norm unit init could not refuse
+      safe = lambda a: jnp.where(live, a, 1.0)
       if center:  # a no-op after the first step, whose updates are centred
         start = _centred(start)
-        start = start * norm / jnp.sqrt(_unit_sum(jnp.square(start)))
-      u = u - start * _unit_sum(u * start) / jnp.square(norm)
+        start = start * norm / safe(jnp.sqrt(_unit_sum(jnp.square(start))))
+      u = u - start * _unit_sum(u * start) / safe(jnp.square(norm))
       if center:
         u = _centred(u)
       nu = update_norm_decay * nu + (1.0 - update_norm_decay) * _unit_sum(jnp.square(u))
       moved = start - eta_r * norm * u / (jnp.sqrt(nu / debias) + eps)
-      moved = moved * norm / jnp.sqrt(_unit_sum(jnp.square(moved)))
-      return (moved - w.astype(dtype)).astype(w.dtype), nu
+      moved = moved * norm / safe(jnp.sqrt(_unit_sum(jnp.square(moved))))
+      step = jnp.where(live, moved - w.astype(dtype), 0.0)
+      return step.astype(w.dtype), nu
 
     out = jax.tree_util.tree_map(leaf, u, params, on, decay, state.norm,
                                  state.update_norm_sq)
