@@ -82,8 +82,10 @@ def _assert_same_runs(reference, other):
         continue
       np.testing.assert_allclose(lb[key], va, rtol=1e-3, atol=1e-7, err_msg=f'{other} {key}')
   sa, sb = (json.loads((d / workdirs.SUMMARY).read_text()) for d in (reference, other))
-  for key in ('status', 'steps', 'config', 'fan_in'):
+  for key in ('status', 'steps', 'fan_in'):
     assert sa[key] == sb[key]
+  ignore = Config.NON_RESULT_FIELDS
+  assert workdirs.config_differences(sa['config'], sb['config'], ignore) == {}
   np.testing.assert_allclose(sb['test_loss'], sa['test_loss'], rtol=1e-3)
   assert sorted(p.name for p in reference.iterdir()) == sorted(p.name for p in other.iterdir())
 
@@ -224,6 +226,22 @@ def test_a_vectorized_group_evaluates_its_last_step_once(one_by_one, tmp_path, m
   assert calls == [8, 16, 24]  # the loop's evaluation of step 24 is the summaries'
   for reference, d in zip(one_by_one['sgd_l2'], dirs):
     _assert_same_runs(reference, d)
+
+def test_members_differing_in_non_result_fields_train_as_their_configs_say(one_by_one,
+                                                                            tmp_path):
+  # Evaluation batches and checkpoint spacing are the group's: members that differ
+  # in them are not grouped; each evaluates and checkpoints as its own config says.
+  a, b = _configs('sgd_l2')
+  b = dataclasses.replace(b, eval_batch_size=48, checkpoint_every=12)
+  assert vectorized.group_key(a) != vectorized.group_key(b)
+  dirs = [tmp_path / 'a', tmp_path / 'b']
+  summaries = sweep.train_many([a, b], dirs, vectorize=True)
+  assert [s['status'] for s in summaries] == ['finished', 'finished']
+  assert sorted(int(p.name) for p in (dirs[1] / workdirs.CHECKPOINTS).iterdir()
+                if p.name.isdigit()) == [12, 24]
+  for reference, d in zip(one_by_one['sgd_l2'], dirs):
+    _assert_same_runs(reference, d)
+
 
 def test_finished_members_answer_without_training(one_by_one):
   configs = _configs('sgd_l2')

@@ -36,7 +36,15 @@ __all__ = ['VECTORIZED_FIELDS', 'group_key', 'plan', 'train_groups']
 
 # The fields members of one group may differ in.
 VECTORIZED_FIELDS = programs.VALUE_FIELDS
-group_key = programs.program_key
+
+
+def group_key(config: Config) -> str:
+  """Members with equal keys train as one vmapped group: one program
+  (:func:`bnjax.train.programs.program_key`) and the same
+  ``Config.NON_RESULT_FIELDS`` (evaluation batches and checkpoint spacing are
+  the group's, so members that differ in them train in groups of their own)."""
+  own = {field: getattr(config, field) for field in Config.NON_RESULT_FIELDS}
+  return f'{programs.program_key(config)}|{sorted(own.items())}'
 
 
 def _answered(workdir, wanted: dict, warn: bool = False) -> Optional[dict]:
