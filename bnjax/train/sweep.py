@@ -29,6 +29,7 @@ How the members are trained:
 """
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import pathlib
@@ -40,6 +41,7 @@ from absl import logging
 
 from bnjax.train import config as config_lib
 from bnjax.train import programs
+from bnjax.train import stopping
 from bnjax.train import trainer
 from bnjax.train import workdir as workdirs
 from bnjax.train.config import Config
@@ -100,18 +102,26 @@ def _check_count(name: str, value) -> Optional[int]:
 
 
 def train_member(config: Config, workdir, data_dir: Optional[str] = None,
-                 progress: bool = False) -> dict:
-  """One member: :func:`bnjax.train.trainer.train`, a divergence answered by its summary."""
+                 progress: bool = False, skip_held: bool = False) -> Optional[dict]:
+  """One member: :func:`bnjax.train.trainer.train`, a divergence answered by its
+  summary; with ``skip_held``, ``None`` for a workdir another process holds."""
   try:
     return trainer.train(config, workdir, data_dir=data_dir, progress=progress)
   except trainer.NonFiniteLossError:
     return workdirs.read_json(pathlib.Path(workdir) / workdirs.SUMMARY)
+  except workdirs.WorkdirLockedError as e:
+    if not skip_held:
+      raise
+    logging.warning('skipped: %s', e)
+    return None
 
 
 def _init_worker(xla_flags: str, cache_dir: Optional[str] = None) -> None:
   """Runs first in each worker process, before any XLA backend starts: one XLA
   thread, and the pool's shared compilation cache (a program one worker compiled
-  is loaded, not compiled again, by the others)."""
+  is loaded, not compiled again, by the others). The worker leaves SIGINT to the
+  parent and exits when the parent is gone (:func:`bnjax.train.stopping.exit_with_parent`)."""
+  stopping.exit_with_parent()
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {xla_flags}'.strip()
   if cache_dir is not None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -145,23 +155,41 @@ def interleaved(configs) -> List[int]:
 
 
 def _log_done(i: int, n: int, workdir, summary: Optional[dict], seconds: float) -> None:
-  status = (summary or {}).get('status', 'finished')
+  status = 'held by another process' if summary is None else summary.get('status',
+                                                                          'finished')
   logging.warning('[%d/%d] %s %s (%.0f s)', i, n, workdir, status, seconds)
 
 
-def _train_members(configs, paths, data_dir) -> list:
+def _train_members(configs, paths, data_dir, skip_held=False) -> list:
   """Members one after another (a worker's task)."""
-  return [train_member(c, p, data_dir) for c, p in zip(configs, paths)]
+  return [train_member(c, p, data_dir, skip_held=skip_held) for c, p in zip(configs, paths)]
 
 
-def _train_group(configs, paths, data_dir) -> list:
+def _train_group(configs, paths, data_dir, skip_held=False) -> list:
   """One vectorized group (a worker's task)."""
   from bnjax.train import vectorized  # pylint: disable=g-import-not-at-top
-  return vectorized.train_groups(configs, paths, data_dir=data_dir)
+  return vectorized.train_groups(configs, paths, data_dir=data_dir, skip_held=skip_held)
+
+
+@contextlib.contextmanager
+def _killed_when_interrupted(pool):
+  """On Ctrl-C or SIGTERM (:class:`bnjax.train.stopping.Stopped`) in the block: the
+  queued tasks are cancelled and the workers killed at once, not waited for (each
+  run resumes from its last checkpoint; the kernel releases its workdir lock)."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    processes = list((getattr(pool, '_processes', None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+      process.kill()
+    for process in processes:
+      process.join(timeout=10)
+    raise
 
 
 def _train_in_workers(configs, paths, data_dir, workers: int, tasks=None,
-                      task=_train_members) -> list:
+                      task=_train_members, skip_held: bool = False) -> list:
   """Every member in a spawned process pool; other members finish before an error
   of one is raised (naming its workdir).
 
@@ -176,9 +204,9 @@ def _train_in_workers(configs, paths, data_dir, workers: int, tasks=None,
       initializer=_init_worker, initargs=(SINGLE_THREAD_XLA_FLAGS, cache.name))
   start = time.perf_counter()
   summaries, errors, done = [None] * len(configs), [], 0
-  with cache, pool:
+  with cache, pool, _killed_when_interrupted(pool):
     futures = {pool.submit(task, [configs[i] for i in members],
-                           [str(paths[i]) for i in members], data_dir): members
+                           [str(paths[i]) for i in members], data_dir, skip_held): members
                for members in tasks}
     for future in concurrent.futures.as_completed(futures):
       members = futures[future]
@@ -203,7 +231,8 @@ def _train_in_workers(configs, paths, data_dir, workers: int, tasks=None,
 def train_many(configs: Sequence[Config], workdirs: Sequence, *,
                data_dir: Optional[str] = None, workers: Optional[int] = None,
                vectorize: Optional[bool] = None, progress: bool = False,
-               max_group: Optional[int] = None) -> List[dict]:
+               max_group: Optional[int] = None,
+               skip_held: bool = False) -> List[Optional[dict]]:
   """Trains every config in its workdir; returns their summaries in order.
 
   Each member behaves as :func:`bnjax.train.trainer.train` on its own: a finished
@@ -230,9 +259,15 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
     progress: progress bars (members trained in this process only).
     max_group: the most members in one vectorized program (a memory cap;
       default: all of a group).
+    skip_held: a member whose workdir another live process holds (its lock) is
+      skipped, with a warning, and its entry is ``None`` (processes sharing a
+      sweep's folders, e.g. shards of a study); ``False``: the
+      :class:`bnjax.train.workdir.WorkdirLockedError` is raised once the other
+      members are done.
 
   Returns:
-    A list of summary dicts, ``summaries[i]`` for ``configs[i]``.
+    A list of summary dicts, ``summaries[i]`` for ``configs[i]`` (``None`` for
+    a member skipped as held).
 
   Example:
     >>> import dataclasses, tempfile
@@ -267,16 +302,17 @@ def train_many(configs: Sequence[Config], workdirs: Sequence, *,
     summaries, groups = vectorized.plan(list(configs), paths, max_group)
     if workers > 1 and len(groups) > 1:
       trained = _train_in_workers(list(configs), paths, data_dir, workers, tasks=groups,
-                                  task=_train_group)
+                                  task=_train_group, skip_held=skip_held)
       return [s if s is not None else t for s, t in zip(summaries, trained)]
     return vectorized.train_groups(list(configs), paths, data_dir=data_dir,
-                                   max_group=max_group, progress=progress)
+                                   max_group=max_group, progress=progress,
+                                   skip_held=skip_held)
   workers = min(workers, len(configs))
   if workers > 1:
-    return _train_in_workers(list(configs), paths, data_dir, workers)
+    return _train_in_workers(list(configs), paths, data_dir, workers, skip_held=skip_held)
   summaries = []
   start = time.perf_counter()
   for i, (c, p) in enumerate(zip(configs, paths)):
-    summaries.append(train_member(c, p, data_dir, progress))
+    summaries.append(train_member(c, p, data_dir, progress, skip_held))
     _log_done(i + 1, len(configs), p, summaries[-1], time.perf_counter() - start)
   return summaries

@@ -56,7 +56,8 @@ def _answered(workdir, wanted: dict, warn: bool = False) -> Optional[dict]:
 
 
 def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] = None,
-                 max_group: Optional[int] = None, progress: bool = False) -> List[dict]:
+                 max_group: Optional[int] = None, progress: bool = False,
+                 skip_held: bool = False) -> List[Optional[dict]]:
   """Trains the members in vmapped groups; returns their summaries in order.
 
   Args:
@@ -66,6 +67,9 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
     max_group: the most members in one program (a memory cap); ``None``: all
       members of a group.
     progress: one progress bar per group.
+    skip_held: a member whose workdir another process holds is left out of
+      its group (its entry ``None``) instead of raising
+      :class:`bnjax.train.workdir.WorkdirLockedError`.
 
   Returns:
     A list of summaries, ``summaries[i]`` for ``configs[i]``; a diverged
@@ -93,12 +97,13 @@ def train_groups(configs: List[Config], paths: list, *, data_dir: Optional[str] 
   for chunk in chunks:
     start = time.perf_counter()
     done = _train_locked([configs[i] for i in chunk], [paths[i] for i in chunk],
-                         data_dir, progress)
+                         data_dir, progress, skip_held)
     for i, summary in zip(chunk, done):
       summaries[i] = summary
       count += 1
       logging.warning('[%d/%d] %s %s (%.0f s, group of %d)', count, total, paths[i],
-                      (summary or {}).get('status', 'finished'),
+                      'held by another process' if summary is None
+                      else summary.get('status', 'finished'),
                       time.perf_counter() - start, len(chunk))
   return summaries
 
@@ -151,18 +156,26 @@ def plan(configs: List[Config], paths: list, max_group: Optional[int] = None):
   return summaries, groups
 
 
-def _train_locked(configs, paths, data_dir, progress) -> list:
+def _train_locked(configs, paths, data_dir, progress, skip_held=False) -> list:
   """One group, every member's workdir locked while it trains. Each member's data
   is prepared (and refused, :func:`bnjax.train.inputs.prepare`) before any of its
   files is written."""
   wanted = [config_lib.record(c) for c in configs]
   run_data = [inputs.prepare(c, data_dir) for c in configs]
+  held = set()
   with contextlib.ExitStack() as stack:
-    for p in paths:
+    for i, p in enumerate(paths):
       p.mkdir(parents=True, exist_ok=True)
-      stack.enter_context(workdirs.locked(p))
-    out = [_answered(p, w, warn=True) for p, w in zip(paths, wanted)]  # under the locks
-    todo = [i for i, s in enumerate(out) if s is None]
+      try:
+        stack.enter_context(workdirs.locked(p))
+      except workdirs.WorkdirLockedError as e:
+        if not skip_held:
+          raise
+        logging.warning('skipped: %s', e)
+        held.add(i)
+    out = [None if i in held else _answered(p, w, warn=True)  # under the locks
+           for i, (p, w) in enumerate(zip(paths, wanted))]
+    todo = [i for i, s in enumerate(out) if s is None and i not in held]
     for i in todo:
       if not (paths[i] / workdirs.CONFIG).exists():
         workdirs.write_json_atomic(paths[i] / workdirs.CONFIG, wanted[i])

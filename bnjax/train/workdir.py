@@ -26,11 +26,13 @@ What a workdir guarantees (tested in ``tests/test_faults.py``):
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import math
 import os
 import pathlib
 import shutil
+import sys
 import time
 from typing import Any, Iterable, Optional
 
@@ -41,6 +43,7 @@ from absl import logging
 __all__ = [
     'Checkpoints',
     'ConfigMismatchError',
+    'DamagedFileError',
     'MetricsLog',
     'WorkdirLockedError',
     'folder',
@@ -77,6 +80,22 @@ class ConfigMismatchError(ValueError):
 
   References:
     POSIX ``rename(2)`` (the record is written atomically, so it is whole).
+  """
+
+
+class DamagedFileError(ValueError):
+  """A run's or study's file is not what bnjax wrote: the message names the file
+  (and line) and what is wrong.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax.train import workdir
+    >>> path = tempfile.mkdtemp() + '/summary.json'
+    >>> _ = open(path, 'w').write('{"status": ')
+    >>> workdir.read_json(path)
+    Traceback (most recent call last):
+    ...
+    bnjax.train.workdir.DamagedFileError: ...summary.json is not valid JSON ...
   """
 
 
@@ -165,8 +184,8 @@ def read_json(path) -> Optional[Any]:
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is not valid JSON ({e}); it was not written by bnjax '
-                     f'or was damaged. Move it away to start the run afresh.') from None
+    raise DamagedFileError(f'{path} is not valid JSON ({e}); it was not written by bnjax '
+                           f'or was damaged. Move it away to start the run afresh.') from None
 
 
 # ---------------------------------------------------------- config record
@@ -349,6 +368,10 @@ class MetricsLog:
   On opening, the file is rewritten (atomically) to its valid lines of steps
   ``<= last_step``, each step once: a torn last line or lines logged after
   the restored checkpoint are dropped, so the resumed run redoes them once.
+  The log keeps the lines it holds; before each write and on closing it checks
+  that the file is still the one it wrote (same inode and size) and, when the
+  file was deleted, replaced, truncated or appended to by someone else,
+  rewrites it from those lines with one warning naming it.
 
   Args:
     workdir: the run's folder.
@@ -375,21 +398,50 @@ class MetricsLog:
     self.path = pathlib.Path(workdir) / METRICS
     self.enabled = enabled
     self._file = None
+    self._lines: list = []
     if enabled:
-      kept = _valid_lines(self.path, last_step)
-      tmp = self.path.with_name(f'.{self.path.name}.tmp{os.getpid()}')
-      tmp.write_text(''.join(line + '\n' for line in kept))
-      os.replace(tmp, self.path)
-      self._file = open(self.path, 'a')
+      self._lines = [line + '\n' for line in _valid_lines(self.path, last_step)]
+      self._rewrite()
+
+  def _rewrite(self) -> None:
+    """The file atomically replaced by the lines held, then opened for appending."""
+    if self._file is not None:
+      self._file.close()
+    tmp = self.path.with_name(f'.{self.path.name}.tmp{os.getpid()}')
+    tmp.write_text(''.join(self._lines))
+    os.replace(tmp, self.path)
+    self._file = open(self.path, 'a')
+    self._size = sum(len(line) for line in self._lines)  # ASCII: strict JSON's dumps
+
+  def _check(self) -> None:
+    try:
+      on_disk = os.stat(self.path)
+    except FileNotFoundError:
+      on_disk = None
+    mine = os.fstat(self._file.fileno())
+    if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (
+        mine.st_ino, mine.st_dev) and on_disk.st_size == self._size:
+      return
+    what = ('was deleted' if on_disk is None else
+            f'was changed by another writer ({on_disk.st_size} bytes where this run '
+            f'wrote {self._size})')
+    logging.warning('%s %s while the run trained; rewrote it from the %d lines the run '
+                    'holds.', self.path, what, len(self._lines))
+    self._rewrite()
 
   def write(self, record: dict) -> None:
     """Appends one line (one ``write`` call, flushed to the OS)."""
     if self._file is not None:
-      self._file.write(dumps(record) + '\n')
+      self._check()
+      line = dumps(record) + '\n'
+      self._file.write(line)
       self._file.flush()
+      self._lines.append(line)
+      self._size += len(line)
 
   def close(self):
     if self._file is not None:
+      self._check()
       self._file.close()
       self._file = None
 
@@ -397,11 +449,19 @@ class MetricsLog:
 def read_metrics(workdir) -> list:
   """Every line of ``metrics.jsonl`` as a dict (for reports of finished runs).
 
+  Refuses a damaged file, naming it and the line: a line that is not a JSON
+  object with an integer ``step``, or a step that is not after the line
+  before's (a duplicated line would count its window twice).
+
   Args:
     workdir: the run's folder.
 
   Returns:
     A list of dicts, one per logged window, in step order.
+
+  Raises:
+    DamagedFileError: the file is missing or damaged (the message names the
+      file and line).
 
   Example:
     >>> import tempfile
@@ -416,7 +476,29 @@ def read_metrics(workdir) -> list:
     JSON Lines, https://jsonlines.org.
   """
   path = pathlib.Path(workdir) / METRICS
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  if not path.exists():
+    raise DamagedFileError(f'{path} is missing: the run\'s metrics are lost. Move the run '
+                           f'folder away and rerun to train it again.')
+  records = []
+  for number, line in enumerate(path.read_text(errors='replace').splitlines(), 1):
+    if not line.strip():
+      continue
+    problem = None
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      problem = f'not JSON ({e.msg})'
+    else:
+      step = record.get('step') if isinstance(record, dict) else None
+      if not isinstance(step, int) or isinstance(step, bool):
+        problem = 'no integer "step"'
+      elif records and step <= records[-1]['step']:
+        problem = f'step {step} again after step {records[-1]["step"]}'
+    if problem is not None:
+      raise DamagedFileError(f'{path}, line {number}: {problem}; the file was damaged. Move '
+                             f'the run folder away and rerun to train it again.')
+    records.append(record)
+  return records
 
 
 # ------------------------------------------------------------ checkpoints
@@ -455,8 +537,23 @@ class Checkpoints:
                                              enable_async_checkpointing=False))
 
   def save(self, step: int, state) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(state))
-    self.manager.wait_until_finished()
+    """Writes the checkpoint of ``step``. A full disk raises one ``OSError``
+    (ENOSPC) naming the folder; what orbax's writer threads print about it
+    meanwhile (tensorstore's ``RESOURCE_EXHAUSTED``, per thread) is dropped, and
+    whatever they print on a save that succeeds is passed on."""
+    printed = io.StringIO()
+    try:
+      with contextlib.redirect_stderr(printed), _absl_to(printed):
+        self.manager.save(step, args=ocp.args.StandardSave(state))
+        self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if is_disk_full(e):
+        raise OSError(errno.ENOSPC, f'No space left on device: the checkpoint of step '
+                                    f'{step} in {self.workdir / CHECKPOINTS} could not be '
+                                    f'written') from None
+      sys.stderr.write(printed.getvalue())
+      raise
+    sys.stderr.write(printed.getvalue())
 
   def restore_latest(self, template):
     """``(state, step)`` of the newest checkpoint that restores, or ``(None, None)``."""
@@ -488,14 +585,45 @@ class Checkpoints:
     return self.manager.restore(step, args=ocp.args.StandardRestore())
 
 
+@contextlib.contextmanager
+def _absl_to(stream):
+  """absl's log handler writes to ``stream`` inside the block."""
+  handler = logging.get_absl_handler().python_handler
+  previous = handler.stream
+  handler.stream = stream
+  try:
+    yield
+  finally:
+    handler.stream = previous
+
+
+def checkpoint_steps(workdir) -> list:
+  """The steps of the checkpoints in ``workdir``, ascending, from the folder names
+  alone (orbax names each step's folder by its number)."""
+  folder = pathlib.Path(workdir) / CHECKPOINTS
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def is_disk_full(error: BaseException) -> bool:
-  """Whether ``error`` (or an exception it was raised from) is ENOSPC/EDQUOT."""
+  """Whether ``error`` (or an exception it was raised from) is ENOSPC/EDQUOT: an
+  ``OSError`` with that errno, or an error whose message says so (tensorstore's
+  ``RESOURCE_EXHAUSTED`` under an orbax checkpoint write carries the OS message)."""
   seen = set()
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
       return True
-    if 'No space left on device' in str(error):
+    if any(text in str(error) for text in ('No space left on device', 'Disk quota exceeded')):
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+def disk_full_message(folder, error: BaseException) -> str:
+  """The one line a binary prints when the disk under ``folder`` filled up."""
+  first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
+  return (f'no space left on the device while writing {folder} ({type(error).__name__}: '
+          f'{first}). Free some space and rerun the same command: every run resumes from '
+          f'its last checkpoint.')

@@ -7,6 +7,7 @@ import pathlib
 
 from absl import app, flags
 
+from bnjax.train import workdir as workdirs
 from bnjax.train.studies import study
 
 
@@ -32,7 +33,15 @@ def run():
   import, so that this module imports beside the other binaries."""
   flags.DEFINE_string('workdir', None, 'A study folder (it holds study.json).')
   flags.mark_flag_as_required('workdir')
-  app.run(lambda argv: print(report(flags.FLAGS.workdir)))
+
+  def main(argv):
+    del argv
+    try:
+      print(report(flags.FLAGS.workdir))
+    except workdirs.DamagedFileError as e:
+      study.fail(str(e))
+
+  app.run(main)
 
 
 if __name__ == '__main__':

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 
 from bnjax.train import config as config_lib
-from bnjax.train import data, trainer
+from bnjax.train import data, loop, stopping, trainer
 from bnjax.train import workdir as workdirs
 from bnjax.train.studies import study
 
@@ -60,12 +60,6 @@ def usage() -> str:
   return '\n'.join(lines)
 
 
-def _fail(message: str, code: int = 1):
-  """One line on stderr and exit ``code`` (no traceback: the message says it all)."""
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(code)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -92,20 +86,28 @@ def main(argv):
   except (ValueError, TypeError) as e:
     raise app.UsageError(str(e))
   try:
-    summary = trainer.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                          progress=FLAGS.progress)
+    with stopping.stop_on_signals():
+      done = loop.answered(workdirs.folder(FLAGS.workdir, '--workdir'),
+                           config_lib.record(config))
+      if done is not None:
+        print(f'{FLAGS.workdir}: already finished at step {done["steps"]}', file=sys.stderr)
+      elif workdirs.checkpoint_steps(FLAGS.workdir):
+        print(f'{FLAGS.workdir}: resuming from step '
+              f'{workdirs.checkpoint_steps(FLAGS.workdir)[-1]}', file=sys.stderr, flush=True)
+      summary = done or trainer.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
+                                      progress=FLAGS.progress)
+  except stopping.Stopped as e:
+    print(stopping.where_runs_stand([FLAGS.workdir], e), file=sys.stderr)
+    sys.exit(e.exit_code)
   except trainer.NonFiniteLossError as e:
-    _fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
+    study.fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
   except (workdirs.ConfigMismatchError, workdirs.WorkdirLockedError) as e:
-    _fail(str(e), code=2)
-  except ValueError as e:
-    if str(e).startswith('--'):  # a bad flag found once the data is known
-      raise app.UsageError(str(e))
-    raise
+    study.fail(str(e), code=2)
   except Exception as e:  # pylint: disable=broad-except
     if workdirs.is_disk_full(e):
-      _fail(f'no space left on the device while writing {FLAGS.workdir} ({e}). Free some '
-            f'space and rerun the same command: the run resumes from its last checkpoint.')
+      study.fail(workdirs.disk_full_message(FLAGS.workdir, e))
+    if isinstance(e, ValueError) and str(e).startswith('--'):  # a bad flag found once
+      raise app.UsageError(str(e))                              # the data is known
     raise
   print(workdirs.dumps({k: v for k, v in summary.items() if k not in ('config', 'fan_in')},
                        sort_keys=True))

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from bnjax.train import config as config_lib
-from bnjax.train import data, inputs, sweep
+from bnjax.train import data, inputs, stopping, sweep
 from bnjax.train.config import Config, PARALLEL
 from bnjax.train import workdir as workdirs
 
@@ -68,6 +68,13 @@ def define_flags(study: str):
                       'shared --workdir; then --report_only writes the report.')
   flags.DEFINE_boolean('report_only', False, 'Train nothing: write the report from the '
                        'runs already finished in --workdir, listing the missing ones.')
+
+
+def fail(message: str, code: int = 1):
+  """A binary's end on an error that is not a bad flag: one ``error:`` line on
+  stderr, exit ``code``, no traceback and no usage text."""
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(code)
 
 
 def quiet_logging():
@@ -197,9 +204,12 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
   A run folder whose stored config differs from the requested one raises
   :class:`StaleRunsError` before any training, or with ``rerun_stale`` is
   moved to ``<workdir>/stale/<name>-<time>`` and rerun. A run that diverges
-  is recorded as diverged (its ``summary.json``) and the sweep goes on. The
-  runs go through :func:`bnjax.train.sweep.train_many` (``workers``, ``vectorize``);
-  ``shard=(i, n)`` trains only that part of the runs (:func:`shard_of`).
+  is recorded as diverged (its ``summary.json``) and the sweep goes on, and so
+  does it past a run another live process holds (another shard, or a second
+  process on the folder: ``skip_held``). The runs go through
+  :func:`bnjax.train.sweep.train_many` (``workers``, ``vectorize``);
+  ``shard=(i, n)`` trains only that part of the runs (:func:`shard_of`; none
+  when ``i`` is past the number of runs).
   """
   workdir = pathlib.Path(workdir)
   for config in configs.values():
@@ -227,9 +237,10 @@ def run_sweep(study: str, preset: str, configs: Dict[str, Config], workdir,
           'configs': {name: config_lib.record(c) for name, c in configs.items()}}
   workdirs.write_json_atomic(meta_path, meta)
   names = shard_of(configs, shard)
-  sweep.train_many([configs[n] for n in names], [workdir / n for n in names],
-                   data_dir=data_dir, workers=workers, vectorize=vectorize,
-                   progress=progress)
+  if names:
+    sweep.train_many([configs[n] for n in names], [workdir / n for n in names],
+                     data_dir=data_dir, workers=workers, vectorize=vectorize,
+                     progress=progress, skip_held=True)
   return load_runs(workdir)
 
 
@@ -278,8 +289,9 @@ def study_meta(workdir) -> dict:
     problem = 'no list of run names ("runs")'
   else:
     return meta
-  raise ValueError(f'{path} is not a study record ({problem}); it was not written by '
-                   f'bnjax or was damaged. Move it away and rerun the study to rewrite it.')
+  raise workdirs.DamagedFileError(
+      f'{path} is not a study record ({problem}); it was not written by bnjax or was '
+      f'damaged. Move it away and rerun the study to rewrite it.')
 
 
 def load_study(workdir):
@@ -466,8 +478,10 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
         raise app.UsageError('--report_only: writes the whole study\'s report; drop --shard')
       try:
         meta, runs = load_study(FLAGS.workdir)
-      except (FileNotFoundError, ValueError) as e:
+      except FileNotFoundError as e:
         raise app.UsageError(f'--workdir: {e}')
+      except workdirs.DamagedFileError as e:
+        fail(str(e))
       check_ready({}, FLAGS.data_dir)
       print(f'{len(runs)} of {len(meta["runs"])} runs finished; report: '
             f'{report(FLAGS.workdir)}')
@@ -479,19 +493,45 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
         study_meta(FLAGS.workdir)
       except ValueError as e:
         raise app.UsageError(f'--workdir: {e}')
+    names = shard_of(wanted, shard)
+    if not names:
+      print(f'shard {FLAGS.shard} has no runs: the study has {len(wanted)} and shard i/n '
+            f'takes every n-th from the i-th. Nothing to train.')
+      return
     print(f'{study} --preset={FLAGS.preset}: {workload(wanted)}', flush=True)
     vectorize = {'auto': vectorize_default, 'on': True, 'off': False}[FLAGS.vectorize]
+    paths = [pathlib.Path(FLAGS.workdir) / name for name in names]
     try:
-      runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir, data_dir=FLAGS.data_dir,
-                       progress=FLAGS.progress, rerun_stale=FLAGS.rerun_stale,
-                       workers=FLAGS.workers, vectorize=vectorize, shard=shard)
-    except (StaleRunsError, workdirs.WorkdirLockedError) as e:
+      with stopping.stop_on_signals():
+        runs = run_sweep(study, FLAGS.preset, wanted, FLAGS.workdir,
+                         data_dir=FLAGS.data_dir, progress=FLAGS.progress,
+                         rerun_stale=FLAGS.rerun_stale, workers=FLAGS.workers,
+                         vectorize=vectorize, shard=shard)
+        held = [n for n, p in zip(names, paths)
+                if n not in runs and isinstance(stopping.run_state(p), int)]
+        if held:
+          shown = ', '.join(held[:10]) + (f' and {len(held) - 10} more' if len(held) > 10
+                                          else '')
+          print(f'{len(held)} run(s) are held by other processes: {shown}. When they are '
+                f'done: --report_only --workdir={FLAGS.workdir}')
+          return
+        if shard is not None and len(runs) < len(wanted):
+          print(f'shard {FLAGS.shard} done; {len(runs)} of {len(wanted)} runs of the study '
+                f'finished. When every shard is done: --report_only '
+                f'--workdir={FLAGS.workdir}')
+          return
+        print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
+    except stopping.Stopped as e:
+      print(stopping.where_runs_stand(paths, e), file=sys.stderr)
+      sys.exit(e.exit_code)
+    except StaleRunsError as e:
       raise app.UsageError(str(e))
-    if shard is not None and len(runs) < len(wanted):
-      print(f'shard {FLAGS.shard} done; {len(runs)} of {len(wanted)} runs of the study '
-            f'finished. When every shard is done: --report_only --workdir={FLAGS.workdir}')
-      return
-    print(f'{len(runs)} runs; report: {report(FLAGS.workdir)}')
+    except workdirs.DamagedFileError as e:
+      fail(str(e))
+    except Exception as e:  # pylint: disable=broad-except
+      if workdirs.is_disk_full(e):
+        fail(workdirs.disk_full_message(FLAGS.workdir, e))
+      raise
   return main
 
 

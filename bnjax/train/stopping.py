@@ -1,0 +1,124 @@
+"""Stopping runs on request: Ctrl-C and SIGTERM end a run or a sweep at once, and
+worker processes never outlive the process that started them.
+
+* :func:`stop_on_signals` turns SIGINT and SIGTERM into :class:`Stopped` (a
+  ``KeyboardInterrupt``) in the main thread; a binary catches it, says where
+  its runs stand (:func:`where_runs_stand`) and exits ``128 + signal``
+  (130, 143), as a shell reports a process its signal ended.
+* A sweep's worker processes ignore SIGINT (the terminal sends it to the
+  whole process group; the parent decides) and watch their parent
+  (:func:`exit_with_parent`): when it is gone, whatever signal ended it, they
+  exit within a second. Their workdir locks go with them (``flock``), and each
+  run resumes from its last checkpoint.
+"""
+
+import contextlib
+import os
+import pathlib
+import signal
+import threading
+from typing import Iterable, Optional
+
+from bnjax.train import workdir as workdirs
+
+__all__ = ['Stopped', 'exit_with_parent', 'stop_on_signals', 'where_runs_stand']
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+  """A signal asked the process to stop.
+
+  Attributes:
+    signum: the signal's number.
+    exit_code: ``128 + signum``, the shell's status of a process ended by it.
+
+  Example:
+    >>> import signal
+    >>> from bnjax.train import stopping
+    >>> e = stopping.Stopped(signal.SIGTERM)
+    >>> e.name, e.exit_code
+    ('SIGTERM', 143)
+  """
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = int(signum)
+    self.exit_code = 128 + self.signum
+    self.name = signal.Signals(self.signum).name
+
+
+def _raise_stopped(signum, frame):  # pylint: disable=unused-argument
+  raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """SIGINT and SIGTERM raise :class:`Stopped` in the main thread inside the block
+  (the previous handlers come back after it). Outside the main thread (where
+  Python delivers no signal) it does nothing."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {s: signal.signal(s, _raise_stopped) for s in SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def exit_with_parent(poll_seconds: float = 0.5) -> None:
+  """In a worker process: ignore SIGINT, and exit at once (status 1) when the
+  parent process is gone, checked every ``poll_seconds`` by a daemon thread (the
+  worker is then adopted: its parent pid changes)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  parent = os.getppid()
+
+  def watch():
+    while True:
+      if os.getppid() != parent:
+        os._exit(1)  # pylint: disable=protected-access
+      threading.Event().wait(poll_seconds)
+
+  threading.Thread(target=watch, name='bnjax-parent-watch', daemon=True).start()
+
+
+def run_state(path):
+  """``'finished'`` or ``'diverged'`` for a done run folder, else the step its
+  newest checkpoint holds (0: it starts over), from its files alone."""
+  path = pathlib.Path(path)
+  try:
+    summary = workdirs.read_json(path / workdirs.SUMMARY)
+  except ValueError:
+    summary = None
+  status = summary.get('status') if isinstance(summary, dict) else None
+  if status in ('finished', 'diverged'):
+    return status
+  steps = workdirs.checkpoint_steps(path)
+  return steps[-1] if steps else 0
+
+
+def where_runs_stand(paths: Iterable, how: Optional[Stopped] = None) -> str:
+  """One line: how many of the runs in ``paths`` are done, where each other one
+  resumes, and that rerunning the same command resumes them.
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax.train import stopping
+    >>> stopping.where_runs_stand([tempfile.mkdtemp()])
+    'stopped: 0 of 1 runs done; 1 starts over. Rerun the same command to resume.'
+  """
+  states = [run_state(p) for p in paths]
+  resume = sorted(s for s in states if isinstance(s, int))
+  line = (f'stopped{f" by {how.name}" if how is not None else ""}: '
+          f'{len(states) - len(resume)} of {len(states)} runs done')
+  if not resume:
+    return line + '.'
+  parts = []
+  for step in sorted(set(resume)):
+    n = resume.count(step)
+    verb = ('starts over' if n == 1 else 'start over') if step == 0 else (
+        f'{"resumes" if n == 1 else "resume"} from step {step}')
+    parts.append(f'{n} {verb}')
+  return f'{line}; {", ".join(parts)}. Rerun the same command to resume.'
