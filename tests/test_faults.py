@@ -67,6 +67,63 @@ def test_torn_metrics_line_is_dropped_and_redone(reference, tmp_path):
   _assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.parametrize('damage', ['deleted', 'garbage appended', 'truncated'])
+def test_metrics_file_damaged_while_training_is_rewritten(reference, tmp_path, damage):
+  """Someone deletes or edits metrics.jsonl while the run trains: the run notices at
+  its next line, warns naming the file, and ends with the reference's lines."""
+  real_write, calls = workdir.MetricsLog.write, []
+  path = tmp_path / 'metrics.jsonl'
+
+  def write(self, record):
+    calls.append(record['step'])
+    if len(calls) == 3:
+      if damage == 'deleted':
+        path.unlink()
+      elif damage == 'garbage appended':
+        with open(path, 'a') as f:
+          f.write('{"step": 4, "loss": 0.1}\nnot json\n')
+      else:
+        path.write_text(path.read_text().splitlines()[0] + '\n')
+    real_write(self, record)
+
+  with mock.patch.object(workdir.MetricsLog, 'write', write), \
+       mock.patch.object(workdir.logging, 'warning') as warning:
+    trainer.train(TS, tmp_path, progress=False)
+  assert [str(c.args[1]) for c in warning.call_args_list] == [str(path)]
+  _assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.parametrize('damage, problem', [
+    ('missing', 'metrics.jsonl is missing'),
+    ('garbage', r'metrics.jsonl, line 3: not JSON'),
+    ('duplicate', r'metrics.jsonl, line 13: step 48 again after step 48'),
+    ('no step', r'metrics.jsonl, line 2: no integer "step"'),
+])
+def test_the_loader_names_a_damaged_metrics_file_and_line(tmp_path, damage, problem):
+  """A study's loader (and --report_only) refuses a damaged metrics file naming the
+  file and line, and never counts a step twice; the binary exits 1 with one line."""
+  import json  # pylint: disable=g-import-not-at-top
+  study.run_sweep('teacher_student', 'smoke', {'a': TS}, tmp_path, workers=1)
+  path = tmp_path / 'a' / 'metrics.jsonl'
+  lines = path.read_text().splitlines()
+  if damage == 'missing':
+    path.unlink()
+  elif damage == 'garbage':
+    path.write_text('\n'.join(lines[:2] + ['{"step": 12, "lo'] + lines[2:]) + '\n')
+  elif damage == 'duplicate':
+    path.write_text('\n'.join(lines + lines[-1:]) + '\n')
+  else:
+    path.write_text('\n'.join(lines[:1] + [json.dumps({'loss': 1.0})] + lines[1:]) + '\n')
+  with pytest.raises(workdir.DamagedFileError, match=problem):
+    study.load_runs(tmp_path)
+  out = subprocess.run([sys.executable, '-m', 'experiments.teacher_student',
+                        f'--workdir={tmp_path}', '--report_only'], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and str(path) in errors[0], out.stderr[-2000:]
+
+
 def test_damaged_latest_checkpoint_falls_back_with_one_warning(reference, tmp_path):
   trainer.train(TS, tmp_path, progress=False, stop_after=21)  # checkpoints 8 and 16
   latest = tmp_path / 'checkpoints' / '16'
@@ -188,6 +245,44 @@ def test_disk_full_binary_prints_one_clear_line(tmp_path):
   assert 'Traceback' not in out.stderr, out.stderr[-2000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'no space left' in errors[0] and 'resumes' in errors[0]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+  """A 300 KiB tmpfs (root only; skipped where mounting is not allowed)."""
+  folder = tmp_path / 'tmpfs'
+  folder.mkdir()
+  mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=300k', 'tmpfs', str(folder)],
+                           capture_output=True, text=True)
+  if mounted.returncode != 0:
+    pytest.skip(f'cannot mount a tmpfs here: {mounted.stderr.strip()}')
+  try:
+    yield folder
+  finally:
+    subprocess.run(['umount', '-l', str(folder)], check=False)
+
+
+def test_a_full_tmpfs_under_a_checkpoint_write_is_one_line_and_resumes(small_tmpfs,
+                                                                     tmp_path):
+  """A real ENOSPC from tensorstore inside orbax's checkpoint write: one error line
+  naming the folder, exit 1; with space again the run resumes to the result of a
+  run that never stopped."""
+  fields = dict(input_dim=4000)  # about 100 KiB per checkpoint: the third does not fit
+  run, clean = small_tmpfs / 'run', tmp_path / 'clean'
+  out = subprocess.run(binary(run, **fields), cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.strip().count('\n') == 0, out.stderr[-3000:]  # one line, nothing else
+  assert out.stderr.startswith('error: no space left on the device') and str(run) in out.stderr
+  assert workdir.checkpoint_steps(run), 'no checkpoint was written before the disk filled'
+  subprocess.run(['mount', '-o', 'remount,size=20m', str(small_tmpfs)], check=True)
+  for path in (run, clean):
+    again = subprocess.run(binary(path, **fields), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    if path == run:
+      assert 'resuming from step' in again.stderr, again.stderr[-2000:]
+  _assert_same_run(run, clean)
 
 
 # ------------------------------------------------------------ config record
