@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from bnjax import dynamics
-from bnjax.train import step_metrics
+from bnjax.train import step_metrics, stopping
 from bnjax.train import workdir as workdirs
 from bnjax.train.config import Config
 from bnjax.train.workdir import write_json_atomic
@@ -133,11 +133,13 @@ class RunFiles:
     return line
 
   def save(self, step: int, host_state) -> None:
-    """Checkpoints ``host_state`` at ``step`` and records the time trained so far."""
-    self.checkpoints.save(step, host_state)
-    self.last_checkpoint = step
-    if self.main_process:
-      write_json_atomic(self.workdir / workdirs.PROGRESS, {str(step): self.seconds()})
+    """Checkpoints ``host_state`` at ``step`` and records the time trained so far
+    (a stop signal meanwhile takes effect once both are written)."""
+    with stopping.deferred():
+      self.checkpoints.save(step, host_state)
+      self.last_checkpoint = step
+      if self.main_process:
+        write_json_atomic(self.workdir / workdirs.PROGRESS, {str(step): self.seconds()})
 
   def finish(self, step: int, final, test_metrics: dict) -> dict:
     """Writes ``summary.json`` of the finished run (diverged when the test metrics

@@ -2,7 +2,8 @@
 worker processes never outlive the process that started them.
 
 * :func:`stop_on_signals` turns SIGINT and SIGTERM into :class:`Stopped` (a
-  ``KeyboardInterrupt``) in the main thread; a binary catches it, says where
+  ``KeyboardInterrupt``) in the main thread, outside the blocks that write a
+  checkpoint (:func:`deferred`); a binary catches it, says where
   its runs stand (:func:`where_runs_stand`) and exits ``128 + signal``
   (130, 143), as a shell reports a process its signal ended.
 * A sweep's worker processes ignore SIGINT (the terminal sends it to the
@@ -21,7 +22,8 @@ from typing import Iterable, Optional
 
 from bnjax.train import workdir as workdirs
 
-__all__ = ['Stopped', 'exit_with_parent', 'stop_on_signals', 'where_runs_stand']
+__all__ = ['Stopped', 'deferred', 'exit_with_parent', 'stop_on_signals',
+           'where_runs_stand']
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,8 +50,32 @@ class Stopped(KeyboardInterrupt):
     self.name = signal.Signals(self.signum).name
 
 
+_depth = 0  # how many deferred() blocks the main thread is in
+_pending = None  # the signal that arrived inside one
+
+
 def _raise_stopped(signum, frame):  # pylint: disable=unused-argument
+  global _pending
+  if _depth:
+    _pending = signum
+    return
   raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def deferred():
+  """A block a stop signal does not cut: one that arrives inside it raises
+  :class:`Stopped` when the block has ended (a checkpoint is written whole, and
+  orbax's writer threads are not torn down mid-write)."""
+  global _depth, _pending
+  _depth += 1
+  try:
+    yield
+  finally:
+    _depth -= 1
+  if not _depth and _pending is not None:
+    signum, _pending = _pending, None
+    raise Stopped(signum)
 
 
 @contextlib.contextmanager
@@ -60,12 +86,14 @@ def stop_on_signals():
   if threading.current_thread() is not threading.main_thread():
     yield
     return
+  global _pending
   previous = {s: signal.signal(s, _raise_stopped) for s in SIGNALS}
   try:
     yield
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
+    _pending = None
 
 
 def exit_with_parent(poll_seconds: float = 0.5) -> None:

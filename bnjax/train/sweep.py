@@ -122,6 +122,11 @@ def _init_worker(xla_flags: str, cache_dir: Optional[str] = None) -> None:
   is loaded, not compiled again, by the others). The worker leaves SIGINT to the
   parent and exits when the parent is gone (:func:`bnjax.train.stopping.exit_with_parent`)."""
   stopping.exit_with_parent()
+  # tqdm's default lock is a multiprocessing RLock, a semaphore that a worker killed
+  # on a stop would leave for the resource tracker to report; workers show no bars.
+  import threading  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  tqdm.tqdm.set_lock(threading.RLock())
   os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {xla_flags}'.strip()
   if cache_dir is not None:
     import jax  # pylint: disable=g-import-not-at-top
