@@ -183,3 +183,30 @@ def test_bn_eval_choices_change_only_the_test_numbers(tmp_path):
 def test_config_refuses_bad_bn_eval(change, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(Config(), **change).validate()
+
+
+def test_precise_statistics_use_at_most_the_training_set_once(caplog):
+  # 512 examples in batches of 32: an epoch is 16 batches. --bn_eval_batches=100000
+  # reads those 16, with a warning, and equals --bn_eval_batches=16.
+  from bnjax.train import inputs, programs  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(TS, bn_eval='precise', bn_eval_batches=100000)
+  with caplog.at_level('WARNING'):
+    run_data = inputs.prepare(config)
+  assert '--bn_eval_batches=100000 exceeds the 16 batches of an epoch' in caplog.text
+  initial = programs.programs(config)[0]
+  state = initial(jax.random.key(0), run_data.train_batches.batch(0, 0)['x'],
+                  programs.hyperparameters(config))
+  read = []
+  epoch = run_data.train_batches.epoch
+
+  def counted(e, *args, **kwargs):
+    for batch in epoch(e, *args, **kwargs):
+      read.append(e)
+      yield batch
+
+  run_data.train_batches.epoch = counted
+  capped = programs.eval_batch_stats(config, state, run_data.train_batches)
+  assert read == [0] * 16
+  one_epoch = programs.eval_batch_stats(dataclasses.replace(config, bn_eval_batches=16),
+                                        state, run_data.train_batches)
+  chex.assert_trees_all_close(capped, one_epoch)

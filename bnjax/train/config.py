@@ -142,7 +142,8 @@ class Config:
                         'initial value\'s weight removed) or precise (recomputed with the '
                         'final weights over --bn_eval_batches training batches); see '
                         'bnjax.bn_eval.', BN_EVAL)
-  bn_eval_batches: int = _field(100, 'Training batches of --bn_eval=precise.')
+  bn_eval_batches: int = _field(100, 'Training batches of --bn_eval=precise (at most one '
+                                'epoch: the training set once).')
   schedule: str = _field('constant', 'Learning-rate schedule after the warmup: constant, '
                          'cosine (to 0 at the last step) or step (x0.1 at 50% and 75% of '
                          'the steps); decoupled decay lr*lambda follows it.', SCHEDULES)

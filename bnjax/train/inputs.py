@@ -5,6 +5,8 @@ import dataclasses
 import functools
 from typing import Optional
 
+from absl import logging
+
 from bnjax.train import data
 from bnjax.train.config import Config
 
@@ -111,6 +113,11 @@ def prepare(config: Config, data_dir: Optional[str] = None) -> RunData:
     raise ValueError(f'--schedule: the schedule was laid out for '
                      f'{config.train_examples()} training examples, but '
                      f'{config.dataset} has {len(splits["train"])} here')
+  steps_per_epoch = len(splits['train']) // config.batch_size
+  if config.bn_eval == 'precise' and config.bn_eval_batches > steps_per_epoch:
+    logging.warning('--bn_eval_batches=%d exceeds the %d batches of an epoch of %s; '
+                    'precise statistics use those %d (the training set once).',
+                    config.bn_eval_batches, steps_per_epoch, config.dataset, steps_per_epoch)
   mean, std = input_normalization(config, data_dir)
   return RunData(
       splits,

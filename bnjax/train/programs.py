@@ -175,8 +175,8 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
 
   ``'running'``: the state's own; ``'debiased'``: :func:`bnjax.bn_eval.debiased`
   with ``state.step`` updates; ``'precise'``: :func:`bnjax.bn_eval.precise`
-  over the first ``config.bn_eval_batches`` batches of the training order
-  (epochs 0, 1, ... as needed), with the state's weights.
+  over the first ``config.bn_eval_batches`` batches of the first epoch, at most
+  the whole epoch (the training set once), with the state's weights.
 
   Args:
     config: the run's config.
@@ -210,7 +210,7 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
     return state.batch_stats
   if config.bn_eval == 'debiased':
     return bn_eval.debiased(state.batch_stats, int(state.step), momentum=momentum)
-  inputs = (b['x'] for epoch in itertools.count() for b in train_batches.epoch(epoch))
+  inputs = (b['x'] for b in train_batches.epoch(0))
   return bn_eval.precise(_stats_update(config), state.params, state.batch_stats,
                          itertools.islice(inputs, config.bn_eval_batches),
                          momentum=momentum)
