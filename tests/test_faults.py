@@ -93,17 +93,26 @@ def test_metrics_file_damaged_while_training_is_rewritten(reference, tmp_path, d
   _assert_same_run(tmp_path, reference)
 
 
+@pytest.fixture(scope='module')
+def finished_study(tmp_path_factory):
+  path = tmp_path_factory.mktemp('finished_study')
+  study.run_sweep('teacher_student', 'smoke', {'a': TS}, path, workers=1)
+  return path
+
+
 @pytest.mark.parametrize('damage, problem', [
     ('missing', 'metrics.jsonl is missing'),
     ('garbage', r'metrics.jsonl, line 3: not JSON'),
     ('duplicate', r'metrics.jsonl, line 13: step 48 again after step 48'),
     ('no step', r'metrics.jsonl, line 2: no integer "step"'),
 ])
-def test_the_loader_names_a_damaged_metrics_file_and_line(tmp_path, damage, problem):
-  """A study's loader (and --report_only) refuses a damaged metrics file naming the
-  file and line, and never counts a step twice; the binary exits 1 with one line."""
+def test_the_loader_names_a_damaged_metrics_file_and_line(finished_study, tmp_path, damage,
+                                                         problem):
+  """A study's loader refuses a damaged metrics file naming the file and line, and
+  never counts a step twice; --report_only exits 1 with one line naming it."""
   import json  # pylint: disable=g-import-not-at-top
-  study.run_sweep('teacher_student', 'smoke', {'a': TS}, tmp_path, workers=1)
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(finished_study, tmp_path, dirs_exist_ok=True)
   path = tmp_path / 'a' / 'metrics.jsonl'
   lines = path.read_text().splitlines()
   if damage == 'missing':
@@ -116,6 +125,8 @@ def test_the_loader_names_a_damaged_metrics_file_and_line(tmp_path, damage, prob
     path.write_text('\n'.join(lines[:1] + [json.dumps({'loss': 1.0})] + lines[1:]) + '\n')
   with pytest.raises(workdir.DamagedFileError, match=problem):
     study.load_runs(tmp_path)
+  if damage != 'garbage':
+    return
   out = subprocess.run([sys.executable, '-m', 'experiments.teacher_student',
                         f'--workdir={tmp_path}', '--report_only'], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)

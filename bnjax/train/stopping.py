@@ -6,8 +6,9 @@ worker processes never outlive the process that started them.
   checkpoint (:func:`deferred`); a binary catches it, says where
   its runs stand (:func:`where_runs_stand`) and exits ``128 + signal``
   (130, 143), as a shell reports a process its signal ended.
-* A sweep's worker processes ignore SIGINT (the terminal sends it to the
-  whole process group; the parent decides) and watch their parent
+* A sweep's worker processes ignore SIGINT from their start (:func:`spawning`;
+  the terminal sends it to the whole process group, the parent decides) and
+  watch their parent
   (:func:`exit_with_parent`): when it is gone, whatever signal ended it, they
   exit within a second. Their workdir locks go with them (``flock``), and each
   run resumes from its last checkpoint.
@@ -22,7 +23,7 @@ from typing import Iterable, Optional
 
 from bnjax.train import workdir as workdirs
 
-__all__ = ['Stopped', 'deferred', 'exit_with_parent', 'stop_on_signals',
+__all__ = ['Stopped', 'deferred', 'exit_with_parent', 'spawning', 'stop_on_signals',
            'where_runs_stand']
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -96,12 +97,30 @@ def stop_on_signals():
     _pending = None
 
 
-def exit_with_parent(poll_seconds: float = 0.5) -> None:
+@contextlib.contextmanager
+def spawning():
+  """Around starting worker processes: SIGINT is ignored, so the workers start
+  with it ignored (a disposition ``exec`` keeps, and Python then installs no
+  ``KeyboardInterrupt`` handler) and a Ctrl-C to the process group during
+  their start-up cannot interrupt their imports; a SIGTERM waits for the block's
+  end (:func:`deferred`). A Ctrl-C in the block itself (milliseconds) is lost."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with deferred():
+      yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+def exit_with_parent(parent: int, poll_seconds: float = 0.5) -> None:
   """In a worker process: ignore SIGINT, and exit at once (status 1) when the
-  parent process is gone, checked every ``poll_seconds`` by a daemon thread (the
-  worker is then adopted: its parent pid changes)."""
+  process ``parent`` (the pid the parent passed, not ``os.getppid()`` read here:
+  the parent may already be gone when a worker starts) is no longer its parent,
+  checked every ``poll_seconds`` by a daemon thread."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  parent = os.getppid()
 
   def watch():
     while True:

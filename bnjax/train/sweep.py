@@ -116,12 +116,13 @@ def train_member(config: Config, workdir, data_dir: Optional[str] = None,
     return None
 
 
-def _init_worker(xla_flags: str, cache_dir: Optional[str] = None) -> None:
+def _init_worker(xla_flags: str, cache_dir: Optional[str] = None,
+                 parent: Optional[int] = None) -> None:
   """Runs first in each worker process, before any XLA backend starts: one XLA
   thread, and the pool's shared compilation cache (a program one worker compiled
   is loaded, not compiled again, by the others). The worker leaves SIGINT to the
   parent and exits when the parent is gone (:func:`bnjax.train.stopping.exit_with_parent`)."""
-  stopping.exit_with_parent()
+  stopping.exit_with_parent(os.getppid() if parent is None else parent)
   # tqdm's default lock is a multiprocessing RLock, a semaphore that a worker killed
   # on a stop would leave for the resource tracker to report; workers show no bars.
   import threading  # pylint: disable=g-import-not-at-top
@@ -206,13 +207,14 @@ def _train_in_workers(configs, paths, data_dir, workers: int, tasks=None,
   cache = tempfile.TemporaryDirectory(prefix='bnjax-xla-cache-')
   pool = concurrent.futures.ProcessPoolExecutor(
       max_workers=min(workers, len(tasks)), mp_context=multiprocessing.get_context('spawn'),
-      initializer=_init_worker, initargs=(SINGLE_THREAD_XLA_FLAGS, cache.name))
+      initializer=_init_worker, initargs=(SINGLE_THREAD_XLA_FLAGS, cache.name, os.getpid()))
   start = time.perf_counter()
   summaries, errors, done = [None] * len(configs), [], 0
   with cache, pool, _killed_when_interrupted(pool):
-    futures = {pool.submit(task, [configs[i] for i in members],
-                           [str(paths[i]) for i in members], data_dir, skip_held): members
-               for members in tasks}
+    with stopping.spawning():  # the workers start as the tasks are submitted
+      futures = {pool.submit(task, [configs[i] for i in members],
+                             [str(paths[i]) for i in members], data_dir, skip_held): members
+                 for members in tasks}
     for future in concurrent.futures.as_completed(futures):
       members = futures[future]
       try:
