@@ -385,7 +385,9 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
     \zeta = \frac{1}{2M}\ (\text{linear}), \quad \frac{1}{4M}\ (\text{ReLU})
 
   BN with batch size ``M`` behaves like population normalization plus an
-  explicit penalty on gamma (their Figure 1).
+  explicit penalty on gamma (their Figure 1). These constants are the noise of
+  the batch mean alone; with the batch σ's noise the constant of an MSE
+  student is 3/2 of them (:func:`gamma_decay_second_order`).
 
   Args:
     batch_size: ``M``, a positive int.
@@ -408,6 +410,67 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
     return 1.0 / (2 * batch_size)
   if activation == 'relu':
     return 1.0 / (4 * batch_size)
+  raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")
+
+
+def gamma_decay_second_order(batch_size, activation: str) -> float:
+  r"""BN's implicit gamma decay to order 1/M, batch-mean and batch-σ noise together.
+
+  For a unit whose pre-activation, standardized over the population, is
+  Gaussian, batch normalization over ``M`` examples feeding an MSE loss
+  (without the 1/2) at the population optimum (the student aligned with its
+  teacher) acts as population normalization plus :math:`\zeta\gamma^2` with
+
+  .. math::
+    \zeta = rac{3}{4M}\ (	ext{linear}), \qquad rac{3}{8M}\ (	ext{ReLU}).
+
+  Of the linear :math:`3/(4M)`, :math:`1/(2M)` is the noise of the batch
+  mean (Luo et al.'s Figure-1 constant, :func:`gamma_decay_strength`) and
+  :math:`1/(4M)` that of the batch σ (Bessel's bias of the biased variance,
+  and Jensen's inequality on its square root). The derivation expands
+  :math:`\hat a_i = (a_i - ar a)/s` to second order in
+  :math:`ar a \sim N(0, 1/M)` and :math:`\Delta = s^2 - 1`
+  (:math:`E[\Delta \mid a_i] = (a_i^2 - 2)/M`, :math:`E[\Delta^2] = 2/M`):
+  with :math:`g(a, y) = (f(\gamma a+eta) - y)\,f'\,a`, the per-example
+  half-gradient in :math:`\gamma`,
+
+  .. math::
+    E[g(\hat a)] - E[g(a)] = rac{1}{M}\Big(	frac34 E[g_a a] - 	frac12 E[g_a a^3]
+      + 	frac12 E[g_{aa}] + 	frac14 E[g_{aa} a^2]\Big) = \zeta\gamma,
+
+  which is :math:`	frac34\gamma/M` for :math:`f(z) = z` and
+  :math:`	frac38\gamma/M` for :math:`f(z) = \max(z, 0)` at
+  :math:`y = f(\gamma a) + arepsilon`. For the linear unit the exact value is
+  :math:`1/E[s_B] - 1` (:math:`M s_B^2 \sim \chi^2_{M-1}`), 0.862/M at M = 8.
+  ``tests/test_theory.py`` checks both constants by Monte Carlo over Gaussian
+  batches. A batch drawn without replacement from a finite training set of
+  ``P`` examples behaves as :func:`effective_batch` draws; pass that (a float)
+  as ``batch_size``.
+
+  Args:
+    batch_size: ``M`` > 0 (an int, or an effective batch size).
+    activation: ``'linear'`` or ``'relu'``.
+
+  Returns:
+    zeta, a float.
+
+  Example:
+    >>> from bnjax import theory
+    >>> theory.gamma_decay_second_order(32, 'linear') * 32
+    0.75
+    >>> theory.gamma_decay_second_order(32, 'relu') / theory.gamma_decay_strength(32, 'relu')
+    1.5
+
+  References:
+    Luo et al., "Towards Understanding Regularization in Batch
+    Normalization", ICLR 2019, arXiv 1809.00846, section 2 (the decomposition
+    BN = PN + gamma decay, whose Figure-1 constants keep the batch-mean term).
+  """
+  check_positive('batch_size', batch_size)
+  if activation == 'linear':
+    return 3.0 / (4.0 * batch_size)
+  if activation == 'relu':
+    return 3.0 / (8.0 * batch_size)
   raise ValueError(f"activation must be 'linear' or 'relu', got {activation!r}.")
 
 

@@ -239,3 +239,34 @@ def test_effective_batch_refuses_a_batch_larger_than_the_set():
     theory.effective_batch(64, 32)
   with pytest.raises(TypeError, match='batch_size'):
     theory.effective_batch(8.5, 32)
+
+
+@pytest.mark.parametrize('activation', ['linear', 'relu'])
+def test_second_order_gamma_decay_by_monte_carlo_over_gaussian_batches(activation):
+  """BN's extra gamma gradient at the population optimum, E[g(a_hat)] / gamma with
+  g = (f(a_hat) - f(a)) f'(a_hat) a_hat over Gaussian batches of M = 16, is
+  theory.gamma_decay_second_order (3/4, 3/8 per M), not Luo et al.'s batch-mean
+  term alone (1/2, 1/4); the linear unit's is the exact 1 - E[s_B] too."""
+  m, batches = 16, 60000
+  a = np.random.default_rng(0).standard_normal((batches, m))
+  a_hat = (a - a.mean(1, keepdims=True)) / a.std(1, keepdims=True)
+  if activation == 'linear':
+    g = (a_hat - a) * a_hat
+  else:
+    g = (np.maximum(a_hat, 0) - np.maximum(a, 0)) * (a_hat > 0) * a_hat
+  per_batch = g.mean(1)
+  zeta = per_batch.mean()
+  stderr = per_batch.std() / math.sqrt(batches)
+  second = theory.gamma_decay_second_order(m, activation)
+  assert abs(zeta - second) < max(4 * stderr, 0.05 * second), (zeta * m, stderr * m)
+  assert zeta > 1.4 * theory.gamma_decay_strength(m, activation)
+  if activation == 'linear':  # M s^2 ~ chi^2_(M-1): E[s] from the Gamma function
+    mean_s = math.sqrt(2 / m) * math.exp(math.lgamma(m / 2) - math.lgamma((m - 1) / 2))
+    assert abs(zeta - (1 - mean_s)) < 4 * stderr
+
+
+def test_second_order_gamma_decay_refuses_bad_arguments():
+  with pytest.raises(ValueError, match='batch_size must be > 0'):
+    theory.gamma_decay_second_order(0, 'linear')
+  with pytest.raises(ValueError, match="activation must be 'linear' or 'relu'"):
+    theory.gamma_decay_second_order(8, 'tanh')

@@ -26,6 +26,7 @@ What a workdir guarantees (tested in ``tests/test_faults.py``):
 import contextlib
 import errno
 import fcntl
+import gc
 import io
 import json
 import math
@@ -541,19 +542,22 @@ class Checkpoints:
     (ENOSPC) naming the folder; what orbax's writer threads print about it
     meanwhile (tensorstore's ``RESOURCE_EXHAUSTED``, per thread) is dropped, and
     whatever they print on a save that succeeds is passed on."""
-    printed = io.StringIO()
-    try:
-      with contextlib.redirect_stderr(printed), _absl_to(printed):
+    printed, error = io.StringIO(), None
+    with contextlib.redirect_stderr(printed), _absl_to(printed):
+      try:
         self.manager.save(step, args=ocp.args.StandardSave(state))
         self.manager.wait_until_finished()
-    except Exception as e:  # pylint: disable=broad-except
-      if is_disk_full(e):
-        raise OSError(errno.ENOSPC, f'No space left on device: the checkpoint of step '
-                                    f'{step} in {self.workdir / CHECKPOINTS} could not be '
-                                    f'written') from None
-      sys.stderr.write(printed.getvalue())
-      raise
+      except Exception as e:  # pylint: disable=broad-except
+        error = e
+        if is_disk_full(e):
+          gc.collect()  # the writers' failed futures report themselves now, in here
+    if error is not None and is_disk_full(error):
+      raise OSError(errno.ENOSPC, f'No space left on device: the checkpoint of step '
+                                  f'{step} in {self.workdir / CHECKPOINTS} could not be '
+                                  f'written') from None
     sys.stderr.write(printed.getvalue())
+    if error is not None:
+      raise error
 
   def restore_latest(self, template):
     """``(state, step)`` of the newest checkpoint that restores, or ``(None, None)``."""

@@ -72,8 +72,13 @@ def define_flags(study: str):
 
 def fail(message: str, code: int = 1):
   """A binary's end on an error that is not a bad flag: one ``error:`` line on
-  stderr, exit ``code``, no traceback and no usage text."""
-  print(f'error: {message}', file=sys.stderr)
+  stderr, exit ``code``, no traceback and no usage text (nor what background
+  threads of a failed write, e.g. orbax's asyncio futures, report as the
+  process ends)."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  std_logging.getLogger('asyncio').disabled = True
+  sys.unraisablehook = lambda unraisable: None
   sys.exit(code)
 
 
