@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -104,7 +105,9 @@ def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
 
 
 def _verdicts(report_path):
-  return [l for l in report_path.read_text().splitlines() if l.startswith('**Verdict')]
+  """The report's verdict lines, without the anchor each starts with."""
+  lines = [re.sub(r'^<a id="[^"]*"></a>', '', l) for l in report_path.read_text().splitlines()]
+  return [l for l in lines if l.startswith('**Verdict')]
 
 
 def test_effective_lr_report_when_the_claims_hold(tmp_path):
@@ -423,25 +426,37 @@ def test_decide_three_outcomes(value, half, seeds, side, outcome):
 def test_paired_verdict_and_its_json(tmp_path):
   # Paired differences -0.3, -0.2, -0.25: mean -0.25, s = 0.05, half-width
   # 4.302653 * 0.05 / sqrt(3) = 0.124207 < 0.25: holds.
-  v = verdicts.paired('A beats B', 'paper, Fig. 1', 'A - B', [-0.3, -0.2, -0.25])
+  ids = dict(reference='error(A) < error(B)')
+  v = verdicts.paired('A beats B', 'paper, Fig. 1', 'A - B', [-0.3, -0.2, -0.25],
+                      id='demo/a-beats-b', **ids)
   assert (v.outcome, v.seeds) == ('holds', 3)
   assert v.value == pytest.approx(-0.25) and v.uncertainty == pytest.approx(0.124207,
                                                                              abs=1e-6)
-  weak = verdicts.paired('A beats B', 'paper', 'A - B', [-0.3, 0.2, -0.25])
+  weak = verdicts.paired('A beats B', 'paper', 'A - B', [-0.3, 0.2, -0.25],
+                         id='demo/a-beats-b-weak', **ids)
   assert weak.outcome == 'inconclusive'
   verdicts.write(tmp_path, [v, weak])
   stored = json.loads((tmp_path / 'verdicts.json').read_text())
-  assert {'claim', 'source', 'outcome', 'statistic', 'value', 'uncertainty', 'seeds',
-          'rule'} <= set(stored[0])
+  assert {'id', 'claim', 'source', 'reference', 'outcome', 'statistic', 'value',
+          'uncertainty', 'seeds', 'rule'} <= set(stored[0])
+  assert stored[0]['id'] == 'demo/a-beats-b' and stored[0]['reference'] == ids['reference']
   assert verdicts.read(tmp_path) == [v, weak]
+  assert v.markdown().startswith('<a id="demo-a-beats-b"></a>**Verdict: holds**')
   table = verdicts.results_table([tmp_path])
-  assert f'| A beats B ({tmp_path.name}) | holds | A - B: -0.25 ± 0.124 | 3 |' in table
+  link = f'reports/{tmp_path.name}/report.md'
+  assert (f'| A beats B ([`demo/a-beats-b`]({link}#demo-a-beats-b)) | error(A) < error(B) '
+          f'| holds | A - B: -0.25 ± 0.124 | 3 |') in table
   assert '**inconclusive**' in table
   summary = verdicts.summary_table([tmp_path], link='reports').splitlines()
-  assert summary[2] == f'| [{tmp_path.name}](reports/{tmp_path.name}/report.md) | A beats B | holds |'
-  assert summary[3] == '|  | A beats B | inconclusive |'
+  assert summary[2] == (f'| [{tmp_path.name}]({link}) | [A beats B]({link}#demo-a-beats-b) '
+                        f'| holds |')
+  assert summary[3] == f'|  | [A beats B]({link}#demo-a-beats-b-weak) | inconclusive |'
   with pytest.raises(ValueError, match='outcome must be one of'):
     verdicts.write(tmp_path, [dataclasses.replace(v, outcome='maybe')])
+  with pytest.raises(ValueError, match="two verdicts share the id 'demo/a-beats-b'"):
+    verdicts.write(tmp_path, [v, dataclasses.replace(weak, id=v.id)])
+  with pytest.raises(ValueError, match='id must be <study>/<slug>'):
+    verdicts.paired('A beats B', 'paper', 'A - B', [-0.3], id='A beats B', **ids)
 
 
 def test_verdicts_doctests():

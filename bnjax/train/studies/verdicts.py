@@ -12,8 +12,10 @@ fixed before the runs:
   seeds (then the uncertainty is not estimated: ``None`` with one seed).
 
 Each study writes its verdicts as ``verdicts.json`` beside ``report.md``: a
-list of ``{claim, source, outcome, statistic, value, uncertainty, seeds,
-rule}``; README's table of verdicts is generated from those files
+list of ``{id, claim, source, reference, outcome, statistic, value,
+uncertainty, seeds, rule}``, ``id`` (``<study>/<slug>``) unique and stable and
+``reference`` the prediction the measurement is tested against; README's
+table of verdicts is generated from those files
 (:func:`results_table` and :func:`summary_table`, ``python -m experiments.verdicts
 [--summary] docs/reports/<study> ...``).
 """
@@ -22,6 +24,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -131,6 +134,9 @@ class Verdict:
   Attributes:
     claim: the claim as README states it.
     source: paper and figure/equation it comes from.
+    id: ``<study>/<slug>``, unique and stable: what tables and links cite.
+    reference: the prediction the statistic is tested against (a formula and
+      where it comes from, e.g. ``Luo et al. 2019 Fig. 1: 1/(2M)``).
     outcome: one of :data:`OUTCOMES`.
     statistic: what ``value`` is.
     value: the estimate (mean over seeds).
@@ -151,25 +157,35 @@ class Verdict:
   numbers: str = ''
   threshold: float = 0.0
   side: str = 'below'
+  id: str = ''  # (verdicts.json written before ids and references read as '')
+  reference: str = ''
+
+  def anchor(self) -> str:
+    """The id as an HTML anchor name (``/`` becomes ``-``)."""
+    return self.id.replace('/', '-')
 
   def markdown(self) -> str:
-    """The report's line: outcome, claim, source, statistic with its interval, rule,
-    supporting numbers."""
+    """The report's line: anchor, outcome, claim, source, reference, statistic with
+    its interval, rule, supporting numbers."""
     if self.uncertainty is None:
       estimate = f'{self.value:.4g} from {self.seeds} seed (no uncertainty)'
     else:
       estimate = f'{self.value:.4g} ± {self.uncertainty:.4g} over {self.seeds} seeds'
-    text = (f'**Verdict: {self.outcome}**: {self.claim} [{self.source}]. Statistic: '
+    anchor = f'<a id="{self.anchor()}"></a>' if self.id else ''
+    tested = f' Tested against: {self.reference}.' if self.reference else ''
+    text = (f'{anchor}**Verdict: {self.outcome}**: {self.claim} [{self.source}]'
+            f'{f" (`{self.id}`)" if self.id else ""}.{tested} Statistic: '
             f'{self.statistic} = {estimate}. Rule: {self.rule}.')
     return text + (f' Numbers: {self.numbers}.' if self.numbers else '')
 
 
 def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *,
-           threshold: float = 0.0, side: str = 'below', numbers: str = '') -> Verdict:
+           id: str, reference: str, threshold: float = 0.0, side: str = 'below',
+           numbers: str = '') -> Verdict:  # pylint: disable=redefined-builtin
   """A :class:`Verdict` from one value of the statistic per seed.
 
   Args:
-    claim, source, statistic, numbers: as :class:`Verdict`.
+    claim, source, statistic, numbers, id, reference: as :class:`Verdict`.
     per_seed: the statistic of each seed (e.g. the paired difference of two
       arms run with the same seed).
     threshold, side: the claim puts the mean ``side`` of ``threshold``.
@@ -180,13 +196,16 @@ def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *
   Example:
     >>> from bnjax.train.studies import verdicts
     >>> v = verdicts.paired('A beats B', 'paper, Fig. 1', 'error(A) - error(B)',
-    ...                     [-0.30, -0.20, -0.25])
+    ...                     [-0.30, -0.20, -0.25], id='demo/a-beats-b',
+    ...                     reference='error(A) < error(B)')
     >>> v.outcome, v.seeds, round(v.uncertainty, 4)
     ('holds', 3, 0.1242)
 
   References:
     Student, "The Probable Error of a Mean", Biometrika 1908 (paired t).
   """
+  if not isinstance(id, str) or not re.fullmatch(r'[a-z0-9_]+/[a-z0-9][a-z0-9_.-]*', id):
+    raise ValueError(f'id must be <study>/<slug> (lower case, digits, - _ .), got {id!r}.')
   value, uncertainty = interval(per_seed)
   if side == 'within':
     rule = (f'whole 95% t-interval of the mean over seeds inside (-{threshold:g}, '
@@ -200,14 +219,19 @@ def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *
                  uncertainty=uncertainty, seeds=len(per_seed),
                  outcome=decide(value, uncertainty, len(per_seed), threshold=threshold,
                                 side=side),
-                 rule=rule, numbers=numbers, threshold=threshold, side=side)
+                 rule=rule, numbers=numbers, threshold=threshold, side=side, id=id,
+                 reference=reference)
 
 
 def write(workdir, verdicts: Sequence[Verdict]) -> pathlib.Path:
   """Writes ``verdicts.json`` (strict JSON, atomically) into ``workdir``."""
+  seen = set()
   for v in verdicts:
     if v.outcome not in OUTCOMES:
       raise ValueError(f'outcome must be one of {OUTCOMES}, got {v.outcome!r}.')
+    if v.id in seen:
+      raise ValueError(f'two verdicts share the id {v.id!r}; ids must be unique.')
+    seen.add(v.id)
   path = pathlib.Path(workdir) / 'verdicts.json'
   tmp = path.with_name('.verdicts.json.tmp')
   tmp.write_text(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=1,
@@ -222,26 +246,36 @@ def read(workdir) -> list:
   return [Verdict(**v) for v in json.loads(path.read_text())]
 
 
-def results_table(folders: Sequence) -> str:
+def results_table(folders: Sequence, link: str = 'reports') -> str:
   """docs/results.md's table of verdicts, one row per claim of every study folder given.
 
   Args:
     folders: study folders (each with ``verdicts.json``), in table order.
+    link: the folder of the reports, relative to the page the table goes in.
 
   Returns:
-    A markdown table: claim (study), outcome, statistic ± uncertainty, seeds.
+    A markdown table: claim (its id, linking to its line in the report), the
+    prediction it is tested against, outcome, statistic ± uncertainty, seeds.
   """
-  rows = ['| claim (study) | verdict | statistic: value ± 95% interval | seeds |',
-          '|---|---|---|---:|']
+  rows = ['| claim (id) | tested against | verdict | statistic: value ± 95% interval | '
+          'seeds |', '|---|---|---|---|---:|']
   cell = lambda text: text.replace('|', '\\|')  # a | inside a cell would end it
   for folder in folders:
     name = pathlib.Path(folder).name
     for v in read(folder):
       u = '(no interval)' if v.uncertainty is None else f'± {v.uncertainty:.3g}'
       outcome = v.outcome if v.outcome == 'holds' else f'**{v.outcome}**'
-      rows.append(f'| {cell(v.claim)} ({name}) | {outcome} | {cell(v.statistic)}: '
-                  f'{v.value:.3g} {u} | {v.seeds} |')
+      rows.append(f'| {cell(v.claim)} ({_cited(v, name, link)}) | {cell(v.reference)} | '
+                  f'{outcome} | {cell(v.statistic)}: {v.value:.3g} {u} | {v.seeds} |')
   return '\n'.join(rows)
+
+
+def _cited(v: Verdict, study: str, link: str) -> str:
+  """The verdict's id linking to its line in the study's report (the study's name
+  linking to the report for verdicts written before ids)."""
+  if not v.id:
+    return f'[{study}]({link}/{study}/report.md)'
+  return f'[`{v.id}`]({link}/{study}/report.md#{v.anchor()})'
 
 
 def summary_table(folders: Sequence, link: str = 'docs/reports') -> str:
@@ -260,7 +294,10 @@ def summary_table(folders: Sequence, link: str = 'docs/reports') -> str:
     name = pathlib.Path(folder).name
     for i, v in enumerate(read(folder)):
       study = f'[{name}]({link}/{name}/report.md)' if i == 0 else ''
-      rows.append(f'| {study} | {v.claim.replace("|", chr(92) + "|")} | {v.outcome} |')
+      claim = v.claim.replace('|', chr(92) + '|')
+      if v.id:
+        claim = f'[{claim}]({link}/{name}/report.md#{v.anchor()})'
+      rows.append(f'| {study} | {claim} | {v.outcome} |')
   return '\n'.join(rows)
 
 

@@ -116,7 +116,9 @@ def report(workdir):
         numbers=f'gap per seed BN {_each(gap(bn[s]) for s in both)}, PN '
                 f'{_each(gap(pn[s]) for s in both)}; test loss BN '
                 f'{_each(bn[s].summary["test_loss"] for s in both)}, PN '
-                f'{_each(pn[s].summary["test_loss"] for s in both)}')
+                f'{_each(pn[s].summary["test_loss"] for s in both)}',
+        id='bn_regularization/bn-gap-smaller-than-pn',
+        reference='gap(BN) < gap(PN): Luo et al. 2019, section 5')
     if not all(train_loss(pn[s]) < OVERFIT_LOSS for s in both):
       verdict = dataclasses.replace(
           verdict, outcome='inconclusive',
@@ -165,7 +167,9 @@ def report(workdir):
           '(weaker implicit gamma decay at larger M)',
           'Luo et al. 2019, section 5 and Fig. 2 (batch size and gamma^2)',
           f'Spearman rank correlation of the final mean gamma^2 with M over {len(sizes)} '
-          f'sizes, against 0', rhos, side='above', numbers=f'per seed {_each(rhos)}')
+          f'sizes, against 0', rhos, side='above', numbers=f'per seed {_each(rhos)}',
+          id='bn_regularization/gamma-sq-grows-with-m',
+          reference='gamma^2 rises with M (Spearman > 0): zeta = 1/(4M) falls with M, Luo et al. 2019')
       found.append(verdict)
       lines.append(verdict.markdown())
   axes[0].set_title('BN: mean gamma^2 at the end')
@@ -216,7 +220,9 @@ def report(workdir):
            for s in common],
           numbers=f'per seed BN {_each(value(bn[s]) for s in common)}, PN '
                   f'{_each(value(pn[s]) for s in common)}, PN + gamma decay '
-                  f'{_each(value(gd[s]) for s in common)}')
+                  f'{_each(value(gd[s]) for s in common)}',
+          id='bn_regularization/gamma-decay-moves-pn-' + what.replace(' ', '-').replace('^', ''),
+          reference='|PN + gamma decay - BN| < |PN - BN| at zeta = 1/(4M), Luo et al. 2019 section 4')
       found.append(verdict)
       lines.append(verdict.markdown())
     sections.append(('PN + explicit gamma decay against BN', f'![gamma decay]({gd_png})\n\n'
@@ -293,7 +299,9 @@ def _matching_section(runs: dict, per_size: dict, spec: dict):
         f'slope of log zeta* against log M, plus 1 (M = {", ".join(map(str, sizes))}; zeta* '
         f'interpolated in the PN sweep over zeta = {", ".join(f"{z:g}" for z in zetas)})',
         slopes, threshold=SLOPE_MARGIN, side='within',
-        numbers='slopes ' + ', '.join(f'{v - 1:.2f}' for v in slopes) + note)
+        numbers='slopes ' + ', '.join(f'{v - 1:.2f}' for v in slopes) + note,
+        id='bn_regularization/zeta-star-scales-as-1-over-m',
+        reference='zeta* proportional to 1/M (slope -1): Luo et al. 2019 Fig. 2')
     decided = verdict.markdown()
   else:
     verdict, decided = None, (f'No verdict on "{claim}": no seed had two M with zeta* '
@@ -340,7 +348,9 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
       'zeta = 1/(4M)', 'Luo et al. 2019, section 2 (BN = PN + gamma decay)',
       f'mean over layers and M = {", ".join(map(str, sizes))} of 4 M_eff zeta - 1',
       per_seed, threshold=IMPLICIT_MARGIN, side='within',
-      numbers='4 M_eff zeta per seed ' + ', '.join(f'{v + 1:.3g}' for v in per_seed))
+      numbers='4 M_eff zeta per seed ' + ', '.join(f'{v + 1:.3g}' for v in per_seed),
+      id='bn_regularization/cnn-zeta-is-1-over-4m',
+      reference='1/(4M): Luo et al. 2019, the constant of one perceptron unit feeding an MSE loss')
   text = (f'At the end of each ghost run of section 2, for its own M, on its first {sample} '
           f'training examples: the gain gradient with ghost batches of M (a random partition, '
           f'{IMPLICIT_PARTITIONS} averaged) minus that with the sample\'s own statistics is '

@@ -58,13 +58,17 @@ def _line_verdicts(name, grids, noise, lrs, lams):
     out.append(verdicts.paired(
         f'{name} + L2: test error is constant along lines of constant {rule}', source,
         'pooled spread along the lines minus the smallest of rows, columns and diagonals',
-        diffs, numbers=numbers))
+        diffs, numbers=numbers,
+        id=f'effective_lr/{name}-l2-constant-along-lines',
+        reference=f'error a function of {rule} alone: van Laarhoven 2017, section 3'))
   if ratios:
     out.append(verdicts.paired(
         f'{name} + L2: along lines of constant {rule} the error varies within '
         f'{NOISE_FACTOR:g}x the seed-to-seed noise', source,
         'pooled spread along the lines / seed-to-seed standard deviation', ratios,
-        threshold=NOISE_FACTOR, numbers=numbers))
+        threshold=NOISE_FACTOR, numbers=numbers,
+        id=f'effective_lr/{name}-l2-lines-within-noise',
+        reference=f'spread along lines of constant {rule} within {NOISE_FACTOR:g}x the seed noise'))
   return out
 
 
@@ -145,7 +149,9 @@ def report(workdir):
         'range of test error over lambda with projection minus without',
         list(np.ptp(e_proj, axis=1) - np.ptp(e_plain, axis=1)),
         numbers=f'range over lambda per seed {_each(np.ptp(e_proj, axis=1))} with '
-                f'projection, {_each(np.ptp(e_plain, axis=1))} without')
+                f'projection, {_each(np.ptp(e_plain, axis=1))} without',
+        id=f'effective_lr/{name}-projection-flattens-lambda',
+        reference='lambda inert under ||w|| = 1: van Laarhoven 2017, section 4')
     found.append(verdict)
     lines.append(verdict.markdown())
   lams = grid_values(OPTIMIZERS['adam'][2], OPTIMIZERS['adam'][4], n)
@@ -161,7 +167,9 @@ def report(workdir):
         f'test error at the largest minus the smallest lambda (x{lams[-1] / lams[0]:g}), '
         f'against +-{MARGIN:g}', list(e[:, -1] - e[:, 0]), threshold=MARGIN, side='within',
         numbers=f'test error per lambda (mean over seeds) '
-                f'{", ".join(f"{v:.4f}" for v in e.mean(0))}')
+                f'{", ".join(f"{v:.4f}" for v in e.mean(0))}',
+        id='effective_lr/adamw-projection-lambda-inert',
+        reference=f'lambda inert within {MARGIN:g} under projection (decoupled decay only rescales)')
     found.append(verdict)
     lines.append(verdict.markdown())
   ax.set_ylabel('test error')
@@ -204,7 +212,9 @@ def report(workdir):
               f'{name} without decay: the {TRACKED_LAYER} weight norm grows and its '
               f'effective learning rate decays', 'van Laarhoven 2017, section 3; seed blog',
               f'log ratio of the {TRACKED_LAYER} effective LR, last over first logged step',
-              ratios, numbers='; '.join(shown))
+              ratios, numbers='; '.join(shown),
+              id=f'effective_lr/{name}-no-decay-effective-lr-decays',
+              reference='effective lr = lr/||w||^2 (SGD), lr/||w|| (Adam) falls as ||w|| grows: van Laarhoven 2017, eq. 8')
           found.append(verdict)
           lines.append(verdict.markdown())
   for col, layer in enumerate(layers):

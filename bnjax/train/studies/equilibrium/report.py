@@ -90,7 +90,9 @@ def _adam_per_unit(states):
       f'a factor {TOLERANCE} in every layer', source,
       f'max over layers of |log(measured/predicted)| ({what}; {kind}), against log '
       f'{TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
-      numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat))
+      numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat),
+      id=f'equilibrium/adam-l2-per-unit-{what}',
+      reference='bnjax.theory.equilibrium_norm / equilibrium_angular_update (Adam + L2), per unit with its own sigma')
            for what, kind, stat in (
                ('norm', 'the median over live units', norm_stat),
                ('angle', 'RMS angle against the RMS of the per-unit predictions', angle_stat))]
@@ -127,7 +129,9 @@ def _sgd_per_unit(sgd_units: dict, arms) -> Optional[tuple]:
           'bnjax.theory.equilibrium_norm (SGD)',
           f'max over layers of |log(measured/predicted)| (norm; the median over live units), '
           f'against log {TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
-          numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat)))
+          numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat),
+          id=f'equilibrium/{n}-per-unit-norm',
+          reference='bnjax.theory.equilibrium_norm (SGD), per unit with its own gradient: Wan et al. 2021, Theorem 1'))
   text = ('At the last checkpoint each live unit\'s gradient scale E||g~_j||^2 (its loss '
           'gradient times its norm, squared: the gradient at unit norm) is averaged over the '
           f'first {UNIT_BATCHES} training batches in training mode, and theory predicts that '
@@ -236,7 +240,9 @@ def report(workdir):
           'Kosson et al. 2024, section 3', f'max over layers of |log(measured/theory)| '
           f'({quantity}), against log {TOLERANCE}', per_seed,
           threshold=float(np.log(TOLERANCE)),
-          numbers='measured/theory ' + '; '.join(shown))
+          numbers='measured/theory ' + '; '.join(shown),
+          id=f'equilibrium/{n}-layer-{quantity}',
+          reference='bnjax.theory equilibrium norm and angle from the layer-mean gradient')
       found.append(verdict)
       lines.append(verdict.markdown())
   fig.tight_layout()

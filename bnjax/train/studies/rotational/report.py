@@ -64,12 +64,16 @@ def report(workdir):
         f'over the logged windows in the first {EARLY:.0%} of steps, against log '
         f'{TOLERANCE}', dev_rot,
         threshold=math.log(TOLERANCE),
-        numbers=f'per seed {", ".join(f"{d:.3f}" for d in dev_rot)}'))
+        numbers=f'per seed {", ".join(f"{d:.3f}" for d in dev_rot)}',
+        id=f'rotational/{rot}-at-equilibrium-from-start',
+        reference='bnjax.theory.equilibrium_angular_update from step 1: Kosson et al. 2024, section 4'))
     found.append(verdicts.paired(
         f'{inner} is further from equilibrium early on than {rot}', f'{source}, section 4',
         f'early deviation of {inner} minus that of {rot} (as above)',
         [i - r for i, r in zip(dev_inner, dev_rot)], side='above',
-        numbers=f'{inner} per seed {", ".join(f"{d:.3f}" for d in dev_inner)}'))
+        numbers=f'{inner} per seed {", ".join(f"{d:.3f}" for d in dev_inner)}',
+        id=f'rotational/{inner}-further-from-equilibrium-than-{rot}',
+        reference='deviation(inner) > deviation(rotational): Kosson et al. 2024, section 4'))
     arms4 = [_seeds(runs, arm, w) for arm in (inner, rot) for w in (False, True)]
     common = sorted(set.intersection(*(set(a) for a in arms4)))
     if common:
@@ -78,19 +82,25 @@ def report(workdir):
       found.append(verdicts.paired(
           f'warmup helps {inner} more than {rot}', f'{source}, section 5 (warmup)',
           f'(error without - with warmup) of {inner} minus that of {rot}', gains,
-          side='above', numbers=f'per seed {", ".join(f"{g:+.4f}" for g in gains)}'))
+          side='above', numbers=f'per seed {", ".join(f"{g:+.4f}" for g in gains)}',
+          id=f'rotational/warmup-helps-{inner}-more-than-{rot}',
+          reference='warmup gain(inner) > gain(rotational): Kosson et al. 2024, section 5'))
     diffs = [r.test_error - i.test_error for r, i in pairs]
     found.append(verdicts.paired(
         f'{rot} reaches a test error at most {MARGIN:.1%} above {inner}\'s',
         f'{source}, section 5', f'error({rot}) - error({inner})', diffs, threshold=MARGIN,
-        numbers=f'per seed {", ".join(f"{d:+.4f}" for d in diffs)}'))
+        numbers=f'per seed {", ".join(f"{d:+.4f}" for d in diffs)}',
+        id=f'rotational/{rot}-error-within-margin-of-{inner}',
+        reference=f'error(rotational) - error(inner) < {MARGIN:.1%}: Kosson et al. 2024, section 5'))
   pairs = _paired(runs, 'adamp', 'adamw')
   if pairs:
     diffs = [p.test_error - a.test_error for p, a in pairs]
     found.append(verdicts.paired(
         f'adamp reaches a test error at most {MARGIN:.1%} above adamw\'s',
         'Heo et al. 2021, arXiv 2006.08217, section 4', 'error(adamp) - error(adamw)', diffs,
-        threshold=MARGIN, numbers=f'per seed {", ".join(f"{d:+.4f}" for d in diffs)}'))
+        threshold=MARGIN, numbers=f'per seed {", ".join(f"{d:+.4f}" for d in diffs)}',
+        id='rotational/adamp-error-within-margin-of-adamw',
+        reference=f'error(adamp) - error(adamw) < {MARGIN:.1%}: Heo et al. 2021, section 4'))
 
   plotted = [(a, w) for a, w in arms if ARMS[a][1]]
   cols = (len(plotted) + 1) // 2
