@@ -414,7 +414,7 @@ def gamma_decay_strength(batch_size: int, activation: str) -> float:
 
 
 def gamma_decay_second_order(batch_size, activation: str) -> float:
-  r"""BN's implicit gamma decay to order 1/M, batch-mean and batch-σ noise together.
+  r"""BN's implicit gamma decay to order 1/M, batch-mean and batch-sigma noise together.
 
   For a unit whose pre-activation, standardized over the population, is
   Gaussian, batch normalization over ``M`` examples feeding an MSE loss
@@ -422,30 +422,30 @@ def gamma_decay_second_order(batch_size, activation: str) -> float:
   teacher) acts as population normalization plus :math:`\zeta\gamma^2` with
 
   .. math::
-    \zeta = rac{3}{4M}\ (	ext{linear}), \qquad rac{3}{8M}\ (	ext{ReLU}).
+
+    \zeta = \frac{3}{4M}\ (\text{linear}), \qquad \frac{3}{8M}\ (\text{ReLU}).
 
   Of the linear :math:`3/(4M)`, :math:`1/(2M)` is the noise of the batch
   mean (Luo et al.'s Figure-1 constant, :func:`gamma_decay_strength`) and
-  :math:`1/(4M)` that of the batch σ (Bessel's bias of the biased variance,
-  and Jensen's inequality on its square root). The derivation expands
-  :math:`\hat a_i = (a_i - ar a)/s` to second order in
-  :math:`ar a \sim N(0, 1/M)` and :math:`\Delta = s^2 - 1`
-  (:math:`E[\Delta \mid a_i] = (a_i^2 - 2)/M`, :math:`E[\Delta^2] = 2/M`):
-  with :math:`g(a, y) = (f(\gamma a+eta) - y)\,f'\,a`, the per-example
+  :math:`1/(4M)` that of the batch sigma (Bessel's bias of the biased
+  variance, and Jensen's inequality on its square root). The derivation
+  expands the batch-normalized :math:`\hat a_i = (a_i - \bar a)/s` to second
+  order in :math:`\bar a \sim N(0, 1/M)` and :math:`\Delta = s^2 - 1`, with
+  :math:`E[\Delta \mid a_i] = (a_i^2 - 2)/M` and :math:`E[\Delta^2] = 2/M`.
+  For :math:`g(a, y) = (f(\gamma a + \beta) - y)\, f'\, a`, the per-example
   half-gradient in :math:`\gamma`,
 
   .. math::
-    E[g(\hat a)] - E[g(a)] = rac{1}{M}\Big(	frac34 E[g_a a] - 	frac12 E[g_a a^3]
-      + 	frac12 E[g_{aa}] + 	frac14 E[g_{aa} a^2]\Big) = \zeta\gamma,
 
-  which is :math:`	frac34\gamma/M` for :math:`f(z) = z` and
-  :math:`	frac38\gamma/M` for :math:`f(z) = \max(z, 0)` at
-  :math:`y = f(\gamma a) + arepsilon`. For the linear unit the exact value is
-  :math:`1/E[s_B] - 1` (:math:`M s_B^2 \sim \chi^2_{M-1}`), 0.862/M at M = 8.
-  ``tests/test_theory.py`` checks both constants by Monte Carlo over Gaussian
-  batches. A batch drawn without replacement from a finite training set of
-  ``P`` examples behaves as :func:`effective_batch` draws; pass that (a float)
-  as ``batch_size``.
+    M\,(E[g(\hat a)] - E[g(a)]) = \tfrac34 E[g_a a] - \tfrac12 E[g_a a^3] + \tfrac12 E[g_{aa}] + \tfrac14 E[g_{aa} a^2] = M \zeta \gamma
+
+  which is :math:`3\gamma/4` for :math:`f(z) = z` and :math:`3\gamma/8` for
+  :math:`f(z) = \max(z, 0)` at :math:`y = f(\gamma a) + \varepsilon`. For the
+  linear unit the exact value is :math:`1/E[s_B] - 1`, with
+  :math:`M s_B^2 \sim \chi^2_{M-1}`: 0.862/M at M = 8. ``tests/test_theory.py``
+  checks both constants by Monte Carlo over Gaussian batches. A batch drawn
+  without replacement from a finite training set of ``P`` examples behaves as
+  :func:`effective_batch` draws; pass that (a float) as ``batch_size``.
 
   Args:
     batch_size: ``M`` > 0 (an int, or an effective batch size).

@@ -64,3 +64,13 @@ def test_results_are_generated_from_the_committed_verdicts():
   assert verdicts.results_table(folders) in (ROOT / 'docs' / 'results.md').read_text(), (
       f'docs/results.md is out of date; regenerate its table with python -m '
       f'experiments.verdicts {args}')
+
+
+def test_every_claim_link_of_the_results_table_reaches_its_anchor():
+  """docs/results.md links claims by id to an <a id> in their report (Sphinx's myst
+  does not index raw anchors, so this is the check)."""
+  text = (ROOT / 'docs' / 'results.md').read_text()
+  links = re.findall(r'\]\((reports/[a-z_]+/report\.md)#([^)]+)\)', text)
+  assert links, 'no claim links in docs/results.md'
+  for report, anchor in links:
+    assert f'<a id="{anchor}"></a>' in (ROOT / 'docs' / report).read_text(), (report, anchor)

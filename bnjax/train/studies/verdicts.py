@@ -279,25 +279,24 @@ def _cited(v: Verdict, study: str, link: str) -> str:
 
 
 def summary_table(folders: Sequence, link: str = 'docs/reports') -> str:
-  """README's results summary: one row per claim (the claim and its outcome), the
-  first row of each study linking to its report ``<link>/<study>/report.md``.
+  """README's results summary: one row per study (its report linked), how many of
+  its claims hold, do not hold and are inconclusive; the claims themselves, each
+  with its id, are in :func:`results_table`.
 
   Args:
     folders: study folders (each with ``verdicts.json``), in table order.
     link: the folder of the reports, relative to the page the table goes in.
 
   Returns:
-    A markdown table: study, claim, verdict.
+    A markdown table: study, claims, and a column per outcome.
   """
-  rows = ['| study | claim | verdict |', '|---|---|---|']
+  rows = ['| study | claims | ' + ' | '.join(OUTCOMES) + ' |',
+          '|---|---:|' + '---:|' * len(OUTCOMES)]
   for folder in folders:
     name = pathlib.Path(folder).name
-    for i, v in enumerate(read(folder)):
-      study = f'[{name}]({link}/{name}/report.md)' if i == 0 else ''
-      claim = v.claim.replace('|', chr(92) + '|')
-      if v.id:
-        claim = f'[{claim}]({link}/{name}/report.md#{v.anchor()})'
-      rows.append(f'| {study} | {claim} | {v.outcome} |')
+    found = read(folder)
+    counts = ' | '.join(str(sum(v.outcome == o for v in found)) for o in OUTCOMES)
+    rows.append(f'| [{name}]({link}/{name}/report.md) | {len(found)} | {counts} |')
   return '\n'.join(rows)
 
 
