@@ -494,3 +494,22 @@ def test_a_damaged_study_record_is_named(tmp_path, content, problem):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert '--workdir' in out.stderr and 'study.json' in out.stderr
+
+
+def test_damaged_run_files_are_named_or_set_aside(reference, tmp_path):
+  """A garbage progress.json (wall-time bookkeeping) is set aside with a warning and
+  the run resumes exactly; a garbage config.json makes the binary exit 1 with one
+  line naming it, before any work."""
+  trainer.train(TS, tmp_path / 'run', progress=False, stop_after=21)
+  (tmp_path / 'run' / 'progress.json').write_text('{"16": ')
+  with mock.patch.object(workdir.logging, 'warning') as warning:
+    trainer.train(TS, tmp_path / 'run', progress=False)
+  assert any('progress.json' in str(c.args[1]) for c in warning.call_args_list)
+  _assert_same_run(tmp_path / 'run', reference)
+  bad = tmp_path / 'bad'
+  bad.mkdir()
+  (bad / 'config.json').write_text('{"seed": 0, ')
+  out = subprocess.run(binary(bad), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip().startswith('error:') and 'config.json' in out.stderr
+  assert sorted(p.name for p in bad.iterdir()) == ['config.json']

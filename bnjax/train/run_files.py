@@ -15,6 +15,7 @@ import time
 from typing import Optional
 
 import numpy as np
+from absl import logging
 
 from bnjax import dynamics
 from bnjax.train import step_metrics, stopping
@@ -82,8 +83,14 @@ class RunFiles:
     state = template
     if restored is not None:
       state = restored
-      progress = workdirs.read_json(self.workdir / workdirs.PROGRESS) or {}
-      self.elapsed = progress.get(str(self.last_checkpoint), 0.0)
+      try:
+        progress = workdirs.read_json(self.workdir / workdirs.PROGRESS) or {}
+      except workdirs.DamagedFileError as e:  # bookkeeping of the wall time only
+        logging.warning('%s; the run resumes counting its time from 0.', e)
+        progress = {}
+      elapsed = progress.get(str(self.last_checkpoint), 0.0) if isinstance(progress,
+                                                                           dict) else 0.0
+      self.elapsed = elapsed if isinstance(elapsed, (int, float)) else 0.0
     self.log = workdirs.MetricsLog(self.workdir, self.last_checkpoint or 0,
                                    enabled=self.main_process)
     self.start = time.perf_counter()

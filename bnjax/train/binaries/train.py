@@ -103,6 +103,8 @@ def main(argv):
     study.fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
   except (workdirs.ConfigMismatchError, workdirs.WorkdirLockedError) as e:
     study.fail(str(e), code=2)
+  except workdirs.DamagedFileError as e:
+    study.fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
     if workdirs.is_disk_full(e):
       study.fail(workdirs.disk_full_message(FLAGS.workdir, e))
