@@ -409,10 +409,10 @@ class MetricsLog:
     if self._file is not None:
       self._file.close()
     tmp = self.path.with_name(f'.{self.path.name}.tmp{os.getpid()}')
-    tmp.write_text(''.join(self._lines))
+    tmp.write_text(''.join(self._lines), encoding='utf-8')
     os.replace(tmp, self.path)
-    self._file = open(self.path, 'a')
-    self._size = sum(len(line) for line in self._lines)  # ASCII: strict JSON's dumps
+    self._file = open(self.path, 'a', encoding='utf-8')
+    self._size = sum(len(line.encode('utf-8')) for line in self._lines)
 
   def _check(self) -> None:
     try:
@@ -438,7 +438,7 @@ class MetricsLog:
       self._file.write(line)
       self._file.flush()
       self._lines.append(line)
-      self._size += len(line)
+      self._size += len(line.encode('utf-8'))
 
   def close(self):
     if self._file is not None:
