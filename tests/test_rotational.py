@@ -232,3 +232,23 @@ def test_a_schedule_that_reaches_zero_stops_the_rotation():
   expected = np.sqrt([float(schedule(t)) / 0.1 for t in range(3)])
   np.testing.assert_allclose(scheduled[:3] / constant[:3], expected, rtol=0.02)
   np.testing.assert_allclose(scheduled[3:], 0.0, atol=1e-3)
+
+
+def test_centred_units_start_at_the_equilibrium_angle():
+  """Units off zero mean spend rotational's first update (center=True) on moving to
+  it; center_units first (Kosson et al.'s zero_mean_on_init) makes step 1 an
+  equilibrium step: angle arctan(eta_r) for SGD's first update."""
+  w = _start(center_offset=1.0)
+  g = {'w': _gradient(w, jax.random.key(5))}
+  target = theory.equilibrium_angular_update('sgd', 0.1, 5e-4, momentum=0.9)
+  tx = transforms.rotational('sgd', 0.1, 5e-4, momentum=0.9, mask=ALL)
+
+  def first_angle(params):
+    u, _ = tx.update(g, tx.init(params), params)
+    return dynamics.angular_update(params['w'], params['w'] + u['w'])
+
+  centred = transforms.center_units({'w': w}, ALL)
+  np.testing.assert_allclose(jnp.mean(jnp.asarray(centred['w']), 0), 0.0, atol=1e-6)
+  chex.assert_trees_all_close(first_angle(centred), jnp.full(UNITS, np.arctan(target)),
+                              rtol=1e-3)
+  assert float(jnp.min(first_angle({'w': w}))) > 3 * target  # the move to zero mean

@@ -33,12 +33,13 @@ from bnjax.transforms.adamp_sgdp import AdamPState, SGDPState, adamp, sgdp
 from bnjax.transforms.aliases import REGULARIZERS, adam, sgd
 from bnjax.transforms.decay import ScheduledScaleState, decoupled_weight_decay, l2_regularization
 from bnjax.transforms.projection import UnitNormProjectionState, unit_norm_projection
-from bnjax.transforms.rotation import ROTATIONAL_INNER, RotationalState, rotational
+from bnjax.transforms.rotation import ROTATIONAL_INNER, RotationalState, center_units, rotational
 from bnjax.transforms.tracking import TRACKED_OPTIMIZERS, track_dynamics
 
 __all__ = [
     'AdamPState', 'LeafDynamics', 'Mask', 'REGULARIZERS', 'ROTATIONAL_INNER', 'RotationalState',
     'SGDPState', 'ScalarOrSchedule', 'ScheduledScaleState', 'TRACKED_OPTIMIZERS',
-    'TrackDynamicsState', 'UnitNormProjectionState', 'adam', 'adamp', 'decoupled_weight_decay',
+    'TrackDynamicsState', 'UnitNormProjectionState', 'adam', 'adamp', 'center_units',
+    'decoupled_weight_decay',
     'l2_regularization', 'rotational', 'sgd', 'sgdp', 'track_dynamics', 'unit_norm_projection',
 ]
