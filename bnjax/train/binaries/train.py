@@ -89,11 +89,11 @@ def main(argv):
     with stopping.stop_on_signals():
       done = loop.answered(workdirs.folder(FLAGS.workdir, '--workdir'),
                            config_lib.record(config))
+      saved = workdirs.checkpoint_steps(FLAGS.workdir)
       if done is not None:
         print(f'{FLAGS.workdir}: already finished at step {done["steps"]}', file=sys.stderr)
-      elif workdirs.checkpoint_steps(FLAGS.workdir):
-        print(f'{FLAGS.workdir}: resuming from step '
-              f'{workdirs.checkpoint_steps(FLAGS.workdir)[-1]}', file=sys.stderr, flush=True)
+      elif saved:
+        print(f'{FLAGS.workdir}: resuming from step {saved[-1]}', file=sys.stderr, flush=True)
       summary = done or trainer.train(config, FLAGS.workdir, data_dir=FLAGS.data_dir,
                                       progress=FLAGS.progress)
   except stopping.Stopped as e:
