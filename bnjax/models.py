@@ -35,7 +35,7 @@ def _check_norm(norm):
 
 def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: bool,
                name: str, axis_name: Optional[str] = None, virtual_batch_size: int = 32,
-               num_groups: int = 8, spatial: bool = True):
+               num_groups: int = 8, spatial: bool = True, epsilon: Optional[float] = None):
   r"""``norm(layer(x))`` for a Dense/Conv built by ``make_layer(use_bias=...)``.
 
   .. math::
@@ -52,6 +52,8 @@ def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: boo
     name: the layer's name.
     axis_name, virtual_batch_size, num_groups: as the models' attributes.
     spatial: whether ``x`` has spatial axes (instance-style norms need them).
+    epsilon: added to the variance by the norm (``None``: the layer's default,
+      flax's).
 
   Returns:
     The normalized output.
@@ -83,7 +85,8 @@ def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: boo
     x = make_layer(use_bias=use_bias, name=name)(x)
   ra = not train
   norm_name = name + '_norm'
-  batch_kw = dict(use_running_average=ra, axis_name=axis_name, name=norm_name)
+  eps = {} if epsilon is None else dict(epsilon=epsilon)
+  batch_kw = dict(use_running_average=ra, axis_name=axis_name, name=norm_name, **eps)
   if norm == 'batch':
     x = layers.BatchNorm(**batch_kw)(x)
   elif norm == 'population':
@@ -96,9 +99,9 @@ def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: boo
     x = layers.GhostBatchNorm(virtual_batch_size=virtual_batch_size, **batch_kw)(x)
   elif norm == 'layer':
     axes = tuple(range(1, x.ndim)) if spatial else -1
-    x = layers.LayerNorm(reduction_axes=axes, name=norm_name)(x)
+    x = layers.LayerNorm(reduction_axes=axes, name=norm_name, **eps)(x)
   elif norm == 'group':
-    x = layers.GroupNorm(num_groups=min(num_groups, x.shape[-1]), name=norm_name)(x)
+    x = layers.GroupNorm(num_groups=min(num_groups, x.shape[-1]), name=norm_name, **eps)(x)
   return x
 
 
@@ -108,15 +111,17 @@ class _Normalized(nn.Module):
   axis_name: Optional[str] = None
   virtual_batch_size: int = 32
   num_groups: int = 8
+  epsilon: Optional[float] = None
 
   def _normalized(self, x, make_layer, *, train: bool, name: str, spatial: bool = True):
     return normalized(x, make_layer, self.norm, train=train, name=name,
                       axis_name=self.axis_name, virtual_batch_size=self.virtual_batch_size,
-                      num_groups=self.num_groups, spatial=spatial)
+                      num_groups=self.num_groups, spatial=spatial, epsilon=self.epsilon)
 
   def _settings(self) -> dict:
     return dict(norm=self.norm, axis_name=self.axis_name,
-                virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups)
+                virtual_batch_size=self.virtual_batch_size, num_groups=self.num_groups,
+                epsilon=self.epsilon)
 
 
 class ConvNet(_Normalized):
@@ -136,6 +141,7 @@ class ConvNet(_Normalized):
     axis_name: mapped axis for cross-device batch statistics.
     virtual_batch_size: ghost batch norm's virtual batch.
     num_groups: group norm's groups.
+    epsilon: the norms' epsilon (None: each layer's default, flax's).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -193,6 +199,7 @@ class ResNet20(_Normalized):
     axis_name: mapped axis for cross-device batch statistics.
     virtual_batch_size: ghost batch norm's virtual batch.
     num_groups: group norm's groups.
+    epsilon: the norms' epsilon (None: each layer's default, flax's).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -237,6 +244,7 @@ class Perceptron(_Normalized):
     axis_name: mapped axis for cross-device batch statistics.
     virtual_batch_size: ghost batch norm's virtual batch.
     num_groups: group norm's groups.
+    epsilon: the norms' epsilon (None: each layer's default, flax's).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -266,8 +274,8 @@ class Perceptron(_Normalized):
 
 
 def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[str] = None,
-          virtual_batch_size: int = 32, activation: str = 'linear', width: int = 32
-          ) -> nn.Module:
+          virtual_batch_size: int = 32, activation: str = 'linear', width: int = 32,
+          epsilon: Optional[float] = None) -> nn.Module:
   r"""The model ``name`` (``convnet``, ``resnet20`` or ``perceptron``).
 
   .. math::
@@ -281,6 +289,7 @@ def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[st
     virtual_batch_size: ghost batch norm's virtual batch.
     activation: the perceptron's activation.
     width: the ConvNet's first width (then ``2 * width`` and ``4 * width``).
+    epsilon: the norms' epsilon (``None``: each layer's default).
 
   Returns:
     An unbound flax.linen module.
@@ -295,7 +304,8 @@ def build(name: str, norm: str, *, num_classes: int = 10, axis_name: Optional[st
     1512.03385 (ResNet-20); Luo et al. 2019, arXiv 1809.00846 (perceptron).
   """
   _check_norm(norm)
-  settings = dict(norm=norm, axis_name=axis_name, virtual_batch_size=virtual_batch_size)
+  settings = dict(norm=norm, axis_name=axis_name, virtual_batch_size=virtual_batch_size,
+                  epsilon=epsilon)
   if name == 'convnet':
     return ConvNet(widths=(width, 2 * width, 4 * width), num_classes=num_classes, **settings)
   if name == 'resnet20':

@@ -392,7 +392,7 @@ def test_record_of_an_older_format_is_refused_not_resumed(tmp_path):
   old = _strict((tmp_path / 'config.json').read_text())
   del old['config_version']
   workdir.write_json_atomic(tmp_path / 'config.json', old)
-  with pytest.raises(workdir.ConfigMismatchError, match='config_version: was None, now 4'):
+  with pytest.raises(workdir.ConfigMismatchError, match=f'config_version: was None, now {config.CONFIG_VERSION}'):
     trainer.train(TS, tmp_path, progress=False)
 
 
@@ -413,16 +413,21 @@ def test_format_2_record_resumes_as_running_statistics(tmp_path):
   assert resumed['test_loss'] == whole['test_loss']
 
 
-def test_format_3_record_resumes_with_the_head_decayed_by_weight_decay(tmp_path):
-  """Format 3 had no head_weight_decay: its head decayed with --weight_decay (-1)."""
+@pytest.mark.parametrize('version, field, changed', [
+    (3, 'head_weight_decay', 0.0),  # format 3: the head decayed with --weight_decay
+    (4, 'rest_learning_rate', 0.01),  # format 4: one learning rate for every parameter
+    (4, 'init_scale', 2.0),  # format 4: the initializers' own scale
+])
+def test_older_record_resumes_with_the_values_it_meant(tmp_path, version, field, changed):
   trainer.train(TS, tmp_path / 'a', progress=False, stop_after=8)
   old = _strict((tmp_path / 'a' / 'config.json').read_text())
-  del old['head_weight_decay']
-  old['config_version'] = 3
+  for key in config.MEANT[version]:
+    del old[key]
+  old['config_version'] = version
   workdir.write_json_atomic(tmp_path / 'a' / 'config.json', old)
-  with pytest.raises(workdir.ConfigMismatchError, match='head_weight_decay: was -1.0, now 0.0'):
-    trainer.train(dataclasses.replace(TS, head_weight_decay=0.0), tmp_path / 'a',
-                  progress=False)
+  meant = config.MEANT[version][field]
+  with pytest.raises(workdir.ConfigMismatchError, match=f'{field}: was {meant}, now {changed}'):
+    trainer.train(dataclasses.replace(TS, **{field: changed}), tmp_path / 'a', progress=False)
   resumed = trainer.train(TS, tmp_path / 'a', progress=False)
   whole = trainer.train(TS, tmp_path / 'b', progress=False)
   assert resumed['test_loss'] == whole['test_loss']

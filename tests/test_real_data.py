@@ -80,13 +80,23 @@ def test_effective_lr_smoke_preset_and_report(data_dir, tmp_path):
   assert len(runs) == len(effective_lr.configs('smoke'))
   text = effective_lr.report(tmp_path).read_text()
   # The projection, AdamW and no-decay verdicts always; the line tests only on
-  # cells past 3 time constants, which 32 smoke steps give too few of.
+  # cells past FAR time constants, which 32 smoke steps give too few of.
   claims = {v.claim for v in verdicts.read(tmp_path)}
   assert {'sgd: with unit-norm projection, test error depends less on lambda',
           'adam: with unit-norm projection, test error depends less on lambda',
           'sgd without decay: the conv2 weight norm grows and its effective learning rate '
           'decays'} <= claims
   assert any(c.startswith('adamw: with unit-norm projection') for c in claims)
+  # The exact symmetry on real training runs: the rule keeps every direction (BN's
+  # and Adam's epsilons at 1e-30, factors powers of 4: bit for bit on CPU), the
+  # control's lambda moves them.
+  exact = {v.id: v for v in verdicts.read(tmp_path) if 'exact-symmetry' in v.id}
+  for name in ('sgd', 'adam'):
+    assert exact[f'effective_lr/{name}-l2-exact-symmetry-directions'].value < (
+        effective_lr.EXACT_DIRECTION)
+    assert exact[f'effective_lr/{name}-l2-exact-symmetry-error'].value < effective_lr.EXACT_ERROR
+    assert exact[f'effective_lr/{name}-l2-exact-symmetry-control'].value > (
+        100 * effective_lr.EXACT_DIRECTION)
   assert '(left out) |' in text and text.count('**Verdict:') == len(claims)
   for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
     assert (tmp_path / png).stat().st_size > 1000

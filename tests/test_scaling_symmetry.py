@@ -15,6 +15,9 @@ the directions apart. The reference is optax itself (``optax.multi_transform``,
 ``optax.add_decayed_weights``, ``optax.sgd``, ``optax.adam``).
 """
 
+import dataclasses
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +100,84 @@ def test_the_rule_keeps_the_direction_trajectory_and_the_wrong_rule_does_not(nam
     control = _train(make(c * LR, lam), scale)
     off = np.max(np.abs(_directions(control['kernel']) - _directions(base['kernel'])))
     assert off > 50 * max(diff, 1e-6), (name, c, off, diff)
+
+
+# The same symmetry through bnjax's training framework: --rest_learning_rate
+# fixes the rest's rate, --init_scale rescales the invariant kernels.
+
+def _optax_groups(lr, lam, rest_lr, head_lam, momentum):
+  """optax's own parameter groups: the reference for --rest_learning_rate."""
+  def group(rate, decay):
+    return optax.chain(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map(
+        lambda w: w.ndim >= 2, p)), optax.sgd(rate, momentum=momentum))
+  labels = {'conv': {'kernel': 'invariant', 'bias': 'rest'},
+            'head': {'kernel': 'rest', 'bias': 'rest'}}
+  return optax.multi_transform({'invariant': group(lr, lam), 'rest': group(rest_lr, head_lam)},
+                               labels)
+
+
+@pytest.mark.parametrize('optimizer', ['sgd', 'adam'])
+def test_rest_learning_rate_equals_optax_parameter_groups(optimizer):
+  from bnjax.train import programs
+  from _helpers import TS
+  config = dataclasses.replace(TS, optimizer=optimizer, learning_rate=0.2,
+                               rest_learning_rate=0.03, weight_decay=1e-2,
+                               head_weight_decay=1e-3)
+  tx = programs.build_optimizer(config)
+  if optimizer == 'sgd':
+    ref = _optax_groups(0.2, 1e-2, 0.03, 1e-3, TS.momentum)
+  else:
+    def group(rate, decay):
+      return optax.chain(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map(
+          lambda w: w.ndim >= 2, p)), optax.adam(rate))
+    ref = optax.multi_transform(
+        {'invariant': group(0.2, 1e-2), 'rest': group(0.03, 1e-3)},
+        {'conv': {'kernel': 'invariant', 'bias': 'rest'}, 'head': {'kernel': 'rest', 'bias': 'rest'}})
+  keys = jax.random.split(jax.random.key(3), 8)
+  params = {'conv': {'kernel': jax.random.normal(keys[0], (3, 3, 2, 4)), 'bias': jnp.ones(4)},
+            'head': {'kernel': jax.random.normal(keys[1], (4, 10)), 'bias': jnp.zeros(10)}}
+  state, ref_state = tx.init(params), ref.init(params)
+  for k in keys[2:]:
+    grads = jax.tree_util.tree_map(lambda w: jax.random.normal(k, w.shape), params)
+    updates, state = tx.update(grads, state, params)
+    expected, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-5, atol=1e-7)
+    params = optax.apply_updates(params, updates)
+
+
+def test_init_scale_multiplies_the_invariant_kernels_only():
+  from bnjax.train import programs
+  from bnjax.train.config import Config
+  base = Config(train_subset=64, batch_size=32, width=4)
+  x = jnp.ones((2, 28, 28, 1))
+  start = {}
+  for scale in (1.0, 4.0):
+    config = dataclasses.replace(base, init_scale=scale)
+    start[scale] = programs.init_state(config, programs.build_model(config, host=True),
+                                       programs.build_optimizer(config), x).params
+  for name, layer in start[1.0].items():
+    factor = 1.0 if name == 'head' else 4.0
+    for key, value in layer.items():
+      expected = value * (factor if value.ndim >= 2 else 1.0)
+      np.testing.assert_array_equal(start[4.0][name][key], expected, err_msg=f'{name}/{key}')
+
+
+def test_training_runs_on_a_line_of_the_rule_keep_their_directions(tmp_path):
+  """The framework's runs: SGD + L2 at (c lr, lambda / c, sqrt(c) w0), the rest at a
+  fixed rate, end on the same directions; Adam's rule (lambda / c^2) does not."""
+  from bnjax.train import trainer, workdir
+  from _helpers import TS
+  base = dataclasses.replace(TS, rest_learning_rate=0.05, head_weight_decay=1e-3,
+                             weight_decay=4e-2, num_epochs=4)
+  def directions(c, lam, name):
+    config = dataclasses.replace(base, learning_rate=0.05 * c, weight_decay=lam,
+                                 init_scale=float(np.sqrt(c)))
+    trainer.train(config, tmp_path / name, progress=False)
+    kernel = workdir.Checkpoints(tmp_path / name).latest_state()['params']['dense']['kernel']
+    return _directions(jnp.asarray(kernel))
+  centre = directions(1.0, base.weight_decay, 'centre')
+  along = directions(4.0, base.weight_decay / 4, 'rule')
+  wrong = directions(4.0, base.weight_decay / 16, 'wrong')
+  diff, off = np.max(np.abs(along - centre)), np.max(np.abs(wrong - centre))
+  assert diff < 1e-4, diff
+  assert off > 100 * max(diff, 1e-6), (off, diff)

@@ -59,7 +59,9 @@ def _decided(folder, outcome, seeds=1):
   assert found
   for v in found:
     assert v.seeds == seeds, v
-    direction = verdicts.decide(v.value, 0.0, verdicts.MIN_SEEDS, threshold=v.threshold,
+    # A planted point value: exact up to rounding (an interval of 1e-9).
+    half = 1e-9 if v.side == 'equals' else 0.0
+    direction = verdicts.decide(v.value, half, verdicts.MIN_SEEDS, threshold=v.threshold,
                                 side=v.side)
     assert direction == outcome, v
     assert v.outcome == (outcome if seeds >= verdicts.MIN_SEEDS else 'inconclusive'), v
@@ -119,7 +121,7 @@ def test_effective_lr_report_when_the_claims_hold(tmp_path):
 
   _fake_study(tmp_path, errors)
   path = effective_lr.report(tmp_path)
-  assert len(_verdicts(path)) == 7 and len(_decided(tmp_path, 'holds')) == 7
+  assert len(_verdicts(path)) == 11 and len(_decided(tmp_path, 'holds')) == 11
   for png in ('heatmaps.png', 'projection.png', 'dynamics.png'):
     assert (tmp_path / png).stat().st_size > 1000
 
@@ -136,7 +138,7 @@ def test_effective_lr_report_when_the_claims_fail(tmp_path):
 
   _fake_study(tmp_path, errors, norm_growth=False)
   effective_lr.report(tmp_path)
-  assert len(_decided(tmp_path, 'does not hold')) == 7
+  assert len(_decided(tmp_path, 'does not hold')) == 11
 
 
 def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
@@ -172,8 +174,8 @@ def test_fitted_power_finds_the_planted_exponent(power):
 
 def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
   # SGD's time constant (1 - a) / (4 lr lambda) is 400 steps in the grid's
-  # slowest cell: a 1200-step run (error window from step 600) leaves it out,
-  # and the cells of the next line (100 steps) stay in.
+  # slowest cell: a 1200-step run (error window from step 900) leaves it out
+  # (2.25 < FAR), and the cells of the next line (100 steps) stay in.
   def errors(name, cfg):
     return 0.2
 
@@ -183,9 +185,10 @@ def test_effective_lr_report_leaves_out_cells_in_their_transient(tmp_path):
       summary = json.loads((folder / 'summary.json').read_text())
       write_json_atomic(folder / 'summary.json', dict(summary, steps=1200))
   text = effective_lr.report(tmp_path).read_text()
-  assert '| sgd | 0.0125 | 0.005 | 3 | 0.2000 | 400 | 1.5 (left out) |' in text
-  assert '| sgd | 0.05 | 0.005 | 3 | 0.2000 | 100 | 6.0 |' in text
-  assert '| sgd | 0.05 | 0.02 | 3 | 0.2000 | 25 | 24.0 |' in text
+  assert effective_lr.ERROR_WINDOW == 0.75 and effective_lr.FAR == 5
+  assert '| sgd | 0.0125 | 0.005 | 3 | 0.2000 | 400 | 2.3 (left out) |' in text
+  assert '| sgd | 0.05 | 0.005 | 3 | 0.2000 | 100 | 9.0 |' in text
+  assert '| sgd | 0.05 | 0.02 | 3 | 0.2000 | 25 | 36.0 |' in text
 
 
 def test_report_binary_regenerates(tmp_path):
@@ -417,9 +420,15 @@ def test_interval_against_hand_computed_t_intervals():
     (0.8, 0.5, 3, 'within', 'inconclusive'),    # (0.3, 1.3) crosses 1
     (2.0, 0.5, 3, 'within', 'does not hold'),   # (1.5, 2.5) wholly outside
     (-2.0, 0.5, 3, 'within', 'does not hold'),
+    # A point prediction 0, told apart from values 1.0 away.
+    (0.2, 0.5, 3, 'equals', 'holds'),           # (-0.3, 0.7) holds 0, inside (-1, 1)
+    (0.2, 0.9, 3, 'equals', 'inconclusive'),    # (-0.7, 1.1) holds 0, too wide
+    (0.3, 0.2, 3, 'equals', 'does not hold'),   # (0.1, 0.5) excludes 0, though close
+    (-2.0, 0.5, 3, 'equals', 'does not hold'),
+    (0.0, 0.1, 2, 'equals', 'inconclusive'),
 ])
 def test_decide_three_outcomes(value, half, seeds, side, outcome):
-  threshold = 1.0 if side == 'within' else 0.0
+  threshold = 1.0 if side in ('within', 'equals') else 0.0
   assert verdicts.decide(value, half, seeds, threshold=threshold, side=side) == outcome
 
 
@@ -675,3 +684,28 @@ def test_momentum_signal_is_one_for_uncorrelated_gradients_in_optax_adam():
                             'nu': {'conv1': {'kernel': v}}}]}
   assert equilibrium.momentum_signal(planted, 'conv1') == pytest.approx(4.0, rel=1e-6)
   assert math.isnan(equilibrium.momentum_signal({'opt_state': [None]}, 'conv1'))
+
+
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_effective_lr_exact_verdicts_decide_the_planted_symmetry(tmp_path, monkeypatch,
+                                                                 symmetric):
+  """Directions planted per run: equal to c = 1's along the rule (or along the
+  other rule when ``symmetric`` is False), turned by 0.1 otherwise."""
+  cfgs = effective_lr.configs('standard')
+  def directions(workdir, run):
+    arm = run.name.rsplit('_seed', 1)[0]
+    same = arm.endswith('mid') or ('_rule' in arm) == symmetric
+    return {'conv1': np.eye(3) if same else np.eye(3) + 0.1}
+  monkeypatch.setattr(effective_lr.analysis, 'directions', directions)
+  _fake_study(tmp_path, lambda name, cfg: 0.2, preset='standard')
+  text = effective_lr.report(tmp_path).read_text()
+  exact = [v for v in verdicts.read(tmp_path) if 'exact-symmetry' in v.id]
+  assert len(exact) == 6 and '| sgd | (c lr, lambda / c, sqrt(c) w0) | 0 | 0 | 0.0000 |' in (
+      text if symmetric else '| sgd | (c lr, lambda / c, sqrt(c) w0) | 0 | 0 | 0.0000 |')
+  for v in exact:
+    if v.id.endswith('-error'):  # the planted errors are equal in every run
+      assert v.outcome == 'holds', v
+    else:
+      assert v.outcome == ('holds' if symmetric else 'does not hold'), v
+  assert {c.rest_learning_rate for n, c in cfgs.items() if '_exact_' in n} == {
+      effective_lr.OPTIMIZERS[o][1] for o in effective_lr.OPTIMIZERS}

@@ -36,12 +36,16 @@ PARALLEL = ('none', 'pmap', 'sharded')
 # under the new meaning. 3: adds the fields below; a format-2 record is read
 # with the values it meant (:func:`upgrade_record`). 4: adds head_weight_decay;
 # format 2 and 3 records are read with the value they meant (the head decayed
-# with --weight_decay).
-CONFIG_VERSION = 4
-FORMAT_3_MEANT = {'head_weight_decay': -1.0}
+# with --weight_decay). 5: adds rest_learning_rate, init_scale, norm_epsilon and
+# adam_eps; older records are read with the values they meant (one learning rate,
+# the initializers' scale, the layers' and optax's epsilons).
+CONFIG_VERSION = 5
+FORMAT_4_MEANT = {'rest_learning_rate': -1.0, 'init_scale': 1.0, 'norm_epsilon': -1.0,
+                  'adam_eps': 1e-8}
+FORMAT_3_MEANT = {'head_weight_decay': -1.0, **FORMAT_4_MEANT}
 FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100, 'schedule': 'constant',
                   'warmup_steps': 0, **FORMAT_3_MEANT}
-MEANT = {2: FORMAT_2_MEANT, 3: FORMAT_3_MEANT}
+MEANT = {2: FORMAT_2_MEANT, 3: FORMAT_3_MEANT, 4: FORMAT_4_MEANT}
 SCHEDULES = ('constant', 'cosine', 'step')
 # Training examples of the image datasets (a learning-rate schedule needs the
 # run's length before the data is read).
@@ -66,7 +70,8 @@ class Config:
 
   Attributes:
     dataset, model, norm, optimizer, learning_rate, momentum, weight_decay,
-    regularizer, head_weight_decay, projection, gamma_decay, batch_size, num_epochs,
+    regularizer, head_weight_decay, rest_learning_rate, init_scale, norm_epsilon,
+    adam_eps, projection, gamma_decay, batch_size, num_epochs,
     train_subset, seed, parallel, virtual_batch_size, augment, activation,
     width, input_dim, num_train, num_test, noise_std, log_every,
     checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches,
@@ -109,6 +114,20 @@ class Config:
                                     'kernels outside the scale-invariant ones (the '
                                     'classifier head); -1: --weight_decay. Fixing it '
                                     'sweeps --weight_decay on the invariant kernels only.')
+  rest_learning_rate: float = _field(-1.0, 'Peak learning rate of every parameter outside '
+                                     'the scale-invariant kernels (head, gains, biases), '
+                                     'on the same schedule; -1: --learning_rate. Fixing it '
+                                     'sweeps --learning_rate on the invariant kernels only '
+                                     '(parameter groups, as optax.multi_transform).')
+  init_scale: float = _field(1.0, 'Factor on the scale-invariant kernels at '
+                             'initialization: the network computes the same function, '
+                             'only their effective learning rate changes (van Laarhoven '
+                             '2017, section 3).')
+  norm_epsilon: float = _field(-1.0, 'epsilon the normalization adds to the variance '
+                               '(flax\'s epsilon); -1: each layer\'s default (1e-5 for '
+                               'batch norms).')
+  adam_eps: float = _field(1e-8, 'eps of --optimizer=adam or adamp, and of rotational '
+                           'adam (optax\'s eps, added to sqrt(v)).')
   projection: bool = _field(False, "Also project the scale-invariant kernels to unit norm "
                             "per unit after the optimizer and --regularizer (van "
                             "Laarhoven's proposal).")
@@ -217,6 +236,20 @@ class Config:
                                           and self.optimizer in ('sgd', 'adam')),
          'head_weight_decay', f'applies to --regularizer=l2 or decoupled of sgd or adam; '
          f'set it to -1 for --optimizer={self.optimizer} --regularizer={self.regularizer}')
+    need(self.rest_learning_rate > 0 or self.rest_learning_rate == -1, 'rest_learning_rate',
+         f'must be > 0, or -1 (the --learning_rate), got {self.rest_learning_rate}')
+    need(self.init_scale > 0, 'init_scale', f'must be > 0, got {self.init_scale}')
+    for flag, default in (('rest_learning_rate', -1.0), ('init_scale', 1.0)):
+      need(getattr(self, flag) == default or self.norm in PER_UNIT_INVARIANT, flag,
+           f'acts on the scale-invariant kernels apart from the rest, and --norm='
+           f'{self.norm} makes none invariant per unit (use one of {PER_UNIT_INVARIANT})')
+    need(self.norm_epsilon >= 0 or self.norm_epsilon == -1, 'norm_epsilon',
+         f'must be >= 0, or -1 (the layer\'s default), got {self.norm_epsilon}')
+    need(self.norm_epsilon == -1 or self.norm not in ('none', 'weight'), 'norm_epsilon',
+         f'--norm={self.norm} adds no epsilon to a variance; set it to -1')
+    need(self.adam_eps >= 0, 'adam_eps', f'must be >= 0, got {self.adam_eps}')
+    need(self.adam_eps == Config.adam_eps or self.optimizer in ('adam', 'adamp'),
+         'adam_eps', f'applies to --optimizer=adam or adamp, got {self.optimizer}')
     need(self.gamma_decay >= 0, 'gamma_decay', f'must be >= 0, got {self.gamma_decay}')
     need(self.gamma_decay == 0 or self.norm != 'none', 'gamma_decay',
          'acts on the normalization gains, and --norm=none has none; set it to 0')
@@ -308,13 +341,13 @@ def record(config: 'Config') -> dict:
   Example:
     >>> from bnjax.train import config
     >>> config.record(config.Config())['config_version']
-    4
+    5
   """
   return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
 
 
 def upgrade_record(stored):
-  """A stored record in the current format: formats 2 and 3 get the fields they meant.
+  """A stored record in the current format: formats 2 to 4 get the fields they meant.
 
   Args:
     stored: a record read from a workdir (any other value is returned as is).
@@ -337,9 +370,10 @@ def upgrade_record(stored):
 TOPICS = {
     'data': ('dataset', 'train_subset', 'augment', 'input_dim', 'num_train', 'num_test',
              'noise_std', 'seed'),
-    'model': ('model', 'norm', 'width', 'activation', 'virtual_batch_size'),
+    'model': ('model', 'norm', 'norm_epsilon', 'width', 'activation', 'virtual_batch_size'),
     'optimizer': ('optimizer', 'learning_rate', 'momentum', 'regularizer', 'weight_decay',
-                  'head_weight_decay', 'projection', 'gamma_decay'),
+                  'head_weight_decay', 'rest_learning_rate', 'init_scale', 'projection',
+                  'gamma_decay', 'adam_eps'),
     'schedule': ('batch_size', 'num_epochs', 'schedule', 'warmup_steps'),
     'evaluation': ('eval_every', 'eval_batch_size', 'bn_eval', 'bn_eval_batches'),
     'logging': ('log_every', 'checkpoint_every'),

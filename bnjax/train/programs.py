@@ -42,7 +42,7 @@ __all__ = [
 HYPERPARAMETERS = ('learning_rate', 'momentum', 'weight_decay', 'gamma_decay')
 # Fields that change no compiled program: runs differing only in these share
 # one (the values are arguments), and vectorized groups vmap over them.
-VALUE_FIELDS = HYPERPARAMETERS + ('seed',)
+VALUE_FIELDS = HYPERPARAMETERS + ('seed', 'init_scale')
 
 
 def hyperparameters(config: Config) -> dict:
@@ -118,8 +118,8 @@ def programs(config: Config) -> tuple:
     config: a run's config (any run of the key: it fixes the structure).
 
   Returns:
-    ``initial(rng, x, hyper) -> TrainState`` (jitted; ``hyper`` the run's
-    :func:`hyperparameters`, which the optimizer state then holds), an
+    ``initial(rng, x, hyper, init_scale) -> TrainState`` (jitted; ``hyper`` the
+    run's :func:`hyperparameters`, which the optimizer state then holds), an
     :class:`bnjax.train.executors.Executor` of the config's optimizer, and the
     jitted eval step.
 
@@ -224,23 +224,29 @@ INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
 def _start(config: Config):
-  """The map from initialized params to a run's start: the rotational optimizer's
-  units centred (:func:`bnjax.transforms.center_units`, as Kosson et al.'s
-  reference code starts), the identity otherwise."""
-  if config.regularizer == 'rotational':
-    return functools.partial(transforms.center_units, mask=masks.scale_invariant_kernels)
-  return lambda params: params
+  """The map ``(params, init_scale) -> params`` from initialized params to a run's
+  start: the scale-invariant kernels times ``init_scale``, and the rotational
+  optimizer's units centred (:func:`bnjax.transforms.center_units`, as Kosson et
+  al.'s reference code starts)."""
+  def start(params, init_scale):
+    params = jax.tree_util.tree_map(lambda w, invariant: w * init_scale if invariant else w,
+                                    params, masks.scale_invariant_kernels(params))
+    if config.regularizer == 'rotational':
+      params = transforms.center_units(params, mask=masks.scale_invariant_kernels)
+    return params
+  return start
 
 
-def _initializer(model, tx_of, start=lambda params: params):
-  """``initial(rng, x, hyper) -> TrainState`` as one jitted program: run op by op,
-  initialization compiles each initializer and normalizer op on its own (measured:
-  10 s of a 12 s ConvNet run). ``start`` maps the initialized params to the
-  trained ones' start (the rotational optimizer's centred units)."""
+def _initializer(model, tx_of, start):
+  """``initial(rng, x, hyper, init_scale=1.0) -> TrainState`` as one jitted
+  program: run op by op, initialization compiles each initializer and normalizer
+  op on its own (measured: 10 s of a 12 s ConvNet run). ``start`` maps the
+  initialized params and ``init_scale`` to the trained ones' start
+  (:func:`_start`)."""
 
-  def initial(rng, x, hyper):
+  def initial(rng, x, hyper, init_scale=1.0):
     variables = model.init(rng, x, train=True)
-    params = start(variables['params'])
+    params = start(variables['params'], init_scale)
     return executors.TrainState(step=jnp.zeros([], jnp.int32), params=params,
                                 batch_stats=variables.get('batch_stats', {}),
                                 opt_state=tx_of(hyper).init(params))
@@ -276,7 +282,8 @@ def build_model(config: Config, *, host: bool = False):
   pmapped = config.parallel == 'pmap' and not host
   return models.build(config.model, config.norm, axis_name=executors.AXIS_NAME if pmapped else None,
                       virtual_batch_size=config.virtual_batch_size,
-                      activation=config.activation, width=config.width)
+                      activation=config.activation, width=config.width,
+                      epsilon=None if config.norm_epsilon == -1 else config.norm_epsilon)
 
 
 def build_optimizer(config: Config, hyper: Optional[dict] = None
@@ -296,6 +303,9 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   (:func:`bnjax.masks.scale_invariant_kernels`). ``gamma_decay`` = zeta adds
   Luo et al.'s (2019) explicit penalty ``zeta * gamma^2`` on every
   normalization gain (:func:`bnjax.masks.gain_mask`), before the optimizer.
+  ``rest_learning_rate`` > 0 trains every parameter outside the
+  scale-invariant kernels at that peak rate (parameter groups: their steps
+  scaled by ``rest_learning_rate / learning_rate``).
   ``adamp``/``sgdp`` (Heo et al. 2021) decay and test every kernel with their
   own decoupled decay (``regularizer='decoupled'``; none for ``'none'``);
   ``regularizer='rotational'`` wraps sgd, or adam as AdamW, in
@@ -360,13 +370,15 @@ def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_dec
   if config.regularizer == 'rotational':
     base = transforms.rotational(
         'adamw' if kind == 'adam' else 'sgd', lr, weight_decay, momentum=momentum,
+        eps=config.adam_eps,
         mask=masks.scale_invariant_kernels, decay_mask=masks.kernel_mask)
   elif config.optimizer == 'adamp':
-    base = transforms.adamp(lr, weight_decay=decay, mask=masks.kernel_mask)
+    base = transforms.adamp(lr, eps=config.adam_eps, weight_decay=decay,
+                            mask=masks.kernel_mask)
   elif config.optimizer == 'sgdp':
     base = transforms.sgdp(lr, momentum, weight_decay=decay, mask=masks.kernel_mask)
   elif config.optimizer == 'adam':
-    base = transforms.adam(lr, **common)
+    base = transforms.adam(lr, eps=config.adam_eps, **common)
   else:
     base = transforms.sgd(lr, momentum, **common)
   parts = [base]
@@ -378,6 +390,11 @@ def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_dec
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
     parts.insert(0, transforms.l2_regularization(2 * gamma_decay, masks.gain_mask))
+  if config.rest_learning_rate != -1:
+    # Every step of the rest is proportional to the learning rate (gradient steps
+    # and decoupled decay alike), so rescaling it trains the rest at its own rate.
+    parts.append(optax.masked(optax.scale(config.rest_learning_rate / learning_rate),
+                              _rest))
   if config.projection and config.regularizer != 'projection':
     parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
   parts.append(transforms.track_dynamics(lr, kind, masks.kernel_mask))
@@ -388,6 +405,13 @@ def _head_kernels(params):
   """The kernels outside :func:`bnjax.masks.scale_invariant_kernels` (the head)."""
   return jax.tree_util.tree_map(lambda kernel, invariant: kernel and not invariant,
                                 masks.kernel_mask(params),
+                                masks.scale_invariant_kernels(params))
+
+
+def _rest(params):
+  """Every parameter outside :func:`bnjax.masks.scale_invariant_kernels` (head,
+  gains, biases)."""
+  return jax.tree_util.tree_map(lambda invariant: not invariant,
                                 masks.scale_invariant_kernels(params))
 
 
@@ -479,4 +503,4 @@ def init_state(config: Config, model, tx, sample_x) -> executors.TrainState:
     (flax's default kernel initialization, ``lecun_normal``).
   """
   return _initializer(model, lambda _: tx, _start(config))(jax.random.key(config.seed),
-                                                         sample_x, None)
+                                                         sample_x, None, config.init_scale)

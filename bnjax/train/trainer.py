@@ -113,7 +113,7 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   run_data = inputs.prepare(config, data_dir)
   initial, executor, eval_step = programs(config)
   state = initial(jax.random.key(config.seed), run_data.train_batches.batch(0, 0)['x'],
-                  hyperparameters(config))
+                  hyperparameters(config), config.init_scale)
 
   workdir.mkdir(parents=True, exist_ok=True)
   with workdirs.locked(workdir, enabled=main_process):

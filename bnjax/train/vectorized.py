@@ -203,7 +203,7 @@ class _Group:
     self.files = [RunFiles(c, p, w) for c, p, w in zip(configs, paths, wanted)]
     initial = programs.programs(first)[0]
     self.states = [f.resume(initial(jax.random.key(c.seed), d.train_batches.batch(0, 0)['x'],
-                                    programs.hyperparameters(c)))
+                                    programs.hyperparameters(c), c.init_scale))
                    for f, c, d in zip(self.files, configs, run_data)]
     member_step = executors.make_train_step(model, programs.build_optimizer(first),
                                             self.regression)

@@ -33,7 +33,7 @@ __all__ = ['MIN_SEEDS', 'OUTCOMES', 'Verdict', 'interval', 'decide', 'paired', '
            'read', 'results_table', 'summary_table']
 
 OUTCOMES = ('holds', 'does not hold', 'inconclusive')
-SIDES = ('below', 'above', 'within')
+SIDES = ('below', 'above', 'within', 'equals')
 MIN_SEEDS = 3
 LEVEL = 0.95
 
@@ -101,6 +101,8 @@ def decide(value: float, uncertainty: Optional[float], seeds: int, *, threshold:
     'does not hold'
     >>> verdicts.decide(0.05, 0.03, 3, threshold=0.1, side='within')
     'holds'
+    >>> verdicts.decide(0.3, 0.2, 3, threshold=0.5, side='equals')  # excludes 0
+    'does not hold'
 
   References:
     Neyman, "Outline of a Theory of Statistical Estimation Based on the
@@ -113,6 +115,10 @@ def decide(value: float, uncertainty: Optional[float], seeds: int, *, threshold:
   if seeds < MIN_SEEDS or uncertainty is None or not math.isfinite(value):
     return 'inconclusive'
   low, high = value - uncertainty, value + uncertainty
+  if side == 'equals':
+    if low > 0 or high < 0:
+      return 'does not hold'
+    return 'holds' if -threshold < low and high < threshold else 'inconclusive'
   if side == 'within':  # equivalence: |value| < threshold (Schuirmann 1987)
     if -threshold < low and high < threshold:
       return 'holds'
@@ -207,7 +213,11 @@ def paired(claim: str, source: str, statistic: str, per_seed: Sequence[float], *
   if not isinstance(id, str) or not re.fullmatch(r'[a-z0-9_]+/[a-z0-9][a-z0-9_.-]*', id):
     raise ValueError(f'id must be <study>/<slug> (lower case, digits, - _ .), got {id!r}.')
   value, uncertainty = interval(per_seed)
-  if side == 'within':
+  if side == 'equals':
+    rule = (f'95% t-interval of the mean over seeds excluding 0: does not hold; '
+            f'containing 0 and inside (-{threshold:g}, {threshold:g}): holds; else, or '
+            f'under {MIN_SEEDS} seeds: inconclusive')
+  elif side == 'within':
     rule = (f'whole 95% t-interval of the mean over seeds inside (-{threshold:g}, '
             f'{threshold:g}): holds; wholly outside: does not hold; else, or under '
             f'{MIN_SEEDS} seeds: inconclusive')

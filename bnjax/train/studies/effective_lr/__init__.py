@@ -1,16 +1,22 @@
 r"""van Laarhoven (2017): with batch norm, L2 sets the effective learning rate.
 
-Trains the ConvNet with batch norm over a grid of learning rate x L2
-strength for SGD with momentum + L2 and Adam + L2, and reports
+Trains the ConvNet with batch norm for SGD with momentum + L2 and Adam + L2,
+and reports
 
-1. test-error heatmaps, and whether error is constant along lines of
-   constant effective learning rate (SGD: lr * lambda; Adam: lr^2 * lambda)
-   rather than along rows (lr alone), columns (lambda alone) or diagonals
-   (lr / lambda), and within twice the seed-to-seed noise;
-2. test error against lambda with and without ``unit_norm_projection`` (the
+1. the scaling rules as an exact symmetry: SGD + L2 under (c lr, lambda / c,
+   sqrt(c) w0) and Adam + L2 under (c lr, lambda / c^2, c w0), with the rest of
+   the network at a fixed learning rate (``--rest_learning_rate``), follow the
+   same directions; the other rule, the control, must not;
+2. over a grid of learning rate x L2 strength as practitioners run it (one
+   learning rate, no rescaled init): test-error heatmaps, whether error is
+   constant along lines of constant effective learning rate (SGD: lr * lambda;
+   Adam: lr^2 * lambda) rather than along rows (lr alone), columns (lambda
+   alone) or diagonals (lr / lambda), within an absolute margin, and the
+   exponent p of the flattest lines lr^p * lambda;
+3. test error against lambda with and without ``unit_norm_projection`` (the
    seed's proposal: with it, lambda should stop mattering), and AdamW with
    projection, which the projection makes lambda-free;
-3. per-layer weight norm and effective learning rate over training, including
+4. per-layer weight norm and effective learning rate over training, including
    the unregularized runs, where the norm should grow and the effective
    learning rate decay.
 
@@ -29,29 +35,38 @@ The study in three modules by job: :mod:`.presets` (the runs), :mod:`.analysis`
 every name is importable from the package.
 """
 
-from bnjax.train.studies.effective_lr.presets import (ERROR_WINDOW, FAILED, FAR,
-                                                      HEAD_DECAY, MARGIN, NOISE_FACTOR,
-                                                      OPTIMIZERS, POWER, PRESETS, STUDY,
-                                                      TRACKED_LAYER, configs, grid_values)
-from bnjax.train.studies.effective_lr.analysis import (error, fitted_power,
+from bnjax.train.studies.effective_lr.presets import (
+    ERROR_WINDOW, EXACT_DIRECTION, EXACT_EPSILON, EXACT_ERROR, EXACT_FACTORS, FAILED, FAR,
+    HEAD_DECAY, LINE_MARGIN, MARGIN, OPTIMIZERS, POWER, POWER_MARGIN, PRESETS, STUDY,
+    TRACKED_LAYER, configs, grid_values)
+from bnjax.train.studies.effective_lr.analysis import (direction_difference, directions,
+                                                       error, exact_line, fitted_power,
                                                        invariant_layers, seed_noise,
                                                        time_constants)
 from bnjax.train.studies.effective_lr.report import report
 
 __all__ = [
     'ERROR_WINDOW',
+    'EXACT_DIRECTION',
+    'EXACT_EPSILON',
+    'EXACT_ERROR',
+    'EXACT_FACTORS',
     'FAILED',
     'FAR',
     'HEAD_DECAY',
+    'LINE_MARGIN',
     'MARGIN',
-    'NOISE_FACTOR',
     'OPTIMIZERS',
     'POWER',
+    'POWER_MARGIN',
     'PRESETS',
     'STUDY',
     'TRACKED_LAYER',
     'configs',
+    'direction_difference',
+    'directions',
     'error',
+    'exact_line',
     'fitted_power',
     'grid_values',
     'invariant_layers',

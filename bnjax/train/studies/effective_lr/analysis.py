@@ -1,12 +1,14 @@
 """The effective_lr study: what it measures on the finished runs."""
 
 import math
+import pathlib
 
 import numpy as np
 
 from bnjax import theory
+from bnjax.train import workdir as workdirs
 from bnjax.train.studies import study
-from bnjax.train.studies.effective_lr.presets import ERROR_WINDOW, FAILED
+from bnjax.train.studies.effective_lr.presets import ERROR_WINDOW, EXACT_FACTORS, FAILED
 
 
 def invariant_layers(run: study.Run) -> list:
@@ -118,3 +120,49 @@ def fitted_power(errors: np.ndarray, lrs, lams) -> float:
   _, vectors = np.linalg.eigh(grads.T @ grads)
   vx, vy = vectors[:, -1]
   return float(vx / vy) if vy != 0 else math.inf
+
+
+def directions(workdir, run: study.Run) -> dict:
+  """``{layer: (fan_in, units) array}``: the per-unit directions ``w / ||w||`` of
+  every scale-invariant kernel in the run's last checkpoint (``None`` without one)."""
+  folder = pathlib.Path(workdir) / run.name
+  if not (folder / workdirs.CHECKPOINTS).is_dir():
+    return None
+  state = workdirs.Checkpoints(folder).latest_state()
+  out = {}
+  for layer in invariant_layers(run):
+    kernel = np.asarray(state['params'][layer]['kernel'], np.float64)
+    kernel = kernel.reshape(-1, kernel.shape[-1])
+    out[layer] = kernel / np.linalg.norm(kernel, axis=0)
+  return out
+
+
+def direction_difference(a: dict, b: dict) -> float:
+  """The largest coordinate of ``|a - b|`` over the layers of two
+  :func:`directions` (0: the same directions; 2: opposite)."""
+  return max(float(np.max(np.abs(a[layer] - b[layer]))) for layer in a)
+
+
+def exact_line(workdir, runs, name: str) -> dict:
+  """``{seed: {kind: (largest direction difference from the line's centre, largest
+  |test error difference|)}}`` over the factors, for kind ``'rule'`` and
+  ``'wrong'``; seeds without every run of the line left out."""
+  out = {}
+  centre = study.seeds_of(runs, f'{name}_exact_mid')
+  for seed, mid in sorted(centre.items()):
+    others = {(kind, k): study.seeds_of(runs, f'{name}_exact_{kind}{k}').get(seed)
+              for kind in ('rule', 'wrong') for k in range(len(EXACT_FACTORS))}
+    if any(r is None for r in others.values()):
+      continue
+    base = directions(workdir, mid)
+    found = {key: directions(workdir, run) for key, run in others.items()}
+    if base is None or any(d is None for d in found.values()):
+      continue
+    stats = {}
+    for (kind, k), run in others.items():
+      d = direction_difference(found[(kind, k)], base)
+      e = abs(error(run) - error(mid))
+      old = stats.get(kind, (0.0, 0.0))
+      stats[kind] = (max(old[0], d), max(old[1], e))
+    out[seed] = stats
+  return out
