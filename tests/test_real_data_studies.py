@@ -11,7 +11,8 @@ from test_real_data import _real_data_present, data_dir, pytestmark  # noqa: F40
 
 @pytest.mark.parametrize('module,verdicts,plots', [
     ('equilibrium', 12, ('equilibrium.png', 'unit_norms.png')),
-    ('bn_regularization', 5, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
+    # 7 always; a per-layer 1/M slope only where zeta > 0 at every M of the smoke run.
+    ('bn_regularization', 7, ('curves.png', 'batch_size.png', 'gamma_decay.png')),
 ])
 def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plots):
   from bnjax.train.studies import study
@@ -20,7 +21,11 @@ def test_study_smoke_preset_and_report(data_dir, tmp_path, module, verdicts, plo
                          workers=1)
   assert sorted(runs) == sorted(mod.configs('smoke'))
   text = mod.report(tmp_path).read_text()
-  assert text.count('**Verdict:') == verdicts, text
+  from bnjax.train.studies import verdicts as verdict_records
+  found = verdict_records.read(tmp_path)
+  assert text.count('**Verdict:') == len(found) >= verdicts, text
+  if module == 'equilibrium':
+    assert len(found) == verdicts
   for png in plots:
     assert (tmp_path / png).stat().st_size > 1000
 

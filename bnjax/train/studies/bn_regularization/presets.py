@@ -10,7 +10,19 @@ from bnjax.train.config import Config
 
 STUDY = 'bn_regularization'
 IMPLICIT_MARGIN = 0.25  # |4 M_eff zeta - 1| within this: Luo et al.'s 1/(4M) holds
-IMPLICIT_PARTITIONS = 2
+# Random partitions averaged per M by bnjax.implicit (the noise of one partition
+# is about the size of conv1's and conv2's zeta), and the slope of log zeta on log
+# M per layer: 1/M holds when its interval holds -1 within +- IMPLICIT_SLOPE_MARGIN.
+IMPLICIT_PARTITIONS = 32
+IMPLICIT_SLOPE_MARGIN = 0.5
+# BN's implicit gamma decay as measured (bnjax.implicit, 2 partitions) on this
+# study's standard preset (docs/reports/bn_regularization, 2026-12-04): conv3's zeta
+# at M = 32, the largest of the three layers (conv1 and conv2 at the noise floor).
+# PN + this explicit decay tests the measured zeta; PN + 1/(4M) Luo's constant.
+MEASURED_ZETA = 2.2e-5
+# zeta* (the explicit decay matching BN's gamma^2) is decidable only when the ghost
+# runs span this many time constants of gamma^2 at zeta*, 1 / (2 lr zeta*).
+DECIDABLE = 3.0
 OVERFIT_LOSS = 0.05  # PN's eval-mode training loss below this in every seed: PN overfits
 PLATEAU = 0.05  # |change of gamma^2 over the last quarter of training| / gamma^2 below this
 SLOPE_MARGIN = 0.25  # slope of log zeta* against log M within -1 +- this: zeta* ~ 1/M
@@ -55,12 +67,14 @@ PRESETS = {
 }
 
 
-def run_name(norm: str, batch: int, gamma_decay: bool = False, seed: int = 0,
+def run_name(norm: str, batch: int, gamma_decay=False, seed: int = 0,
              ghost: bool = False, zeta: Optional[float] = None) -> str:
-  """A run's name; ``zeta`` names a run of the zeta sweep (PN at the ghost
-  sweep's optimizer batch with that explicit gamma decay)."""
+  """A run's name; ``gamma_decay`` True: PN + Luo et al.'s 1/(4M), ``'measured'``:
+  PN + :data:`MEASURED_ZETA`; ``zeta`` names a run of the zeta sweep (PN at the
+  ghost sweep's optimizer batch with that explicit gamma decay)."""
   swept = '' if zeta is None else '_zeta' + f'{zeta:g}'.replace('.', 'p')
-  return (f'{norm}_m{batch}' + ('_gamma_decay' if gamma_decay else '') + swept
+  decay = {False: '', True: '_gamma_decay', 'measured': '_measured_decay'}[gamma_decay]
+  return (f'{norm}_m{batch}' + decay + swept
           + ('_ghost' if ghost else '') + (f'_seed{seed}' if seed else ''))
 
 
@@ -93,6 +107,8 @@ def configs(preset: str, parallel: str = 'none') -> dict:
     out[run_name('population', m, True, seed)] = dataclasses.replace(
         curve, norm='population', gamma_decay=theory.gamma_decay_strength(m, 'relu'),
         seed=seed)
+    out[run_name('population', m, 'measured', seed)] = dataclasses.replace(
+        curve, norm='population', gamma_decay=MEASURED_ZETA, seed=seed)
     for size in spec['virtual_sizes']:
       out[run_name('batch', size, seed=seed, ghost=True)] = dataclasses.replace(
           ghost, virtual_batch_size=size, seed=seed)

@@ -126,9 +126,11 @@ def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) 
 
   Returns:
     ``{'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75',
-    'angle_theory'}``: the fraction of live units, measured / predicted norm
-    of each live unit and its quartiles, and the RMS over them of the
-    predicted per-step angle.
+    'angle_theory', 'norm_aggregate'}``: the fraction of live units, measured /
+    predicted norm of each live unit and its quartiles, the RMS over them of
+    the predicted per-step angle, and the layer's mean live norm over the mean
+    of the per-unit predicted norms (the layer prediction aggregated as the
+    layer's norm is).
   """
   moments = adam_moments(state['opt_state'])
   w = np.asarray(state['params'][layer]['kernel'], float)
@@ -147,7 +149,8 @@ def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) 
       'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
                      for s in sigma[live]])
   return dict(_unit_ratios(norms[live] / predicted, live),
-              angle_theory=float(np.sqrt(np.mean(angles ** 2))))
+              angle_theory=float(np.sqrt(np.mean(angles ** 2))),
+              norm_aggregate=float(np.mean(norms[live]) / np.mean(predicted)))
 
 
 def unit_grad_sq(run: study.Run, state, batches: int = UNIT_BATCHES) -> dict:
