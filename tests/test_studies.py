@@ -84,8 +84,13 @@ def test_effective_lr_grid_holds_effective_lr_on_anti_diagonals(preset):
     assert c.head_weight_decay == (effective_lr.HEAD_DECAY if c.regularizer != 'none' else -1)
   assert sum(c.projection for c in cfgs.values()) == 3 * n * len(seeds)
   assert cfgs['sgd_none'].regularizer == 'none' and cfgs['adam_none'].optimizer == 'adam'
+  grid_seeds = effective_lr.PRESETS[preset].get('grid_seeds', {})
   assert {c.seed for c in cfgs.values()} == set(seeds) | set(
-      effective_lr.PRESETS[preset]['centre_seeds'])
+      effective_lr.PRESETS[preset]['centre_seeds']).union(*grid_seeds.values())
+  for name, extra in grid_seeds.items():  # every cell of that grid, no other arm
+    assert {n for n, c in cfgs.items() if c.seed in extra} == {
+        study.seeded(f'{name}_l2_lr{i}_wd{j}', s) for i in range(n) for j in range(n)
+        for s in extra}
 
 
 def _fake_study(tmp_path, errors, norm_growth=True, preset='smoke'):
@@ -145,7 +150,7 @@ def test_effective_lr_report_states_failed_runs_and_seed_spread(tmp_path):
   def errors(name, cfg):
     if cfg.learning_rate > 0.1 and cfg.weight_decay > 5e-3 and not cfg.projection:
       return 0.9  # two SGD cells that did not train
-    return {0: 0.20, 1: 0.21, 2: 0.23}[cfg.seed]
+    return {0: 0.20, 1: 0.21, 2: 0.23, 3: 0.22, 4: 0.22}[cfg.seed]  # 3, 4: Adam's grid
 
   _fake_study(tmp_path, errors, preset='standard')
   sgd = next(v for v in _verdicts(effective_lr.report(tmp_path)) if 'sgd + L2' in v)

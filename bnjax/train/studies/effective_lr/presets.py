@@ -73,7 +73,10 @@ PRESETS = {
     # quick: a look in a few minutes (300 steps: the slow cells are left out).
     'quick': dict(grid=3, seeds=(0,), centre_seeds=(), base=Config(
         **{**_FASHION, 'train_subset': 9600, 'eval_every': 100, 'checkpoint_every': 100})),
-    'standard': dict(grid=3, seeds=(0, 1, 2), centre_seeds=(), base=Config(**_FASHION)),
+    # grid_seeds: more seeds of one optimizer's L2 grid, where 3 seeds left the
+    # intervals straddling their thresholds (Adam's, 2026-12-05).
+    'standard': dict(grid=3, seeds=(0, 1, 2), centre_seeds=(), grid_seeds={'adam': (3, 4)},
+                     base=Config(**_FASHION)),
     'paper': dict(grid=5, seeds=(0, 1, 2), centre_seeds=(), base=Config(
         dataset='cifar10', augment=True, batch_size=128, num_epochs=60, log_every=50,
         eval_every=1950, checkpoint_every=1950, bn_eval='precise')),
@@ -136,4 +139,9 @@ def configs(preset: str, parallel: str = 'none') -> dict:
     for s in spec['centre_seeds']:
       arm = f'{name}_l2_lr{centre}_wd{centre}'
       out[study.seeded(arm, s)] = dataclasses.replace(arms[arm], seed=s)
+    for s in spec.get('grid_seeds', {}).get(name, ()):
+      for i in range(n):
+        for j in range(n):
+          arm = f'{name}_l2_lr{i}_wd{j}'
+          out[study.seeded(arm, s)] = dataclasses.replace(arms[arm], seed=s)
   return out
