@@ -1,6 +1,8 @@
 """The bn_regularization study: its verdicts and report.md with plots."""
 
 import dataclasses
+import hashlib
+import json
 import pathlib
 
 import numpy as np
@@ -356,7 +358,7 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
   if not ordinary or len(sizes) < 2:
     return None
   seeds = sorted(ordinary)
-  measured = {s: implicit_decay(workdir, ordinary[s], sizes, sample) for s in seeds}
+  measured = {s: _cached_implicit_decay(workdir, ordinary[s], sizes, sample) for s in seeds}
   layers = sorted(measured[seeds[0]][sizes[0]])
   m_eff = {m: theory.effective_batch(m, sample) for m in sizes}
   table = ['| M | M_eff | ' + ' | '.join(f'{l}: zeta' for l in layers) + ' | Luo et al. 1/(4M) |',
@@ -366,7 +368,7 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
     table.append(f'| {m} | {m_eff[m]:.1f} | ' + ' | '.join(
         f'{np.mean(z):.3g} ({", ".join(f"{v:.2g}" for v in z)})' for z in zetas)
                  + f' | {1 / (4 * m):.3g} |')
-  found = []
+  found, silent = [], []
   source = 'Luo et al. 2019, section 2 (BN = PN + gamma decay, zeta proportional to 1/M)'
   for layer in layers:
     slopes, floor = [], []
@@ -380,6 +382,7 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
                'every M') + (f'; seeds {floor} have zeta <= 0 at some M (at the noise floor): '
                              'no slope' if floor else '')
     if not slopes:
+      silent.append(f'{layer.replace("_norm", "")}: {numbers}')
       continue
     found.append(verdicts.paired(
         f'BN\'s implicit gamma decay in {layer.replace("_norm", "")} falls as 1/M', source,
@@ -413,5 +416,35 @@ def _implicit_section(workdir, per_size: dict, spec: dict):
           'so the perceptron\'s constant does not transfer to this network and bnjax makes '
           'no CNN prediction of the constant; its verdict below says how far the measured '
           'zeta lies from it, not whether BN regularizes.\n\n' + '\n'.join(table) + '\n\n'
+          + ''.join(f'No verdict on the 1/M law in {line}.\n\n' for line in silent)
           + '\n\n'.join(v.markdown() for v in found))
   return text, found
+
+
+def _cached_implicit_decay(workdir, run, sizes, sample) -> dict:
+  """:func:`implicit_decay` of ``run`` at ``sizes``, kept in the study folder's
+  ``implicit_decay.json`` under the run (its name and a hash of its summary), the
+  sizes, the sample and the partitions (a report regenerated from the same runs reuses it: measuring
+  takes minutes)."""
+  path = pathlib.Path(workdir) / 'implicit_decay.json'
+  trained = hashlib.sha256(json.dumps(run.summary, sort_keys=True).encode()).hexdigest()
+  key = json.dumps([run.name, trained, list(sizes), sample, IMPLICIT_PARTITIONS])
+  try:
+    cache = json.loads(path.read_text())
+  except (OSError, ValueError):
+    cache = {}
+  if not isinstance(cache, dict):
+    cache = {}
+  if not _valid_measurement(cache.get(key), sizes):  # absent, or damaged: measured again
+    cache[key] = {str(m): v for m, v in implicit_decay(workdir, run, sizes, sample).items()}
+    workdirs.write_json_atomic(path, cache)
+  return {int(m): v for m, v in cache[key].items()}
+
+
+def _valid_measurement(entry, sizes) -> bool:
+  """Whether a cached entry is ``{str(M): {layer: finite float}}`` for every M."""
+  return (isinstance(entry, dict) and sorted(entry) == sorted(str(m) for m in sizes)
+          and all(isinstance(v, dict) and v and all(
+              isinstance(z, float) and np.isfinite(z) for z in v.values())
+                  for v in entry.values()))
+
