@@ -376,6 +376,23 @@ def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
   assert len(list((tmp_path / 'stale').iterdir())) == 1  # the old run kept, not lost
 
 
+def test_report_loader_reads_a_study_of_an_older_config_format(tmp_path):
+  """A study folder written before config format 5 (study.json and the runs' records
+  both format 4) is read as it meant: --report_only finds every run."""
+  quick = dataclasses.replace(TS, num_epochs=1)
+  study.run_sweep('demo', 'smoke', {'a': quick}, tmp_path, workers=1)
+  def older(record):
+    record = {k: v for k, v in record.items() if k not in config.MEANT[4]}
+    return dict(record, config_version=4)
+  meta = _strict((tmp_path / 'study.json').read_text())
+  meta['configs'] = {name: older(c) for name, c in meta['configs'].items()}
+  workdir.write_json_atomic(tmp_path / 'study.json', meta)
+  summary = _strict((tmp_path / 'a' / 'summary.json').read_text())
+  workdir.write_json_atomic(tmp_path / 'a' / 'summary.json',
+                            dict(summary, config=older(summary['config'])))
+  assert list(study.load_runs(tmp_path)) == ['a']
+
+
 def test_report_loader_leaves_out_runs_of_other_configs(tmp_path):
   quick = dataclasses.replace(TS, num_epochs=1)
   study.run_sweep('demo', 'smoke', {'a': quick}, tmp_path, workers=1)

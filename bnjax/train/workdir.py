@@ -195,11 +195,12 @@ def read_json(path) -> Optional[Any]:
 def config_differences(stored: dict, wanted: dict, ignore: Iterable[str] = ()) -> dict:
   """``{field: (stored, wanted)}`` for every field that differs, outside ``ignore``.
 
-  A stored record of an older format is compared as it meant
+  Records of an older format, on either side (a run's, or the one a study
+  recorded for it), are compared as they meant
   (:func:`bnjax.train.config.upgrade_record`).
   """
   from bnjax.train.config import upgrade_record  # pylint: disable=g-import-not-at-top
-  stored = upgrade_record(stored)
+  stored, wanted = upgrade_record(stored), upgrade_record(wanted)
   ignore = set(ignore)
   keys = (set(stored) | set(wanted)) - ignore
   return {k: (stored.get(k), wanted.get(k)) for k in sorted(keys)
