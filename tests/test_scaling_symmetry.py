@@ -122,14 +122,15 @@ def test_rest_learning_rate_equals_optax_parameter_groups(optimizer):
   from _helpers import TS
   config = dataclasses.replace(TS, optimizer=optimizer, learning_rate=0.2,
                                rest_learning_rate=0.03, weight_decay=1e-2,
-                               head_weight_decay=1e-3)
+                               head_weight_decay=1e-3,
+                               **({'adam_eps': 1e-3} if optimizer == 'adam' else {}))
   tx = programs.build_optimizer(config)
   if optimizer == 'sgd':
     ref = _optax_groups(0.2, 1e-2, 0.03, 1e-3, TS.momentum)
   else:
     def group(rate, decay):
       return optax.chain(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map(
-          lambda w: w.ndim >= 2, p)), optax.adam(rate))
+          lambda w: w.ndim >= 2, p)), optax.adam(rate, eps=1e-3))
     ref = optax.multi_transform(
         {'invariant': group(0.2, 1e-2), 'rest': group(0.03, 1e-3)},
         {'conv': {'kernel': 'invariant', 'bias': 'rest'}, 'head': {'kernel': 'rest', 'bias': 'rest'}})
@@ -181,3 +182,18 @@ def test_training_runs_on_a_line_of_the_rule_keep_their_directions(tmp_path):
   diff, off = np.max(np.abs(along - centre)), np.max(np.abs(wrong - centre))
   assert diff < 1e-4, diff
   assert off > 100 * max(diff, 1e-6), (off, diff)
+
+
+def test_norm_epsilon_is_the_batch_norms_epsilon():
+  """--norm_epsilon against the hand formula (x - mean) / sqrt(var + eps)."""
+  from bnjax.train import programs
+  from _helpers import TS
+  x = jax.random.normal(jax.random.key(4), (16, TS.input_dim)) * 0.01  # var near eps
+  for eps in (0.5, 1e-30):
+    config = dataclasses.replace(TS, norm_epsilon=eps, activation='linear')
+    model = programs.build_model(config, host=True)
+    variables = model.init(jax.random.key(0), x, train=True)
+    out, _ = model.apply(variables, x, train=True, mutable=['batch_stats'])
+    z = x @ variables['params']['dense']['kernel']
+    expected = (z - z.mean(0)) / jnp.sqrt(z.var(0) + eps)
+    np.testing.assert_allclose(out, expected[:, 0], rtol=2e-4, atol=1e-6)
