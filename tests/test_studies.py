@@ -544,7 +544,7 @@ def _rotational_study(tmp_path, claims_hold, preset):
 
 
 @pytest.mark.parametrize('claims_hold', [True, False])
-@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 1), ('standard', 3)])
+@pytest.mark.parametrize('preset, seeds', [('smoke', 1), ('quick', 1), ('standard', 5)])
 def test_rotational_report_decides_the_planted_outcome(tmp_path, claims_hold, preset, seeds):
   path = _rotational_study(tmp_path, claims_hold, preset)
   found = _decided(tmp_path, 'holds' if claims_hold else 'does not hold', seeds)
@@ -734,3 +734,11 @@ def test_effective_lr_exact_verdicts_decide_the_planted_symmetry(tmp_path, monke
       assert v.outcome == ('holds' if symmetric else 'does not hold'), v
   assert {c.rest_learning_rate for n, c in cfgs.items() if '_exact_' in n} == {
       effective_lr.OPTIMIZERS[o][1] for o in effective_lr.OPTIMIZERS}
+
+
+def test_bn_regularization_gap_seeds_add_only_bn_and_pn():
+  from bnjax.train.studies import bn_regularization as bnr
+  cfgs = bnr.configs('standard')
+  extra = {n for n, c in cfgs.items() if c.seed in bnr.PRESETS['standard']['gap_seeds']}
+  assert extra == {bnr.run_name(norm, 32, seed=s) for norm in ('batch', 'population')
+                   for s in (3, 4)}
