@@ -300,10 +300,11 @@ def test_equilibrium_layer_verdicts_wait_for_equilibrium(tmp_path, monkeypatch):
   """A norm still drifting (10% between the third and last quarter) makes the layer
   verdicts inconclusive by rule, whatever the interval says (the planted runs'
   100 steps count as far enough here: FAR set to 0)."""
-  import sys
+  import importlib
   from bnjax.train.studies import equilibrium
   monkeypatch.setitem(equilibrium.PRESETS['smoke'], 'seeds', (0,))
-  monkeypatch.setattr(sys.modules['bnjax.train.studies.equilibrium.report'], 'FAR', 0.0)
+  monkeypatch.setattr(importlib.import_module('bnjax.train.studies.equilibrium.report'),
+                      'FAR', 0.0)
   _equilibrium_study(tmp_path, 1.0, drift=0.1)
   layer = [v for v in verdicts.read(tmp_path) if '-layer-' in v.id]
   assert layer and all('which seeds [0] are not' in v.rule for v in layer), layer
@@ -742,3 +743,27 @@ def test_bn_regularization_gap_seeds_add_only_bn_and_pn():
   extra = {n for n, c in cfgs.items() if c.seed in bnr.PRESETS['standard']['gap_seeds']}
   assert extra == {bnr.run_name(norm, 32, seed=s) for norm in ('batch', 'population')
                    for s in (3, 4)}
+
+
+def test_bn_regularization_keeps_the_implicit_measurement(tmp_path, monkeypatch):
+  """Measured once per run and kept; a damaged or wrong-shaped file, or a retrained
+  run (another summary), is measured again."""
+  import importlib
+  report_module = importlib.import_module('bnjax.train.studies.bn_regularization.report')
+  calls = []
+  def measure(workdir, run, sizes, sample):
+    calls.append(run.name)
+    return {m: {'conv1_norm': 1.0 / m} for m in sizes}
+  monkeypatch.setattr(report_module, 'implicit_decay', measure)
+  run = study.Run('bn', {}, {'steps': 8, 'test_loss': 0.4}, [])
+  want = {8: {'conv1_norm': 0.125}, 16: {'conv1_norm': 0.0625}}
+  cached = lambda r: report_module._cached_implicit_decay(tmp_path, r, [8, 16], 64)
+  assert cached(run) == want and cached(run) == want and calls == ['bn']
+  path = tmp_path / 'implicit_decay.json'
+  for damage in ('{"x": ', '[1, 2]', path.read_text().replace('0.125', '"a"'),
+                 path.read_text().replace('0.125', 'NaN')):
+    path.write_text(damage)
+    assert cached(run) == want
+  assert calls == ['bn'] * 5
+  assert cached(study.Run('bn', {}, {'steps': 8, 'test_loss': 0.5}, [])) == want
+  assert len(calls) == 6  # retrained: its summary differs
