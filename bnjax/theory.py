@@ -269,7 +269,8 @@ def time_constants_elapsed(optimizer: str, learning_rates, weight_decay, *, mome
   Args:
     optimizer, weight_decay, momentum, b1, fan_in, grad_norm: as
       :func:`equilibrium_time_constant`.
-    learning_rates: the learning rate of every step, in order (1-D).
+    learning_rates: the learning rate of every step, in order (1-D), each
+      >= 0 (a step at rate 0, as a warmup's first, moves nothing: 1/tau = 0).
 
   Returns:
     A NumPy array like ``learning_rates``: :math:`n_t` after step t.
@@ -286,9 +287,15 @@ def time_constants_elapsed(optimizer: str, learning_rates, weight_decay, *, mome
   if lrs.ndim != 1 or lrs.size == 0:
     raise ValueError(f'learning_rates must be a non-empty 1-D sequence, got shape '
                      f'{lrs.shape}.')
-  return np.cumsum(1.0 / np.atleast_1d(equilibrium_time_constant(
-      optimizer, lrs, weight_decay, momentum=momentum, b1=b1, fan_in=fan_in,
-      grad_norm=grad_norm)))
+  if not np.all(np.isfinite(lrs) & (lrs >= 0)):
+    raise ValueError(f'learning_rates must be finite and >= 0, got {lrs}.')
+  rates = np.zeros_like(lrs)
+  moving = lrs > 0
+  if moving.any():
+    rates[moving] = 1.0 / np.atleast_1d(equilibrium_time_constant(
+        optimizer, lrs[moving], weight_decay, momentum=momentum, b1=b1, fan_in=fan_in,
+        grad_norm=grad_norm))
+  return np.cumsum(rates)
 
 
 def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, *,

@@ -241,6 +241,8 @@ def test_equilibrium_standard_runs_ten_time_constants_before_its_window():
   steps = {n: c.num_epochs * 60000 // c.batch_size for n, c in cfgs.items()}
   assert steps['sgd'] == 1875 and steps['adamw_seed2'] == 3750
   for name, c in cfgs.items():
+    if name.startswith('deadmap'):  # the dead-unit map: descriptive, not an arm
+      continue
     kind = equilibrium.OPTIMIZERS[name.split('_seed')[0]][1]
     if kind != 'adam_l2':
       tau = theory.equilibrium_time_constant(kind, c.learning_rate, c.weight_decay,
@@ -257,13 +259,14 @@ def _equilibrium_study(tmp_path, factor, drift=0.0):
   runs = {}
   for name, cfg in equilibrium.configs('smoke').items():
     lr, lam = cfg.learning_rate, cfg.weight_decay
-    a = cfg.momentum if name == 'momentum' else 0.0
+    dead_map = name.startswith('deadmap')  # SGD + momentum cells of the dead-unit map
+    a = cfg.momentum if name == 'momentum' or dead_map else 0.0
     rms = math.sqrt(0.1 / 1.9)  # Adam's step RMS for b1 = 0.9
     lines = []
     for step in range(10, 110, 10):
       line = {'step': step, 'loss': 1.0}
       for layer, c in fan_in.items():
-        if name in ('sgd', 'momentum'):
+        if name in ('sgd', 'momentum') or dead_map:
           angle = math.sqrt(2 * lr * lam / (1 + a))
           norm = (lr * g2 / (2 * lam * (1 - a))) ** 0.25
         elif name == 'adamw':
@@ -294,6 +297,19 @@ def test_equilibrium_report_matches_hand_formulas(tmp_path):
 def test_equilibrium_report_flags_a_factor_two(tmp_path):
   _equilibrium_study(tmp_path, 2.0)
   assert len(_decided(tmp_path, 'does not hold')) == 8
+
+
+def test_equilibrium_dead_unit_map(tmp_path, monkeypatch):
+  """The map's cells beside the arms: a quarter of the units planted dead, the live
+  RMS angle at theory, the all-unit mean at half of it; the verdicts unchanged."""
+  from bnjax.train.studies import equilibrium
+  monkeypatch.setitem(equilibrium.PRESETS['smoke'], 'dead_map', True)
+  assert len([n for n in equilibrium.configs('smoke') if n.startswith('deadmap')]) == 12
+  text = _equilibrium_study(tmp_path, 1.0).read_text()
+  assert '| 0.02 | 0.001 | 2.0e-05 | 0 | conv1 | 25.0% | 1.00 | 0.50 |' in text
+  assert '| 0.1 | 0.01 | 1.0e-03 | 64 | conv2 | 25.0% | 1.00 | 0.50 |' in text
+  assert 'conv2 at lr 0.1, lambda 0.01, warmup 64 (25% dead)' in text
+  assert len(_decided(tmp_path, 'holds')) == 8
 
 
 def test_equilibrium_layer_verdicts_wait_for_equilibrium(tmp_path, monkeypatch):

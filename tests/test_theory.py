@@ -203,6 +203,10 @@ def test_time_constants():
   lrs = np.array([1e-3, 2e-3, 4e-3])
   np.testing.assert_allclose(theory.time_constants_elapsed('adamw', lrs, 0.1),
                              np.cumsum(2 * lrs * 0.1))
+  # A warmup's first step at rate 0 moves nothing (AdamW: 1/tau = 2 lr lambda).
+  warm = np.array([0.0, 1e-3, 2e-3])
+  np.testing.assert_allclose(theory.time_constants_elapsed('adamw', warm, 0.1),
+                             np.cumsum(2 * warm * 0.1))
   np.testing.assert_allclose(theory.equilibrium_time_constant('adamw', lrs, 0.1),
                              1 / (2 * lrs * 0.1))
 
@@ -211,6 +215,7 @@ def test_time_constants():
     (lambda: theory.equilibrium_time_constant('adam_l2', 1e-3, 0.1), 'needs fan_in'),
     (lambda: theory.equilibrium_time_constant('sgd', 0.0, 0.1), 'learning_rate must be > 0'),
     (lambda: theory.time_constants_elapsed('sgd', [], 0.1), 'non-empty 1-D'),
+    (lambda: theory.time_constants_elapsed('sgd', [0.1, -0.1], 0.1), 'finite and >= 0'),
     (lambda: theory.norm_trajectory('sgd', [0.1], 0.1, 1.0, fan_in=4), 'needs grad_norm'),
     (lambda: theory.norm_trajectory('adamw', [0.1, -1.0], 0.1, 1.0, fan_in=4),
      'finite and >= 0'),

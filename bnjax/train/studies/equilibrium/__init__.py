@@ -26,9 +26,9 @@ The study in three modules by job: :mod:`.presets` (the runs), :mod:`.analysis`
 every name is importable from the package.
 """
 
-from bnjax.train.studies.equilibrium.presets import (EQUILIBRATED, FAR, NARROW, OPTIMIZERS,
-                                                     PRESETS, STUDY, TOLERANCE,
-                                                     UNIT_BATCHES, configs)
+from bnjax.train.studies.equilibrium.presets import (DEAD_MAP, EQUILIBRATED, FAR, NARROW,
+                                                     OPTIMIZERS, PRESETS, STUDY, TOLERANCE,
+                                                     UNIT_BATCHES, configs, dead_map_name)
 from bnjax.train.studies.equilibrium.analysis import (adam_moments, adam_unit_equilibrium,
                                                       invariant_layers, kernel_unit_norms,
                                                       last_states, late_mean, measure,
@@ -38,6 +38,7 @@ from bnjax.train.studies.equilibrium.analysis import (adam_moments, adam_unit_eq
 from bnjax.train.studies.equilibrium.report import report
 
 __all__ = [
+    'DEAD_MAP',
     'EQUILIBRATED',
     'FAR',
     'NARROW',
@@ -49,6 +50,7 @@ __all__ = [
     'adam_moments',
     'adam_unit_equilibrium',
     'configs',
+    'dead_map_name',
     'invariant_layers',
     'kernel_unit_norms',
     'last_states',

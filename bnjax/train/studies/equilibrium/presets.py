@@ -38,6 +38,14 @@ OPTIMIZERS = {
                               regularizer='l2', weight_decay=1e-2, width=32), 'sgd', 0.9),
 }
 NARROW = ('sgd', 'momentum', 'adamw', 'adam_l2')
+# The dead-unit map: the default ConvNet (widths 32/64/128) with SGD + momentum 0.9
+# + L2 on 8,192 Fashion-MNIST examples at batch 64, over learning rate x lambda,
+# with and without a linear warmup (steps): where units die, the equilibrium
+# picture describes only a layer's live units. Descriptive, one seed per cell.
+DEAD_MAP = dict(learning_rates=(0.02, 0.05, 0.1), weight_decays=(1e-3, 1e-2), warmup=64,
+                base=dict(optimizer='sgd', momentum=0.9, regularizer='l2', width=32,
+                          train_subset=8192, batch_size=64, num_epochs=2, log_every=16,
+                          checkpoint_every=256, eval_every=0))
 PRESETS = {
     # seeds: of every optimizer's run; arms: the OPTIMIZERS run (default NARROW);
     # epochs: {arm: num_epochs} where an arm needs fewer than base's to run 10+
@@ -51,7 +59,8 @@ PRESETS = {
     'quick': dict(seeds=(0,), base=Config(
         train_subset=0, batch_size=32, num_epochs=1, width=16, log_every=25,
         checkpoint_every=500)),
-    'standard': dict(seeds=(0, 1, 2), arms=tuple(OPTIMIZERS),
+    # dead_map: run the DEAD_MAP cells (first seed) beside the arms.
+    'standard': dict(seeds=(0, 1, 2), arms=tuple(OPTIMIZERS), dead_map=True,
                      epochs=dict(sgd=1, momentum=1, momentum_width32=1), base=Config(
         train_subset=0, batch_size=32, num_epochs=2, width=16, log_every=25,
         checkpoint_every=500)),
@@ -65,7 +74,21 @@ def configs(preset: str, parallel: str = 'none') -> dict:
   spec = PRESETS[preset]
   base = dataclasses.replace(spec['base'], parallel=parallel, norm='batch')
   epochs = spec.get('epochs', {})
-  return {study.seeded(name, seed): dataclasses.replace(
-              base, **OPTIMIZERS[name][0], seed=seed,
-              num_epochs=epochs.get(name, base.num_epochs))
-          for name in spec.get('arms', NARROW) for seed in spec['seeds']}
+  out = {study.seeded(name, seed): dataclasses.replace(
+             base, **OPTIMIZERS[name][0], seed=seed,
+             num_epochs=epochs.get(name, base.num_epochs))
+         for name in spec.get('arms', NARROW) for seed in spec['seeds']}
+  if spec.get('dead_map'):
+    cell = dataclasses.replace(base, **DEAD_MAP['base'], seed=spec['seeds'][0])
+    for i, lr in enumerate(DEAD_MAP['learning_rates']):
+      for j, lam in enumerate(DEAD_MAP['weight_decays']):
+        for warmup in (0, DEAD_MAP['warmup']):
+          out[dead_map_name(i, j, warmup)] = dataclasses.replace(
+              cell, learning_rate=lr, weight_decay=lam, warmup_steps=warmup)
+  return out
+
+
+def dead_map_name(i: int, j: int, warmup: int) -> str:
+  """The dead-unit map's run at learning rate ``i``, lambda ``j``, with or without
+  warmup."""
+  return f'deadmap_lr{i}_wd{j}' + ('_warmup' if warmup else '')

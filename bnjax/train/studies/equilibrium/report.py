@@ -8,11 +8,13 @@ import numpy as np
 
 from bnjax import dynamics
 from bnjax.train.studies import study, verdicts
-from bnjax.train.studies.equilibrium.presets import (EQUILIBRATED, FAR, OPTIMIZERS,
-                                                     PRESETS, TOLERANCE, UNIT_BATCHES)
+from bnjax.train.studies.equilibrium.presets import (DEAD_MAP, EQUILIBRATED, FAR,
+                                                     OPTIMIZERS, PRESETS, TOLERANCE,
+                                                     UNIT_BATCHES, dead_map_name)
 from bnjax.train.studies.equilibrium.analysis import (_unit_ratios, adam_unit_equilibrium,
                                                       invariant_layers, kernel_unit_norms,
-                                                      last_states, measure, measured_angle,
+                                                      last_states, late_mean, measure,
+                                                      measured_angle,
                                                       momentum_signal,
                                                       sgd_unit_equilibrium, unit_grad_sq,
                                                       window_predictions)
@@ -180,6 +182,42 @@ def _momentum_signal_table(states, rows_of) -> Optional[str]:
           'a persistent term by construction.\n\n' + '\n'.join(table))
 
 
+def _dead_map_section(runs) -> Optional[str]:
+  """The dead-unit map: per cell and layer, the dead fraction, the live units' RMS
+  angle and the all-unit mean angle over theory's (:data:`DEAD_MAP`)."""
+  rows, lost = [], []
+  for i, lr in enumerate(DEAD_MAP['learning_rates']):
+    for j, lam in enumerate(DEAD_MAP['weight_decays']):
+      for warmup in (0, DEAD_MAP['warmup']):
+        run = runs.get(dead_map_name(i, j, warmup))
+        if run is None:
+          continue
+        for row in measure(run, 'momentum'):
+          mean_angle = late_mean(run, f'angular_update/{row["layer"]}')
+          rows.append(f'| {lr:g} | {lam:g} | {lr * lam:.1e} | {warmup} | {row["layer"]} | '
+                      f'{row["dead"]:.1%} | {row["angle"] / row["angle_theory"]:.2f} | '
+                      f'{mean_angle / row["angle_theory"]:.2f} |')
+          if row['dead'] > 0.1:
+            lost.append(f'{row["layer"]} at lr {lr:g}, lambda {lam:g}'
+                        f'{f", warmup {warmup}" if warmup else ""} ({row["dead"]:.0%} dead)')
+  if not rows:
+    return None
+  c = DEAD_MAP['base']
+  return (f'The default ConvNet (widths {c["width"]}/{2 * c["width"]}/{4 * c["width"]}) '
+          f'with SGD + momentum {c["momentum"]} + L2, {c["train_subset"]} training '
+          f'examples, batch {c["batch_size"]}, {c["num_epochs"]} epochs, one seed per cell, '
+          f'with and without {DEAD_MAP["warmup"]} steps of linear warmup; late means over '
+          'the last quarter. A dead unit gets no gradient or has a collapsed norm '
+          '(`bnjax.dynamics.live_units`). The equilibrium angle describes the live units '
+          '(RMS over them); a layer\'s mean over all units reads low by the dead fraction, '
+          'and once a layer loses many units its layer statistics describe the few '
+          'that remain.\n\n| lr | lambda | lr x lambda | warmup steps | layer | dead '
+          'units | live RMS angle / theory | all-unit mean angle / theory |\n'
+          '|---:|---:|---:|---:|---|---:|---:|---:|\n' + '\n'.join(rows) + '\n\n'
+          + ('Layers with over 10% dead units at the end: ' + '; '.join(lost) + '.'
+             if lost else 'No layer ended with over 10% dead units.'))
+
+
 def report(workdir):
   plt = study.pyplot()
 
@@ -297,6 +335,9 @@ def report(workdir):
   distributions = _unit_distributions(workdir, states, rows_of, names, sgd_units)
   if distributions:
     sections.append(('Per-unit norms at the end', distributions))
+  dead_map = _dead_map_section(runs)
+  if dead_map:
+    sections.append(('Dead units against lr x lambda (default ConvNet)', dead_map))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '
