@@ -306,8 +306,10 @@ def test_equilibrium_dead_unit_map(tmp_path, monkeypatch):
   monkeypatch.setitem(equilibrium.PRESETS['smoke'], 'dead_map', True)
   assert len([n for n in equilibrium.configs('smoke') if n.startswith('deadmap')]) == 12
   text = _equilibrium_study(tmp_path, 1.0).read_text()
-  assert '| 0.02 | 0.001 | 2.0e-05 | 0 | conv1 | 25.0% | 1.00 | 0.50 |' in text
-  assert '| 0.1 | 0.01 | 1.0e-03 | 64 | conv2 | 25.0% | 1.00 | 0.50 |' in text
+  # SGD + momentum 0.9 at lr 0.02, lambda 1e-3: tau = 0.1 / (4 lr lambda) = 1250
+  # steps; the planted 100 steps put the window at 75: 0.06 of them.
+  assert '| 0.02 | 0.001 | 2.0e-05 | 0 | conv1 | 0.1 | 25.0% | 1.00 | 0.50 |' in text
+  assert '| 0.1 | 0.01 | 1.0e-03 | 64 | conv2 |' in text and '| 25.0% | 1.00 | 0.50 |' in text
   assert 'conv2 at lr 0.1, lambda 0.01, warmup 64 (25% dead)' in text
   assert len(_decided(tmp_path, 'holds')) == 8
 

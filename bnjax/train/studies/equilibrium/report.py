@@ -195,7 +195,8 @@ def _dead_map_section(runs) -> Optional[str]:
         for row in measure(run, 'momentum'):
           mean_angle = late_mean(run, f'angular_update/{row["layer"]}')
           rows.append(f'| {lr:g} | {lam:g} | {lr * lam:.1e} | {warmup} | {row["layer"]} | '
-                      f'{row["dead"]:.1%} | {row["angle"] / row["angle_theory"]:.2f} | '
+                      f'{row["elapsed"]:.1f} | {row["dead"]:.1%} | '
+                      f'{row["angle"] / row["angle_theory"]:.2f} | '
                       f'{mean_angle / row["angle_theory"]:.2f} |')
           if row['dead'] > 0.1:
             lost.append(f'{row["layer"]} at lr {lr:g}, lambda {lam:g}'
@@ -211,9 +212,10 @@ def _dead_map_section(runs) -> Optional[str]:
           '(`bnjax.dynamics.live_units`). The equilibrium angle describes the live units '
           '(RMS over them); a layer\'s mean over all units reads low by the dead fraction, '
           'and once a layer loses many units its layer statistics describe the few '
-          'that remain.\n\n| lr | lambda | lr x lambda | warmup steps | layer | dead '
-          'units | live RMS angle / theory | all-unit mean angle / theory |\n'
-          '|---:|---:|---:|---:|---|---:|---:|---:|\n' + '\n'.join(rows) + '\n\n'
+          'that remain; below 3 time constants before the last quarter a layer is still '
+          'approaching its equilibrium.\n\n| lr | lambda | lr x lambda | warmup steps | '
+          'layer | time constants before the window | dead units | live RMS angle / theory '
+          '| all-unit mean angle / theory |\n|---:|---:|---:|---:|---|---:|---:|---:|---:|\n' + '\n'.join(rows) + '\n\n'
           + ('Layers with over 10% dead units at the end: ' + '; '.join(lost) + '.'
              if lost else 'No layer ended with over 10% dead units.'))
 
