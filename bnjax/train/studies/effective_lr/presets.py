@@ -68,8 +68,7 @@ PRESETS = {
     # seeds: of every arm; centre_seeds: extra seeds of the grid's centre cell.
     'smoke': dict(grid=2, seeds=(0,), centre_seeds=(), base=Config(
         train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
-        checkpoint_every=16, eval_every=16, eval_batch_size=2000, bn_eval='precise',
-        bn_eval_batches=8)),
+        checkpoint_every=16, eval_every=16, eval_batch_size=2000, bn_eval_batches=8)),
     # quick: a look in a few minutes (300 steps: the slow cells are left out).
     'quick': dict(grid=3, seeds=(0,), centre_seeds=(), base=Config(
         **{**_FASHION, 'train_subset': 9600, 'eval_every': 100, 'checkpoint_every': 100})),
@@ -92,12 +91,11 @@ def exact_line(decayed: Config, name: str, lr0: float, lam0: float) -> dict:
   """The exact test's arms of one optimizer: ``{name}_exact_mid`` at (lr0, lam0),
   ``{name}_exact_rule{k}`` at factor ``EXACT_FACTORS[k]`` under the optimizer's
   rule and ``{name}_exact_wrong{k}`` under the other rule's lambda (same init
-  scale); the rest trains at lr0 in all of them."""
+  scale); the rest trains at lr0 in all of them, and BN evaluates with precise
+  statistics."""
   power = POWER[name]
-  if decayed.bn_eval != 'precise':
-    raise ValueError(f'the exact lines evaluate BN with precise statistics, got '
-                     f'{decayed.bn_eval!r}')
   line = dataclasses.replace(decayed, rest_learning_rate=lr0, regularizer='l2',
+                             bn_eval='precise',
                              norm_epsilon=EXACT_EPSILON,
                              adam_eps=EXACT_EPSILON if name == 'adam' else Config.adam_eps)
   arms = {f'{name}_exact_mid': dataclasses.replace(line, learning_rate=lr0, weight_decay=lam0)}
