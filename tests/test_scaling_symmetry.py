@@ -105,11 +105,12 @@ def test_the_rule_keeps_the_direction_trajectory_and_the_wrong_rule_does_not(nam
 # The same symmetry through bnjax's training framework: --rest_learning_rate
 # fixes the rest's rate, --init_scale rescales the invariant kernels.
 
-def _optax_groups(lr, lam, rest_lr, head_lam, momentum):
-  """optax's own parameter groups: the reference for --rest_learning_rate."""
+def _optax_groups(make, lr, lam, rest_lr, head_lam):
+  """optax's own parameter groups, ``make(rate)`` the optimizer of each: the
+  reference for --rest_learning_rate."""
   def group(rate, decay):
-    return optax.chain(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map(
-        lambda w: w.ndim >= 2, p)), optax.sgd(rate, momentum=momentum))
+    kernels = lambda p: jax.tree_util.tree_map(lambda w: w.ndim >= 2, p)
+    return optax.chain(optax.add_decayed_weights(decay, mask=kernels), make(rate))
   labels = {'conv': {'kernel': 'invariant', 'bias': 'rest'},
             'head': {'kernel': 'rest', 'bias': 'rest'}}
   return optax.multi_transform({'invariant': group(lr, lam), 'rest': group(rest_lr, head_lam)},
@@ -125,15 +126,9 @@ def test_rest_learning_rate_equals_optax_parameter_groups(optimizer):
                                head_weight_decay=1e-3,
                                **({'adam_eps': 1e-3} if optimizer == 'adam' else {}))
   tx = programs.build_optimizer(config)
-  if optimizer == 'sgd':
-    ref = _optax_groups(0.2, 1e-2, 0.03, 1e-3, TS.momentum)
-  else:
-    def group(rate, decay):
-      return optax.chain(optax.add_decayed_weights(decay, mask=lambda p: jax.tree_util.tree_map(
-          lambda w: w.ndim >= 2, p)), optax.adam(rate, eps=1e-3))
-    ref = optax.multi_transform(
-        {'invariant': group(0.2, 1e-2), 'rest': group(0.03, 1e-3)},
-        {'conv': {'kernel': 'invariant', 'bias': 'rest'}, 'head': {'kernel': 'rest', 'bias': 'rest'}})
+  make = ((lambda rate: optax.sgd(rate, momentum=TS.momentum)) if optimizer == 'sgd'
+          else (lambda rate: optax.adam(rate, eps=1e-3)))
+  ref = _optax_groups(make, 0.2, 1e-2, 0.03, 1e-3)
   keys = jax.random.split(jax.random.key(3), 8)
   params = {'conv': {'kernel': jax.random.normal(keys[0], (3, 3, 2, 4)), 'bias': jnp.ones(4)},
             'head': {'kernel': jax.random.normal(keys[1], (4, 10)), 'bias': jnp.zeros(10)}}

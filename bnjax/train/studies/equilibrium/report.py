@@ -280,6 +280,8 @@ def report(workdir):
     axes[1, col].set_title(f'{n}: per-unit weight norm')
     axes[1, col].set_xlabel('step')
     axes[0, col].legend(fontsize=7)
+    unsettled = [seed for seed, (_, rows) in measured.items() if any(
+        r['drift'] >= EQUILIBRATED or r['elapsed'] < FAR for r in rows)]
     for quantity in ('angle', 'norm'):
       per_seed, shown = [], []
       for seed, (_, rows) in measured.items():
@@ -292,8 +294,6 @@ def report(workdir):
                f'{max(r["drift"] for r in rows):.1%})')
             + ''.join(f' (far from equilibrium: {r["layer"]} {r["elapsed"]:.1f} time '
                       'constants)' for r in rows if r['elapsed'] < FAR))
-      unsettled = [seed for seed, (_, rows) in measured.items() if any(
-          r['drift'] >= EQUILIBRATED or r['elapsed'] < FAR for r in rows)]
       verdict = verdicts.paired(
           f'{n}: measured {quantity} matches bnjax.theory within a factor {TOLERANCE} '
           f'in every layer', 'van Laarhoven 2017, section 3; Wan et al. 2021, Theorem 1; '
