@@ -574,7 +574,9 @@ def test_rotational_report_decides_the_planted_outcome(tmp_path, claims_hold, pr
 
 
 def test_rotational_runs_end_to_end(tmp_path):
+  from bnjax import theory
   from bnjax.train.studies import rotational as rot
+  from bnjax.train.workdir import Checkpoints
   wanted = {n: c for n, c in rot.configs('smoke').items()
             if n in ('adamw-seed0', 'rotational_adamw-seed0')}
   runs = study.run_sweep('rotational', 'smoke', wanted, tmp_path, workers=1)
@@ -591,10 +593,23 @@ def test_rotational_runs_end_to_end(tmp_path):
   # (0.667) failed.
   for steps, ratio in ratios.values():
     assert np.all(np.abs(np.log(ratio[steps >= 8])) < np.log(1.6)), ratio
-  assert len(_verdicts(rot.report(tmp_path))) == 3  # no warmup arms: no warmup verdict
+  report = rot.report(tmp_path).read_text()
+  assert len(_verdicts(tmp_path / 'report.md')) == 3  # no warmup arms: no warmup verdict
+  assert '## The wrapper alone, early on' in report
+  # The wrapper alone: without an update-norm average (decay 0) every step turns each
+  # unit by exactly atan(eta_r) (the update is orthogonal to w and of norm eta_r ||w||);
+  # the average's lag grows with its decay.
+  run = runs['rotational_adamw-seed0']
+  params = Checkpoints(tmp_path / 'rotational_adamw-seed0').latest_state()['params']
+  eta = theory.equilibrium_angular_update('adamw', run.config['learning_rate'],
+                                          run.config['weight_decay'])
+  exact = [rot.early_deviation(r, 'adamw') for r in rot.wrapper_alone(run, params, 0.0, 2)]
+  np.testing.assert_allclose(exact, abs(math.log(math.atan(eta) / eta)), atol=2e-4)
+  lagging = [rot.early_deviation(r, 'adamw') for r in rot.wrapper_alone(run, params, 0.99, 2)]
+  assert min(lagging) > math.log(1.1), lagging
 
 
-def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
+def test_adam_unit_equilibrium_from_adams_second_moment(tmp_path):
   """A checkpoint whose units sit exactly at theory's Adam + L2 norm for the sigma
   their planted second moment holds: ratio 1 per unit; a collapsed unit is dead."""
   from bnjax import theory
@@ -614,9 +629,11 @@ def test_adam_unit_equilibrium_reads_adams_second_moment(tmp_path):
       'params': {'conv1': {'kernel': kernel.astype(np.float32)}},
       'opt_state': [[None, [{'count': np.int32(count), 'mu': {'conv1': {'kernel': 0 * nu}},
                              'nu': {'conv1': {'kernel': nu.astype(np.float32)}}}]]]})
-  run = study.Run('adam_l2', {'learning_rate': lr, 'weight_decay': lam}, {}, [])
-  unit = equilibrium.adam_unit_equilibrium(Checkpoints(tmp_path / 'adam_l2').latest_state(),
-                                           run, 'conv1')
+  run = study.Run('adam_l2', {'learning_rate': lr, 'weight_decay': lam},
+                  {'fan_in': {'conv1': fan_in}}, [])
+  state = Checkpoints(tmp_path / 'adam_l2').latest_state()
+  unit = equilibrium.unit_equilibrium(run, 'adam_l2', 'conv1',
+                                      *equilibrium.checkpoint_unit_scales(run, state, 'conv1'))
   assert unit['live'] == pytest.approx(0.8)
   assert unit['ratio_median'] == pytest.approx(1.0, rel=1e-4)
   assert unit['ratio_q25'] == pytest.approx(1.0, rel=1e-4)
@@ -665,11 +682,58 @@ def test_sgd_unit_equilibrium_against_planted_gradients():
   direction = np.random.default_rng(0).standard_normal((12, 5))
   kernel = (direction / np.linalg.norm(direction, axis=0) * norms).reshape(3, 4, 5)
   state = {'params': {'conv1': {'kernel': kernel}}}
-  run = study.Run('momentum', {'learning_rate': lr, 'weight_decay': lam}, {}, [])
-  unit = equilibrium.sgd_unit_equilibrium(run, state, 'momentum', {'conv1': g2})['conv1']
+  run = study.Run('momentum', {'learning_rate': lr, 'weight_decay': lam},
+                  {'fan_in': {'conv1': 12}}, [])
+  unit = equilibrium.unit_equilibrium(run, 'momentum', 'conv1', g2,
+                                      equilibrium.kernel_unit_norms(state, 'conv1'))
   assert unit['live'] == pytest.approx(0.8)
   np.testing.assert_allclose(unit['ratios'], [1.0, 1.0, 1.0, 2.0], rtol=1e-6)
   assert unit['ratio_median'] == pytest.approx(1.0)
+
+
+def test_window_unit_scales_average_the_angles_window():
+  """The per-unit gradient scales and norms are the mean of the log lines after 3/4
+  of training (the angle's window), lines before it left out; a run logged before
+  the per-unit metrics has none, and unit_scales then reads the checkpoint."""
+  from bnjax.train.studies import equilibrium
+  lines = [{'step': s, 'angular_update/conv1': 0.1,
+            'per_unit/grad_sq_at_unit_norm/conv1': [s, 2.0 * s],
+            'per_unit/weight_norm/conv1': [1.0, None if s == 40 else 3.0]}
+           for s in (10, 20, 30, 40)]
+  run = study.Run('sgd', {}, {'steps': 40}, lines)
+  g2, norms = equilibrium.window_unit_scales(run, 'conv1')
+  np.testing.assert_allclose(g2, [40.0, 80.0])  # only the step-40 line is after 30
+  assert norms[0] == 1.0 and np.isnan(norms[1])  # a non-finite logged value stays NaN
+  g2, _ = equilibrium.window_unit_scales(run, 'conv1', start=0.4)  # steps 20, 30, 40
+  np.testing.assert_allclose(g2, [30.0, 60.0])
+  old = study.Run('sgd', {}, {'steps': 40},
+                  [{'step': 40, 'angular_update/conv1': 0.1}])
+  assert equilibrium.window_unit_scales(old, 'conv1') is None
+  scales, source = equilibrium.unit_scales(run, None, 'sgd')
+  assert source == 'window' and sorted(scales) == ['conv1']
+
+
+def test_per_unit_metrics_are_window_means_of_every_step(tmp_path):
+  """metrics.jsonl's per-unit gradient scales average, over a layer's units, to the
+  scalar grad_sq_at_unit_norm the step computes on its own (both window means over
+  every step), one entry per unit of the kernel; the last window's per-unit norms
+  are the final checkpoint's units, in order, within the few steps' movement."""
+  from bnjax.train.workdir import Checkpoints
+  from bnjax.train.studies import equilibrium
+  cfg = dataclasses.replace(equilibrium.configs('smoke')['sgd'], train_subset=256,
+                            num_epochs=1, log_every=4, checkpoint_every=8)
+  runs = study.run_sweep('equilibrium', 'smoke', {'sgd': cfg}, tmp_path, workers=1)
+  run = runs['sgd']
+  state = Checkpoints(tmp_path / 'sgd').latest_state()
+  assert [l['step'] for l in run.metrics] == [4, 8]
+  for line in run.metrics:
+    for layer in ('conv1', 'conv2', 'conv3', 'head'):
+      units = line[f'per_unit/grad_sq_at_unit_norm/{layer}']
+      width = np.shape(state['params'][layer]['kernel'])[-1]
+      assert len(units) == len(line[f'per_unit/weight_norm/{layer}']) == width
+      assert np.mean(units) == pytest.approx(line[f'grad_sq_at_unit_norm/{layer}'], rel=1e-5)
+  np.testing.assert_allclose(run.metrics[-1]['per_unit/weight_norm/conv3'],
+                             equilibrium.kernel_unit_norms(state, 'conv3'), rtol=0.05)
 
 
 def test_unit_grad_sq_is_the_trainers_metric_and_scale_invariant(tmp_path):

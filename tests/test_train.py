@@ -260,7 +260,11 @@ def test_grad_sq_at_unit_norm_by_hand():
   g = np.array([[1.0, 2.0], [0.0, 0.0]], np.float32)  # unit norms 1 and 2
   out = step_metrics.unit_scale_grad_sq({'conv': {'kernel': g}, 'norm': {'scale': np.ones(2)}},
                                  {'conv': {'kernel': w}, 'norm': {'scale': np.ones(2)}})
-  assert out == {'grad_sq_at_unit_norm/conv': pytest.approx(((1 * 5) ** 2 + (2 * 1) ** 2) / 2)}
+  assert sorted(out) == ['grad_sq_at_unit_norm/conv', 'per_unit/grad_sq_at_unit_norm/conv',
+                         'per_unit/weight_norm/conv']
+  assert float(out['grad_sq_at_unit_norm/conv']) == pytest.approx(((1 * 5) ** 2 + (2 * 1) ** 2) / 2)
+  np.testing.assert_allclose(out['per_unit/grad_sq_at_unit_norm/conv'], [25.0, 4.0])
+  np.testing.assert_allclose(out['per_unit/weight_norm/conv'], [5.0, 1.0])
 
 
 def test_eval_every_logs_test_metrics_and_gains(tmp_path):

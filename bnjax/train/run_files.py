@@ -131,7 +131,8 @@ class RunFiles:
             'images_per_s': len(host_metrics) * self.config.batch_size / window_seconds,
             'time_s': self.seconds()}
     for key in host_metrics[0]:
-      line[key] = float(np.mean([m[key] for m in host_metrics]))
+      mean = np.mean([np.asarray(m[key], float) for m in host_metrics], axis=0)
+      line[key] = mean.tolist() if key.startswith(step_metrics.PER_UNIT) else float(mean)
     line.update(step_metrics.layer_metrics(current.opt_state))
     line.update(step_metrics.gain_metrics(current.params))
     line.update(test_metrics or {})

@@ -15,9 +15,14 @@ __all__ = [
     'COLLAPSED',
     'gain_metrics',
     'layer_metrics',
+    'PER_UNIT',
     'unit_angle_metrics',
     'unit_scale_grad_sq',
 ]
+
+# Prefix of the metrics that hold one value per unit (a list in metrics.jsonl,
+# the window mean of each unit) rather than a scalar.
+PER_UNIT = 'per_unit/'
 
 
 def layer_name(path) -> str:
@@ -34,22 +39,29 @@ def unit_scale_grad_sq(grads, params) -> dict:
 
   For a scale-invariant unit that is the squared gradient at unit weight
   norm, which sets the SGD equilibrium norm
-  (:func:`bnjax.theory.equilibrium_norm`); mean over units.
+  (:func:`bnjax.theory.equilibrium_norm`); mean over units. The per-unit
+  values and norms themselves are ``per_unit/grad_sq_at_unit_norm/<layer>``
+  and ``per_unit/weight_norm/<layer>`` (one entry per unit): a window's mean
+  of them is each unit's own gradient scale and norm over the steps an angle
+  is averaged over.
 
   Args:
     grads: gradients with the structure of ``params``.
     params: the parameters.
 
   Returns:
-    A dict of scalar arrays, one per kernel.
+    A dict of arrays: a scalar and two per-unit vectors per kernel.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from bnjax.train import step_metrics
     >>> w = {'conv1': {'kernel': jnp.array([[2.0], [0.0]])}}
     >>> g = {'conv1': {'kernel': jnp.array([[0.0], [3.0]])}}
-    >>> step_metrics.unit_scale_grad_sq(g, w)
-    {'grad_sq_at_unit_norm/conv1': Array(36., dtype=float32)}
+    >>> m = step_metrics.unit_scale_grad_sq(g, w)
+    >>> float(m['grad_sq_at_unit_norm/conv1'])
+    36.0
+    >>> m['per_unit/weight_norm/conv1'].tolist()
+    [2.0]
 
   References:
     Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
@@ -59,8 +71,11 @@ def unit_scale_grad_sq(grads, params) -> dict:
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   for (path, w), g in zip(flat, jax.tree_util.tree_leaves(grads)):
     if jnp.ndim(w) >= 2:
-      out[f'grad_sq_at_unit_norm/{layer_name(path)}'] = jnp.mean(
-          jnp.square(dynamics.unit_norms(g) * dynamics.unit_norms(w)))
+      name, norms = layer_name(path), dynamics.unit_norms(w)
+      per_unit = jnp.square(dynamics.unit_norms(g) * norms)
+      out[f'grad_sq_at_unit_norm/{name}'] = jnp.mean(per_unit)
+      out[f'{PER_UNIT}grad_sq_at_unit_norm/{name}'] = per_unit
+      out[f'{PER_UNIT}weight_norm/{name}'] = norms
   return out
 
 

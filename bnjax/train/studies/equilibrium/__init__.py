@@ -13,10 +13,10 @@ last quarter of training) with the closed forms of :mod:`bnjax.theory`:
   SGD's and Adam + L2's need ``E||g~||^2``, which the run measures
   (``grad_sq_at_unit_norm/<layer>``, averaged over the same steps).
 
-Adam + L2 is also predicted per unit from Adam's own second moment at the
-last checkpoint (:func:`adam_unit_equilibrium`), and SGD's norm from each
-unit's own gradient there (:func:`sgd_unit_equilibrium`), leaving dead units
-out: the layer-mean gradient mixes units whose equilibria differ.
+SGD's and Adam + L2's norms are also predicted per unit from each unit's own
+gradient scale over the angle's window (:func:`unit_equilibrium`,
+:func:`window_unit_scales`), leaving dead units out: the layer-mean gradient
+mixes units whose equilibria differ.
 
   python -m experiments.equilibrium --preset=quick --workdir=runs/equilibrium
 
@@ -29,12 +29,13 @@ every name is importable from the package.
 from bnjax.train.studies.equilibrium.presets import (DEAD_MAP, EQUILIBRATED, FAR, NARROW,
                                                      OPTIMIZERS, PRESETS, STUDY, TOLERANCE,
                                                      UNIT_BATCHES, configs, dead_map_name)
-from bnjax.train.studies.equilibrium.analysis import (adam_moments, adam_unit_equilibrium,
+from bnjax.train.studies.equilibrium.analysis import (adam_moments, checkpoint_unit_scales,
                                                       invariant_layers, kernel_unit_norms,
                                                       last_states, late_mean, measure,
                                                       measured_angle, momentum_signal,
-                                                      sgd_unit_equilibrium, unit_grad_sq,
-                                                      window_predictions, within)
+                                                      unit_equilibrium, unit_grad_sq,
+                                                      unit_scales, window_predictions,
+                                                      window_unit_scales, within)
 from bnjax.train.studies.equilibrium.report import report
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
     'TOLERANCE',
     'UNIT_BATCHES',
     'adam_moments',
-    'adam_unit_equilibrium',
+    'checkpoint_unit_scales',
     'configs',
     'dead_map_name',
     'invariant_layers',
@@ -59,8 +60,10 @@ __all__ = [
     'measured_angle',
     'momentum_signal',
     'report',
-    'sgd_unit_equilibrium',
+    'unit_equilibrium',
     'unit_grad_sq',
+    'unit_scales',
     'window_predictions',
+    'window_unit_scales',
     'within',
 ]

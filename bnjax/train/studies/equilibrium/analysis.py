@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from bnjax import dynamics, theory
-from bnjax.train import executors, programs
+from bnjax.train import executors, programs, step_metrics
 from bnjax.train import workdir as workdirs
 from bnjax.train.studies import study
 from bnjax.train.studies.equilibrium.presets import OPTIMIZERS, TOLERANCE, UNIT_BATCHES
@@ -111,18 +111,60 @@ def _unit_ratios(ratio: np.ndarray, live: np.ndarray) -> dict:
               ratio_q75=float(np.quantile(ratio, 0.75)))
 
 
-def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) -> dict:
-  r"""Adam + L2's equilibrium predicted per unit from Adam's own second moment.
+def window_unit_scales(run: study.Run, layer: str, start: float = 0.75):
+  r"""``(E||g~_j||^2, ||w_j||)`` per unit of ``layer``, means over the logged steps
+  after ``start`` of training: the window the angle is measured over
+  (:func:`measured_angle`).
 
-  In a run's restored last checkpoint ``state`` (:func:`last_states`), for
-  each unit :math:`j` of ``layer`` (fan-in C):
-  :math:`\sigma_j = \sqrt{\operatorname{mean}_c \hat v_{jc}}` (Adam's
-  bias-corrected second moment, which holds the gradient noise the update is
-  divided by), at unit norm :math:`\tilde\sigma_j = \sigma_j \lVert w_j \rVert`
-  (the gradient scales as 1/||w||), and theory's
-  :math:`\lVert w^*_j \rVert = (\eta C \tilde\sigma_j / 2\lambda)^{1/3}` and
-  angle. Units whose norm collapsed (:func:`bnjax.dynamics.live_units`) or
-  whose second moment is 0 are dead and left out.
+  From the loop's ``per_unit/grad_sq_at_unit_norm/<layer>`` and
+  ``per_unit/weight_norm/<layer>`` (each log line holds its window's mean over
+  every step), so every step of the window counts once. ``None`` for a run
+  logged before those metrics existed.
+  """
+  keys = [f'{step_metrics.PER_UNIT}{m}/{layer}' for m in ('grad_sq_at_unit_norm',
+                                                          'weight_norm')]
+  lines = [l for l in run.metrics
+           if all(k in l for k in keys) and l['step'] > start * run.summary['steps']]
+  if not lines:
+    return None
+  return tuple(np.mean([np.array(l[k], float) for l in lines], axis=0) for k in keys)
+
+
+def checkpoint_unit_scales(run: study.Run, state, layer: str, b2: float = 0.999):
+  r"""``(E||g~_j||^2, ||w_j||)`` per unit of ``layer`` read off Adam's bias-corrected
+  second moment in a restored checkpoint ``state``:
+  :math:`\lVert\tilde g_j\rVert^2 \approx \lVert w_j\rVert^2 \sum_c \hat v_{jc}`
+  (Adam + L2's ``v`` also holds the ``lambda w`` term, and it averages the
+  steps with weights decaying over ``1/(1 - b2)`` of them, ending at the checkpoint)."""
+  moments = adam_moments(state['opt_state'])
+  w = np.asarray(state['params'][layer]['kernel'], float)
+  v = np.asarray(moments['nu'][layer]['kernel'], float) / (1 - b2 ** int(moments['count']))
+  w, v = w.reshape(-1, w.shape[-1]), v.reshape(-1, v.shape[-1])
+  norms = np.linalg.norm(w, axis=0)
+  return v.sum(axis=0) * norms ** 2, norms
+
+
+def unit_equilibrium(run: study.Run, name: str, layer: str, grad_sq: np.ndarray,
+                     norms: np.ndarray) -> dict:
+  r"""Theory's equilibrium predicted per unit from each unit's own gradient scale.
+
+  For each live unit :math:`j` of ``layer`` (norm not collapsed,
+  :func:`bnjax.dynamics.live_units`, and a gradient), theory's norm
+  (:func:`bnjax.theory.equilibrium_norm`) and angle at
+  ``grad_norm`` :math:`= \sqrt{E\lVert\tilde g_j\rVert^2}` (the gradient at unit
+  norm): SGD's :math:`\lVert w^*_j\rVert^4 = \eta\,E\lVert\tilde g_j\rVert^2 /
+  (2\lambda(1 - a))` (Wan et al. 2021, Theorem 1), Adam + L2's
+  :math:`(\eta C \tilde\sigma_j / 2\lambda)^{1/3}` with
+  :math:`\tilde\sigma_j^2 = E\lVert\tilde g_j\rVert^2 / C`, against the
+  unit's measured norm ``norms``.
+
+  Args:
+    run: the finished run (its config and fan-ins).
+    name: its optimizer arm (:data:`OPTIMIZERS`).
+    layer: the layer.
+    grad_sq, norms: per unit, :func:`window_unit_scales` or
+      :func:`checkpoint_unit_scales` (or SGD's :func:`unit_grad_sq` with the
+      checkpoint's norms).
 
   Returns:
     ``{'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75',
@@ -132,22 +174,16 @@ def adam_unit_equilibrium(state, run: study.Run, layer: str, b2: float = 0.999) 
     of the per-unit predicted norms (the layer prediction aggregated as the
     layer's norm is).
   """
-  moments = adam_moments(state['opt_state'])
-  w = np.asarray(state['params'][layer]['kernel'], float)
-  v = np.asarray(moments['nu'][layer]['kernel'], float) / (1 - b2 ** int(moments['count']))
-  w, v = w.reshape(-1, w.shape[-1]), v.reshape(-1, v.shape[-1])
-  fan_in = w.shape[0]
-  norms = np.linalg.norm(w, axis=0)
-  sigma = np.sqrt(v.mean(axis=0)) * norms
-  live = np.asarray(dynamics.live_units(norms)) & (sigma > 0)
+  _, kind, momentum = OPTIMIZERS[name]
   c = run.config
-  kw = dict(fan_in=fan_in)
+  kw = dict(momentum=momentum, fan_in=run.summary['fan_in'][layer])
+  live = np.asarray(dynamics.live_units(norms)) & (grad_sq > 0)
   predicted = np.array([theory.equilibrium_norm(
-      'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
-                        for s in sigma[live]])
+      kind, c['learning_rate'], c['weight_decay'], grad_norm=math.sqrt(g), **kw)
+                        for g in grad_sq[live]])
   angles = np.array([theory.equilibrium_angular_update(
-      'adam_l2', c['learning_rate'], c['weight_decay'], grad_norm=s * math.sqrt(fan_in), **kw)
-                     for s in sigma[live]])
+      kind, c['learning_rate'], c['weight_decay'], grad_norm=math.sqrt(g), **kw)
+                     for g in grad_sq[live]])
   return dict(_unit_ratios(norms[live] / predicted, live),
               angle_theory=float(np.sqrt(np.mean(angles ** 2))),
               norm_aggregate=float(np.mean(norms[live]) / np.mean(predicted)))
@@ -161,7 +197,8 @@ def unit_grad_sq(run: study.Run, state, batches: int = UNIT_BATCHES) -> dict:
   training loss ``L_b`` of minibatch ``b`` of the run's batch size, in
   training mode (batch statistics, as the step saw them), averaged over the
   first ``batches`` batches of the unshuffled training set. The loss
-  gradient only: L2's term is the optimizer's.
+  gradient only: L2's term is the optimizer's. For runs logged before
+  :func:`window_unit_scales`'s metrics existed.
   """
   config = run.as_config()
   _, stream = study.unshuffled_batches(config, 'train', config.batch_size)
@@ -187,32 +224,20 @@ def unit_grad_sq(run: study.Run, state, batches: int = UNIT_BATCHES) -> dict:
   return {layer: total[layer] / count * norms[layer] ** 2 for layer in norms}
 
 
-def sgd_unit_equilibrium(run: study.Run, state, name: str, grad_sq: dict) -> dict:
-  r"""SGD's equilibrium norm predicted per unit from the unit's own gradient scale.
-
-  For each live unit :math:`j` (:func:`bnjax.dynamics.live_units`) of each
-  layer, theory's norm (:func:`bnjax.theory.equilibrium_norm`,
-  :math:`\lVert w^*_j\rVert^4 = \eta\,E\lVert\tilde g_j\rVert^2 / (2\lambda(1 - a))`,
-  Wan et al. 2021, Theorem 1) from
-  ``grad_sq[layer]`` (:func:`unit_grad_sq`), against the unit's norm in the
-  checkpoint. SGD's angle does not depend on the gradient: per unit it is the
-  layer's.
-
-  Returns:
-    ``{layer: {'live', 'ratios', 'ratio_median', 'ratio_q25', 'ratio_q75'}}``.
-  """
-  _, kind, momentum = OPTIMIZERS[name]
-  c = run.config
-  out = {}
-  for layer, g2 in grad_sq.items():
-    norms = kernel_unit_norms(state, layer)
-    fan_in = np.asarray(state['params'][layer]['kernel']).size // norms.size
-    live = np.asarray(dynamics.live_units(norms)) & (g2 > 0)
-    predicted = np.array([theory.equilibrium_norm(
-        kind, c['learning_rate'], c['weight_decay'], momentum=momentum, fan_in=fan_in,
-        grad_norm=math.sqrt(g)) for g in g2[live]])
-    out[layer] = _unit_ratios(norms[live] / predicted, live)
-  return out
+def unit_scales(run: study.Run, state, name: str):
+  """``({layer: (E||g~_j||^2, ||w_j||)}, source)``: over the angle's window
+  (:func:`window_unit_scales`, ``source='window'``) where the run logged it, else
+  at the last checkpoint (``'checkpoint'``: Adam's second moment for Adam + L2,
+  :func:`unit_grad_sq` for SGD)."""
+  layers = invariant_layers(run)
+  window = {layer: window_unit_scales(run, layer) for layer in layers}
+  if all(v is not None for v in window.values()):
+    return window, 'window'
+  if OPTIMIZERS[name][1] == 'adam_l2':
+    return {layer: checkpoint_unit_scales(run, state, layer) for layer in layers}, 'checkpoint'
+  grad_sq = unit_grad_sq(run, state)
+  return {layer: (grad_sq[layer], kernel_unit_norms(state, layer)) for layer in layers}, \
+      'checkpoint'
 
 
 def momentum_signal(state, layer: str, b1: float = 0.9, b2: float = 0.999) -> float:

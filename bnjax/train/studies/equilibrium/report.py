@@ -11,28 +11,37 @@ from bnjax.train.studies import study, verdicts
 from bnjax.train.studies.equilibrium.presets import (DEAD_MAP, EQUILIBRATED, FAR,
                                                      OPTIMIZERS, PRESETS, TOLERANCE,
                                                      UNIT_BATCHES, dead_map_name)
-from bnjax.train.studies.equilibrium.analysis import (_unit_ratios, adam_unit_equilibrium,
+from bnjax.train.studies.equilibrium.analysis import (_unit_ratios, checkpoint_unit_scales,
                                                       invariant_layers, kernel_unit_norms,
                                                       last_states, late_mean, measure,
-                                                      measured_angle,
-                                                      momentum_signal,
-                                                      sgd_unit_equilibrium, unit_grad_sq,
+                                                      measured_angle, momentum_signal,
+                                                      unit_equilibrium, unit_scales,
                                                       window_predictions)
 
+# Where a run's per-unit gradient scales and norms were read (analysis.unit_scales).
+SOURCE_TEXT = {
+    'window': 'averaged over every step of the last quarter, the window the angle is '
+              'measured over (the loop\'s `per_unit/` metrics)',
+    'checkpoint': 'read at the last checkpoint (a run logged before the per-unit metrics)',
+}
 
-def _unit_distributions(workdir, states, rows_of, names, sgd_units):
-  """Per-unit norms over theory at the end, every optimizer and layer (all seeds):
-  a figure of their distributions and a table of quartiles and dead units; SGD's
-  units against their own predictions (``sgd_units``, :func:`sgd_unit_equilibrium`)."""
+
+def _sources(sources, keys) -> str:
+  """Each distinct source of ``keys``' per-unit readings, in words."""
+  return '; '.join(SOURCE_TEXT[v] for v in sorted({sources[k] for k in keys}))
+
+
+def _unit_distributions(workdir, states, rows_of, names, units):
+  """Per-unit norms over theory, every optimizer and layer (all seeds): a figure of
+  their distributions and a table of quartiles and dead units; SGD's and Adam +
+  L2's units against their own predictions (``units``, :func:`unit_equilibrium`)."""
   plt = study.pyplot()
   found = {}
   for (n, seed), (run, state) in states.items():
     for row in rows_of[(n, seed)]:
       layer = row['layer']
-      if n == 'adam_l2':
-        unit = adam_unit_equilibrium(state, run, layer)
-      elif (n, seed) in sgd_units:
-        unit = sgd_units[(n, seed)][layer]
+      if (n, seed) in units:
+        unit = units[(n, seed)][layer]
       else:  # AdamW: the layer's prediction needs no gradient
         norms = kernel_unit_norms(state, layer)
         live = np.asarray(dynamics.live_units(norms))
@@ -58,30 +67,33 @@ def _unit_distributions(workdir, states, rows_of, names, sgd_units):
     axes[0, col].set_title(f'{n}: per-unit norm / theory')
     axes[0, col].legend(fontsize=7)
   png = study.savefig(fig, workdir, 'unit_norms')
-  return (f'![unit norms]({png})\n\nAt the last checkpoint of every seed: each live unit\'s '
-          'norm over theory\'s (AdamW: the layer\'s, which needs no gradient; SGD and '
-          'momentum: the unit\'s own from its gradient at the end; Adam + L2: the unit\'s '
-          'own from Adam\'s second moment; both as above). A '
-          'spread around 1 is per-unit noise; a shifted layer is a layer the layer-level '
+  return (f'![unit norms]({png})\n\nEvery seed: each live unit\'s norm over theory\'s '
+          '(AdamW: the layer\'s at the last checkpoint, which needs no gradient; SGD, '
+          'momentum and Adam + L2: the unit\'s own from its own gradient scale, as above). '
+          'A spread around 1 is per-unit noise; a shifted layer is a layer the layer-level '
           'prediction misses.\n\n' + '\n'.join(table))
 
 
-def _adam_per_unit(states):
-  """The per-unit Adam + L2 table and its two verdicts, from the last checkpoints."""
+def _adam_per_unit(states, units, sources):
+  """The per-unit Adam + L2 table and its three verdicts."""
   seeds = {seed: pair for (n, seed), pair in states.items() if n == 'adam_l2'}
   if not seeds:
     return None
   table = ['| seed | layer | live units | measured / predicted norm: median (quartiles) | '
+           'the same from Adam\'s v at the last checkpoint: median | '
            'mean norm / mean prediction | angle measured (RMS) | angle predicted (RMS over '
-           'units) | ratio |', '|---|---|---|---|---|---|---|---|']
+           'units) | ratio |', '|---|---|---|---|---|---|---|---|---|']
   norm_stat, angle_stat, aggregate_stat = [], [], []
   for seed, (run, state) in seeds.items():
     worst_norm = worst_angle = worst_aggregate = 0.0
     for layer in invariant_layers(run):
-      unit = adam_unit_equilibrium(state, run, layer)
+      unit = units[('adam_l2', seed)][layer]
+      at_checkpoint = unit_equilibrium(run, 'adam_l2', layer,
+                                       *checkpoint_unit_scales(run, state, layer))
       angle = measured_angle(run, layer)
       table.append(f'| {seed} | {layer} | {unit["live"]:.1%} | {unit["ratio_median"]:.3f} '
                    f'({unit["ratio_q25"]:.3f}-{unit["ratio_q75"]:.3f}) | '
+                   f'{at_checkpoint["ratio_median"]:.3f} | '
                    f'{unit["norm_aggregate"]:.3f} | {angle:.4g} | '
                    f'{unit["angle_theory"]:.4g} | {angle / unit["angle_theory"]:.3f} |')
       worst_norm = max(worst_norm, abs(math.log(unit['ratio_median'])))
@@ -92,13 +104,14 @@ def _adam_per_unit(states):
     aggregate_stat.append(worst_aggregate)
   source = 'Kosson et al. 2024, section 3; bnjax.theory.equilibrium_norm (Adam + L2)'
   found = [verdicts.paired(
-      f'adam_l2, per unit from Adam\'s second moment: measured {what} matches theory within '
-      f'a factor {TOLERANCE} in every layer', source,
+      f'adam_l2, per unit from its own gradient scale: measured {what} matches theory '
+      f'within a factor {TOLERANCE} in every layer', source,
       f'max over layers of |log(measured/predicted)| ({what}; {kind}), against log '
       f'{TOLERANCE}', stat, threshold=float(np.log(TOLERANCE)),
       numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat),
       id=f'equilibrium/adam-l2-per-unit-{what}',
-      reference='bnjax.theory.equilibrium_norm / equilibrium_angular_update (Adam + L2), per unit with its own sigma')
+      reference='bnjax.theory.equilibrium_norm / equilibrium_angular_update (Adam + L2), '
+                'per unit with its own gradient scale')
            for what, kind, stat in (
                ('norm', 'the median over live units', norm_stat),
                ('angle', 'RMS angle against the RMS of the per-unit predictions', angle_stat))]
@@ -111,37 +124,40 @@ def _adam_per_unit(states):
       id='equilibrium/adam-l2-layer-norm-aggregated',
       reference='per-unit predictions aggregated as the layer norm is (mean over live '
                 'units), not theory at the layer-mean gradient'))
-  text = ('At the last checkpoint each live unit\'s gradient scale is read off Adam\'s '
-          'bias-corrected second moment (sigma_j = RMS of sqrt(v) over its fan-in, times its '
-          'norm: the gradient at unit norm), and theory predicts that unit\'s norm and angle; '
-          'dead units (collapsed norm or no second moment) are left out. This replaces the '
-          'layer-mean gradient norm of the table above, which mixes units and steps: the '
-          'norm is a concave function of a unit\'s gradient scale (sigma^(1/3)), so theory '
-          'at the layer\'s mean gradient over-predicts the mean of a spread of units, and '
-          'the layer\'s norm is tested against the mean of the per-unit predictions '
-          'instead. The per-unit sigma is read at the last checkpoint, the angle over the '
-          'last quarter.\n\n'
+  text = ('Each live unit\'s gradient scale E||g~_j||^2 (its loss gradient times its norm, '
+          'squared: the gradient at unit norm) and its norm are '
+          + _sources(sources, [('adam_l2', s) for s in seeds]) + ', and theory predicts '
+          'that unit\'s norm and angle; dead units (collapsed norm or no gradient) are left '
+          'out. This replaces the layer-mean gradient norm of the table above, which mixes '
+          'units: the norm is a concave function of a unit\'s gradient scale (sigma^(1/3)), '
+          'so theory at the layer\'s mean gradient over-predicts the mean of a spread of '
+          'units, and the layer\'s norm is tested against the mean of the per-unit '
+          'predictions instead. For comparison, the median read off Adam\'s bias-corrected '
+          'second moment at the last checkpoint (sigma_j^2 = sum of v over its fan-in, times '
+          'its squared norm; v also holds the lambda w term and weights the steps over '
+          '1/(1 - b2) of them).\n\n'
           + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
   return text, found
 
 
-def _sgd_per_unit(sgd_units: dict, arms) -> Optional[tuple]:
+def _sgd_per_unit(units: dict, sources: dict, arms) -> Optional[tuple]:
   """The per-unit SGD table and one norm verdict per SGD arm (``arms``)."""
-  if not sgd_units:
+  keys = [k for k in units if k[0] in arms]
+  if not keys:
     return None
   table = ['| run | seed | layer | live units | measured / predicted norm: median '
            '(quartiles) |', '|---|---|---|---|---|']
   found = []
   for n in arms:
     stat = []
-    for (m, seed), units in sorted(sgd_units.items()):
+    for (m, seed), per_layer in sorted(units.items()):
       if m != n:
         continue
-      for layer, unit in units.items():
+      for layer, unit in per_layer.items():
         table.append(f'| {n} | {seed} | {layer} | {unit["live"]:.1%} | '
                      f'{unit["ratio_median"]:.3f} ({unit["ratio_q25"]:.3f}-'
                      f'{unit["ratio_q75"]:.3f}) |')
-      stat.append(max(abs(math.log(u['ratio_median'])) for u in units.values()))
+      stat.append(max(abs(math.log(u['ratio_median'])) for u in per_layer.values()))
     if stat:
       found.append(verdicts.paired(
           f'{n}, per unit from its own gradient: measured norm matches theory within a '
@@ -152,11 +168,12 @@ def _sgd_per_unit(sgd_units: dict, arms) -> Optional[tuple]:
           numbers='per seed ' + ', '.join(f'{v:.3f}' for v in stat),
           id=f'equilibrium/{n}-per-unit-norm',
           reference='bnjax.theory.equilibrium_norm (SGD), per unit with its own gradient: Wan et al. 2021, Theorem 1'))
-  text = ('At the last checkpoint each live unit\'s gradient scale E||g~_j||^2 (its loss '
-          'gradient times its norm, squared: the gradient at unit norm) is averaged over the '
-          f'first {UNIT_BATCHES} training batches in training mode, and theory predicts that '
-          'unit\'s norm; dead units are left out. The layer-level table above uses the layer\'s '
-          'late mean over units and steps instead.\n\n'
+  text = ('Each live unit\'s gradient scale E||g~_j||^2 (its loss gradient times its norm, '
+          'squared: the gradient at unit norm) and its norm are ' + _sources(sources, keys)
+          + f' (at a checkpoint: over its first {UNIT_BATCHES} training batches in training '
+          'mode), and theory predicts that unit\'s norm; dead units are left out. The '
+          'layer-level table above uses the layer\'s late mean over units and steps '
+          'instead.\n\n'
           + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
   return text, found
 
@@ -319,14 +336,18 @@ def report(workdir):
                    f'gradient norm, the equilibrium the layer is approaching at that time.'
                    f'\n\n' + '\n'.join(table) + '\n\n' + '\n\n'.join(lines)))
   states = last_states(workdir, runs, names)
-  per_unit = _adam_per_unit(states)
+  scales = {key: unit_scales(run, state, key[0]) for key, (run, state) in states.items()
+            if OPTIMIZERS[key[0]][1] in ('sgd', 'adam_l2')}
+  sources = {key: source for key, (_, source) in scales.items()}
+  units = {key: {layer: unit_equilibrium(states[key][0], key[0], layer, *pair)
+                 for layer, pair in per_layer.items()}
+           for key, (per_layer, _) in scales.items()}
+  per_unit = _adam_per_unit(states, units, sources)
   if per_unit:
     section, more = per_unit
     found += more
-    sections.append(('Adam + L2 per unit, from Adam\'s own second moment', section))
-  sgd_units = {key: sgd_unit_equilibrium(run, state, key[0], unit_grad_sq(run, state))
-               for key, (run, state) in states.items() if OPTIMIZERS[key[0]][1] == 'sgd'}
-  per_unit = _sgd_per_unit(sgd_units, [n for n in names if OPTIMIZERS[n][1] == 'sgd'])
+    sections.append(('Adam + L2 per unit, from each unit\'s own gradient scale', section))
+  per_unit = _sgd_per_unit(units, sources, [n for n in names if OPTIMIZERS[n][1] == 'sgd'])
   if per_unit:
     section, more = per_unit
     found += more
@@ -334,16 +355,19 @@ def report(workdir):
   correlation = _momentum_signal_table(states, rows_of)
   if correlation:
     sections.append(('Gradient correlation between steps (Adam)', correlation))
-  distributions = _unit_distributions(workdir, states, rows_of, names, sgd_units)
+  distributions = _unit_distributions(workdir, states, rows_of, names, units)
   if distributions:
-    sections.append(('Per-unit norms at the end', distributions))
+    sections.append(('Per-unit norms against their predictions', distributions))
   dead_map = _dead_map_section(runs)
   if dead_map:
     sections.append(('Dead units against lr x lambda (default ConvNet)', dead_map))
   sections.append(('Verdict rule', 'Each verdict is decided by its statistic\'s 95% '
                    f'Student-t interval over at least {verdicts.MIN_SEEDS} seeds; this '
                    f'preset runs {len(PRESETS[meta["preset"]]["seeds"])} seed(s) per '
-                   'optimizer (with fewer than 3 the verdicts are inconclusive and the '
+                   'optimizer' + ''.join(
+                       f', {n} {len(s)} more' for n, s in
+                       PRESETS[meta['preset']].get('extra_seeds', {}).items())
+                   + ' (with fewer than 3 the verdicts are inconclusive and the '
                    'ratios show the direction only).'))
   return study.write_report(workdir, 'Rotational equilibrium under weight decay', sections,
                             found)

@@ -20,7 +20,10 @@ al.'s claims, with rules fixed before the runs:
 
 The report also gives each arm's approach time constant
 (:func:`bnjax.theory.equilibrium_time_constant`) and how many of them the run
-lasted, so a far-from-equilibrium comparison is visible as such.
+lasted, so a far-from-equilibrium comparison is visible as such, and the
+early deviation of each rotational optimizer on i.i.d. gradients with the
+network left out (:func:`wrapper_alone`), the part its update-norm average
+contributes by itself.
 
   python -m experiments.rotational --preset=quick --workdir=runs/rotational
 
@@ -35,7 +38,7 @@ from bnjax.train.studies.rotational.presets import (ADAMW, ARMS, EARLY, MARGIN, 
                                                     WARMUP_ARMS, configs, run_name)
 from bnjax.train.studies.rotational.analysis import (angle_ratios, early_deviation,
                                                      invariant_layers, settling_step,
-                                                     time_constants)
+                                                     time_constants, wrapper_alone)
 from bnjax.train.studies.rotational.report import report
 
 __all__ = [
@@ -57,4 +60,5 @@ __all__ = [
     'run_name',
     'settling_step',
     'time_constants',
+    'wrapper_alone',
 ]

@@ -2,9 +2,12 @@
 
 import math
 
+import jax
 import numpy as np
+import optax
 
-from bnjax import theory
+from bnjax import masks, theory, transforms
+from bnjax.train import programs, step_metrics
 from bnjax.train.studies import study
 from bnjax.train.studies.rotational.presets import EARLY, SETTLED, run_name
 
@@ -60,6 +63,64 @@ def early_deviation(run: study.Run, kind: str) -> float:
     early = ratio[steps <= max(EARLY * total, steps[0])]  # at least one logged step
     worst = max(worst, abs(math.log(float(np.mean(early)))))
   return worst
+
+
+def wrapper_alone(run: study.Run, params, update_norm_decay: float, draws: int = 3) -> list:
+  r"""``run``'s rotational optimizer on i.i.d. Gaussian gradients, the network left
+  out: one :class:`study.Run` of early log lines per draw, for :func:`early_deviation`.
+
+  The scale-invariant kernels of ``params`` (their shapes; the values are
+  drawn anew and centred, as the run starts) take the run's learning-rate
+  schedule, decay and inner optimizer (:func:`bnjax.transforms.rotational`)
+  with the given ``update_norm_decay`` for the first :data:`EARLY` of its
+  steps, logged as the loop logs them (``angular_update_sq``, window means);
+  each gradient coordinate is N(0, 1), independent between steps. The early
+  deviation left is the wrapper's own: its bias-corrected average of the
+  update norm lags the inner update's changing norm (AdamW's
+  :math:`\hat m/\sqrt{\hat v}` falls from 1 per coordinate towards
+  :math:`\sqrt{(1-\beta_1)/(1+\beta_1)}`; SGD's momentum buffer grows);
+  ``update_norm_decay=0`` puts every step at the target.
+  """
+  config = run.as_config()
+  mask = masks.scale_invariant_kernels(params)
+  tx = transforms.rotational(
+      'adamw' if config.optimizer == 'adam' else 'sgd', programs.learning_rate_schedule(config),
+      config.weight_decay, momentum=config.momentum, eps=config.adam_eps, mask=mask,
+      update_norm_decay=update_norm_decay)
+  layers, total, every = invariant_layers(run), run.summary['steps'], config.log_every
+
+  def normal_like(key, tree):
+    leaves, structure = jax.tree_util.tree_flatten(tree)
+    return structure.unflatten([jax.random.normal(k, np.shape(x)) for k, x in
+                                zip(jax.random.split(key, len(leaves)), leaves)])
+
+  @jax.jit
+  def step(w, state, key):
+    g = normal_like(key, w)
+    updates, state = tx.update(g, state, w)
+    new = optax.apply_updates(w, updates)
+    return new, state, step_metrics.unit_angle_metrics(w, new, g)
+
+  out = []
+  for draw in range(draws):
+    key, start = jax.random.split(jax.random.PRNGKey(draw))
+    w = transforms.center_units(normal_like(start, params), mask)
+    state, lines, window = tx.init(w), [], []
+    for t in range(1, max(int(EARLY * total) // every, 1) * every + 1):
+      key, sub = jax.random.split(key)
+      w, state, metrics = step(w, state, sub)
+      window.append(metrics)
+      if t % every == 0:
+        line = {'step': t}
+        for name in layers:
+          line[f'angular_update_sq/{name}'] = float(np.mean(
+              [m[f'angular_update_sq/{name}'] for m in window]))
+          line[f'angular_update/{name}'] = math.sqrt(line[f'angular_update_sq/{name}'])
+        lines.append(line)
+        window = []
+    out.append(study.Run(f'{run.name} (wrapper alone, draw {draw})', run.config,
+                         {'steps': total}, lines))
+  return out
 
 
 def time_constants(run: study.Run, kind: str):
