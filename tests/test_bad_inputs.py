@@ -173,6 +173,12 @@ LIBRARY = [
      ValueError, '--norm_epsilon: --norm=weight adds no epsilon'),
     ('config adam eps with sgd', lambda: _config(adam_eps=1e-6), ValueError,
      '--adam_eps: applies to --optimizer=adam or adamp'),
+    ('config num steps negative', lambda: _config(num_steps=-5), ValueError,
+     r'--num_steps: must be >= 0 \(0: --num_epochs\)'),
+    ('config num steps with num epochs', lambda: _config(num_steps=20, num_epochs=2),
+     ValueError, '--num_steps: gives the run\'s length instead of --num_epochs'),
+    ('config tensorboard not bool', lambda: _config(tensorboard='yes'), TypeError,
+     '--tensorboard: must be bool'),
     ('config gamma decay nan', lambda: _config(gamma_decay=float('nan')), ValueError,
      '--gamma_decay: must be finite'),
     ('config batch bool', lambda: _config(batch_size=True), TypeError,
@@ -315,6 +321,8 @@ BINARY = [
     (['--regularizer=none', '--weight_decay=0.1'], '--weight_decay: has no effect'),
     (['--projection', '--norm=layer'], '--projection: projection needs'),
     (['--multihost'], '--multihost: runs one program over every host'),
+    (['--num_steps=-3'], '--num_steps: must be >= 0'),
+    (['--num_steps=20', '--num_epochs=1'], '--num_steps: gives the run\'s length instead'),
     (['--fashion_mnist_dir={empty}'], '--fashion_mnist_dir:'),
 ]
 

@@ -38,14 +38,17 @@ PARALLEL = ('none', 'pmap', 'sharded')
 # format 2 and 3 records are read with the value they meant (the head decayed
 # with --weight_decay). 5: adds rest_learning_rate, init_scale, norm_epsilon and
 # adam_eps; older records are read with the values they meant (one learning rate,
-# the initializers' scale, the layers' and optax's epsilons).
-CONFIG_VERSION = 5
+# the initializers' scale, the layers' and optax's epsilons). 6: adds num_steps and
+# tensorboard; older records are read with the values they meant (epochs, no event
+# files: a resumed one writes them from its metrics.jsonl).
+CONFIG_VERSION = 6
+FORMAT_5_MEANT = {'num_steps': 0, 'tensorboard': False}
 FORMAT_4_MEANT = {'rest_learning_rate': -1.0, 'init_scale': 1.0, 'norm_epsilon': -1.0,
-                  'adam_eps': 1e-8}
+                  'adam_eps': 1e-8, **FORMAT_5_MEANT}
 FORMAT_3_MEANT = {'head_weight_decay': -1.0, **FORMAT_4_MEANT}
 FORMAT_2_MEANT = {'bn_eval': 'running', 'bn_eval_batches': 100, 'schedule': 'constant',
                   'warmup_steps': 0, **FORMAT_3_MEANT}
-MEANT = {2: FORMAT_2_MEANT, 3: FORMAT_3_MEANT, 4: FORMAT_4_MEANT}
+MEANT = {2: FORMAT_2_MEANT, 3: FORMAT_3_MEANT, 4: FORMAT_4_MEANT, 5: FORMAT_5_MEANT}
 SCHEDULES = ('constant', 'cosine', 'step')
 # Training examples of the image datasets (a learning-rate schedule needs the
 # run's length before the data is read).
@@ -71,10 +74,10 @@ class Config:
   Attributes:
     dataset, model, norm, optimizer, learning_rate, momentum, weight_decay,
     regularizer, head_weight_decay, rest_learning_rate, init_scale, norm_epsilon,
-    adam_eps, projection, gamma_decay, batch_size, num_epochs,
+    adam_eps, projection, gamma_decay, batch_size, num_epochs, num_steps,
     train_subset, seed, parallel, virtual_batch_size, augment, activation,
     width, input_dim, num_train, num_test, noise_std, log_every,
-    checkpoint_every, eval_every, eval_batch_size, bn_eval, bn_eval_batches,
+    checkpoint_every, tensorboard, eval_every, eval_batch_size, bn_eval, bn_eval_batches,
     schedule, warmup_steps: see ``--help`` of ``bnjax-train``.
 
   Example:
@@ -135,7 +138,9 @@ class Config:
                               'normalization gain (Luo et al. 2019: BN ~ population norm + '
                               'gamma decay 1/(2M) or 1/(4M)).')
   batch_size: int = _field(128, 'Global batch size.')
-  num_epochs: int = _field(1, 'Epochs over the training set.')
+  num_epochs: int = _field(1, 'Epochs over the training set (or give --num_steps).')
+  num_steps: int = _field(0, 'Optimizer steps of the run, instead of --num_epochs (0: '
+                          '--num_epochs); the schedule and evaluation follow it.')
   train_subset: int = _field(0, 'Use the first N training examples (0: all).')
   seed: int = _field(0, 'Seed of init, data order and augmentation.')
   parallel: str = _field('none', 'none (jit, one device), pmap (local devices) or sharded '
@@ -153,6 +158,8 @@ class Config:
   log_every: int = _field(50, 'Steps between metrics.jsonl lines.')
   checkpoint_every: int = _field(500, 'Steps between checkpoints (a multiple of '
                                  '--log_every).')
+  tensorboard: bool = _field(True, 'Also write the metrics as TensorBoard event files in '
+                            'the workdir (tensorboard --logdir=<its parent>).')
   eval_every: int = _field(0, 'Steps between test evaluations logged in metrics.jsonl (0: '
                            'only at the end; a multiple of --log_every).')
   eval_batch_size: int = _field(1000, 'Batch size of evaluation.')
@@ -170,7 +177,7 @@ class Config:
 
   # Fields that change neither the trained parameters nor any logged number
   # (checkpoint spacing, evaluation batching): a workdir accepts them changed.
-  NON_RESULT_FIELDS = ('checkpoint_every', 'eval_batch_size')
+  NON_RESULT_FIELDS = ('checkpoint_every', 'eval_batch_size', 'tensorboard')
 
   def __post_init__(self):
     if self.optimizer == 'momentum':
@@ -184,9 +191,14 @@ class Config:
     full = TRAIN_SIZES.get(self.dataset, 0)
     return min(self.train_subset, full) if self.train_subset else full
 
+  def steps_per_epoch(self) -> int:
+    """Full batches per pass over the training examples."""
+    return max(self.train_examples() // max(self.batch_size, 1), 1)
+
   def total_steps(self) -> int:
-    """Optimizer steps of the whole run (full batches per epoch x epochs)."""
-    return max(self.train_examples() // max(self.batch_size, 1), 1) * self.num_epochs
+    """Optimizer steps of the whole run: ``num_steps``, or full batches per epoch x
+    epochs."""
+    return self.num_steps or self.steps_per_epoch() * self.num_epochs
 
   def validate(self, device_count: int = 1) -> 'Config':
     """Raises ValueError (TypeError for a wrong type) whose message starts with
@@ -258,6 +270,11 @@ class Config:
                  'num_test', 'width', 'bn_eval_batches'):
       value = getattr(self, flag)
       need(value > 0, flag, f'must be a positive int, got {value!r}')
+    need(self.num_steps >= 0, 'num_steps', f'must be >= 0 (0: --num_epochs), got '
+         f'{self.num_steps}')
+    need(not self.num_steps or self.num_epochs == Config.num_epochs, 'num_steps',
+         f'gives the run\'s length instead of --num_epochs; give one of them, got '
+         f'--num_steps={self.num_steps} and --num_epochs={self.num_epochs}')
     need(self.train_subset >= 0, 'train_subset', f'must be >= 0 (0: all), got '
          f'{self.train_subset}')
     need(self.seed >= 0, 'seed', f'must be >= 0, got {self.seed}')
@@ -341,13 +358,13 @@ def record(config: 'Config') -> dict:
   Example:
     >>> from bnjax.train import config
     >>> config.record(config.Config())['config_version']
-    5
+    6
   """
   return dict(dataclasses.asdict(config), config_version=CONFIG_VERSION)
 
 
 def upgrade_record(stored):
-  """A stored record in the current format: formats 2 to 4 get the fields they meant.
+  """A stored record in the current format: formats 2 to 5 get the fields they meant.
 
   Args:
     stored: a record read from a workdir (any other value is returned as is).
@@ -374,9 +391,9 @@ TOPICS = {
     'optimizer': ('optimizer', 'learning_rate', 'momentum', 'regularizer', 'weight_decay',
                   'head_weight_decay', 'rest_learning_rate', 'init_scale', 'projection',
                   'gamma_decay', 'adam_eps'),
-    'schedule': ('batch_size', 'num_epochs', 'schedule', 'warmup_steps'),
+    'schedule': ('batch_size', 'num_epochs', 'num_steps', 'schedule', 'warmup_steps'),
     'evaluation': ('eval_every', 'eval_batch_size', 'bn_eval', 'bn_eval_batches'),
-    'logging': ('log_every', 'checkpoint_every'),
+    'logging': ('log_every', 'checkpoint_every', 'tensorboard'),
     'parallel': ('parallel',),
 }
 
@@ -443,4 +460,9 @@ def from_flags(flag_values=None) -> Config:
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS if flag_values is None else flag_values
+  if (flag_values['num_steps'].present and flag_values['num_steps'].value > 0
+      and flag_values['num_epochs'].present):
+    raise ValueError(f'--num_steps: gives the run\'s length instead of --num_epochs; give '
+                     f'one of them, got --num_steps={flag_values["num_steps"].value} and '
+                     f'--num_epochs={flag_values["num_epochs"].value}')
   return Config(**{f.name: flag_values[f.name].value for f in dataclasses.fields(Config)})

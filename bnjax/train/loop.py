@@ -116,7 +116,7 @@ def run(program: Program, members: List[Member], state, step: int, *,
   """
   config = members[0].config
   steps_per_epoch = members[0].data.train_batches.steps_per_epoch
-  total = steps_per_epoch * config.num_epochs
+  total = config.num_steps or steps_per_epoch * config.num_epochs
   end = total if stop_after is None else min(total, stop_after)
   outcome: list = [None] * len(members)
   alive = list(range(len(members)))

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from bnjax import dynamics
-from bnjax.train import step_metrics, stopping
+from bnjax.train import events, step_metrics, stopping
 from bnjax.train import workdir as workdirs
 from bnjax.train.config import Config
 from bnjax.train.workdir import write_json_atomic
@@ -75,6 +75,7 @@ class RunFiles:
     self.last_checkpoint: Optional[int] = None
     self.elapsed = 0.0
     self.log = None
+    self.events: Optional[events.EventLog] = None
     self.start = time.perf_counter()
 
   def resume(self, template):
@@ -93,6 +94,8 @@ class RunFiles:
       self.elapsed = elapsed if isinstance(elapsed, (int, float)) else 0.0
     self.log = workdirs.MetricsLog(self.workdir, self.last_checkpoint or 0,
                                    enabled=self.main_process)
+    if self.config.tensorboard and self.main_process:
+      self.events = events.EventLog(self.workdir, self.log.records())
     self.start = time.perf_counter()
     return state
 
@@ -138,6 +141,8 @@ class RunFiles:
     line.update(test_metrics or {})
     if self.log is not None:
       self.log.write(line)
+    if self.events is not None:
+      self.events.write(line)
     return line
 
   def save(self, step: int, host_state) -> None:
@@ -164,3 +169,6 @@ class RunFiles:
   def close(self) -> None:
     if self.log is not None:
       self.log.close()
+    if self.events is not None:
+      self.events.close()
+      self.events = None

@@ -15,7 +15,11 @@ loop (:func:`bnjax.train.loop.run`, a run being a group of one) and summarize.
   ``dead_units/<layer>`` (window means of the squared per-unit angle over the
   live units and of the fraction of dead or collapsed units, see
   :func:`bnjax.train.step_metrics.unit_angle_metrics`), ``gamma_sq/<layer>`` for every normalization
-  gain, and every ``eval_every`` steps ``test_loss`` and ``test_accuracy``;
+  gain, every ``eval_every`` steps ``test_loss`` and ``test_accuracy``, and
+  ``per_unit/grad_sq_at_unit_norm/<layer>`` and ``per_unit/weight_norm/<layer>``
+  (lists: each unit's window mean);
+* ``events.out.tfevents.*`` -- the same lines as TensorBoard events
+  (:mod:`bnjax.train.events`; ``tensorboard=False`` leaves them out);
 * ``checkpoints/`` -- orbax checkpoints every ``checkpoint_every`` steps and
   at the end; a rerun resumes from the latest and ends with the same numbers;
 * ``summary.json`` -- written atomically at the end: ``status`` (``finished``

@@ -431,6 +431,10 @@ class MetricsLog:
                     'holds.', self.path, what, len(self._lines))
     self._rewrite()
 
+  def records(self) -> list:
+    """The lines the log holds, as dicts."""
+    return [json.loads(line) for line in self._lines]
+
   def write(self, record: dict) -> None:
     """Appends one line (one ``write`` call, flushed to the OS)."""
     if self._file is not None:

@@ -64,7 +64,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   study.quiet_logging()
-  config = config_lib.from_flags()
+  try:
+    config = config_lib.from_flags()
+  except ValueError as e:
+    raise app.UsageError(str(e))
   if FLAGS.multihost and config.parallel != 'sharded':
     raise app.UsageError(f'--multihost: runs one program over every host\'s devices, '
                          f'which needs --parallel=sharded (got --parallel={config.parallel}: '

@@ -1,0 +1,92 @@
+"""TensorBoard event files of a run: its ``metrics.jsonl`` lines, written without TensorFlow.
+
+Every run's workdir holds event files beside ``metrics.jsonl``, so
+``tensorboard --logdir runs/`` shows each run under its folder's name. The
+scalars are the metric lines' fields under their own names (``loss``,
+``weight_norm/conv1``, ...: TensorBoard groups the tags by the part before the
+first slash, one chart per layer inside), the ``per_unit/`` fields (one value
+per unit) are histograms. The events hold exactly the lines ``metrics.jsonl``
+holds: a resumed run replaces the workdir's event files by one written from
+the lines kept, so no reader sees a step twice.
+"""
+
+import math
+import pathlib
+
+import numpy as np
+
+from bnjax.train import step_metrics
+
+__all__ = ['EVENT_FILES', 'EventLog']
+
+# The names TensorBoard's writers give event files (tensorboardX's included).
+EVENT_FILES = 'events.out.tfevents.*'
+
+
+def _summary_writer():
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        '--tensorboard: writing TensorBoard events needs tensorboardX (pip install '
+        '"bnjax[experiments]"); or train with --notensorboard (Config(tensorboard=False)).'
+    ) from e
+  return SummaryWriter
+
+
+class EventLog:
+  """TensorBoard event files in a run's workdir holding its metric lines.
+
+  On opening, the workdir's earlier event files are replaced by one holding
+  ``lines`` (the lines ``metrics.jsonl`` kept on resume); each :meth:`write`
+  appends one line's values and flushes, so a running TensorBoard shows it.
+
+  Args:
+    workdir: the run's folder.
+    lines: the metric lines already logged (dicts with an integer ``step``).
+
+  Example:
+    >>> import tempfile
+    >>> from bnjax.train import events
+    >>> d = tempfile.mkdtemp()
+    >>> log = events.EventLog(d, [{'step': 4, 'loss': 1.5}])
+    >>> log.write({'step': 8, 'loss': 1.2, 'per_unit/weight_norm/conv1': [1.0, 2.0]})
+    >>> log.close()
+    >>> len(list(pathlib.Path(d).glob(events.EVENT_FILES)))
+    1
+
+  References:
+    TensorBoard's event file format (TFRecord of ``Event`` protos); tensorboardX,
+    https://github.com/lanpa/tensorboardX.
+  """
+
+  def __init__(self, workdir, lines=()):
+    writer = _summary_writer()
+    self.workdir = pathlib.Path(workdir)
+    for old in self.workdir.glob(EVENT_FILES):
+      old.unlink()
+    self._writer = writer(logdir=str(self.workdir), flush_secs=3600)
+    for line in lines:
+      self._add(line)
+    self._writer.flush()
+
+  def _add(self, line: dict) -> None:
+    step = int(line['step'])
+    for key, value in line.items():
+      if key == 'step':
+        continue
+      if key.startswith(step_metrics.PER_UNIT):
+        values = np.array(value, float)
+        values = values[np.isfinite(values)]
+        if values.size:
+          self._writer.add_histogram(key, values, step)
+      elif isinstance(value, (int, float)) or value is None:
+        self._writer.add_scalar(key, math.nan if value is None else float(value), step)
+
+  def write(self, line: dict) -> None:
+    """Appends one metric line and flushes it to disk."""
+    self._add(line)
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()

@@ -1,0 +1,95 @@
+"""What a user watches of a run: TensorBoard events, --num_steps."""
+
+import dataclasses
+import math
+
+import numpy as np
+import optax
+import pytest
+
+from bnjax.train import trainer
+from _helpers import TS, metrics
+
+tb = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+
+
+def _events(workdir):
+  """Every event of the workdir's event files as TensorBoard reads them, without
+  dropping a repeated step (purge_orphaned_data=False)."""
+  reader = tb.EventAccumulator(str(workdir), size_guidance={'scalars': 0, 'histograms': 0},
+                               purge_orphaned_data=False)
+  reader.Reload()
+  return reader
+
+
+def _assert_events_mirror_metrics(workdir):
+  lines = metrics(workdir)
+  reader = _events(workdir)
+  scalars = set(reader.Tags()['scalars'])
+  histograms = set(reader.Tags()['histograms'])
+  logged = {k for l in lines for k in l if k != 'step'}
+  assert {k for k in logged if not k.startswith('per_unit/')} <= scalars
+  assert {k for k in logged if k.startswith('per_unit/')} == histograms
+  for key in sorted({'loss', 'weight_norm/dense', 'learning_rate', 'test_loss'} & logged):
+    events = reader.Scalars(key)
+    logged_steps = [l['step'] for l in lines if key in l]
+    assert [e.step for e in events] == logged_steps  # each step once, in order
+    np.testing.assert_allclose([e.value for e in events],
+                               [l[key] for l in lines if key in l], rtol=1e-6)
+  for event, line in zip(reader.Histograms('per_unit/weight_norm/dense'), lines):
+    values = line['per_unit/weight_norm/dense']
+    assert event.step == line['step']
+    assert event.histogram_value.num == len(values)
+    assert event.histogram_value.sum == pytest.approx(sum(values), rel=1e-6)
+  return lines
+
+
+def test_events_hold_the_metric_lines(tmp_path):
+  cfg = dataclasses.replace(TS, eval_every=8)
+  trainer.train(cfg, tmp_path, progress=False)
+  lines = _assert_events_mirror_metrics(tmp_path)
+  assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 1
+  assert len(lines) == cfg.total_steps() // cfg.log_every
+
+
+def test_a_resumed_run_logs_each_step_once_in_the_events(tmp_path):
+  """Killed after step 14 (checkpoint 8): the resumed run redoes steps 12 and 16;
+  the events hold them once, as metrics.jsonl does, and the values are the
+  uninterrupted run's."""
+  cfg = dataclasses.replace(TS, eval_every=8)
+  trainer.train(cfg, tmp_path / 'a', progress=False, stop_after=14)
+  assert [e.step for e in _events(tmp_path / 'a').Scalars('loss')] == [4, 8, 12]
+  trainer.train(cfg, tmp_path / 'a', progress=False)
+  resumed = _assert_events_mirror_metrics(tmp_path / 'a')
+  trainer.train(cfg, tmp_path / 'b', progress=False)
+  whole = _events(tmp_path / 'b').Scalars('loss')
+  assert [e.value for e in _events(tmp_path / 'a').Scalars('loss')] == [e.value for e in whole]
+  assert [l['step'] for l in resumed] == [e.step for e in whole]
+
+
+def test_tensorboard_off_writes_no_events_and_is_not_a_result_field(tmp_path):
+  """--notensorboard writes none; the same run resumed with events on is accepted
+  (the flag changes no number) and writes them for every line so far."""
+  cfg = dataclasses.replace(TS, tensorboard=False)
+  trainer.train(cfg, tmp_path, progress=False, stop_after=8)
+  assert not list(tmp_path.glob('events.out.tfevents.*'))
+  trainer.train(TS, tmp_path, progress=False)
+  _assert_events_mirror_metrics(tmp_path)
+
+
+def test_num_steps_sets_the_length_schedule_and_evaluation(tmp_path):
+  """20 steps of 16 per epoch: the run crosses into a second epoch, step s takes
+  optax's cosine schedule over 20 steps at count s - 1, and it logs test metrics
+  every 8 steps (the final evaluation is the summary's)."""
+  cfg = dataclasses.replace(TS, num_epochs=1, num_steps=20, schedule='cosine', eval_every=8)
+  assert cfg.validate().total_steps() == 20
+  summary = trainer.train(cfg, tmp_path, progress=False)
+  lines = metrics(tmp_path)
+  assert summary['steps'] == 20
+  assert [l['step'] for l in lines] == [4, 8, 12, 16, 20]
+  assert [l['epoch'] for l in lines] == [0, 0, 0, 0, 1]
+  reference = optax.cosine_decay_schedule(cfg.learning_rate, 20)
+  np.testing.assert_allclose([l['learning_rate'] for l in lines],
+                             [float(reference(l['step'] - 1)) for l in lines], atol=1e-7)
+  assert [l['step'] for l in lines if 'test_loss' in l] == [8, 16]
+  assert math.isfinite(summary['test_loss'])
