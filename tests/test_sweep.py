@@ -87,7 +87,11 @@ def _assert_same_runs(reference, other):
   ignore = Config.NON_RESULT_FIELDS
   assert workdirs.config_differences(sa['config'], sb['config'], ignore) == {}
   np.testing.assert_allclose(sb['test_loss'], sa['test_loss'], rtol=1e-3)
-  assert sorted(p.name for p in reference.iterdir()) == sorted(p.name for p in other.iterdir())
+  # The same files; one TensorBoard event file each (its name holds the time).
+  names = lambda d: sorted(re.sub(r'^(events\.out\.tfevents)\..*', r'\1', p.name)
+                           for p in d.iterdir())
+  assert names(reference) == names(other)
+  assert names(other).count('events.out.tfevents') == 1
 
 
 def _flat(tree, prefix=''):

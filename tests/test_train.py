@@ -356,3 +356,28 @@ def test_head_weight_decay_equal_to_weight_decay_is_the_plain_regularizer():
       variables['params']), variables['params'])[0]
          for c in (cfg, dataclasses.replace(cfg, head_weight_decay=0.3))]
   chex.assert_trees_all_close(out[0], out[1], rtol=1e-6)
+
+
+@pytest.mark.parametrize('units', [3, 7, 10, 100])
+def test_dead_unit_fraction_is_exactly_zero_when_all_live_under_jit(units):
+  """XLA turns 1 - count / n into 1 - count * (1/n), which read -1.49e-08 for the
+  10-unit head; the fraction is counted as (n - count) / n."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (5, units))
+  g = jax.random.normal(jax.random.PRNGKey(1), (5, units))
+  tree = lambda a: {'k': {'kernel': a}}
+  out = jax.jit(step_metrics.unit_angle_metrics)(tree(w), tree(w - 0.1 * g), tree(g))
+  assert float(out['dead_units/k']) == 0.0
+
+
+def test_effective_lr_only_for_scale_invariant_kernels(tmp_path):
+  """The ConvNet's head has no norm after it: no effective learning rate line for
+  it (its norm and angle are still logged); the batch-normed convs have one;
+  without a per-unit-invariant norm no kernel has one."""
+  cfg = Config(train_subset=256, batch_size=64, num_epochs=1, width=4, log_every=2,
+               checkpoint_every=4, eval_batch_size=500, tensorboard=False)
+  trainer.train(cfg, tmp_path / 'bn', progress=False)
+  line = _metrics(tmp_path / 'bn')[-1]
+  assert 'effective_lr/head' not in line and 'weight_norm/head' in line
+  assert {'effective_lr/conv1', 'effective_lr/conv2', 'effective_lr/conv3'} <= set(line)
+  trainer.train(dataclasses.replace(cfg, norm='none'), tmp_path / 'none', progress=False)
+  assert not [k for k in _metrics(tmp_path / 'none')[-1] if k.startswith('effective_lr/')]

@@ -93,3 +93,61 @@ def test_num_steps_sets_the_length_schedule_and_evaluation(tmp_path):
                              [float(reference(l['step'] - 1)) for l in lines], atol=1e-7)
   assert [l['step'] for l in lines if 'test_loss' in l] == [8, 16]
   assert math.isfinite(summary['test_loss'])
+
+
+# ------------------------------------------------------------------ bnjax-plot
+
+
+def test_plot_overlays_runs_with_theorys_angle(tmp_path):
+  """Two runs (one still training: interrupted after 8 steps) in one PNG; the
+  dashed theory line is the closed form of each run's optimizer at the logged
+  learning rate (SGD + momentum + L2: sqrt(2 lr lambda / (1 + a)), van Laarhoven
+  2017 / Wan et al. 2021), and none for projection."""
+  from bnjax.train.binaries import plot
+  trainer.train(TS, tmp_path / 'sgd', progress=False)
+  trainer.train(dataclasses.replace(TS, optimizer='adam', regularizer='decoupled',
+                                    learning_rate=1e-3, weight_decay=0.1),
+                tmp_path / 'adamw', progress=False, stop_after=8)
+  out = plot.plot_runs([tmp_path / 'sgd', tmp_path / 'adamw'], tmp_path / 'both.png')
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
+  run = plot.read_run(tmp_path / 'sgd')
+  line = run['lines'][-1]
+  lr, lam, a = line['learning_rate'], TS.weight_decay, TS.momentum
+  assert plot._theory_angle(run, 'dense', line) == pytest.approx(
+      math.sqrt(2 * lr * lam / (1 + a)), rel=1e-6)
+  assert plot.equilibrium_kind(dict(run['config'], optimizer='adam',
+                                    regularizer='decoupled')) == 'adamw'
+  assert plot.equilibrium_kind(dict(run['config'], regularizer='projection',
+                                    weight_decay=0.0)) is None
+  assert plot.default_output([tmp_path / 'sgd', tmp_path / 'adamw']) == \
+      tmp_path.resolve() / 'plot.png'
+
+
+def test_plot_refuses_what_is_not_a_run_before_writing(tmp_path):
+  from bnjax.train.binaries import plot
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(ValueError, match='holds no config.json'):
+    plot.plot_runs([tmp_path / 'empty'], tmp_path / 'p.png')
+  with pytest.raises(ValueError, match='is not a folder'):
+    plot.plot_runs([tmp_path / 'missing'], tmp_path / 'p.png')
+  with pytest.raises(ValueError, match='--output: must end in .png'):
+    plot.plot_runs([tmp_path / 'empty'], tmp_path / 'p.pdf')
+  with pytest.raises(ValueError, match='--output: folder .* does not exist'):
+    plot.plot_runs([tmp_path / 'empty'], tmp_path / 'no' / 'p.png')
+  (tmp_path / 'damaged').mkdir()
+  (tmp_path / 'damaged' / 'config.json').write_text('{"learning_rate": ')
+  with pytest.raises(ValueError, match='config.json'):
+    plot.plot_runs([tmp_path / 'damaged'], tmp_path / 'p.png')
+  assert not (tmp_path / 'p.png').exists()
+
+
+def test_plot_binary_exits_non_zero_naming_the_folder(tmp_path):
+  import subprocess
+  import sys
+  from _helpers import ROOT
+  (tmp_path / 'empty').mkdir()
+  out = subprocess.run([sys.executable, '-m', 'experiments.plot', str(tmp_path / 'empty')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1
+  assert 'holds no config.json' in out.stderr
+  assert not list(tmp_path.rglob('*.png'))

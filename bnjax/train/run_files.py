@@ -20,6 +20,7 @@ from absl import logging
 from bnjax import dynamics
 from bnjax.train import events, step_metrics, stopping
 from bnjax.train import workdir as workdirs
+from bnjax.models import PER_UNIT_INVARIANT
 from bnjax.train.config import Config
 from bnjax.train.workdir import write_json_atomic
 
@@ -136,7 +137,9 @@ class RunFiles:
     for key in host_metrics[0]:
       mean = np.mean([np.asarray(m[key], float) for m in host_metrics], axis=0)
       line[key] = mean.tolist() if key.startswith(step_metrics.PER_UNIT) else float(mean)
-    line.update(step_metrics.layer_metrics(current.opt_state))
+    invariant = (step_metrics.invariant_layers(current.params)
+                 if self.config.norm in PER_UNIT_INVARIANT else set())
+    line.update(step_metrics.layer_metrics(current.opt_state, invariant))
     line.update(step_metrics.gain_metrics(current.params))
     line.update(test_metrics or {})
     if self.log is not None:

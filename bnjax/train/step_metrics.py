@@ -14,6 +14,7 @@ from bnjax._validation import key_names
 __all__ = [
     'COLLAPSED',
     'gain_metrics',
+    'invariant_layers',
     'layer_metrics',
     'PER_UNIT',
     'unit_angle_metrics',
@@ -137,7 +138,7 @@ def unit_angle_metrics(params, new_params, grads) -> dict:
     name = layer_name(path)
     out[f'angular_update_sq/{name}'] = jnp.sum(jnp.where(live, jnp.square(angle), 0.0)
                                                ) / jnp.maximum(count, 1)
-    out[f'dead_units/{name}'] = 1.0 - count / live.size
+    out[f'dead_units/{name}'] = (live.size - count) / live.size  # 1 - count/size: -1.5e-8
   return out
 
 
@@ -176,7 +177,7 @@ def gain_metrics(params) -> dict:
           for (path, w), m in zip(flat, on) if m}
 
 
-def layer_metrics(opt_state) -> dict:
+def layer_metrics(opt_state, invariant=None) -> dict:
   r""":func:`bnjax.dynamics.read`'s kernel metrics as ``<metric>/<layer>``.
 
   .. math::
@@ -184,6 +185,9 @@ def layer_metrics(opt_state) -> dict:
 
   Args:
     opt_state: an optimizer state holding a ``track_dynamics`` state.
+    invariant: the layers whose kernels are scale-invariant (``None``: all): the
+      others (a classifier head, any kernel no norm follows) get no
+      ``effective_lr``, which only a scale-invariant weight has.
 
   Returns:
     A dict of scalar arrays, one per tracked kernel and metric.
@@ -205,8 +209,18 @@ def layer_metrics(opt_state) -> dict:
   out = {}
   for key, value in dynamics.read(opt_state).items():
     *path, metric = key.split('/')
-    out[f'{metric}/{layer_name(path)}'] = float(value)
+    layer = layer_name(path)
+    if metric != 'effective_lr' or invariant is None or layer in invariant:
+      out[f'{metric}/{layer}'] = float(value)
   return out
+
+
+def invariant_layers(params) -> set:
+  """The layers of :func:`bnjax.masks.scale_invariant_kernels` (every kernel but the
+  head's) of a :mod:`bnjax.models` model's ``params``."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  marks = jax.tree_util.tree_leaves(masks.scale_invariant_kernels(params))
+  return {layer_name(path) for (path, _), m in zip(flat, marks) if m}
 
 
 def trained_state(state) -> dict:

@@ -170,8 +170,9 @@ def _sgd_per_unit(units: dict, sources: dict, arms) -> Optional[tuple]:
           reference='bnjax.theory.equilibrium_norm (SGD), per unit with its own gradient: Wan et al. 2021, Theorem 1'))
   text = ('Each live unit\'s gradient scale E||g~_j||^2 (its loss gradient times its norm, '
           'squared: the gradient at unit norm) and its norm are ' + _sources(sources, keys)
-          + f' (at a checkpoint: over its first {UNIT_BATCHES} training batches in training '
-          'mode), and theory predicts that unit\'s norm; dead units are left out. The '
+          + (f' (at a checkpoint: over its first {UNIT_BATCHES} training batches in '
+             'training mode)' if any(sources[k] == 'checkpoint' for k in keys) else '')
+          + ', and theory predicts that unit\'s norm; dead units are left out. The '
           'layer-level table above uses the layer\'s late mean over units and steps '
           'instead.\n\n'
           + '\n'.join(table) + '\n\n' + '\n\n'.join(v.markdown() for v in found))
