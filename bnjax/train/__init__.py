@@ -15,7 +15,8 @@ fails at once, naming what is missing. The library (``bnjax.norms``,
 ``bnjax.transforms``, ...) never imports this package.
 
 The names most used are importable from here: ``Config``, ``train`` (one
-run) and ``train_many`` (a sweep).
+run), ``fit`` (one run of your own flax model and arrays) and ``train_many``
+(a sweep).
 """
 
 import importlib
@@ -23,7 +24,7 @@ import importlib.util
 
 # The experiments extra's modules (setup.cfg), by import name.
 EXTRA_MODULES = ('tensorflow_datasets', 'array_record', 'orbax.checkpoint', 'absl', 'tqdm',
-                 'matplotlib')
+                 'matplotlib', 'tensorboardX')
 
 
 def _missing(names):
@@ -44,6 +45,7 @@ if _absent:
                     f"(missing: {', '.join(_absent)}).")
 
 _LAZY = {'Config': ('bnjax.train.config', 'Config'),
+         'fit': ('bnjax.train.fitting', 'fit'),
          'train': ('bnjax.train.trainer', 'train'),
          'train_many': ('bnjax.train.sweep', 'train_many')}
 

@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 DATASETS = ('fashion_mnist', 'mnist', 'cifar10', 'teacher_student')
+# What bnjax.train.fit records for a user's own arrays and model (not flags).
+USER_DATASET, USER_MODEL = 'arrays', 'custom'
 OPTIMIZERS = ('sgd', 'adam', 'adamp', 'sgdp')
 # transforms' regularizers, and Kosson et al.'s rotational wrapper of sgd / adam.
 REGULARIZERS = transforms.REGULARIZERS + ('rotational',)
@@ -186,7 +188,7 @@ class Config:
   def train_examples(self) -> int:
     """Training examples of the run (``num_train``, or the dataset capped by
     ``train_subset``)."""
-    if self.dataset == 'teacher_student':
+    if self.dataset in ('teacher_student', USER_DATASET):
       return self.num_train
     full = TRAIN_SIZES.get(self.dataset, 0)
     return min(self.train_subset, full) if self.train_subset else full
@@ -227,10 +229,13 @@ class Config:
       if kind is float:
         need(math.isfinite(value), field.name, f'must be finite, got {value}')
 
-    need(self.dataset in DATASETS, 'dataset', f'must be one of {DATASETS}, '
-         f'got {self.dataset!r}')
-    need(self.model in MODELS, 'model', f'must be one of {MODELS}, '
+    need(self.dataset in DATASETS + (USER_DATASET,), 'dataset', f'must be one of '
+         f'{DATASETS}, got {self.dataset!r}')
+    need(self.model in MODELS + (USER_MODEL,), 'model', f'must be one of {MODELS}, '
          f'got {self.model!r}')
+    need((self.dataset == USER_DATASET) == (self.model == USER_MODEL), 'model',
+         f'{USER_DATASET!r} data and a {USER_MODEL!r} model go together (bnjax.train.fit '
+         f'sets both)')
     need(self.norm in NORMS, 'norm', f'must be one of {NORMS}, '
          f'got {self.norm!r}')
     need(self.optimizer in OPTIMIZERS, 'optimizer', f'must be one of {OPTIMIZERS}, '
@@ -279,7 +284,7 @@ class Config:
          f'{self.train_subset}')
     need(self.seed >= 0, 'seed', f'must be >= 0, got {self.seed}')
     need(self.noise_std >= 0, 'noise_std', f'must be >= 0, got {self.noise_std}')
-    if self.dataset == 'teacher_student':
+    if self.dataset in ('teacher_student', USER_DATASET):
       examples, flag = self.num_train, 'num_train'
     else:
       examples, flag = self.train_subset, 'train_subset'

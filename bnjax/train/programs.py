@@ -170,7 +170,8 @@ def _stats_update(config: Config):
   return _cached(_STATS_UPDATES, program_key(config), build)
 
 
-def eval_batch_stats(config: Config, state: executors.TrainState, train_batches):
+def eval_batch_stats(config: Config, state: executors.TrainState, train_batches,
+                     stats_update=None):
   """The ``batch_stats`` a run evaluates with, as ``config.bn_eval`` says.
 
   ``'running'``: the state's own; ``'debiased'``: :func:`bnjax.bn_eval.debiased`
@@ -182,6 +183,8 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
     config: the run's config.
     state: a single-copy host :class:`bnjax.train.executors.TrainState`.
     train_batches: the run's training :class:`bnjax.train.data.Batches`.
+    stats_update: ``(params, batch_stats, x) -> batch_stats``, the model's
+      training-mode forward (default: the config's model's).
 
   Returns:
     A ``batch_stats`` collection.
@@ -211,7 +214,8 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
   if config.bn_eval == 'debiased':
     return bn_eval.debiased(state.batch_stats, int(state.step), momentum=momentum)
   inputs = (b['x'] for b in train_batches.epoch(0))
-  return bn_eval.precise(_stats_update(config), state.params, state.batch_stats,
+  return bn_eval.precise(stats_update or _stats_update(config), state.params,
+                        state.batch_stats,
                          itertools.islice(inputs, config.bn_eval_batches),
                          momentum=momentum)
 
@@ -223,16 +227,17 @@ def eval_batch_stats(config: Config, state: executors.TrainState, train_batches)
 INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
-def _start(config: Config):
+def _start(config: Config, invariant=masks.scale_invariant_kernels):
   """The map ``(params, init_scale) -> params`` from initialized params to a run's
-  start: the scale-invariant kernels times ``init_scale``, and the rotational
-  optimizer's units centred (:func:`bnjax.transforms.center_units`, as Kosson et
-  al.'s reference code starts)."""
+  start: the scale-invariant kernels (``invariant``) times ``init_scale``, and the
+  rotational optimizer's units centred (:func:`bnjax.transforms.center_units`, as
+  Kosson et al.'s reference code starts)."""
   def start(params, init_scale):
-    params = jax.tree_util.tree_map(lambda w, invariant: w * init_scale if invariant else w,
-                                    params, masks.scale_invariant_kernels(params))
+    marks = invariant(params) if callable(invariant) else invariant
+    params = jax.tree_util.tree_map(lambda w, on: w * init_scale if on else w,
+                                    params, marks)
     if config.regularizer == 'rotational':
-      params = transforms.center_units(params, mask=masks.scale_invariant_kernels)
+      params = transforms.center_units(params, mask=marks)
     return params
   return start
 
@@ -286,8 +291,8 @@ def build_model(config: Config, *, host: bool = False):
                       epsilon=None if config.norm_epsilon == -1 else config.norm_epsilon)
 
 
-def build_optimizer(config: Config, hyper: Optional[dict] = None
-                    ) -> optax.GradientTransformation:
+def build_optimizer(config: Config, hyper: Optional[dict] = None,
+                    invariant=masks.scale_invariant_kernels) -> optax.GradientTransformation:
   r"""bnjax's sgd (with ``momentum``), adam, adamp or sgdp with the configured
   regularizer, tracked.
 
@@ -326,6 +331,10 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
     hyper: values (arrays, possibly traced) that replace the config's in the
       initial state; the config still decides which transforms are chained
       (e.g. whether ``gamma_decay`` is on).
+    invariant: the scale-invariant kernels, a mask as optax's (a pytree of bools
+      or a callable of the params): :func:`bnjax.masks.scale_invariant_kernels`
+      for :mod:`bnjax.models`; a user's model passes its measured mask
+      (:func:`bnjax.train.fit`).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -348,18 +357,19 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None
   """
   values = hyperparameters(config)
   values.update(hyper or {})
-  return optax.inject_hyperparams(functools.partial(_chain, config))(**values)
+  return optax.inject_hyperparams(functools.partial(_chain, config, invariant=invariant))(
+      **values)
 
 
-def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_decay=None
-           ) -> optax.GradientTransformation:
+def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_decay=None,
+           *, invariant=masks.scale_invariant_kernels) -> optax.GradientTransformation:
   """The optimizer chain of :func:`build_optimizer` at the given values (the
   ``optax.inject_hyperparams`` factory: the values come from the state). Momentum
   and gamma decay are ``None`` when off (not hyperparameters: not in the chain)."""
   momentum = 0.0 if momentum is None else momentum
   head_decay = config.head_weight_decay >= 0
   if config.regularizer == 'projection' or head_decay:
-    mask = masks.scale_invariant_kernels
+    mask = invariant
   else:
     mask = masks.kernel_mask
   common = dict(regularizer=config.regularizer, weight_decay=weight_decay,
@@ -370,8 +380,7 @@ def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_dec
   if config.regularizer == 'rotational':
     base = transforms.rotational(
         'adamw' if kind == 'adam' else 'sgd', lr, weight_decay, momentum=momentum,
-        eps=config.adam_eps,
-        mask=masks.scale_invariant_kernels, decay_mask=masks.kernel_mask)
+        eps=config.adam_eps, mask=invariant, decay_mask=masks.kernel_mask)
   elif config.optimizer == 'adamp':
     base = transforms.adamp(lr, eps=config.adam_eps, weight_decay=decay,
                             mask=masks.kernel_mask)
@@ -382,11 +391,12 @@ def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_dec
   else:
     base = transforms.sgd(lr, momentum, **common)
   parts = [base]
+  head_kernels, rest = _outside(invariant, kernels_only=True), _outside(invariant)
   if head_decay and config.regularizer == 'l2':
-    parts.insert(0, transforms.l2_regularization(config.head_weight_decay, _head_kernels))
+    parts.insert(0, transforms.l2_regularization(config.head_weight_decay, head_kernels))
   elif head_decay:
     parts.append(transforms.decoupled_weight_decay(
-        _scaled(lr, config.head_weight_decay), _head_kernels))
+        _scaled(lr, config.head_weight_decay), head_kernels))
   if config.gamma_decay:
     # The penalty zeta * gamma^2 of Luo et al. (2019), so gradient 2 * zeta * gamma.
     parts.insert(0, transforms.l2_regularization(2 * gamma_decay, masks.gain_mask))
@@ -394,25 +404,23 @@ def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_dec
     # Every step of the rest is proportional to the learning rate (gradient steps
     # and decoupled decay alike), so rescaling it trains the rest at its own rate.
     parts.append(optax.masked(optax.scale(config.rest_learning_rate / learning_rate),
-                              _rest))
+                              rest))
   if config.projection and config.regularizer != 'projection':
-    parts.append(transforms.unit_norm_projection(masks.scale_invariant_kernels))
+    parts.append(transforms.unit_norm_projection(invariant))
   parts.append(transforms.track_dynamics(lr, kind, masks.kernel_mask))
   return optax.chain(*parts)
 
 
-def _head_kernels(params):
-  """The kernels outside :func:`bnjax.masks.scale_invariant_kernels` (the head)."""
-  return jax.tree_util.tree_map(lambda kernel, invariant: kernel and not invariant,
-                                masks.kernel_mask(params),
-                                masks.scale_invariant_kernels(params))
-
-
-def _rest(params):
-  """Every parameter outside :func:`bnjax.masks.scale_invariant_kernels` (head,
-  gains, biases)."""
-  return jax.tree_util.tree_map(lambda invariant: not invariant,
-                                masks.scale_invariant_kernels(params))
+def _outside(invariant, kernels_only: bool = False):
+  """The mask (a callable of the params) of every parameter outside ``invariant``
+  (head, gains, biases), or with ``kernels_only`` every kernel outside it (the
+  head)."""
+  def mask(params):
+    marks = invariant(params) if callable(invariant) else invariant
+    kernels = masks.kernel_mask(params) if kernels_only else jax.tree_util.tree_map(
+        lambda _: True, params)
+    return jax.tree_util.tree_map(lambda k, inv: bool(k) and not inv, kernels, marks)
+  return mask
 
 
 def _scaled(lr, factor: float):

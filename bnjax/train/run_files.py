@@ -51,6 +51,9 @@ class RunFiles:
     workdir: its folder (locked by the caller).
     wanted: its config record (:func:`bnjax.train.config.record`).
     main_process: whether this process writes (the first of a multi-host run).
+    invariant: the names of the scale-invariant layers, which alone get an
+      ``effective_lr`` line (default: :func:`bnjax.train.step_metrics.invariant_layers`
+      of a per-unit-invariant norm's model; none otherwise).
 
   Example:
     >>> import tempfile
@@ -69,8 +72,10 @@ class RunFiles:
     orbax-checkpoint (the checkpoints); JSON Lines (the metrics file).
   """
 
-  def __init__(self, config: Config, workdir, wanted: dict, main_process: bool = True):
+  def __init__(self, config: Config, workdir, wanted: dict, main_process: bool = True,
+               invariant=None):
     self.config, self.wanted, self.main_process = config, wanted, main_process
+    self.invariant = invariant
     self.workdir = pathlib.Path(workdir)
     self.checkpoints = workdirs.Checkpoints(self.workdir)
     self.last_checkpoint: Optional[int] = None
@@ -137,8 +142,10 @@ class RunFiles:
     for key in host_metrics[0]:
       mean = np.mean([np.asarray(m[key], float) for m in host_metrics], axis=0)
       line[key] = mean.tolist() if key.startswith(step_metrics.PER_UNIT) else float(mean)
-    invariant = (step_metrics.invariant_layers(current.params)
-                 if self.config.norm in PER_UNIT_INVARIANT else set())
+    invariant = self.invariant
+    if invariant is None:
+      invariant = (step_metrics.invariant_layers(current.params)
+                   if self.config.norm in PER_UNIT_INVARIANT else set())
     line.update(step_metrics.layer_metrics(current.opt_state, invariant))
     line.update(step_metrics.gain_metrics(current.params))
     line.update(test_metrics or {})

@@ -215,11 +215,12 @@ def layer_metrics(opt_state, invariant=None) -> dict:
   return out
 
 
-def invariant_layers(params) -> set:
-  """The layers of :func:`bnjax.masks.scale_invariant_kernels` (every kernel but the
-  head's) of a :mod:`bnjax.models` model's ``params``."""
+def invariant_layers(params, invariant=masks.scale_invariant_kernels) -> set:
+  """The layers of the leaves ``invariant`` marks (a mask tree of ``params``, or a
+  callable of them; default :func:`bnjax.masks.scale_invariant_kernels`: every
+  kernel but the head's, as for a :mod:`bnjax.models` model)."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  marks = jax.tree_util.tree_leaves(masks.scale_invariant_kernels(params))
+  marks = jax.tree_util.tree_leaves(invariant(params) if callable(invariant) else invariant)
   return {layer_name(path) for (path, _), m in zip(flat, marks) if m}
 
 

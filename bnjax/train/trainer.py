@@ -118,7 +118,23 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
   initial, executor, eval_step = programs(config)
   state = initial(jax.random.key(config.seed), run_data.train_batches.batch(0, 0)['x'],
                   hyperparameters(config), config.init_scale)
+  return run_one(config, workdir, wanted, run_data, state, executor, eval_step,
+                 progress=progress, stop_after=stop_after)
 
+
+def run_one(config: Config, workdir, wanted: dict, run_data, state, executor, eval_step, *,
+            progress: bool = True, stop_after: Optional[int] = None,
+            stats_update=None, invariant=None) -> dict:
+  """Locks ``workdir``, resumes and trains one run built by the caller (:func:`train`,
+  :func:`bnjax.train.fit`) through the loop; returns its summary (``{}`` when
+  ``stop_after`` ended the call).
+
+  ``stats_update`` is the model's training-mode forward returning its new
+  ``batch_stats`` (``bn_eval='precise'``; default: the config's model's) and
+  ``invariant`` the names of its scale-invariant layers (default: the
+  config's model's, :func:`bnjax.train.step_metrics.invariant_layers`).
+  """
+  main_process = jax.process_index() == 0
   workdir.mkdir(parents=True, exist_ok=True)
   with workdirs.locked(workdir, enabled=main_process):
     # Asked again under the lock: another process may have finished meanwhile.
@@ -127,11 +143,12 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
       return summary
     if main_process and not (workdir / workdirs.CONFIG).exists():
       write_json_atomic(workdir / workdirs.CONFIG, wanted)
-    files = RunFiles(config, workdir, wanted, main_process)
+    files = RunFiles(config, workdir, wanted, main_process, invariant=invariant)
     try:
       state = executor.put_state(files.resume(state))
       member = loop.Member(config, files, run_data)
-      outcome, = loop.run(_SingleRun(executor, eval_step, member), [member], state,
+      program = _SingleRun(executor, eval_step, member, stats_update)
+      outcome, = loop.run(program, [member], state,
                           int(executor.get_state(state).step), progress=progress,
                           stop_after=stop_after, main_process=main_process)
     finally:
@@ -144,8 +161,9 @@ def train(config: Config, workdir, *, data_dir: Optional[str] = None,
 class _SingleRun:
   """One run's program for :func:`bnjax.train.loop.run`: jit, pmap or sharded."""
 
-  def __init__(self, executor, eval_step, member: loop.Member):
+  def __init__(self, executor, eval_step, member: loop.Member, stats_update=None):
     self.executor, self.eval_step, self.member_data = executor, eval_step, member
+    self.stats_update = stats_update
 
   def step(self, state, batch):
     return self.executor.step(state, batch)
@@ -167,12 +185,14 @@ class _SingleRun:
   def evaluate(self, host, members) -> dict:
     m = self.member_data
     return {j: _evaluate(m.config, self.eval_step, host, m.data.splits['test'],
-                         m.data.test_batches, m.data.train_batches) for j in members}
+                         m.data.test_batches, m.data.train_batches, self.stats_update)
+            for j in members}
 
 
-def _evaluate(config, eval_step, state, test_split, test_batches, train_batches) -> dict:
+def _evaluate(config, eval_step, state, test_split, test_batches, train_batches,
+              stats_update=None) -> dict:
   """Test metrics of ``state`` with the batch-norm statistics of ``config.bn_eval``."""
-  stats = eval_batch_stats(config, state, train_batches)
+  stats = eval_batch_stats(config, state, train_batches, stats_update)
   return executors.evaluate(eval_step, state.replace(batch_stats=stats), test_split,
                             test_batches)
 

@@ -1,0 +1,214 @@
+"""Your own flax model and arrays through bnjax's training loop: :func:`fit`."""
+
+import dataclasses
+import functools
+import hashlib
+import pathlib
+from typing import Optional
+
+import jax
+import numpy as np
+
+from bnjax import masks
+from bnjax.train import config as config_lib
+from bnjax.train import data, executors, inputs, loop, programs, step_metrics, trainer
+from bnjax.train import workdir as workdirs
+from bnjax.train.config import Config
+
+__all__ = ['fit']
+
+
+def _split(data_dict, name: str) -> data.Arrays:
+  pair = data_dict.get(name)
+  if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+    raise ValueError(f"data[{name!r}]: must be a pair (x, y) of arrays, got "
+                     f"{type(pair).__name__}")
+  x, y = (np.asarray(a) for a in pair)
+  if x.ndim < 2 or y.ndim != 1:
+    raise ValueError(f"data[{name!r}]: x must be (N, features...) and y (N,) labels, got "
+                     f"shapes {x.shape} and {y.shape}")
+  if len(x) != len(y):
+    raise ValueError(f"data[{name!r}]: x has {len(x)} examples and y {len(y)}")
+  if not len(y):
+    raise ValueError(f"data[{name!r}]: no examples")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"data[{name!r}]: y must hold integer class labels, got dtype "
+                     f"{y.dtype}")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"data[{name!r}]: x must be floating point (scale your inputs), got "
+                     f"dtype {x.dtype}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"data[{name!r}]: x holds non-finite values")
+  return data.Arrays(x.astype(np.float32), y.astype(np.int32))
+
+
+def _fingerprint(split: data.Arrays) -> str:
+  digest = hashlib.sha256(np.ascontiguousarray(split.x).tobytes())
+  digest.update(np.ascontiguousarray(split.y).tobytes())
+  return f'{split.x.shape}:{digest.hexdigest()[:16]}'
+
+
+def _model_fingerprint(model, params) -> str:
+  """``Net(147 parameters in 4 leaves, shapes 3f2a...)``: the model's class and its
+  parameters' paths and shapes, so another model in a workdir is told apart."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  shapes = ';'.join(f'{jax.tree_util.keystr(path)}{tuple(np.shape(w))}' for path, w in flat)
+  count = sum(int(np.size(w)) for _, w in flat)
+  return (f'{type(model).__name__}({count} parameters in {len(flat)} leaves, shapes '
+          f'{hashlib.sha256(shapes.encode()).hexdigest()[:12]})')
+
+
+def _invariant_kernels(model, params, batch_stats, x, y, rtol: float):
+  """The kernels (``ndim >= 2``) the training loss is invariant to rescaling per
+  unit (:func:`bnjax.masks.scale_invariant_mask` on one batch, training mode)."""
+  def loss(p):
+    out, _ = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
+                         mutable=['batch_stats'])
+    return executors.objective(out, y, False)[0]
+  measured = masks.scale_invariant_mask(loss, params, rtol=rtol)
+  return jax.tree_util.tree_map(lambda k, m: bool(k) and bool(m),
+                                masks.kernel_mask(params), measured)
+
+
+def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
+        progress: bool = True, stop_after: Optional[int] = None,
+        invariance_rtol: float = 1e-3) -> dict:
+  r"""Trains your flax.linen model on your arrays through bnjax's training loop.
+
+  The run is :func:`bnjax.train.train`'s in every way but the model and data:
+  the same files in ``workdir`` (``config.json``, ``metrics.jsonl`` with the
+  tracked dynamics, TensorBoard events, checkpoints, ``summary.json``), exact
+  resume from the last checkpoint, the workdir lock, the divergence record
+  and the evaluation (``config.bn_eval``). Which kernels are scale-invariant
+  (what decay, projection, rotation and the effective learning rate act on)
+  is measured on the model at initialization, on the first training batch
+  (:func:`bnjax.masks.scale_invariant_mask` with ``invariance_rtol``, kernels
+  only), and recorded: ``config.json`` holds the model's class and parameter
+  shapes, the measured layers and the data's fingerprint, so a workdir holding
+  another model or data is refused.
+
+  .. math::
+    \min_\theta \frac{1}{B}\sum_b -\log\operatorname{softmax}(f_\theta(x_b))_{y_b}
+
+  Args:
+    model: a ``flax.linen.Module`` called as ``model(x, train=bool)`` returning
+      logits ``(B, classes)``; batch statistics in the ``batch_stats``
+      collection (as ``flax.linen.BatchNorm`` and ``bnjax.layers`` keep them).
+    data_dict: ``{'train': (x, y), 'test': (x, y)}``: float inputs, integer
+      labels in ``[0, classes)``.
+    config: the optimizer, schedule, batch size, length (``num_epochs`` or
+      ``num_steps``), logging and evaluation (a
+      :class:`bnjax.train.config.Config`; default ``Config()``). Its
+      ``norm`` names your model's normalization kind (``bn_eval`` and the
+      projection's checks read it); ``dataset``, ``model`` and the data sizes
+      are set from the arguments, bnjax's model fields (``width``) unused.
+    workdir: the run's folder.
+    progress: show a progress bar.
+    stop_after: end the call after that many total steps, as an interruption
+      would (the next call resumes).
+    invariance_rtol: tolerance of the invariance measurement.
+
+  Returns:
+    The summary dict (also ``summary.json``); ``{}`` when ``stop_after`` ended
+    the call.
+
+  Raises:
+    ValueError: naming the argument, before anything is written: a malformed
+      ``data_dict``, labels out of range, a model whose output is not
+      ``(batch, classes)`` with more classes than the largest label, a
+      ``config`` that does not validate, ``parallel='pmap'`` (a user's model
+      has no pmap axis for its batch statistics).
+    TypeError: ``model`` is not a ``flax.linen.Module``, or ``config`` not a
+      ``Config``.
+
+  Example:
+    >>> import tempfile, numpy as np, flax.linen as nn
+    >>> from bnjax import layers
+    >>> from bnjax.train import Config, fit
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x, train):
+    ...     x = nn.relu(layers.BatchNorm(use_running_average=not train)(nn.Dense(16)(x)))
+    ...     return nn.Dense(3, name='head')(x)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(96, 5)).astype(np.float32)
+    >>> y = (x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 1)
+    >>> summary = fit(Net(), {'train': (x[:64], y[:64]), 'test': (x[64:], y[64:])},
+    ...               Config(batch_size=16, num_steps=8, log_every=4, checkpoint_every=8,
+    ...                      tensorboard=False), workdir=tempfile.mkdtemp(), progress=False)
+    >>> summary['status'], summary['steps']
+    ('finished', 8)
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, section 3 (the scale-invariant
+    weights); flax.linen, https://flax.readthedocs.io.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, nn.Module):
+    raise TypeError(f'model: must be a flax.linen.Module, got {type(model).__name__}')
+  config = Config() if config is None else config
+  if not isinstance(config, Config):
+    raise TypeError(f'config: must be a bnjax.train.Config, got {type(config).__name__}')
+  if not isinstance(data_dict, dict) or set(data_dict) != {'train', 'test'}:
+    raise ValueError("data_dict: must be {'train': (x, y), 'test': (x, y)}, got "
+                     f"{sorted(data_dict) if isinstance(data_dict, dict) else data_dict!r}")
+  splits = {name: _split(data_dict, name) for name in ('train', 'test')}
+  if splits['train'].x.shape[1:] != splits['test'].x.shape[1:]:
+    raise ValueError(f"data_dict: train and test inputs differ in shape: "
+                     f"{splits['train'].x.shape[1:]} and {splits['test'].x.shape[1:]}")
+  if config.parallel == 'pmap':
+    raise ValueError('config.parallel: fit runs parallel="none" or "sharded"; under pmap a '
+                     'model\'s batch norm needs the pmap axis name, which bnjax\'s models '
+                     'take and yours may not')
+  config = dataclasses.replace(config, dataset=config_lib.USER_DATASET,
+                               model=config_lib.USER_MODEL, width=Config.width,
+                               num_train=len(splits['train']), num_test=len(splits['test']))
+  config.validate(jax.device_count())
+
+  train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed)
+  run_data = inputs.RunData(splits, train_batches,
+                            data.Batches(splits['test'], config.eval_batch_size,
+                                         shuffle=False))
+  first = train_batches.batch(0, 0)
+  try:
+    variables = jax.jit(functools.partial(model.init, train=True))(
+        jax.random.key(config.seed), first['x'])
+    logits = model.apply(variables, first['x'], train=False)
+  except Exception as e:  # the user's model on the user's inputs: say which failed
+    raise ValueError(f'model: could not be initialized and applied on a training batch of '
+                     f'shape {first["x"].shape} as model(x, train=...): {e}') from e
+  classes = int(max(splits['train'].y.max(), splits['test'].y.max())) + 1
+  if np.shape(logits) != (config.batch_size, np.shape(logits)[-1]) or \
+     np.shape(logits)[-1] < classes:
+    raise ValueError(f'model: must return logits (batch, classes) with at least {classes} '
+                     f'classes (the largest label is {classes - 1}), got shape '
+                     f'{np.shape(logits)}')
+  for name, split in splits.items():
+    if split.y.min() < 0:
+      raise ValueError(f"data_dict[{name!r}]: labels must be in [0, classes), got "
+                       f"{int(split.y.min())}")
+
+  params, stats = variables['params'], variables.get('batch_stats', {})
+  invariant = _invariant_kernels(model, params, stats, first['x'], first['y'],
+                                 invariance_rtol)
+  layers = step_metrics.invariant_layers(params, invariant)
+  wanted = dict(config_lib.record(config), user_model=_model_fingerprint(model, params),
+                invariant_layers=sorted(layers),
+                data={name: _fingerprint(split) for name, split in splits.items()})
+  workdir = workdirs.folder(workdir)
+  summary = loop.answered(workdir, wanted)
+  if summary is not None:
+    return summary
+
+  tx_of = functools.partial(programs.build_optimizer, config, invariant=invariant)
+  initial = programs._initializer(model, tx_of, programs._start(config, invariant))  # pylint: disable=protected-access
+  executor = executors.Executor(config.parallel, model,
+                                programs.build_optimizer(config, invariant=invariant), False)
+  eval_step = executors.make_eval_step(model, False)
+  state = initial(jax.random.key(config.seed), first['x'], programs.hyperparameters(config),
+                  config.init_scale)
+  stats_update = lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
+                                             mutable=['batch_stats'])[1]['batch_stats']
+  return trainer.run_one(config, pathlib.Path(workdir), wanted, run_data, state, executor,
+                         eval_step, progress=progress, stop_after=stop_after,
+                         stats_update=jax.jit(stats_update), invariant=layers)

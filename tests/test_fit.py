@@ -1,0 +1,140 @@
+"""bnjax.train.fit: a user's own flax model and arrays through bnjax's loop."""
+
+import dataclasses
+import json
+
+import flax.linen as nn
+import numpy as np
+import pytest
+
+from bnjax import layers, models
+from bnjax.train import Config, fit, inputs, trainer
+from bnjax.train import workdir as workdirs
+from _helpers import fake_fashion_mnist, metrics
+
+
+class Net(nn.Module):
+  """A user's model: Dense -> bnjax BatchNorm -> ReLU -> Dense head."""
+  classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dense(16)(x.reshape(len(x), -1))
+    x = nn.relu(layers.BatchNorm(use_running_average=not train)(x))
+    return nn.Dense(self.classes, name='classifier')(x)
+
+
+def _arrays(n_train=64, n_test=32, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n_train + n_test, 6)).astype(np.float32)
+  y = ((x[:, 0] > 0).astype(np.int32) + (x[:, 1] > 0.5)).astype(np.int32)
+  return {'train': (x[:n_train], y[:n_train]), 'test': (x[n_train:], y[n_train:])}
+
+
+CFG = Config(batch_size=16, num_steps=12, log_every=4, checkpoint_every=4, learning_rate=0.1,
+             weight_decay=1e-3, tensorboard=False)
+
+
+def test_fit_equals_bnjax_train_on_the_same_model_and_data(tmp_path, monkeypatch):
+  """bnjax's own ConvNet on (fake) Fashion-MNIST: fit on the arrays bnjax-train's
+  pipeline produces trains the same parameters and logs the same lines; the
+  measured invariant kernels are the structural ones (conv1-3, not the head)."""
+  folder = tmp_path / 'fmnist'
+  folder.mkdir()
+  fake_fashion_mnist(folder, n_train=96, n_test=40)
+  monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(folder))
+  cfg = Config(width=4, batch_size=32, num_epochs=2, log_every=2, checkpoint_every=2,
+               eval_batch_size=40, tensorboard=False)
+  reference = trainer.train(cfg, tmp_path / 'train', data_dir=str(tmp_path / 'tfds'),
+                            progress=False)
+  run_data = inputs.prepare(cfg, str(tmp_path / 'tfds'))
+  arrays = {}
+  for name, batches in (('train', run_data.train_batches), ('test', run_data.test_batches)):
+    split = batches.data
+    x = (split.x.astype(np.float32) / 255.0 - batches.mean) / batches.std
+    arrays[name] = (x.astype(np.float32), split.y.astype(np.int32))
+  model = models.build('convnet', 'batch', width=4)
+  mine = fit(model, arrays, dataclasses.replace(cfg, num_epochs=2), workdir=tmp_path / 'fit',
+             progress=False)
+  record = json.loads((tmp_path / 'fit' / 'config.json').read_text())
+  assert record['invariant_layers'] == ['conv1', 'conv2', 'conv3']
+  a, b = trainer.load_params(tmp_path / 'train'), trainer.load_params(tmp_path / 'fit')
+  for layer in ('conv1', 'conv3', 'head'):
+    np.testing.assert_allclose(b[layer]['kernel'], a[layer]['kernel'], rtol=1e-4, atol=1e-6)
+  lines_a, lines_b = metrics(tmp_path / 'train'), metrics(tmp_path / 'fit')
+  assert [l['step'] for l in lines_b] == [l['step'] for l in lines_a] == [2, 4, 6]
+  np.testing.assert_allclose([l['loss'] for l in lines_b], [l['loss'] for l in lines_a],
+                             rtol=1e-4)
+  assert 'effective_lr/head' not in lines_b[-1] and 'effective_lr/conv2' in lines_b[-1]
+  assert mine['test_loss'] == pytest.approx(reference['test_loss'], rel=1e-4)
+
+
+def test_fit_a_users_model_measures_its_mask_and_resumes_exactly(tmp_path):
+  """The user's Dense feeding batch norm is measured scale-invariant, the head is
+  not; killed after step 6 (checkpoint 4), the rerun ends as an uninterrupted run;
+  another model in the same workdir is refused, naming what differs."""
+  data = _arrays()
+  assert fit(Net(), data, CFG, workdir=tmp_path / 'a', progress=False, stop_after=6) == {}
+  resumed = fit(Net(), data, CFG, workdir=tmp_path / 'a', progress=False)
+  whole = fit(Net(), data, CFG, workdir=tmp_path / 'b', progress=False)
+  assert resumed['status'] == 'finished' and resumed['steps'] == 12
+  assert resumed['test_loss'] == whole['test_loss']
+  record = json.loads((tmp_path / 'a' / 'config.json').read_text())
+  assert record['invariant_layers'] == ['Dense_0']
+  # 6*16 + 16 + 16 + 16 + 16*3 + 3 parameters (kernels, biases, gain, shift)
+  assert record['user_model'].startswith('Net(195 parameters in 6 leaves')
+  line = metrics(tmp_path / 'a')[-1]
+  assert 'effective_lr/Dense_0' in line and 'effective_lr/classifier' not in line
+  # A finished workdir is not answered for another model or other data.
+  with pytest.raises(workdirs.ConfigMismatchError, match=r'user_model: was .Net\(195'):
+    fit(Net(classes=4), data, CFG, workdir=tmp_path / 'a', progress=False)
+  with pytest.raises(workdirs.ConfigMismatchError, match='data: was'):
+    fit(Net(), _arrays(seed=1), CFG, workdir=tmp_path / 'a', progress=False)
+
+
+def _refusals(WORKDIR):  # pylint: disable=invalid-name
+  data = _arrays()
+  x, y = data['train']
+  return [
+      ('not a module', lambda: fit(lambda x, train: x, data, CFG, workdir=WORKDIR),
+       TypeError, 'model: must be a flax.linen.Module'),
+      ('config type', lambda: fit(Net(), data, {'batch_size': 16}, workdir=WORKDIR),
+       TypeError, 'config: must be a bnjax.train.Config'),
+      ('keys', lambda: fit(Net(), {'train': (x, y)}, CFG, workdir=WORKDIR), ValueError,
+       r"data_dict: must be \{'train'"),
+      ('lengths', lambda: fit(Net(), dict(data, train=(x, y[:-1])), CFG, workdir=WORKDIR),
+       ValueError, r"data\['train'\]: x has 64 examples and y 63"),
+      ('float labels', lambda: fit(Net(), dict(data, train=(x, y.astype(float))), CFG,
+                                   workdir=WORKDIR),
+       ValueError, 'y must hold integer class labels'),
+      ('nan inputs', lambda: fit(Net(), dict(data, train=(np.where(x > 2, np.nan, x), y)),
+                                 CFG, workdir=WORKDIR),
+       ValueError, 'x holds non-finite values'),
+      ('label out of range', lambda: fit(Net(), dict(data, test=(data['test'][0],
+                                                                 data['test'][1] + 5)),
+                                         CFG, workdir=WORKDIR),
+       ValueError, r'model: must return logits \(batch, classes\) with at least 8'),
+      ('negative label', lambda: fit(Net(), dict(data, test=(data['test'][0],
+                                                             data['test'][1] - 1)),
+                                     CFG, workdir=WORKDIR),
+       ValueError, r"labels must be in \[0, classes\)"),
+      ('pmap', lambda: fit(Net(), data, dataclasses.replace(CFG, parallel='pmap'),
+                           workdir=WORKDIR),
+       ValueError, 'config.parallel: fit runs parallel="none" or "sharded"'),
+      ('bad config', lambda: fit(Net(), data, dataclasses.replace(CFG, num_steps=-1),
+                                 workdir=WORKDIR),
+       ValueError, '--num_steps: must be >= 0'),
+      ('batch too large', lambda: fit(Net(), data, dataclasses.replace(CFG, batch_size=65),
+                                      workdir=WORKDIR),
+       ValueError, '--batch_size: 65 exceeds the 64 training examples'),
+      ('model without train', lambda: fit(nn.Dense(3), data, CFG, workdir=WORKDIR),
+       ValueError, 'model: could not be initialized and applied'),
+  ]
+
+
+@pytest.mark.parametrize('index', range(12))
+def test_fit_refuses_before_any_file(tmp_path, index):
+  case, call, error, match = _refusals(tmp_path / 'run')[index]
+  with pytest.raises(error, match=match):
+    call()
+  assert not (tmp_path / 'run').exists(), case
