@@ -235,3 +235,24 @@ def test_integer_params_are_refused_at_init(make):
   params = {'kernel': jnp.ones((3, 2)), 'step': jnp.ones((2,), jnp.int32)}
   with pytest.raises(TypeError, match="'step' has dtype int32"):
     make().init(params)
+
+
+@pytest.mark.parametrize('make, kind', [
+    (lambda track: transforms.adamp(0.05, weight_decay=0.1, track=track), 'adam'),
+    (lambda track: transforms.sgdp(0.05, 0.9, weight_decay=0.1, track=track), 'sgd')])
+def test_track_appends_dynamics_and_leaves_the_updates(make, kind):
+  """track=True: the same updates, and dynamics.read gives the step's weight norm
+  (by hand) and effective learning rate (lr / ||w||, Adam; lr / ||w||^2, SGD)."""
+  from bnjax import dynamics
+  w = {'kernel': jnp.array([[3.0, 0.0], [4.0, 2.0]])}
+  g = {'kernel': jnp.array([[0.5, -1.0], [0.2, 0.3]])}
+  plain, tracked = make(False), make(True)
+  u_plain, _ = plain.update(g, plain.init(w), w)
+  u_tracked, state = tracked.update(g, tracked.init(w), w)
+  chex.assert_trees_all_close(u_tracked, u_plain)
+  read = dynamics.read(state)
+  assert float(read['kernel/weight_norm']) == pytest.approx((5.0 + 2.0) / 2)
+  expected = np.mean([0.05 / n ** (1 if kind == 'adam' else 2) for n in (5.0, 2.0)])
+  assert float(read['kernel/effective_lr']) == pytest.approx(expected, rel=1e-5)
+  with pytest.raises(TypeError, match='track must be a bool'):
+    make(1)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from bnjax._validation import check_bool, check_nonnegative, check_positive, check_unit_interval
+from bnjax.transforms.tracking import track_dynamics
 from bnjax.transforms._common import (Mask, ScalarOrSchedule, _at, _expanded,
                                       _require_float_params, _require_params)
 
@@ -101,8 +102,8 @@ def _projected_updates(step, grads, params, mask, lr, decay_scale, *, delta, wd_
 
 def adamp(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
           eps: float = 1e-8, *, weight_decay: ScalarOrSchedule = 0.0, delta: float = 0.1,
-          wd_ratio: float = 0.1, nesterov: bool = False, mask: Mask = None
-          ) -> optax.GradientTransformation:
+          wd_ratio: float = 0.1, nesterov: bool = False, mask: Mask = None,
+          track: bool = False) -> optax.GradientTransformation:
   r"""AdamP (Heo et al. 2021): Adam without the radial part of the step on
   scale-invariant weights.
 
@@ -132,6 +133,9 @@ def adamp(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
     mask: leaves that are decayed and tested for projection (tested only if
       ndim > 1); the others take the plain Adam step. ``None``: every leaf,
       as the reference code.
+    track: append :func:`track_dynamics` on ``mask`` (read it with
+      :func:`bnjax.dynamics.read`), as :func:`adam`'s ``track``; off by
+      default, so the state is the reference code's.
 
   Returns:
     An ``optax.GradientTransformation`` (``update`` needs ``params``).
@@ -181,13 +185,20 @@ def adamp(learning_rate: ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
                                  wd_ratio=wd_ratio, eps=eps)
     return updates, AdamPState(count, mu, nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _tracked(optax.GradientTransformation(init_fn, update_fn), track, learning_rate,
+                  'adam', mask)
+
+
+def _tracked(tx, track: bool, learning_rate, kind: str, mask):
+  """``tx``, followed by :func:`track_dynamics` when ``track``."""
+  check_bool('track', track)
+  return optax.chain(tx, track_dynamics(learning_rate, kind, mask)) if track else tx
 
 
 def sgdp(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, dampening: float = 0.0,
          weight_decay: ScalarOrSchedule = 0.0, nesterov: bool = False, eps: float = 1e-8,
-         delta: float = 0.1, wd_ratio: float = 0.1, mask: Mask = None
-         ) -> optax.GradientTransformation:
+         delta: float = 0.1, wd_ratio: float = 0.1, mask: Mask = None,
+         track: bool = False) -> optax.GradientTransformation:
   r"""SGDP (Heo et al. 2021): SGD with momentum without the radial part of the
   step on scale-invariant weights.
 
@@ -205,7 +216,7 @@ def sgdp(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, dampening: f
     dampening: in [0, 1].
     weight_decay: :math:`\lambda` (decoupled; 0 for none), float or schedule.
     nesterov: Nesterov momentum.
-    eps, delta, wd_ratio, mask: as :func:`adamp`.
+    eps, delta, wd_ratio, mask, track: as :func:`adamp`.
 
   Returns:
     An ``optax.GradientTransformation`` (``update`` needs ``params``).
@@ -246,4 +257,5 @@ def sgdp(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, dampening: f
                                  delta=delta, wd_ratio=wd_ratio, eps=eps)
     return updates, SGDPState(optax.safe_increment(state.count), buf)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _tracked(optax.GradientTransformation(init_fn, update_fn), track, learning_rate,
+                  'sgd', mask)
