@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnjax._validation import path_str
+from bnjax._validation import key_names, path_str
 
 
 def kernel_mask(params):
@@ -130,8 +130,74 @@ def expand_mask(mask, params):
   """
   if callable(mask):
     mask = mask(params)
-  return jax.tree_util.tree_map(
-      lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), mask, params)
+  mask = pure(mask)
+  try:
+    return jax.tree_util.tree_map(
+        lambda m, sub: jax.tree_util.tree_map(lambda _: bool(m), sub), mask, params)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'mask does not match the params: {_first_mismatch(mask, params)}. '
+                     'Build the mask on the params the optimizer is given (for flax.nnx: '
+                     'nnx.state(model, nnx.Param), or the nnx.as_pure of it).') from e
+
+
+def _nnx_split(model):
+  """``(graphdef, params, rest)`` of a flax.nnx Module, both states pure
+  (``nnx.as_pure``); ``None`` for anything else."""
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  if not isinstance(model, nnx.Module):
+    return None
+  if not hasattr(nnx, 'as_pure'):
+    raise ValueError('scale_invariant_mask of an nnx.Module needs flax >= 0.11 '
+                     '(nnx.as_pure); pass its pure params and a loss of them instead.')
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.as_pure(params), nnx.as_pure(rest)
+
+
+def _nnx_merge(graphdef, params, rest):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  return nnx.merge(graphdef, params, rest)
+
+
+def pure(tree):
+  """``tree`` with every flax.nnx ``Variable`` (``Param``, ``BatchStat``, ...)
+  replaced by its value: a mask built on an ``nnx.State`` of variables then
+  matches params given as arrays (``nnx.as_pure``), as ``nnx.Optimizer`` gives
+  them. Other trees are returned as they are.
+
+  Example:
+    >>> from bnjax import masks
+    >>> masks.pure({'w': True})
+    {'w': True}
+  """
+  try:
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+  except ImportError:  # flax without nnx: no variables to unwrap
+    return tree
+  is_variable = lambda v: isinstance(v, nnx.Variable)
+  if not any(map(is_variable, jax.tree_util.tree_leaves(tree, is_leaf=is_variable))):
+    return tree
+  return jax.tree_util.tree_map(lambda v: v.value if is_variable(v) else v, tree,
+                                is_leaf=is_variable)
+
+
+def _first_mismatch(mask, params) -> str:
+  """The first parameter path the mask has no entry for, or the first mask path
+  that is no parameter's (a mask may be a prefix of the params)."""
+  flat = lambda tree: [key_names(p) for p, _ in
+                       jax.tree_util.tree_flatten_with_path(pure(tree))[0]]
+  in_mask, in_params = flat(mask), flat(params)
+  prefixes = {tuple(p) for p in in_mask}
+  for path in in_params:
+    if not any(tuple(path[:i]) in prefixes for i in range(len(path) + 1)):
+      return f'parameter {"/".join(path)!r} has no entry in the mask'
+  params_prefixes = {tuple(p[:i]) for p in in_params for i in range(len(p) + 1)}
+  for path in in_mask:
+    if tuple(path) not in params_prefixes:
+      return f'mask entry {"/".join(path)!r} is no parameter'
+  return 'the two trees have different node types (e.g. a dict against an nnx.State)'
 
 
 def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int = -1,
@@ -156,10 +222,18 @@ def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int =
   loss does not depend on at all passes both tests and is marked, which is
   correct: e.g. the bias of a Dense feeding batch norm.
 
+  A flax.nnx model is measured as it is: pass the ``nnx.Module`` as ``params``
+  and ``loss_fn(model, *args)``; its ``nnx.Param`` state is split off and made
+  pure inside (``nnx.as_pure``, flax >= 0.11, so that batch statistics can
+  update in the traced loss), and the mask comes back as an ``nnx.State`` of
+  bools that bnjax's transforms (and ``nnx.Optimizer(model, tx, wrt=nnx.Param)``)
+  take.
+
   Args:
     loss_fn: ``loss_fn(params, *args) -> scalar``; use a deterministic loss
       (e.g. batch norm in training mode on a fixed batch, no dropout).
-    params: the parameter pytree to test.
+    params: the parameter pytree to test, or a flax.nnx ``Module`` (then
+      ``loss_fn(model, *args)``).
     *args: passed to ``loss_fn``.
     rtol: relative tolerance of both tests (float32 needs about 1e-4).
     axis: the unit axis of each leaf.
@@ -185,6 +259,11 @@ def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int =
   """
   if not rtol > 0:
     raise ValueError(f'rtol must be > 0, got {rtol}.')
+  split = _nnx_split(params)
+  if split is not None:
+    graphdef, params, rest = split
+    model_loss = loss_fn
+    loss_fn = lambda p, *a: model_loss(_nnx_merge(graphdef, p, rest), *a)
   loss = jax.jit(loss_fn)
   base, grads = jax.jit(jax.value_and_grad(loss_fn))(params, *args)
   base = float(base)

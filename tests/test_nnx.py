@@ -160,3 +160,78 @@ def test_convnet_trains_with_bnjax_transforms_through_nnx_optimizer():
                               rtol=1e-5)
   tracked = dynamics.read(optimizer.opt_state)
   assert {'conv/kernel/angular_update', 'head/kernel/effective_lr'} <= set(tracked)
+
+
+# ------------------------------------------------- masks of nnx models, first class
+
+class _MaskNet(fnnx.Module):
+  def __init__(self, rngs):
+    self.conv = fnnx.Conv(1, 8, (3, 3), use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(8, rngs=rngs)
+    self.head = fnnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(jax.nn.relu(self.bn(self.conv(x))).mean((1, 2)))
+
+
+def _mask_data():
+  return jax.random.normal(jax.random.key(1), (16, 8, 8, 1)), jnp.arange(16) % 3
+
+
+def _nnx_loss(model, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+
+@NEW_NNX
+def test_scale_invariant_mask_of_an_nnx_module_equals_the_manual_split():
+  """Passing the module itself gives the mask of its pure params (the split and
+  fnnx.as_pure done inside), and leaves the module's batch statistics as they were."""
+  model = _MaskNet(fnnx.Rngs(0))
+  x, y = _mask_data()
+  before = jax.tree_util.tree_leaves(fnnx.as_pure(fnnx.state(model, fnnx.BatchStat)))
+  direct = masks.scale_invariant_mask(_nnx_loss, model, x, y)
+  graphdef, params, rest = fnnx.split(model, fnnx.Param, ...)
+  params, rest = fnnx.as_pure(params), fnnx.as_pure(rest)
+  manual = masks.scale_invariant_mask(
+      lambda p, x, y: _nnx_loss(fnnx.merge(graphdef, p, rest), x, y), params, x, y)
+  assert jax.tree_util.tree_structure(direct) == jax.tree_util.tree_structure(manual)
+  assert jax.tree_util.tree_leaves(direct) == jax.tree_util.tree_leaves(manual)
+  assert direct['conv']['kernel'] and not direct['head']['kernel']
+  after = jax.tree_util.tree_leaves(fnnx.as_pure(fnnx.state(model, fnnx.BatchStat)))
+  chex.assert_trees_all_equal(before, after)
+
+
+@NEW_NNX
+def test_transforms_take_a_mask_built_on_an_nnx_state():
+  """A mask of the fnnx.State of Params (bools inside Param variables) trains exactly
+  as the same mask on pure arrays, in L2, projection and tracking."""
+  x, y = _mask_data()
+  trained = []
+  for pure in (False, True):
+    model = _MaskNet(fnnx.Rngs(0))
+    state = fnnx.state(model, fnnx.Param)
+    mask = jax.tree_util.tree_map(lambda w: w.ndim == 4, fnnx.as_pure(state) if pure else state)
+    tx = optax.chain(transforms.l2_regularization(1e-2, mask), optax.sgd(0.1, momentum=0.9),
+                     transforms.unit_norm_projection(mask),
+                     transforms.track_dynamics(0.1, 'sgd', mask))
+    optimizer = fnnx.Optimizer(model, tx, wrt=fnnx.Param)
+    for _ in range(3):
+      optimizer.update(model, fnnx.grad(lambda m: _nnx_loss(m, x, y))(model))
+    trained.append(fnnx.as_pure(fnnx.state(model, fnnx.Param)))
+    assert float(dynamics.read(optimizer.opt_state)['conv/kernel/weight_norm']) == \
+        pytest.approx(1.0, rel=1e-5)
+  chex.assert_trees_all_close(trained[0], trained[1])
+
+
+@pytest.mark.parametrize('make', [
+    lambda m: transforms.l2_regularization(1e-3, m),
+    lambda m: transforms.decoupled_weight_decay(1e-3, m),
+    lambda m: transforms.unit_norm_projection(m),
+    lambda m: transforms.track_dynamics(0.1, 'sgd', m)])
+def test_a_mask_that_does_not_match_is_refused_at_init_naming_the_path(make):
+  model = _MaskNet(fnnx.Rngs(0))
+  params = fnnx.state(model, fnnx.Param)
+  with pytest.raises(ValueError, match="parameter 'bn/bias' has no entry in the mask"):
+    make({'conv': {'kernel': True}}).init(params)
+  with pytest.raises(ValueError, match="mask entry 'conv/kernel' is no parameter"):
+    make({'head': False, 'conv': {'kernel': True}}).init({'head': jnp.ones((2, 2))})

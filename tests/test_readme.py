@@ -22,7 +22,7 @@ def test_pages_have_examples():
 
 @pytest.mark.parametrize('page,index,block', BLOCKS, ids=[f'{n}[{i}]' for n, i, _ in BLOCKS])
 def test_example_runs(page, index, block):
-  if 'nnx.as_pure' in block:
+  if 'from flax import nnx' in block:
     from flax import nnx  # pylint: disable=g-import-not-at-top
     if not hasattr(nnx, 'as_pure'):
       pytest.skip('the flax.nnx examples need flax >= 0.11 (nnx.as_pure, '
@@ -47,7 +47,8 @@ def test_readme_is_a_users_page():
   assert len(text.encode()) <= 12_000
   assert not re.search(r'this round|last round|the audit|the contract|seed paper', text, re.I)
   for needed in ('pip install bnjax', "pip install 'bnjax[experiments]'", 'make test',
-                 'make study', 'nnx.as_pure', 'scale_invariant_mask', 'dynamics.read'):
+                 'make study', 'scale_invariant_mask', 'dynamics.read', '--num_steps',
+                 'tensorboard --logdir', 'bnjax-plot', 'from bnjax.train import Config, fit'):
     assert needed in text, needed
   for link in re.findall(r'\]\(([^)#]+)\)', text):
     assert (ROOT / link).exists(), f'README links to a missing {link}'

@@ -1,5 +1,6 @@
 """What the transforms share: argument types, mask expansion, required params."""
 
+import functools
 from typing import Any, Callable, Optional, Union
 
 import jax
@@ -48,6 +49,16 @@ def _needs_params(tx: optax.GradientTransformation, name: str
     return tx.update(updates, state, params)
 
   return optax.GradientTransformation(tx.init, update_fn)
+
+
+def _masked(tx: optax.GradientTransformation, mask: 'Mask') -> optax.GradientTransformation:
+  """``optax.masked(tx, mask)`` with bnjax's mask handling (``None``: ``tx`` on every
+  leaf): a mask built on an nnx.State of variables matches array params, and a
+  mask that matches no params is refused at ``init`` naming the first
+  mismatching path (:func:`bnjax.masks.expand_mask`)."""
+  if mask is None:
+    return tx
+  return optax.masked(tx, functools.partial(masks.expand_mask, mask))
 
 
 def _expanded(mask: 'Mask', params):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from bnjax._validation import check_nonnegative
-from bnjax.transforms._common import Mask, ScalarOrSchedule, _needs_params, _require_params
+from bnjax.transforms._common import (Mask, ScalarOrSchedule, _masked, _needs_params,
+                                      _require_params)
 
 
 class ScheduledScaleState(NamedTuple):
@@ -39,7 +40,7 @@ def _add_scaled_params(rate: ScalarOrSchedule, sign: float, mask: Mask, name: st
   """``u <- u + sign * rate * w``; a schedule is read at the transform's own count
   (optax.add_decayed_weights takes schedules only from optax 0.2.6 on)."""
   if not callable(rate):
-    return _needs_params(optax.add_decayed_weights(sign * rate, mask), name)
+    return _needs_params(_masked(optax.add_decayed_weights(sign * rate), mask), name)
 
   def init_fn(params):
     del params
@@ -53,7 +54,7 @@ def _add_scaled_params(rate: ScalarOrSchedule, sign: float, mask: Mask, name: st
     return updates, ScheduledScaleState(optax.safe_increment(state.count))
 
   tx = optax.GradientTransformation(init_fn, update_fn)
-  return tx if mask is None else optax.masked(tx, mask)
+  return _masked(tx, mask)
 
 
 def l2_regularization(weight_decay: ScalarOrSchedule, mask: Mask = None

@@ -8,7 +8,7 @@ import optax
 
 from bnjax import dynamics
 from bnjax._validation import check_positive, unit_axes_of
-from bnjax.transforms._common import Mask, _require_params, _require_projection_mask
+from bnjax.transforms._common import Mask, _masked, _require_params, _require_projection_mask
 
 
 class UnitNormProjectionState(NamedTuple):
@@ -113,4 +113,4 @@ def unit_norm_projection(mask: Mask = None, *, axis: int = -1,
              else jax.tree_util.tree_map(lambda _: radius, params))
     return jax.tree_util.tree_map(project, updates, params, radii), state
 
-  return optax.masked(optax.GradientTransformation(init_fn, update_fn), mask)
+  return _masked(optax.GradientTransformation(init_fn, update_fn), mask)
