@@ -23,6 +23,7 @@ import pytest
 
 from bnjax import folding, masks, norms, theory, transforms
 from bnjax.train import data, inputs, trainer, vectorized
+from bnjax.train.config import Config
 
 from _helpers import ROOT, TS, binary
 
@@ -300,9 +301,34 @@ def test_offline_download_fails_fast_naming_the_options(tmp_path, monkeypatch):
   monkeypatch.setattr(data.BnjaxMnist, 'URL', 'https://127.0.0.1:9/')
   start = time.time()
   with pytest.raises(data.DataUnavailableError,
-                     match='cannot reach 127.0.0.1.*dataset-fashion-mnist.*--fashion_mnist_dir'):
+                     match='mnist: cannot reach 127.0.0.1.*mnist has no local-copy option: '
+                           r'prepare it once .*--dataset=mnist --num_steps=1 --data_dir=DIR'):
     data.load_image_dataset('mnist', str(tmp_path))
   assert time.time() - start < 10
+  monkeypatch.setattr(data.BnjaxFashionMnist, 'URL', 'https://127.0.0.1:9/')
+  import bnjax.train.data.builders as builders_lib  # no local copy: the download's help
+  monkeypatch.setattr(builders_lib, 'fashion_mnist_dir', lambda: None)
+  with pytest.raises(data.DataUnavailableError,
+                     match='fashion_mnist: cannot reach .*dataset-fashion-mnist.*'
+                           '--fashion_mnist_dir'):
+    data.load_image_dataset('fashion_mnist', str(tmp_path / 'f'))
+
+
+def test_offline_binary_fails_in_one_line_naming_the_dataset(tmp_path):
+  """bnjax-train --dataset=mnist offline: exit 1 with one error line (no traceback)
+  naming MNIST's own option, and no workdir."""
+  driver = ('import sys\nfrom bnjax.train import data\n'
+            "data.BnjaxMnist.URL = 'https://127.0.0.1:9/'\n"
+            'from bnjax.train.binaries import train\n'
+            "sys.argv = ['bnjax-train'] + sys.argv[1:]\ntrain.run()\n")
+  cmd = binary(tmp_path / 'run', f'--data_dir={tmp_path / "tfds"}', config=Config(),
+               dataset='mnist', width=4, train_subset=64, batch_size=32)
+  out = subprocess.run([sys.executable, '-c', driver] + cmd[3:], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert 'mnist has no local-copy option' in out.stderr
+  assert 'Traceback' not in out.stderr
+  assert not (tmp_path / 'run').exists()
 
 
 # ------------------------------------------------------------------ binary

@@ -249,3 +249,17 @@ def test_two_processes_preparing_one_fresh_data_dir_both_succeed(tmp_path):
   for out, err, code in results:
     assert code == 0, err[-2000:]
     assert out.split()[-1] == '12'
+
+
+def test_a_local_copy_is_prepared_without_tfds_download_banner(tmp_path, monkeypatch, capfd):
+  """tfds prints "Downloading and preparing dataset Unknown size" even for local
+  files; preparing the local copy prints nothing on stdout."""
+  from _helpers import fake_fashion_mnist
+  folder = tmp_path / 'idx'
+  folder.mkdir()
+  fake_fashion_mnist(folder, n_train=20, n_test=10)
+  monkeypatch.setenv('BNJAX_FASHION_MNIST_DIR', str(folder))
+  splits = data.load_image_dataset('fashion_mnist', str(tmp_path / 'tfds'))
+  assert len(splits['train']) == 20
+  out = capfd.readouterr().out
+  assert 'Downloading and preparing' not in out and 'Dataset' not in out, out

@@ -106,7 +106,7 @@ def main(argv):
     study.fail(f'the run diverged: {e} ({FLAGS.workdir}/summary.json records it)')
   except (workdirs.ConfigMismatchError, workdirs.WorkdirLockedError) as e:
     study.fail(str(e), code=2)
-  except workdirs.DamagedFileError as e:
+  except (workdirs.DamagedFileError, data.DataUnavailableError) as e:
     study.fail(str(e))
   except Exception as e:  # pylint: disable=broad-except
     if workdirs.is_disk_full(e):

@@ -22,7 +22,7 @@ One module per job: :mod:`.sources`, :mod:`.pipeline`, :mod:`.synthetic`,
 
 from bnjax.train.data.sources import (CIFAR10_URL, CONNECT_TIMEOUT_S, DEBIAN_FASHION_MNIST,
                                       DataUnavailableError, FASHION_MNIST_URL, IDX_FILES,
-                                      MNIST_URL, OFFLINE_HELP, SHA256,
+                                      MNIST_URL, OFFLINE_HELP, SHA256, offline_help,
                                       check_fashion_mnist_dir, default_data_dir,
                                       fashion_mnist_dir, read_cifar10_binary, read_idx,
                                       read_idx_pair, sha256_of)
@@ -52,6 +52,7 @@ __all__ = [
     'fashion_mnist_dir',
     'load_image_dataset',
     'normalization_stats',
+    'offline_help',
     'prefetch',
     'read_cifar10_binary',
     'read_idx',

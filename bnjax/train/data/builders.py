@@ -33,9 +33,11 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder):
 class _Idx(_ImageClassification):
   SHAPE = (28, 28, 1)
   URL = None
+  DATASET = None
 
   def _idx_paths(self, dl_manager) -> dict:
-    return _download_verified(dl_manager, {k: self.URL + v for k, v in IDX_FILES.items()})
+    return _download_verified(dl_manager, {k: self.URL + v for k, v in IDX_FILES.items()},
+                              self.DATASET)
 
   def _split_generators(self, dl_manager):
     paths = self._idx_paths(dl_manager)
@@ -48,6 +50,7 @@ class _Idx(_ImageClassification):
 class BnjaxFashionMnist(_Idx):
   """Fashion-MNIST (Xiao et al. 2017) from its official IDX files."""
   URL = FASHION_MNIST_URL
+  DATASET = 'fashion_mnist'
 
   def _idx_paths(self, dl_manager):
     local = fashion_mnist_dir()
@@ -59,6 +62,7 @@ class BnjaxFashionMnist(_Idx):
 class BnjaxMnist(_Idx):
   """MNIST from its official IDX files."""
   URL = MNIST_URL
+  DATASET = 'mnist'
 
 
 class BnjaxCifar10(_ImageClassification):
@@ -66,7 +70,7 @@ class BnjaxCifar10(_ImageClassification):
   SHAPE = (32, 32, 3)
 
   def _split_generators(self, dl_manager):
-    archive = _download_verified(dl_manager, {'archive': CIFAR10_URL})['archive']
+    archive = _download_verified(dl_manager, {'archive': CIFAR10_URL}, 'cifar10')['archive']
     root = pathlib.Path(dl_manager.extract(archive)) / 'cifar-10-batches-bin'
     train = read_cifar10_binary([root / f'data_batch_{i}.bin' for i in range(1, 6)])
     test = read_cifar10_binary([root / 'test_batch.bin'])

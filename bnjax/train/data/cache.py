@@ -4,6 +4,7 @@ numpy arrays, loaded as splits."""
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import pathlib
 import tempfile
@@ -12,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from bnjax.train.data.sources import (IDX_FILES, default_data_dir, fashion_mnist_dir,
                                       sha256_of)
@@ -83,10 +85,18 @@ def load_image_dataset(name: str, data_dir: Optional[str] = None) -> dict:
   """
   if name not in BUILDERS:
     raise ValueError(f'unknown image dataset {name!r}; choose from {sorted(BUILDERS)}.')
-  data_dir = os.path.join(data_dir or default_data_dir(), source_key(name))
+  key = source_key(name)
+  data_dir = os.path.join(data_dir or default_data_dir(), key)
   with _preparing(data_dir):
     builder = tfds.builder(BUILDERS[name], data_dir=data_dir, file_format='array_record')
-    builder.download_and_prepare()
+    # tfds prints "Downloading and preparing dataset Unknown size" even for local
+    # files: its banner is left out for a local copy, logged in one line instead.
+    if key != 'official' and not builder.is_prepared():
+      logging.info('preparing %s from the local copy %s into %s', name,
+                   fashion_mnist_dir(), data_dir)
+    with (contextlib.redirect_stdout(io.StringIO()) if key != 'official'
+          else contextlib.nullcontext()):
+      builder.download_and_prepare()
   return {split: _decoded_arrays(builder, name, split, data_dir)
           for split in ('train', 'test')}
 

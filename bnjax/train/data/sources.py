@@ -47,6 +47,17 @@ OFFLINE_HELP = ('offline options: install Debian\'s dataset-fashion-mnist (apt-g
                 'dataset-fashion-mnist), or give a folder with the four official IDX files '
                 '(--fashion_mnist_dir or $BNJAX_FASHION_MNIST_DIR), or prepare the dataset '
                 'once on a machine with network into --data_dir / $BNJAX_DATA_DIR')
+
+
+def offline_help(dataset: str) -> str:
+  """What a user without network can do to get ``dataset``: Fashion-MNIST has
+  local copies (:data:`OFFLINE_HELP`); MNIST and CIFAR-10 are prepared once where
+  there is network and the folder copied."""
+  if dataset == 'fashion_mnist':
+    return OFFLINE_HELP
+  return (f'{dataset} has no local-copy option: prepare it once on a machine with network '
+          f'(bnjax-train --dataset={dataset} --num_steps=1 --data_dir=DIR), copy DIR here '
+          f'and pass --data_dir=DIR (or set $BNJAX_DATA_DIR)')
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -183,21 +194,22 @@ def sha256_of(paths) -> str:
   return digest.hexdigest()
 
 
-def _check_reachable(url: str) -> None:
+def _check_reachable(url: str, dataset: str) -> None:
   """Fails within ``CONNECT_TIMEOUT_S`` when the download host cannot be reached."""
   parsed = urllib.parse.urlparse(url)
   try:
     socket.create_connection((parsed.hostname, parsed.port or 443),
                              timeout=CONNECT_TIMEOUT_S).close()
   except OSError as e:
-    raise DataUnavailableError(f'cannot reach {parsed.hostname} to download {url} '
-                               f'({e}); {OFFLINE_HELP}.') from None
+    raise DataUnavailableError(f'{dataset}: cannot reach {parsed.hostname} to download {url} '
+                               f'({e}); {offline_help(dataset)}.') from None
 
 
-def _download_verified(dl_manager, urls: dict) -> dict:
-  """Downloads ``{key: url}`` and checks each file against its published sha256."""
+def _download_verified(dl_manager, urls: dict, dataset: str) -> dict:
+  """Downloads ``{key: url}`` of ``dataset`` and checks each file against its
+  published sha256."""
   for url in urls.values():
-    _check_reachable(url)
+    _check_reachable(url, dataset)
   paths = dl_manager.download(urls)
   for key, url in urls.items():
     got = sha256_of([paths[key]])
