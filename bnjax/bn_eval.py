@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from bnjax._validation import check_unit_interval
 
-__all__ = ['BN_EVAL', 'debiased', 'precise']
+__all__ = ['BN_EVAL', 'debiased', 'precise', 'precise_nnx']
 
 BN_EVAL = ('running', 'debiased', 'precise')
 
@@ -199,3 +199,75 @@ def precise(update_fn: Callable[[Any, Any, Any], Any], params, batch_stats,
             'var': var if moved['var'] else running['var']}
 
   return _map_stats(union, sums, batch_stats, updated)
+
+
+def precise_nnx(model, batches: Iterable, *, momentum=None):
+  r"""Precise statistics (:func:`precise`) of a flax.nnx model, written into it.
+
+  Every ``nnx.BatchStat`` of ``model`` (``bnjax.nnx`` and ``flax.nnx`` batch
+  norms alike) is replaced by the population statistics of ``batches`` under
+  the model's current weights, computed as :func:`precise` does with the
+  model in training mode (batch statistics, layer by layer). The model is
+  updated in place (``nnx.update``), as nnx optimizers update it, and its
+  train / eval mode is left as it was. Use it before evaluating a run whose
+  weight norms moved faster than the running averages follow: with momentum
+  :math:`m` the averages lag by about :math:`1/(1-m)` steps (100 at 0.99),
+  and weight decay moves a scale-invariant weight's norm with its own time
+  constant (:func:`bnjax.theory.equilibrium_time_constant`).
+
+  Args:
+    model: a flax.nnx ``Module`` with batch statistics.
+    batches: an iterable of inputs ``x``, at least one.
+    momentum: the batch norms' momentum (default: read off the model's batch
+      norms, which must agree).
+
+  Returns:
+    The model.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from bnjax import bn_eval
+    >>> from bnjax import nnx as bnnx
+    >>> bn = bnnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    >>> x = jax.random.normal(jax.random.key(0), (64, 3)) * 2.0 + 5.0
+    >>> _ = bn_eval.precise_nnx(bn, [x[:32], x[32:]])
+    >>> bool(jnp.allclose(bn.mean[...], x.mean(0), atol=1e-4))
+    True
+
+  References:
+    Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, arXiv 2105.07576,
+    section 3.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f'model: must be a flax.nnx Module, got {type(model).__name__}')
+  if momentum is None:
+    found = {float(m.momentum) for _, m in nnx.iter_graph(model)
+             if isinstance(m, nnx.Module) and hasattr(m, 'momentum')
+             and hasattr(m, 'use_running_average')}
+    if len(found) != 1:
+      raise ValueError(f'momentum: the model\'s batch norms have momenta {sorted(found)}; '
+                       'pass the one to use' if found else
+                       'model: has no batch norm (no module with momentum and '
+                       'use_running_average)')
+    momentum, = found
+  modes = {path: m.use_running_average for path, m in nnx.iter_graph(model)
+           if isinstance(m, nnx.Module) and hasattr(m, 'use_running_average')}
+  graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  pure = getattr(nnx, 'as_pure', lambda state: state)
+
+  def update(p, s, x):
+    m = nnx.merge(graphdef, p, s, pure(rest))
+    for _, sub in nnx.iter_graph(m):
+      if isinstance(sub, nnx.Module) and hasattr(sub, 'use_running_average'):
+        sub.use_running_average = False
+    m(x)
+    return pure(nnx.state(m, nnx.BatchStat))
+
+  new = precise(update, pure(params), pure(stats), batches, momentum=momentum)
+  nnx.update(model, nnx.State(new) if not isinstance(new, nnx.State) else new)
+  for path, m in nnx.iter_graph(model):
+    if path in modes:
+      m.use_running_average = modes[path]
+  return model

@@ -235,3 +235,42 @@ def test_a_mask_that_does_not_match_is_refused_at_init_naming_the_path(make):
     make({'conv': {'kernel': True}}).init(params)
   with pytest.raises(ValueError, match="mask entry 'conv/kernel' is no parameter"):
     make({'head': False, 'conv': {'kernel': True}}).init({'head': jnp.ones((2, 2))})
+
+
+class _TwoNorms(fnnx.Module):
+  """Dense -> flax.nnx BatchNorm -> ReLU -> Dense -> bnjax BatchNorm."""
+
+  def __init__(self, rngs):
+    self.a = fnnx.Linear(4, 6, rngs=rngs)
+    self.bn1 = fnnx.BatchNorm(6, momentum=0.9, rngs=rngs)
+    self.b = fnnx.Linear(6, 5, rngs=rngs)
+    self.bn2 = nnx.BatchNorm(5, momentum=0.9, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn2(self.b(jax.nn.relu(self.bn1(self.a(x)))))
+
+
+def test_precise_nnx_writes_the_population_statistics_layer_by_layer():
+  """Both norms' statistics become those of their inputs over the union of the
+  batches, the second's inputs normalized by the first's batch statistics (as
+  training runs); the model's eval mode is kept."""
+  from bnjax import bn_eval
+  model = _TwoNorms(fnnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(3), (96, 4)) * 3.0 + 1.0
+  model.eval()
+  bn_eval.precise_nnx(model, [x[:32], x[32:64], x[64:]])
+  assert model.bn1.use_running_average and model.bn2.use_running_average
+  h = model.a(x)
+  chex.assert_trees_all_close(model.bn1.mean[...], h.mean(0), atol=1e-4)
+  chex.assert_trees_all_close(model.bn1.var[...], h.var(0), rtol=1e-4)
+  # The second norm sees each batch normalized with that batch's own statistics.
+  parts = []
+  for chunk in (x[:32], x[32:64], x[64:]):
+    u = model.a(chunk)
+    u = (u - u.mean(0)) / jnp.sqrt(u.var(0) + model.bn1.epsilon)
+    parts.append(model.b(jax.nn.relu(u * model.bn1.scale[...] + model.bn1.bias[...])))
+  g = jnp.concatenate(parts)
+  chex.assert_trees_all_close(model.bn2.mean[...], g.mean(0), atol=1e-4)
+  chex.assert_trees_all_close(model.bn2.var[...], g.var(0), rtol=1e-4)
+  with pytest.raises(TypeError, match='model: must be a flax.nnx Module'):
+    bn_eval.precise_nnx({'bn': 1}, [x])

@@ -41,6 +41,13 @@ def track_dynamics(learning_rate: ScalarOrSchedule, optimizer: str = 'sgd',
   a collapsed unit's would dominate the mean). Read it with
   :func:`bnjax.dynamics.read`.
 
+  A norm that moves faster than batch norm's running averages follow (about
+  :math:`1/(1-m)` steps, 100 at flax's momentum 0.99; weight decay's own time
+  constant is :func:`bnjax.theory.equilibrium_time_constant`) leaves those
+  averages stale: evaluate with :func:`bnjax.bn_eval.precise` (linen) or
+  :func:`bnjax.bn_eval.precise_nnx` (nnx) rather than conclude from the
+  running statistics that the decay hurt.
+
   Args:
     learning_rate: the optimizer's learning rate, a float or the same schedule.
     optimizer: ``'sgd'`` (with or without momentum; ``'momentum'`` is an
