@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -138,3 +139,36 @@ def test_fit_refuses_before_any_file(tmp_path, index):
   with pytest.raises(error, match=match):
     call()
   assert not (tmp_path / 'run').exists(), case
+
+
+def test_fit_an_nnx_model_equals_its_linen_twin(tmp_path):
+  """The same network as a flax.nnx module (started from the linen twin's
+  initial weights) trains to the same parameters and test loss through fit,
+  and ends holding them; its Linear feeding batch norm is measured invariant."""
+  from flax import nnx as fnnx
+  from bnjax import nnx as bnnx
+  if not hasattr(fnnx, 'as_pure'):
+    pytest.skip('fit trains nnx models with flax >= 0.11')
+
+  class NnxNet(fnnx.Module):
+    def __init__(self, rngs):
+      self.Dense_0 = fnnx.Linear(6, 16, rngs=rngs)
+      self.BatchNorm_0 = bnnx.BatchNorm(16, rngs=rngs)
+      self.classifier = fnnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.classifier(jax.nn.relu(self.BatchNorm_0(self.Dense_0(x))))
+
+  data = _arrays()
+  linen = fit(Net(), data, CFG, workdir=tmp_path / 'linen', progress=False)
+  start = Net().init(jax.random.key(CFG.seed), data['train'][0][:16], train=True)
+  model = NnxNet(fnnx.Rngs(1))
+  fnnx.update(model, start['params'])   # the linen twin's initial weights
+  mine = fit(model, data, CFG, workdir=tmp_path / 'nnx', progress=False)
+  assert mine['test_loss'] == pytest.approx(linen['test_loss'], rel=1e-4)
+  trained = trainer.load_params(tmp_path / 'linen')
+  np.testing.assert_allclose(model.Dense_0.kernel[...], trained['Dense_0']['kernel'],
+                             rtol=1e-4, atol=1e-6)
+  record = json.loads((tmp_path / 'nnx' / 'config.json').read_text())
+  assert record['invariant_layers'] == ['Dense_0']
+  assert record['user_model'].startswith('NnxNet(195 parameters')

@@ -48,6 +48,36 @@ def _fingerprint(split: data.Arrays) -> str:
   return f'{split.x.shape}:{digest.hexdigest()[:16]}'
 
 
+class _NnxModel:
+  """A flax.nnx model called through flax.linen's ``init`` / ``apply`` (params and
+  batch statistics as pure dicts), so the loop trains it as it trains linen.
+
+  ``init`` returns the model's current weights (an nnx model is built
+  initialized); ``apply(..., train=...)`` merges the weights into the model and
+  calls ``model(x)`` in train or eval mode (``Module.train()`` / ``eval()``).
+  """
+
+  def __init__(self, model):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    self.nnx, self.model = nnx, model
+    self.graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    self.params, self.stats = params.to_pure_dict(), stats.to_pure_dict()
+    self.rest = nnx.as_pure(rest)
+
+  def init(self, rng, x, train: bool = True):
+    del rng, x, train
+    return {'params': self.params, 'batch_stats': self.stats}
+
+  def apply(self, variables, x, train: bool = False, mutable=()):
+    m = self.nnx.merge(self.graphdef, variables['params'],
+                       variables.get('batch_stats', self.stats), self.rest)
+    m.train() if train else m.eval()  # pylint: disable=expression-not-assigned
+    out = m(x)
+    if mutable:
+      return out, {'batch_stats': self.nnx.state(m, self.nnx.BatchStat).to_pure_dict()}
+    return out
+
+
 def _model_fingerprint(model, params) -> str:
   """``Net(147 parameters in 4 leaves, shapes 3f2a...)``: the model's class and its
   parameters' paths and shapes, so another model in a workdir is told apart."""
@@ -92,8 +122,11 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
 
   Args:
     model: a ``flax.linen.Module`` called as ``model(x, train=bool)`` returning
-      logits ``(B, classes)``; batch statistics in the ``batch_stats``
-      collection (as ``flax.linen.BatchNorm`` and ``bnjax.layers`` keep them).
+      logits ``(B, classes)``, batch statistics in the ``batch_stats``
+      collection (as ``flax.linen.BatchNorm`` and ``bnjax.layers`` keep them);
+      or a ``flax.nnx.Module`` (flax >= 0.11) called as ``model(x)`` in its
+      ``train()`` / ``eval()`` mode: its current weights are the start, and
+      it ends holding the run's last weights and statistics.
     data_dict: ``{'train': (x, y), 'test': (x, y)}``: float inputs, integer
       labels in ``[0, classes)``.
     config: the optimizer, schedule, batch size, length (``num_epochs`` or
@@ -144,8 +177,15 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
     weights); flax.linen, https://flax.readthedocs.io.
   """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  if not isinstance(model, nn.Module):
-    raise TypeError(f'model: must be a flax.linen.Module, got {type(model).__name__}')
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  user_model = model
+  if isinstance(model, nnx.Module):
+    if not hasattr(nnx, 'as_pure'):
+      raise ValueError('model: fit trains a flax.nnx model with flax >= 0.11 (nnx.as_pure)')
+    model = _NnxModel(model)
+  elif not isinstance(model, nn.Module):
+    raise TypeError(f'model: must be a flax.linen.Module or a flax.nnx.Module, got '
+                    f'{type(model).__name__}')
   config = Config() if config is None else config
   if not isinstance(config, Config):
     raise TypeError(f'config: must be a bnjax.train.Config, got {type(config).__name__}')
@@ -171,12 +211,15 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
                                          shuffle=False))
   first = train_batches.batch(0, 0)
   try:
-    variables = jax.jit(functools.partial(model.init, train=True))(
-        jax.random.key(config.seed), first['x'])
+    init = model.init if model is not user_model else jax.jit(
+        functools.partial(model.init, train=True))
+    variables = init(jax.random.key(config.seed), first['x'])
     logits = model.apply(variables, first['x'], train=False)
   except Exception as e:  # the user's model on the user's inputs: say which failed
+    call = 'model(x) in train() / eval() mode' if model is not user_model else \
+        'model(x, train=...)'
     raise ValueError(f'model: could not be initialized and applied on a training batch of '
-                     f'shape {first["x"].shape} as model(x, train=...): {e}') from e
+                     f'shape {first["x"].shape} as {call}: {e}') from e
   classes = int(max(splits['train'].y.max(), splits['test'].y.max())) + 1
   if np.shape(logits) != (config.batch_size, np.shape(logits)[-1]) or \
      np.shape(logits)[-1] < classes:
@@ -192,13 +235,13 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
   invariant = _invariant_kernels(model, params, stats, first['x'], first['y'],
                                  invariance_rtol)
   layers = step_metrics.invariant_layers(params, invariant)
-  wanted = dict(config_lib.record(config), user_model=_model_fingerprint(model, params),
+  wanted = dict(config_lib.record(config), user_model=_model_fingerprint(user_model, params),
                 invariant_layers=sorted(layers),
                 data={name: _fingerprint(split) for name, split in splits.items()})
   workdir = workdirs.folder(workdir)
   summary = loop.answered(workdir, wanted)
   if summary is not None:
-    return summary
+    return _returned(summary, user_model, model, workdir)
 
   tx_of = functools.partial(programs.build_optimizer, config, invariant=invariant)
   initial = programs._initializer(model, tx_of, programs._start(config, invariant))  # pylint: disable=protected-access
@@ -209,6 +252,18 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
                   config.init_scale)
   stats_update = lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
                                              mutable=['batch_stats'])[1]['batch_stats']
-  return trainer.run_one(config, pathlib.Path(workdir), wanted, run_data, state, executor,
-                         eval_step, progress=progress, stop_after=stop_after,
-                         stats_update=jax.jit(stats_update), invariant=layers)
+  summary = trainer.run_one(config, pathlib.Path(workdir), wanted, run_data, state, executor,
+                            eval_step, progress=progress, stop_after=stop_after,
+                            stats_update=jax.jit(stats_update), invariant=layers)
+  return _returned(summary, user_model, model, workdir)
+
+
+def _returned(summary: dict, user_model, model, workdir) -> dict:
+  """``summary``, after an nnx model took the run's last checkpointed weights."""
+  if model is not user_model and workdirs.checkpoint_steps(workdir):
+    from flax import nnx  # pylint: disable=g-import-not-at-top
+    last = workdirs.Checkpoints(workdir).latest_state()
+    nnx.update(user_model, last['params'])
+    if last.get('batch_stats'):
+      nnx.update(user_model, last['batch_stats'])
+  return summary
