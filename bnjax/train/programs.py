@@ -357,8 +357,14 @@ def build_optimizer(config: Config, hyper: Optional[dict] = None,
   """
   values = hyperparameters(config)
   values.update(hyper or {})
-  return optax.inject_hyperparams(functools.partial(_chain, config, invariant=invariant))(
-      **values)
+
+  # A closure, not functools.partial: inject_hyperparams would take a bound
+  # callable keyword for a schedule of the step count.
+  def chain(learning_rate, weight_decay, momentum=None, gamma_decay=None):
+    return _chain(config, learning_rate, weight_decay, momentum, gamma_decay,
+                  invariant=invariant)
+
+  return optax.inject_hyperparams(chain)(**values)
 
 
 def _chain(config: Config, learning_rate, weight_decay, momentum=None, gamma_decay=None,
