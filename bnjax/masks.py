@@ -4,6 +4,8 @@ Masks are pytrees of bools with the structure of the params, usable as the
 ``mask`` of optax and bnjax transforms.
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,30 +266,94 @@ def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int =
     graphdef, params, rest = split
     model_loss = loss_fn
     loss_fn = lambda p, *a: model_loss(_nnx_merge(graphdef, p, rest), *a)
+  margins = _margins(loss_fn, params, args, axis, seed)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  marks = []
+  for (path, w), margin in zip(flat, margins):
+    if margin is None:
+      marks.append(False)
+      continue
+    worst = max(margin) / rtol
+    marks.append(worst <= 1.0)
+    if jnp.ndim(w) >= 2 and 1.0 / NEAR_MISS_FACTOR < worst <= NEAR_MISS_FACTOR:
+      warnings.warn(
+          f'scale_invariant_mask: {path_str(path)!r} is {"" if worst <= 1 else "not "}'
+          f'marked, by a small margin: max |cos(g, w)| per unit {margin[0]:.2g}, relative '
+          f'loss change under rescaling {margin[1]:.2g}, against rtol {rtol:g}. A '
+          f'normalizer is invariant only up to its epsilon (a small pre-norm variance: a '
+          f'first layer, a small ||w||); check this leaf, or pass an rtol that decides it '
+          f'(bnjax.masks.scale_invariant_margins gives every leaf\'s).', stacklevel=2)
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), marks)
+
+
+# A measured kernel within this factor of rtol, on either side, is reported.
+NEAR_MISS_FACTOR = 10.0
+
+
+def scale_invariant_margins(loss_fn, params, *args, axis: int = -1, seed: int = 0):
+  r"""The two measures :func:`scale_invariant_mask` compares with ``rtol``, per leaf.
+
+  .. math::
+    \Big(\max_j \frac{|\langle g_j, w_j\rangle|}{\lVert g_j\rVert\,\lVert w_j\rVert},\
+    \frac{|L(a \odot w) - L(w)|}{|L(w)|}\Big)
+
+  A leaf is scale-invariant to ``rtol`` when both are at most ``rtol``;
+  ``None`` for a scalar or all-zero leaf (never marked). Same arguments as
+  :func:`scale_invariant_mask` (an nnx ``Module`` as ``params`` too).
+
+  Returns:
+    A pytree with the structure of ``params`` of ``(max_cos, loss_change)``
+    pairs (or ``None``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import masks, norms
+    >>> x = jnp.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]])
+    >>> def loss(p, x):
+    ...   y, _ = norms.batch_norm(x @ p['w'], training=True)
+    ...   return jnp.sum(jnp.sin(y)) + jnp.sum((x @ p['v']) ** 2)
+    >>> m = masks.scale_invariant_margins(loss, {'w': jnp.eye(2), 'v': jnp.eye(2)}, x)
+    >>> bool(max(m['w']) < 1e-4), bool(min(m['v']) > 0.1)
+    (True, True)
+
+  References:
+    van Laarhoven, "L2 Regularization versus Batch and Weight
+    Normalization", 2017, arXiv 1706.05350, eq. 3-5.
+  """
+  split = _nnx_split(params)
+  if split is not None:
+    graphdef, params, rest = split
+    model_loss = loss_fn
+    loss_fn = lambda p, *a: model_loss(_nnx_merge(graphdef, p, rest), *a)
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                      _margins(loss_fn, params, args, axis, seed))
+
+
+def _margins(loss_fn, params, args, axis: int, seed: int) -> list:
+  """Per leaf (in flattening order): ``(max |cos(g_j, w_j)|, |dL| / |L|)`` for the
+  leaf rescaled per unit by random factors in [0.5, 2], or ``None``."""
   loss = jax.jit(loss_fn)
   base, grads = jax.jit(jax.value_and_grad(loss_fn))(params, *args)
   base = float(base)
   leaves, treedef = jax.tree_util.tree_flatten(params)
   grad_leaves = treedef.flatten_up_to(grads)
   rng = np.random.default_rng(seed)
-  marks = []
+  out = []
   for i, (w, g) in enumerate(zip(leaves, grad_leaves)):
     w64, g64 = np.asarray(w, np.float64), np.asarray(g, np.float64)
     if jnp.ndim(w) == 0 or not np.any(w64):
-      marks.append(False)
+      out.append(None)
       continue
     unit_axis = axis % w64.ndim
     red = tuple(a for a in range(w64.ndim) if a != unit_axis)
     dots = np.abs(np.sum(g64 * w64, axis=red))
-    sizes = (np.sqrt(np.sum(g64 ** 2, axis=red)) * np.sqrt(np.sum(w64 ** 2, axis=red)))
-    if np.any(dots > rtol * sizes + 1e-30):
-      marks.append(False)
-      continue
+    sizes = np.sqrt(np.sum(g64 ** 2, axis=red)) * np.sqrt(np.sum(w64 ** 2, axis=red))
+    cos = float(np.max(dots / np.maximum(sizes, 1e-30)))
     shape = [1] * w64.ndim
     shape[unit_axis] = w64.shape[unit_axis]
     factors = rng.uniform(0.5, 2.0, size=w64.shape[unit_axis]).reshape(shape)
     scaled = list(leaves)
     scaled[i] = (w * factors).astype(w.dtype)
     moved = float(loss(jax.tree_util.tree_unflatten(treedef, scaled), *args))
-    marks.append(abs(moved - base) <= rtol * max(abs(base), 1e-30))
-  return jax.tree_util.tree_unflatten(treedef, marks)
+    out.append((cos, abs(moved - base) / max(abs(base), 1e-30)))
+  return out

@@ -3,10 +3,11 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
-from bnjax import layers, masks
+from bnjax import layers, masks, norms
 from bnjax._validation import path_str
 
 
@@ -88,3 +89,33 @@ def test_gain_mask_marks_norm_scales_and_weight_norm_gains():
   params = models.build('perceptron', 'batch').init(jax.random.key(0), x)['params']
   assert masks.gain_mask(params) == {'dense': {'kernel': False},
                                      'dense_norm': {'scale': True, 'bias': False}}
+
+
+def test_a_near_miss_is_reported_not_flipped_silently():
+  """A kernel feeding batch norm whose pre-norm variance is near epsilon is
+  invariant only to O(eps / var): its margins (max |cos(g, w)| by hand from the
+  gradient) decide it against rtol, and a decision within 10x of rtol warns,
+  naming the leaf; a clear one does not."""
+  import warnings as warnings_lib
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 3)) * 3e-3, jnp.float32)  # var ~ eps = 1e-5
+
+  def loss(p):
+    y, _ = norms.batch_norm(x @ p['dense']['kernel'], training=True, epsilon=1e-5)
+    return jnp.sum(jnp.sin(y + jnp.arange(3.0)))
+
+  params = {'dense': {'kernel': w}}
+  g = jax.grad(loss)(params)['dense']['kernel']
+  cos = np.max(np.abs(np.sum(g * w, 0)) / (np.linalg.norm(g, axis=0) * np.linalg.norm(w, axis=0)))
+  margins = masks.scale_invariant_margins(loss, params)
+  assert margins['dense']['kernel'][0] == pytest.approx(float(cos), rel=1e-3)
+  worst = max(margins['dense']['kernel'])
+  assert worst > 1e-3  # epsilon is not small next to this variance
+  with pytest.warns(UserWarning, match="'dense/kernel' is not marked, by a small margin"):
+    assert not masks.scale_invariant_mask(loss, params, rtol=worst / 3)['dense']['kernel']
+  with pytest.warns(UserWarning, match="'dense/kernel' is marked, by a small margin"):
+    assert masks.scale_invariant_mask(loss, params, rtol=worst * 3)['dense']['kernel']
+  with warnings_lib.catch_warnings():
+    warnings_lib.simplefilter('error')
+    assert masks.scale_invariant_mask(loss, params, rtol=worst * 100)['dense']['kernel']
