@@ -605,8 +605,8 @@ def test_rotational_runs_end_to_end(tmp_path):
                                           run.config['weight_decay'])
   exact = [rot.early_deviation(r, 'adamw') for r in rot.wrapper_alone(run, params, 0.0, 2)]
   np.testing.assert_allclose(exact, abs(math.log(math.atan(eta) / eta)), atol=2e-4)
-  lagging = [rot.early_deviation(r, 'adamw') for r in rot.wrapper_alone(run, params, 0.99, 2)]
-  assert min(lagging) > math.log(1.1), lagging
+  lagging = re.search(r'\| rotational_adamw \| 0\.99 \| ([0-9.]+) ', report)
+  assert float(lagging.group(1)) > math.log(1.1), report  # the report's 0.99 row
 
 
 def test_adam_unit_equilibrium_from_adams_second_moment(tmp_path):
@@ -744,7 +744,8 @@ def test_unit_grad_sq_is_the_trainers_metric_and_scale_invariant(tmp_path):
   from bnjax.train import executors, programs, step_metrics
   from bnjax.train.workdir import Checkpoints
   from bnjax.train.studies import equilibrium
-  cfg = equilibrium.configs('smoke')['sgd']
+  cfg = dataclasses.replace(equilibrium.configs('smoke')['sgd'], train_subset=128,
+                            num_epochs=1, checkpoint_every=4)
   runs = study.run_sweep('equilibrium', 'smoke', {'sgd': cfg}, tmp_path, workers=1)
   state = Checkpoints(tmp_path / 'sgd').latest_state()
   run = runs['sgd']

@@ -12,6 +12,8 @@ the lines kept, so no reader sees a step twice.
 
 import math
 import pathlib
+import socket
+import time
 
 import numpy as np
 
@@ -23,15 +25,18 @@ __all__ = ['EVENT_FILES', 'EventLog']
 EVENT_FILES = 'events.out.tfevents.*'
 
 
-def _summary_writer():
+def _tensorboardx():
   try:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from tensorboardX import summary
+    from tensorboardX.proto import event_pb2
+    from tensorboardX.record_writer import RecordWriter
   except ImportError as e:
     raise ImportError(
         '--tensorboard: writing TensorBoard events needs tensorboardX (pip install '
         '"bnjax[experiments]"); or train with --notensorboard (Config(tensorboard=False)).'
     ) from e
-  return SummaryWriter
+  return summary, event_pb2, RecordWriter
 
 
 class EventLog:
@@ -61,14 +66,23 @@ class EventLog:
   """
 
   def __init__(self, workdir, lines=()):
-    writer = _summary_writer()
+    self._summary, self._event_pb2, record_writer = _tensorboardx()
     self.workdir = pathlib.Path(workdir)
     for old in self.workdir.glob(EVENT_FILES):
       old.unlink()
-    self._writer = writer(logdir=str(self.workdir), flush_secs=3600)
+    # Written in this thread, record by record (tensorboardX's SummaryWriter queues
+    # them to a thread through a multiprocessing queue, whose semaphores leak when
+    # a worker is stopped).
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    self._writer = record_writer(str(self.workdir / name))
+    self._event(file_version='brain.Event:2')
     for line in lines:
       self._add(line)
     self._writer.flush()
+
+  def _event(self, **fields) -> None:
+    event = self._event_pb2.Event(wall_time=time.time(), **fields)
+    self._writer.write(event.SerializeToString())
 
   def _add(self, line: dict) -> None:
     step = int(line['step'])
@@ -79,9 +93,10 @@ class EventLog:
         values = np.array(value, float)
         values = values[np.isfinite(values)]
         if values.size:
-          self._writer.add_histogram(key, values, step)
+          self._event(step=step, summary=self._summary.histogram(key, values, 'auto'))
       elif isinstance(value, (int, float)) or value is None:
-        self._writer.add_scalar(key, math.nan if value is None else float(value), step)
+        self._event(step=step, summary=self._summary.scalar(
+            key, math.nan if value is None else float(value)))
 
   def write(self, line: dict) -> None:
     """Appends one metric line and flushes it to disk."""
