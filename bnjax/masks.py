@@ -158,9 +158,16 @@ def _nnx_split(model):
   return graphdef, nnx.as_pure(params), nnx.as_pure(rest)
 
 
-def _nnx_merge(graphdef, params, rest):
+def _of_params(loss_fn, params):
+  """``(loss_fn, params)`` as a loss of pure params: an nnx Module is split
+  (:func:`_nnx_split`) and its loss called on the merged model; anything else
+  is returned as it is."""
+  split = _nnx_split(params)
+  if split is None:
+    return loss_fn, params
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  return nnx.merge(graphdef, params, rest)
+  graphdef, pure_params, rest = split
+  return (lambda p, *a: loss_fn(nnx.merge(graphdef, p, rest), *a)), pure_params
 
 
 def pure(tree):
@@ -261,11 +268,7 @@ def scale_invariant_mask(loss_fn, params, *args, rtol: float = 1e-4, axis: int =
   """
   if not rtol > 0:
     raise ValueError(f'rtol must be > 0, got {rtol}.')
-  split = _nnx_split(params)
-  if split is not None:
-    graphdef, params, rest = split
-    model_loss = loss_fn
-    loss_fn = lambda p, *a: model_loss(_nnx_merge(graphdef, p, rest), *a)
+  loss_fn, params = _of_params(loss_fn, params)
   margins = _margins(loss_fn, params, args, axis, seed)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   marks = []
@@ -320,11 +323,7 @@ def scale_invariant_margins(loss_fn, params, *args, axis: int = -1, seed: int = 
     van Laarhoven, "L2 Regularization versus Batch and Weight
     Normalization", 2017, arXiv 1706.05350, eq. 3-5.
   """
-  split = _nnx_split(params)
-  if split is not None:
-    graphdef, params, rest = split
-    model_loss = loss_fn
-    loss_fn = lambda p, *a: model_loss(_nnx_merge(graphdef, p, rest), *a)
+  loss_fn, params = _of_params(loss_fn, params)
   return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
                                       _margins(loss_fn, params, args, axis, seed))
 
