@@ -59,7 +59,7 @@ class _NnxModel:
 
   def __init__(self, model):
     from flax import nnx  # pylint: disable=g-import-not-at-top
-    self.nnx, self.model = nnx, model
+    self.nnx = nnx
     self.graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     self.params, self.stats = params.to_pure_dict(), stats.to_pure_dict()
     self.rest = nnx.as_pure(rest)
@@ -250,11 +250,10 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
   eval_step = executors.make_eval_step(model, False)
   state = initial(jax.random.key(config.seed), first['x'], programs.hyperparameters(config),
                   config.init_scale)
-  stats_update = lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=True,
-                                             mutable=['batch_stats'])[1]['batch_stats']
   summary = trainer.run_one(config, pathlib.Path(workdir), wanted, run_data, state, executor,
                             eval_step, progress=progress, stop_after=stop_after,
-                            stats_update=jax.jit(stats_update), invariant=layers)
+                            stats_update=jax.jit(programs.stats_forward(model)),
+                            invariant=layers)
   return _returned(summary, user_model, model, workdir)
 
 

@@ -161,13 +161,17 @@ _STATS_UPDATES: 'collections.OrderedDict[str, object]' = collections.OrderedDict
 def _stats_update(config: Config):
   """The model's training-mode forward returning its new ``batch_stats`` (one
   function per program key, so its compiled program is reused)."""
-  def build():
-    model = build_model(config, host=True)
-    return lambda params, stats, x: model.apply(
-        {'params': params, 'batch_stats': stats}, x, train=True,
-        mutable=['batch_stats'])[1]['batch_stats']
+  return _cached(_STATS_UPDATES, program_key(config),
+                 lambda: stats_forward(build_model(config, host=True)))
 
-  return _cached(_STATS_UPDATES, program_key(config), build)
+
+def stats_forward(model):
+  """``(params, batch_stats, x) -> batch_stats``: a model's training-mode forward
+  returning its updated batch statistics (:func:`bnjax.bn_eval.precise`'s
+  ``update_fn``), for a linen model or one that answers linen's ``apply``."""
+  return lambda params, stats, x: model.apply(
+      {'params': params, 'batch_stats': stats}, x, train=True,
+      mutable=['batch_stats'])[1]['batch_stats']
 
 
 def eval_batch_stats(config: Config, state: executors.TrainState, train_batches,

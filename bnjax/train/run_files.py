@@ -142,11 +142,10 @@ class RunFiles:
     for key in host_metrics[0]:
       mean = np.mean([np.asarray(m[key], float) for m in host_metrics], axis=0)
       line[key] = mean.tolist() if key.startswith(step_metrics.PER_UNIT) else float(mean)
-    invariant = self.invariant
-    if invariant is None:
-      invariant = (step_metrics.invariant_layers(current.params)
-                   if self.config.norm in PER_UNIT_INVARIANT else set())
-    line.update(step_metrics.layer_metrics(current.opt_state, invariant))
+    if self.invariant is None:  # the params' structure is the run's: read it once
+      self.invariant = (step_metrics.invariant_layers(current.params)
+                        if self.config.norm in PER_UNIT_INVARIANT else set())
+    line.update(step_metrics.layer_metrics(current.opt_state, self.invariant))
     line.update(step_metrics.gain_metrics(current.params))
     line.update(test_metrics or {})
     if self.log is not None:
