@@ -124,15 +124,26 @@ class LeafDynamics(NamedTuple):
 
   .. math::
     \Delta\theta_j = \angle(w_j, w_j + u_j), \qquad
+    \Delta\theta_\mathrm{rms} = \Big(\frac{1}{|L|}\sum_{j \in L}\Delta\theta_j^2\Big)^{1/2},
+    \qquad
     \eta_{\mathrm{eff}, j} = \eta / \lVert w_j \rVert^2 \ (\text{SGD}),\ \eta / \lVert w_j \rVert \ (\text{Adam})
+
+  With ``track_dynamics(..., ema_decay=d)`` each field is instead a
+  bias-corrected moving average over steps (``angular_update_rms``: the root
+  of the average of the squares).
 
   Attributes:
     weight_norm: per-unit norm of the weight before the step.
     update_norm: per-unit norm of the update.
-    angular_update: per-unit angle (radians) between the weight before and after.
+    angular_update: per-unit angle (radians) between the weight before and
+      after, mean over all units.
+    angular_update_rms: the root mean square of the per-unit angles over the
+      live units :math:`L` (:func:`live_units`, the units ``effective_lr`` is
+      averaged over): what :func:`bnjax.theory.equilibrium_angular_update`
+      predicts. The mean is biased low by the spread over units.
     effective_lr: per-unit effective learning rate at the weight before the
-      step (:func:`bnjax.theory.effective_learning_rate`); units of zero norm
-      are left out of the mean.
+      step (:func:`bnjax.theory.effective_learning_rate`), mean over the live
+      units.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -151,7 +162,66 @@ class LeafDynamics(NamedTuple):
   weight_norm: jax.Array
   update_norm: jax.Array
   angular_update: jax.Array
+  angular_update_rms: jax.Array
   effective_lr: jax.Array
+
+
+class GradientDynamics(NamedTuple):
+  r"""One step's gradient of one weight leaf at unit weight norm.
+
+  .. math::
+    \lVert \tilde g \rVert = \Big(\frac{1}{|L|}\sum_{j \in L}
+    \lVert g_j \rVert^2 \lVert w_j \rVert^2\Big)^{1/2}
+
+  over the live units :math:`L` (:func:`live_units`, and a gradient reaches
+  the unit). For a scale-invariant unit :math:`\lVert g_j\rVert\lVert w_j\rVert`
+  is the norm its gradient would have at unit weight norm; the root mean
+  square is ``grad_norm`` of :func:`bnjax.theory.equilibrium_norm`. With
+  ``track_gradients(..., ema_decay=d)`` it is the root of a bias-corrected
+  moving average of the squares.
+
+  Attributes:
+    grad_norm_at_unit_scale: the root mean square above.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import transforms
+    >>> tx = transforms.track_gradients()
+    >>> params = {'kernel': jnp.array([[2.0], [0.0]])}
+    >>> _, state = tx.update({'kernel': jnp.array([[0.0], [3.0]])}, tx.init(params), params)
+    >>> float(state.metrics['kernel'].grad_norm_at_unit_scale)  # 3 * 2
+    6.0
+
+  References:
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
+    Theorem 1; van Laarhoven 2017, arXiv 1706.05350, eq. 9.
+  """
+  grad_norm_at_unit_scale: jax.Array
+
+
+class TrackGradientsState(NamedTuple):
+  r"""State of :func:`bnjax.transforms.track_gradients`.
+
+  .. math::
+    \text{metrics}_t = \mathrm{GradientDynamics}(w_t, g_t)
+
+  Attributes:
+    count: number of updates so far.
+    metrics: a pytree with the structure of the params: a
+      :class:`GradientDynamics` for each tracked leaf, ``None`` for the others.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import transforms
+    >>> state = transforms.track_gradients().init({'kernel': jnp.ones((2, 2))})
+    >>> int(state.count), type(state.metrics['kernel']).__name__
+    (0, 'GradientDynamics')
+
+  References:
+    Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419, Theorem 1.
+  """
+  count: jax.Array
+  metrics: Any
 
 
 class TrackDynamicsState(NamedTuple):
@@ -184,14 +254,13 @@ class TrackDynamicsState(NamedTuple):
   learning_rate: jax.Array
 
 
-def _tracking_states(opt_state) -> list:
-  """Every :class:`TrackDynamicsState` in ``opt_state`` (nnx states made pure first)."""
+def _tracking_states(opt_state, kinds=(TrackDynamicsState,)) -> list:
+  """Every state of the types ``kinds`` in ``opt_state`` (nnx states made pure first)."""
   from flax import nnx  # pylint: disable=g-import-not-at-top
   if hasattr(nnx, 'as_pure'):  # nnx.Optimizer keeps its state in nnx Variables
     opt_state = nnx.as_pure(opt_state)
   return [s for s in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, TrackDynamicsState))
-          if isinstance(s, TrackDynamicsState)]
+      opt_state, is_leaf=lambda x: isinstance(x, kinds)) if isinstance(s, kinds)]
 
 
 def tracked_learning_rate(opt_state):
@@ -238,7 +307,7 @@ def read(opt_state) -> dict:
     \text{read}(s) = \{\, p/f : \mathrm{LeafDynamics}_p.f \,\}
 
   Works on any optax state holding a :func:`bnjax.transforms.track_dynamics`
-  state (inside ``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
+  or :func:`bnjax.transforms.track_gradients` state (inside ``optax.chain``, ``optax.masked``, ``optax.inject_hyperparams``,
   ``optax.MultiSteps``, ``flax.nnx.Optimizer.opt_state``, ...). Paths join
   the params' keys with ``/``, e.g. ``'Conv_0/kernel/angular_update'``.
 
@@ -254,24 +323,26 @@ def read(opt_state) -> dict:
     >>> tx = optax.chain(optax.sgd(0.1), transforms.track_dynamics(0.1, 'sgd'))
     >>> params = {'kernel': jnp.ones((2, 2))}
     >>> _, state = tx.update({'kernel': jnp.ones((2, 2))}, tx.init(params), params)
-    >>> sorted(dynamics.read(state))
-    ['kernel/angular_update', 'kernel/effective_lr', 'kernel/update_norm', 'kernel/weight_norm']
+    >>> sorted(dynamics.read(state))  # doctest: +NORMALIZE_WHITESPACE
+    ['kernel/angular_update', 'kernel/angular_update_rms', 'kernel/effective_lr',
+     'kernel/update_norm', 'kernel/weight_norm']
 
   References:
     van Laarhoven, "L2 Regularization versus Batch and Weight
     Normalization", 2017, arXiv 1706.05350, section 3.
   """
-  fields = set(LeafDynamics._fields)
+  kinds = (LeafDynamics, GradientDynamics)
+  field_sets = [set(kind._fields) for kind in kinds]
 
-  def summary(x):  # a LeafDynamics, or the mapping nnx.Optimizer turns it into
-    if isinstance(x, LeafDynamics):
+  def summary(x):  # a summary, or the mapping nnx.Optimizer turns it into
+    if isinstance(x, kinds):
       return x._asdict()
-    if hasattr(x, 'keys') and set(x.keys()) == fields:
+    if hasattr(x, 'keys') and set(x.keys()) in field_sets:
       return dict(x)
     return None
 
   out = {}
-  for state in _tracking_states(opt_state):
+  for state in _tracking_states(opt_state, (TrackDynamicsState, TrackGradientsState)):
     flat, _ = jax.tree_util.tree_flatten_with_path(
         state.metrics, is_leaf=lambda x: summary(x) is not None)
     for path, leaf in flat:
@@ -279,6 +350,6 @@ def read(opt_state) -> dict:
       if values is None:
         continue
       name = path_str(path)
-      for field in LeafDynamics._fields:  # a bare array as params: just the field
-        out[f'{name}/{field}' if name else field] = values[field]
+      for field, value in values.items():  # a bare array as params: just the field
+        out[f'{name}/{field}' if name else field] = value
   return out

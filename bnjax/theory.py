@@ -8,10 +8,24 @@ his lambda is half of ours.
 ``g~`` below is the gradient at unit weight norm: for a scale-invariant
 weight ``grad L(w) = g~ / ||w||`` (and ``<g~, w> = 0``).
 
+AdamP and SGDP (Heo et al. 2021) decay a unit they find scale-invariant by
+``lambda' = lambda * wd_ratio`` per step (SGDP: divided by ``1 - a``) and
+remove the radial part of its step. That part is not zero under momentum:
+the step correlates with the earlier steps the weight is made of, and for
+AdamW and SGD + L2 that correlation is a factor ``(1 + b)/(1 - b)`` of the
+norm's growth. Without it AdamP's equilibrium angle is ``sqrt(2 lr lambda')``
+(AdamW's: ``sqrt(2 lr lambda (1 - b1)/(1 + b1))``) and SGDP's ``sqrt(2 lr
+lambda' / (1 - a))`` (SGD's: ``sqrt(2 lr lambda / (1 + a))``); measured on
+bnjax's ``adamp``/``sgdp`` in ``tests/test_theory.py``. A projected weight
+(:func:`bnjax.transforms.unit_norm_projection`) has no equilibrium: its angle
+is set by the learning rate alone (:func:`projected_angular_update`); a
+rotational optimizer holds its angle at the equilibrium value from the first
+step (:func:`rotational_angular_update`).
+
 Sources: van Laarhoven 2017 (arXiv 1706.05350); Wan et al. 2021, "Spherical
 Motion Dynamics" (arXiv 2006.08419); Kosson et al. 2024, "Rotational
-Equilibrium" (arXiv 2305.17212); Loshchilov & Hutter 2019 (AdamW); Luo et
-al. 2019 (arXiv 1809.00846).
+Equilibrium" (arXiv 2305.17212); Loshchilov & Hutter 2019 (AdamW); Heo et
+al. 2021, "AdamP" (arXiv 2006.08217); Luo et al. 2019 (arXiv 1809.00846).
 """
 
 import math
@@ -24,8 +38,10 @@ from bnjax._validation import (check_nonnegative, check_optimizer, check_positiv
                                check_positive_int, check_unit_interval)
 
 SGD_LIKE = ('sgd', 'momentum')  # 'momentum' is an alias of 'sgd' (momentum argument)
-EQUILIBRIUM_OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2')
-OPTIMIZERS = EQUILIBRIUM_OPTIMIZERS + ('adam',)
+PROJECTED_DECOUPLED = ('adamp', 'sgdp')  # Heo et al. 2021: decay lambda * wd_ratio
+EQUILIBRIUM_OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2', *PROJECTED_DECOUPLED)
+OPTIMIZERS = ('sgd', 'momentum', 'adamw', 'adam_l2', 'adam')
+WD_RATIO = 0.1  # AdamP's and SGDP's default (Heo et al. 2021, Algorithm 1)
 
 
 def effective_learning_rate(learning_rate, weight_norm, optimizer: str):
@@ -76,14 +92,17 @@ def _adam_step_rms(b1):
 
 
 def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
-                     grad_norm=None, momentum=0.0, b1=0.9):
+                     grad_norm=None, momentum=0.0, b1=0.9, wd_ratio=WD_RATIO):
   r"""Per-unit weight norm at which decay and gradient growth balance.
 
   .. math::
     \lVert w^* \rVert_{\mathrm{SGD}} = \Big(\frac{\eta\, \mathbb{E}\lVert \tilde g \rVert^2}{2\lambda (1 - a)}\Big)^{1/4}, \quad
     \lVert w^* \rVert_{\mathrm{AdamW}} = \sqrt{\frac{\eta C}{2\lambda}}, \quad
-    \lVert w^* \rVert_{\mathrm{Adam+L2}} = \Big(\frac{\eta C \sigma}{2\lambda}\Big)^{1/3}
+    \lVert w^* \rVert_{\mathrm{Adam+L2}} = \Big(\frac{\eta C \sigma}{2\lambda}\Big)^{1/3}, \\
+    \lVert w^* \rVert_{\mathrm{AdamP}} = \sqrt{\frac{\eta C (1 - \beta_1)}{2\lambda' (1 + \beta_1)}}, \quad
+    \lVert w^* \rVert_{\mathrm{SGDP}} = \Big(\frac{\eta\, \mathbb{E}\lVert \tilde g \rVert^2}{2\lambda' (1 + a)}\Big)^{1/4}
 
+  with :math:`\lambda' = \lambda \cdot` ``wd_ratio`` (the module docstring).
   ``grad_norm = sqrt(E||g~||^2)`` is the gradient norm at unit weight norm
   and ``sigma = ||g~|| / sqrt(C)``. Adam + L2: radial shrink
   ``lr * lambda * ||w||^2 / sigma`` per step against Pythagorean growth
@@ -91,13 +110,15 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
 
   Args:
     optimizer: ``'sgd'`` (as ``optax.sgd``; ``'momentum'`` is an alias),
-      ``'adamw'`` or ``'adam_l2'``.
+      ``'adamw'``, ``'adam_l2'``, ``'adamp'`` or ``'sgdp'``.
     learning_rate: ``eta`` > 0.
-    weight_decay: ``lambda`` > 0.
+    weight_decay: ``lambda`` > 0 (as passed to the optimizer).
     fan_in: ``C``, inputs per unit.
-    grad_norm: gradient norm at unit weight norm (not needed for ``'adamw'``).
-    momentum: ``a`` in [0, 1) (SGD).
+    grad_norm: gradient norm at unit weight norm (not needed for ``'adamw'``
+      and ``'adamp'``).
+    momentum: ``a`` in [0, 1) (SGD, SGDP).
     b1: Adam's first-moment decay in [0, 1).
+    wd_ratio: AdamP's and SGDP's decay factor on the weights they project.
 
   Returns:
     The per-unit norm ``||w*||`` (a float).
@@ -115,10 +136,13 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
     Kosson, Messmer & Jaggi, "Rotational Equilibrium", 2024, arXiv
     2305.17212, eq. 7 (AdamW).
   """
-  _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
+  optimizer, weight_decay = _check_common(optimizer, learning_rate, weight_decay,
+                                          momentum, b1, wd_ratio)
   check_positive('fan_in', fan_in)
   if optimizer == 'adamw':
     return math.sqrt(learning_rate * fan_in / (2.0 * weight_decay))
+  if optimizer == 'adamp':
+    return math.sqrt(learning_rate * fan_in / (2.0 * weight_decay)) * _adam_step_rms(b1)
   if grad_norm is None:
     raise ValueError(f"equilibrium_norm('{optimizer}') needs grad_norm, the norm of "
                      f'the gradient at unit weight norm.')
@@ -126,6 +150,8 @@ def equilibrium_norm(optimizer: str, learning_rate, weight_decay, *, fan_in,
   if optimizer in SGD_LIKE:
     return (learning_rate * grad_norm ** 2 /
             (2.0 * weight_decay * (1.0 - momentum))) ** 0.25
+  if optimizer == 'sgdp':
+    return (learning_rate * grad_norm ** 2 / (2.0 * weight_decay * (1.0 + momentum))) ** 0.25
   return _adam_l2_norm(learning_rate, weight_decay, fan_in, grad_norm / math.sqrt(fan_in))
 
 
@@ -140,7 +166,8 @@ def _sqrt(x):
 
 
 def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
-                               momentum=0.0, b1=0.9, fan_in=None, grad_norm=None):
+                               momentum=0.0, b1=0.9, fan_in=None, grad_norm=None,
+                               wd_ratio=WD_RATIO):
   r"""Expected per-step angle (radians) of each unit's weight at equilibrium.
 
   .. math::
@@ -150,16 +177,23 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
 
   ``'momentum'`` is an alias of ``'sgd'``. The Adam + L2 angle needs
   ``fan_in`` and ``grad_norm`` (through the equilibrium norm); it scales as
-  ``(lr^2 * lambda)^(1/3)``.
+  ``(lr^2 * lambda)^(1/3)``. AdamP and SGDP, with
+  :math:`\lambda' = \lambda \cdot` ``wd_ratio``: :math:`\sqrt{2\eta\lambda'}` and
+  :math:`\sqrt{2\eta\lambda'/(1 - a)}` (their projection removes the growth
+  that momentum's correlated steps add; the module docstring). A projected or rotational
+  weight has no equilibrium to reach: :func:`projected_angular_update` and
+  :func:`rotational_angular_update` give their angles.
 
   Args:
-    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'`` or ``'adam_l2'``.
+    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'``, ``'adam_l2'``,
+      ``'adamp'`` or ``'sgdp'``.
     learning_rate: ``eta`` > 0.
-    weight_decay: ``lambda`` > 0.
-    momentum: ``a`` in [0, 1) (SGD).
+    weight_decay: ``lambda`` > 0 (as passed to the optimizer).
+    momentum: ``a`` in [0, 1) (SGD, SGDP).
     b1: Adam's first-moment decay in [0, 1).
     fan_in: ``C``, inputs per unit (``'adam_l2'``).
     grad_norm: per-unit gradient norm at unit weight norm (``'adam_l2'``).
+    wd_ratio: AdamP's and SGDP's decay factor on the weights they project.
 
   Returns:
     The expected angle per step, radians (a float; an array for array or
@@ -171,17 +205,25 @@ def equilibrium_angular_update(optimizer: str, learning_rate, weight_decay, *,
     0.00725
     >>> round(theory.equilibrium_angular_update('adamw', 1e-3, 0.1), 5)
     0.00324
+    >>> round(theory.equilibrium_angular_update('adamp', 1e-3, 1.0), 5)  # wd_ratio 0.1
+    0.01414
 
   References:
     Wan et al., "Spherical Motion Dynamics", 2021, arXiv 2006.08419,
     Theorem 1; Kosson, Messmer & Jaggi, "Rotational Equilibrium", 2024, arXiv
-    2305.17212, Table 1.
+    2305.17212, Table 1; Heo et al., "AdamP", ICLR 2021, arXiv 2006.08217,
+    Algorithms 1-2 (the decay on projected weights).
   """
-  _check_common(optimizer, learning_rate, weight_decay, momentum, b1)
+  optimizer, weight_decay = _check_common(optimizer, learning_rate, weight_decay,
+                                          momentum, b1, wd_ratio)
   if optimizer in SGD_LIKE:
     return _sqrt(2.0 * learning_rate * weight_decay / (1.0 + momentum))
   if optimizer == 'adamw':
     return _sqrt(2.0 * learning_rate * weight_decay * (1.0 - b1) / (1.0 + b1))
+  if optimizer == 'adamp':
+    return _sqrt(2.0 * learning_rate * weight_decay)
+  if optimizer == 'sgdp':
+    return _sqrt(2.0 * learning_rate * weight_decay / (1.0 - momentum))
   if fan_in is None or grad_norm is None:
     raise ValueError("equilibrium_angular_update('adam_l2') needs fan_in and grad_norm.")
   norm = equilibrium_norm('adam_l2', learning_rate, weight_decay, fan_in=fan_in,
@@ -199,7 +241,8 @@ def _per_step_sigma(fan_in, grad_norm):
 
 
 def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
-                              momentum=0.0, b1=0.9, fan_in=None, grad_norm=None):
+                              momentum=0.0, b1=0.9, fan_in=None, grad_norm=None,
+                              wd_ratio=WD_RATIO):
   r"""Steps in which a unit's norm closes a fraction 1 - 1/e of its gap to equilibrium.
 
   Linearizing the expected recursion of :math:`x = \lVert w \rVert^2`
@@ -210,6 +253,8 @@ def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
     \tau_{\mathrm{AdamW}} = \frac{1}{2\eta\lambda}, \qquad
     \tau_{\mathrm{Adam+L2}} = \frac{\sigma}{3\eta\lambda\lVert w^*\rVert}
 
+  (AdamP and SGDP: AdamW's and SGD's at :math:`\lambda' = \lambda\cdot` ``wd_ratio``.)
+
   SGD's gradient growth :math:`\eta^2\lVert\tilde g\rVert^2/x` falls as the
   norm grows, which doubles the rate :math:`2\eta\lambda/(1-a)` of pure
   decay; far above equilibrium (growth negligible) the norm decays with that
@@ -218,12 +263,14 @@ def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
   :math:`(\eta^2\lambda)^{-2/3}`.
 
   Args:
-    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'`` or ``'adam_l2'``.
+    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'``, ``'adam_l2'``,
+      ``'adamp'`` or ``'sgdp'``.
     learning_rate: ``eta`` > 0 (a float or an array, e.g. a schedule's values).
-    weight_decay: ``lambda`` > 0.
+    weight_decay: ``lambda`` > 0 (as passed to the optimizer).
     momentum: ``a`` in [0, 1) (SGD).
     b1: Adam's first-moment decay (the time constant does not depend on it).
     fan_in, grad_norm: ``C`` and ``||g~||`` (``'adam_l2'`` only).
+    wd_ratio: AdamP's and SGDP's decay factor on the weights they project.
 
   Returns:
     ``tau`` in steps (a float, or an array shaped like ``learning_rate``).
@@ -241,11 +288,12 @@ def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
     "Rotational Equilibrium", 2024, arXiv 2305.17212, section 3.2
     (:math:`\tau = 1/(\eta\lambda)` iterations, of the order given here).
   """
-  _check_common(optimizer, np.min(learning_rate), weight_decay, momentum, b1)
+  optimizer, weight_decay = _check_common(optimizer, np.min(learning_rate), weight_decay,
+                                          momentum, b1, wd_ratio)
   lr = np.asarray(learning_rate, float)
-  if optimizer in SGD_LIKE:
+  if optimizer in SGD_LIKE + ('sgdp',):
     tau = (1.0 - momentum) / (4.0 * lr * weight_decay)
-  elif optimizer == 'adamw':
+  elif optimizer in ('adamw', 'adamp'):
     tau = 1.0 / (2.0 * lr * weight_decay)
   else:
     sigma = _per_step_sigma(fan_in, grad_norm)
@@ -254,7 +302,7 @@ def equilibrium_time_constant(optimizer: str, learning_rate, weight_decay, *,
 
 
 def time_constants_elapsed(optimizer: str, learning_rates, weight_decay, *, momentum=0.0,
-                           b1=0.9, fan_in=None, grad_norm=None):
+                           b1=0.9, fan_in=None, grad_norm=None, wd_ratio=WD_RATIO):
   r"""Time constants of approach to equilibrium elapsed after each step of a schedule.
 
   .. math::
@@ -267,7 +315,7 @@ def time_constants_elapsed(optimizer: str, learning_rates, weight_decay, *, mome
   :math:`n_t < 3` the run is still in its transient.
 
   Args:
-    optimizer, weight_decay, momentum, b1, fan_in, grad_norm: as
+    optimizer, weight_decay, momentum, b1, fan_in, grad_norm, wd_ratio: as
       :func:`equilibrium_time_constant`.
     learning_rates: the learning rate of every step, in order (1-D), each
       >= 0 (a step at rate 0, as a warmup's first, moves nothing: 1/tau = 0).
@@ -294,12 +342,12 @@ def time_constants_elapsed(optimizer: str, learning_rates, weight_decay, *, mome
   if moving.any():
     rates[moving] = 1.0 / np.atleast_1d(equilibrium_time_constant(
         optimizer, lrs[moving], weight_decay, momentum=momentum, b1=b1, fan_in=fan_in,
-        grad_norm=grad_norm))
+        grad_norm=grad_norm, wd_ratio=wd_ratio))
   return np.cumsum(rates)
 
 
 def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, *,
-                    fan_in, grad_norm=None, momentum=0.0):
+                    fan_in, grad_norm=None, momentum=0.0, b1=0.9, wd_ratio=WD_RATIO):
   r"""Expected per-unit weight norm after each step, for any learning-rate schedule.
 
   Iterates the expected recursion of :math:`x_t = \lVert w_t \rVert^2` whose
@@ -312,7 +360,11 @@ def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, 
       && \text{(SGD: decay; gradient } \perp w \text{ of norm } \lVert\tilde g\rVert/\lVert w\rVert) \\
     x_{t+1} &= (1 - 2\eta_t\lambda)\, x_t + \eta_t^2 C && \text{(AdamW)} \\
     x_{t+1} &= x_t - \frac{2\eta_t\lambda}{\sigma} x_t^{3/2} + \eta_t^2 C
-      && \text{(Adam + L2)}
+      && \text{(Adam + L2)} \\
+    x_{t+1} &= (1 - 2\eta_t\lambda')\, x_t + \eta_t^2 C \tfrac{1 - \beta_1}{1 + \beta_1}
+      && \text{(AdamP)} \\
+    x_{t+1} &= \Big(1 - \tfrac{2\eta_t\lambda'}{1-a}\Big) x_t
+      + \frac{\eta_t^2 \lVert\tilde g\rVert^2}{(1-a^2)\, x_t} && \text{(SGDP)}
 
   Under a constant learning rate it converges to the equilibrium norm with
   time constant :func:`equilibrium_time_constant`; under a schedule it
@@ -325,13 +377,16 @@ def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, 
   recursion's ``lr / (1 - a)`` overstates the first steps).
 
   Args:
-    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'`` or ``'adam_l2'``.
+    optimizer: ``'sgd'`` (``'momentum'``), ``'adamw'``, ``'adam_l2'``,
+      ``'adamp'`` or ``'sgdp'``.
     learning_rates: each step's learning rate (1-D, >= 0: a warmup may start at 0).
-    weight_decay: ``lambda`` > 0.
+    weight_decay: ``lambda`` > 0 (as passed to the optimizer).
     initial_norm: the per-unit norm before the first step, > 0.
     fan_in: ``C``.
     grad_norm: ``||g~||``, the gradient norm at unit weight norm (SGD, Adam + L2).
-    momentum: ``a`` in [0, 1) (SGD).
+    momentum: ``a`` in [0, 1) (SGD, SGDP).
+    b1: Adam's first-moment decay in [0, 1) (AdamP).
+    wd_ratio: AdamP's and SGDP's decay factor on the weights they project.
 
   Returns:
     A NumPy array like ``learning_rates``: the norm after each step.
@@ -354,12 +409,13 @@ def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, 
                      f'{lrs.shape}.')
   if not (np.all(np.isfinite(lrs)) and np.all(lrs >= 0)):
     raise ValueError('learning_rates must be finite and >= 0.')
-  _check_common(optimizer, 1.0, weight_decay, momentum, 0.9)
+  optimizer, weight_decay = _check_common(optimizer, 1.0, weight_decay, momentum, b1,
+                                          wd_ratio)
   check_positive('initial_norm', initial_norm)
   check_positive('fan_in', fan_in)
   if optimizer == 'adam_l2':
     sigma = _per_step_sigma(fan_in, grad_norm)
-  elif optimizer in SGD_LIKE:
+  elif optimizer in SGD_LIKE + ('sgdp',):
     if grad_norm is None:
       raise ValueError(f"norm_trajectory('{optimizer}') needs grad_norm.")
     check_positive('grad_norm', grad_norm)
@@ -368,20 +424,149 @@ def norm_trajectory(optimizer: str, learning_rates, weight_decay, initial_norm, 
     if optimizer in SGD_LIKE:
       x = (1.0 - 2.0 * lr * weight_decay / (1.0 - momentum)) * x + (
           lr * grad_norm / (1.0 - momentum)) ** 2 / x
+    elif optimizer == 'sgdp':
+      x = (1.0 - 2.0 * lr * weight_decay / (1.0 - momentum)) * x + (
+          lr * grad_norm) ** 2 / ((1.0 - momentum ** 2) * x)
     elif optimizer == 'adamw':
       x = (1.0 - 2.0 * lr * weight_decay) * x + lr ** 2 * fan_in
+    elif optimizer == 'adamp':
+      x = (1.0 - 2.0 * lr * weight_decay) * x + lr ** 2 * fan_in * _adam_step_rms(b1) ** 2
     else:
       x = x - 2.0 * lr * weight_decay * x ** 1.5 / sigma + lr ** 2 * fan_in
     out[t] = math.sqrt(x)
   return out
 
 
-def _check_common(optimizer, learning_rate, weight_decay, momentum, b1):
+_NO_EQUILIBRIUM = {
+    'projection': 'a projected weight has no equilibrium: its angle is set by the '
+                  'learning rate alone (bnjax.theory.projected_angular_update)',
+    'rotational': 'a rotational optimizer holds the angle at its inner optimizer\'s '
+                  'equilibrium from the first step (bnjax.theory.rotational_angular_update)',
+    'adam': "plain Adam without decay has no equilibrium; name the decay: 'adamw' or "
+            "'adam_l2'",
+}
+
+
+def _check_common(optimizer, learning_rate, weight_decay, momentum, b1, wd_ratio=WD_RATIO):
+  """Checks the arguments; returns ``(optimizer, weight_decay)`` with AdamP's and
+  SGDP's decay on the units they project, ``weight_decay * wd_ratio``."""
+  if optimizer in _NO_EQUILIBRIUM:
+    raise ValueError(f'optimizer {optimizer!r}: {_NO_EQUILIBRIUM[optimizer]}.')
   check_optimizer('optimizer', optimizer, EQUILIBRIUM_OPTIMIZERS)
   check_positive('learning_rate', learning_rate)
   check_positive('weight_decay', weight_decay)
   check_unit_interval('momentum', momentum, include_one=False)
   check_unit_interval('b1', b1, include_one=False)
+  if optimizer in PROJECTED_DECOUPLED:
+    check_positive('wd_ratio', wd_ratio)
+    return optimizer, weight_decay * wd_ratio
+  return optimizer, weight_decay
+
+
+def projected_angular_update(optimizer: str, learning_rate, *, radius=1.0, momentum=0.0,
+                             b1=0.9, fan_in=None, grad_norm=None):
+  r"""RMS per-step angle of a unit held at norm ``radius`` by projection.
+
+  A projected weight (:func:`bnjax.transforms.unit_norm_projection`) never
+  reaches an equilibrium: its norm is fixed, so its angle is set by the
+  learning rate and the gradient alone. For i.i.d. gradients at unit scale
+  of norm :math:`\lVert	ilde g
+Vert` (the gradient at norm :math:`r` is
+  :math:`	ilde g / r`, orthogonal to :math:`w`):
+
+  .. math::
+    \Delta	heta_{\mathrm{SGD}} = rctanrac{\eta\lVert	ilde g
+Vert}{r^2\sqrt{1 - a^2}},
+    \qquad
+    \Delta	heta_{\mathrm{Adam}} = rctanrac{\eta\sqrt{C(1 - eta_1)/(1 + eta_1)}}{r}
+
+  (heavy-ball momentum :math:`m = g + a m` has :math:`\mathbb{E}\lVert m
+Vert^2
+  = \lVert g
+Vert^2/(1 - a^2)`; Adam's step has RMS
+  :math:`\sqrt{(1-eta_1)/(1+eta_1)}` per coordinate). SGD without momentum
+  is exact when :math:`\lVert	ilde g
+Vert` is constant.
+
+  Args:
+    optimizer: ``'sgd'`` (``'momentum'``) or ``'adam'`` (``'adamw'``: the decay of
+      a projected weight does nothing).
+    learning_rate: ``eta`` > 0.
+    radius: ``r``, the projection's norm.
+    momentum: ``a`` in [0, 1) (SGD).
+    b1: Adam's first-moment decay in [0, 1).
+    fan_in: ``C`` (Adam).
+    grad_norm: ``||g~||``, the gradient norm at unit weight norm (SGD).
+
+  Returns:
+    The RMS angle per step, radians.
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.projected_angular_update('sgd', 1e-3, grad_norm=22.6), 5)
+    0.0226
+    >>> round(theory.projected_angular_update('adam', 1e-3, fan_in=512), 5)
+    0.00519
+
+  References:
+    van Laarhoven 2017, arXiv 1706.05350, section 3 (the effective learning
+    rate ``lr / r^2``); Kosson, Messmer & Jaggi 2024, arXiv 2305.17212,
+    section 3 (Adam's expected step).
+  """
+  check_optimizer('optimizer', optimizer, ('sgd', 'momentum', 'adam', 'adamw'))
+  check_positive('learning_rate', learning_rate)
+  check_positive('radius', radius)
+  check_unit_interval('momentum', momentum, include_one=False)
+  check_unit_interval('b1', b1, include_one=False)
+  if optimizer in SGD_LIKE:
+    if grad_norm is None:
+      raise ValueError(f"projected_angular_update('{optimizer}') needs grad_norm.")
+    check_positive('grad_norm', grad_norm)
+    step = learning_rate * grad_norm / (radius * math.sqrt(1.0 - momentum ** 2))
+  else:
+    if fan_in is None:
+      raise ValueError(f"projected_angular_update('{optimizer}') needs fan_in.")
+    check_positive('fan_in', fan_in)
+    step = learning_rate * math.sqrt(fan_in) * _adam_step_rms(b1)
+  return math.atan(step / radius)
+
+
+def rotational_angular_update(optimizer: str, learning_rate, weight_decay, *,
+                              momentum=0.0, b1=0.9):
+  r"""RMS per-step angle of a unit under :func:`bnjax.transforms.rotational`.
+
+  The rotational wrapper scales each unit's step to :math:`\eta_r` times its
+  norm, with :math:`\eta_r` the inner optimizer's equilibrium angle
+  (:func:`equilibrium_angular_update`), so it rotates at
+
+  .. math::
+    \Delta	heta = rctan \eta_r
+
+  from the first step (in mean square: the step divided by the running RMS of
+  its size). The norm does not move.
+
+  Args:
+    optimizer: the inner optimizer, ``'sgd'`` or ``'adamw'``.
+    learning_rate: ``eta`` > 0.
+    weight_decay: ``lambda`` > 0.
+    momentum: ``a`` in [0, 1) (SGD).
+    b1: Adam's first-moment decay in [0, 1).
+
+  Returns:
+    The angle per step, radians.
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.rotational_angular_update('adamw', 1e-3, 0.1), 5)
+    0.00324
+
+  References:
+    Kosson, Messmer & Jaggi, "Rotational Equilibrium", 2024, arXiv 2305.17212,
+    Algorithm 1 and Table 1.
+  """
+  check_optimizer('optimizer', optimizer, ('sgd', 'adamw'))
+  return math.atan(equilibrium_angular_update(optimizer, learning_rate, weight_decay,
+                                              momentum=momentum, b1=b1))
 
 
 def gamma_decay_strength(batch_size: int, activation: str) -> float:

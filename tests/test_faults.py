@@ -537,3 +537,50 @@ def test_damaged_run_files_are_named_or_set_aside(reference, tmp_path):
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip().startswith('error:') and 'config.json' in out.stderr
   assert sorted(p.name for p in bad.iterdir()) == ['config.json']
+
+
+def _without(tree, field):
+  if isinstance(tree, dict):
+    return {k: _without(v, field) for k, v in tree.items() if k != field}
+  if isinstance(tree, list):
+    return [_without(v, field) for v in tree]
+  return tree
+
+
+def test_checkpoint_from_before_a_tracked_field_resumes_not_retrains(reference, tmp_path):
+  # A checkpoint written before track_dynamics had angular_update_rms (the same
+  # state less that field, as orbax wrote it) resumes from its step: it is
+  # neither set aside as damaged nor the run retrained from step 0.
+  trainer.train(TS, tmp_path, progress=False, stop_after=21)  # checkpoints 8 and 16
+  ckpt = workdir.Checkpoints(tmp_path)
+  for step in ckpt.manager.all_steps():
+    old = _without(ckpt.manager.restore(step, args=workdir.ocp.args.StandardRestore()),
+                   'angular_update_rms')
+    ckpt.manager.delete(step)
+    ckpt.save(step, old)
+  with mock.patch.object(workdir.logging, 'warning') as warning:
+    trainer.train(TS, tmp_path, progress=False)
+  message = warning.call_args[0][0] % warning.call_args[0][1:]
+  assert warning.call_count == 1 and 'step 16' in message, message
+  assert 'has no angular_update_rms' in message and 'damaged' not in message
+  assert not (tmp_path / 'checkpoints_damaged').exists()
+  _assert_same_run(tmp_path, reference)
+
+
+def test_restore_by_name_fills_only_derived_fields():
+  template = {'params': {'w': np.zeros(2, np.float32)},
+              'tracked': {'weight_norm': np.zeros(()), 'angular_update_rms': np.zeros(())}}
+  tracked = {'weight_norm': np.ones(())}
+  state, missing = workdir.restore_by_name(
+      {'params': {'w': np.ones(2)}, 'tracked': tracked}, template)
+  assert missing == {'angular_update_rms'}
+  assert state['params']['w'].dtype == np.float32 and float(state['params']['w'][0]) == 1.0
+  assert float(state['tracked']['weight_norm']) == 1.0
+  assert float(state['tracked']['angular_update_rms']) == 0.0
+  with pytest.raises(KeyError, match=r"\['params'\]\['w'\] is not in the checkpoint"):
+    workdir.restore_by_name({'params': {}, 'tracked': tracked}, template)
+  with pytest.raises(ValueError, match=r"has shape \(3,\) in the checkpoint, \(2,\) in"):
+    workdir.restore_by_name({'params': {'w': np.ones(3)}, 'tracked': tracked}, template)
+  with pytest.raises(ValueError, match='holds 1 leaves the run does not'):
+    workdir.restore_by_name({'params': {'w': np.ones(2), 'v': np.ones(1)},
+                             'tracked': tracked}, template)

@@ -64,6 +64,13 @@ CASES = {
     'adam_l2': (lambda: transforms.adam(4e-3, regularizer='l2', weight_decay=0.1,
                                         track=False),
                 dict(optimizer='adam_l2', learning_rate=4e-3, weight_decay=0.1), 40_000),
+    # AdamP / SGDP (Heo et al. 2021) detect the units as scale-invariant (the
+    # gradient is orthogonal to w) and decay them by lambda * wd_ratio (0.1).
+    'adamp': (lambda: transforms.adamp(1e-3, weight_decay=1.0),
+              dict(optimizer='adamp', learning_rate=1e-3, weight_decay=1.0), 40_000),
+    'sgdp': (lambda: transforms.sgdp(0.1, 0.9, weight_decay=5e-3),
+             dict(optimizer='sgdp', learning_rate=0.1, weight_decay=5e-3, momentum=0.9),
+             40_000),
 }
 
 
@@ -110,12 +117,71 @@ def test_adam_l2_angle_scales_as_cube_root_of_lr_squared_lambda():
     (lambda: theory.equilibrium_angular_update('momentum', 0.1, 1e-4, momentum=1.0),
      r'momentum must be in \[0, 1\)'),
     (lambda: theory.equilibrium_angular_update('adam_l2', 0.1, 1e-4), 'needs fan_in'),
+    (lambda: theory.projected_angular_update('sgd', 0.1), 'needs grad_norm'),
+    (lambda: theory.projected_angular_update('adam', 0.1), 'needs fan_in'),
+    (lambda: theory.projected_angular_update('adam', 0.1, fan_in=8, radius=0.0),
+     'radius must be > 0'),
+    (lambda: theory.projected_angular_update('adam_l2', 0.1, fan_in=8), 'optimizer must be'),
+    (lambda: theory.rotational_angular_update('adam_l2', 0.1, 1e-4), 'optimizer must be'),
     (lambda: theory.gamma_decay_strength(0, 'relu'), 'batch_size must be a positive int'),
     (lambda: theory.gamma_decay_strength(32, 'tanh'), "'linear' or 'relu'"),
 ])
 def test_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+PROJECTED = {
+    'sgd': (lambda: transforms.sgd(1e-3, regularizer='projection', mask=True, track=False),
+            dict(optimizer='sgd', learning_rate=1e-3, grad_norm=GRAD_NORM)),
+    # Small steps: the momentum buffer's gradients stay orthogonal to w only while
+    # the unit turns little over the buffer's 1 / (1 - a) steps.
+    'momentum': (lambda: transforms.sgd(1e-4, 0.9, regularizer='projection', mask=True,
+                                        track=False),
+                 dict(optimizer='sgd', learning_rate=1e-4, momentum=0.9, grad_norm=GRAD_NORM)),
+    'adam': (lambda: transforms.adam(1e-3, regularizer='projection', mask=True, track=False),
+             dict(optimizer='adam', learning_rate=1e-3, fan_in=C)),
+    'rotational_sgd': (lambda: transforms.rotational('sgd', 0.1, 5e-4, momentum=0.9,
+                                                     mask=True, center=False),
+                       dict(optimizer='sgd', learning_rate=0.1, weight_decay=5e-4,
+                            momentum=0.9)),
+    'rotational_adamw': (lambda: transforms.rotational('adamw', 1e-3, 0.1, mask=True,
+                                                       center=False),
+                         dict(optimizer='adamw', learning_rate=1e-3, weight_decay=0.1)),
+}
+
+
+@pytest.mark.parametrize('name', list(PROJECTED))
+def test_projected_and_rotational_angles_match_theory(name):
+  # No equilibrium to wait for: the angle is set from the start (Adam's second
+  # moment and the rotational wrapper's average fill in ~1000 steps).
+  make, kw = PROJECTED[name]
+  angles, norms, _ = _trajectory(make(), 4000, jax.random.key(0))
+  predict = (theory.rotational_angular_update if name.startswith('rotational')
+             else theory.projected_angular_update)
+  measured = float(jnp.sqrt(jnp.mean(jnp.square(angles[2000:]))))
+  assert abs(measured / predict(**kw) - 1) < 0.05, (measured, predict(**kw))
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-4)  # the norm never moved
+
+
+@pytest.mark.parametrize('optimizer,match', [
+    ('projection', 'projected_angular_update'), ('rotational', 'rotational_angular_update'),
+    ('adam', "name the decay: 'adamw' or 'adam_l2'")])
+def test_no_equilibrium_names_what_to_use(optimizer, match):
+  for fn in (theory.equilibrium_angular_update, theory.equilibrium_time_constant):
+    with pytest.raises(ValueError, match=match):
+      fn(optimizer, 0.1, 1e-4)
+
+
+def test_adamp_and_sgdp_decay_lambda_times_wd_ratio():
+  for name, kw in (('adamp', {}), ('sgdp', dict(momentum=0.9))):
+    assert theory.equilibrium_angular_update(name, 1e-3, 0.5, wd_ratio=0.2, **kw) == \
+        pytest.approx(theory.equilibrium_angular_update(name, 1e-3, 0.1, wd_ratio=1.0, **kw))
+  # Without momentum SGDP is SGD + L2 at lambda * wd_ratio: no correlated steps.
+  assert theory.equilibrium_angular_update('sgdp', 0.1, 5e-3) == pytest.approx(
+      theory.equilibrium_angular_update('sgd', 0.1, 5e-4))
+  with pytest.raises(ValueError, match='wd_ratio must be > 0'):
+    theory.equilibrium_norm('adamp', 1e-3, 0.5, fan_in=8, wd_ratio=0.0)
 
 
 def test_sgd_with_momentum_is_the_momentum_alias():

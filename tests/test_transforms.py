@@ -183,7 +183,8 @@ class TrackingTest(chex.TestCase):
     got = dynamics.read(state)
     self.assertEqual(sorted(got), sorted(
         f'{leaf}/{m}' for leaf in ('conv/kernel', 'dense/kernel')
-        for m in ('weight_norm', 'update_norm', 'angular_update', 'effective_lr')))
+        for m in ('weight_norm', 'update_norm', 'angular_update', 'angular_update_rms',
+                  'effective_lr')))
     every = optax.chain(optax.sgd(lr), transforms.track_dynamics(lr, 'sgd'))  # mask=None
     _, every_state = every.update(g, every.init(params), params)
     self.assertEqual({k.rsplit('/', 1)[0] for k in dynamics.read(every_state)},
@@ -197,6 +198,8 @@ class TrackingTest(chex.TestCase):
                                np.linalg.norm(u, axis=0).mean(), rtol=1e-5)
     np.testing.assert_allclose(got['conv/kernel/angular_update'],
                                np.arccos(cos).mean(), rtol=1e-4)
+    np.testing.assert_allclose(got['conv/kernel/angular_update_rms'],
+                               np.sqrt(np.mean(np.arccos(cos) ** 2)), rtol=1e-4)
     np.testing.assert_allclose(got['conv/kernel/effective_lr'], (lr / n ** 2).mean(),
                                rtol=1e-5)
 
@@ -227,6 +230,81 @@ class TrackingTest(chex.TestCase):
                                (lr / n[[0, 1, 3]] ** 2).mean(), rtol=1e-5)
     chex.assert_trees_all_equal(dynamics.live_units(jnp.asarray(n)),
                                 jnp.array([True, True, False, True]))
+
+  def test_rms_angle_over_the_live_units_of_effective_lr(self):
+    # Units 0, 1 turn by different angles (the RMS exceeds the mean), unit 2
+    # collapsed: it is in the mean angle, not in the RMS or the effective LR.
+    w = jnp.array([[1.0, 1.0, 1e-5], [0.0, 0.0, 0.0]])
+    u = jnp.array([[0.0, 0.0, 0.0], [0.1, 0.5, 1.0]])
+    tx = transforms.track_dynamics(0.1, 'sgd')
+    _, state = tx.update({"k": u}, tx.init({"k": w}), {"k": w})
+    got = dynamics.read(state)
+    angles = np.arctan(np.array([0.1, 0.5, 1e5]))
+    np.testing.assert_allclose(got['k/angular_update'], angles.mean(), rtol=1e-5)
+    np.testing.assert_allclose(got['k/angular_update_rms'],
+                               np.sqrt(np.mean(angles[:2] ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(got['k/effective_lr'], 0.1, rtol=1e-5)
+
+  def test_gradient_at_unit_scale_over_live_units(self):
+    # Unit 0: ||g|| ||w|| = 3 * 2; unit 1: no gradient (dead); unit 2 collapsed.
+    # track_gradients first sees the loss's gradient, not the L2 term after it.
+    w = jnp.array([[2.0, 1.0, 1e-6], [0.0, 1.0, 0.0]])
+    g = jnp.array([[0.0, 0.0, 5.0], [3.0, 0.0, 0.0]])
+    tx = optax.chain(transforms.track_gradients(),
+                     transforms.l2_regularization(0.5), optax.sgd(0.1))
+    _, state = tx.update({'k': g}, tx.init({'k': w}), {'k': w})
+    self.assertEqual(dynamics.read(state), {'k/grad_norm_at_unit_scale': 6.0})
+    w2 = jnp.array([[2.0, 1.0], [0.0, 1.0]])
+    g2 = jnp.array([[0.0, 4.0], [3.0, 0.0]])
+    tx = transforms.track_gradients(mask={'k': True, 'b': False})
+    _, state = tx.update({'k': g2, 'b': jnp.ones(2)}, tx.init({'k': w2, 'b': jnp.ones(2)}),
+                         {'k': w2, 'b': jnp.ones(2)})
+    np.testing.assert_allclose(dynamics.read(state)['k/grad_norm_at_unit_scale'],
+                               np.sqrt((6.0 ** 2 + (4 * np.sqrt(2)) ** 2) / 2), rtol=1e-6)
+    self.assertEqual(list(dynamics.read(state)), ['k/grad_norm_at_unit_scale'])
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_moving_average_is_adams_bias_corrected_average(self):
+    decay, steps = 0.8, 6
+    params = _params()
+    ema = optax.chain(transforms.track_gradients(ema_decay=decay), optax.sgd(0.05),
+                      transforms.track_dynamics(0.05, 'sgd', ema_decay=decay))
+    last = optax.chain(transforms.track_gradients(), optax.sgd(0.05),
+                       transforms.track_dynamics(0.05, 'sgd'))
+    ema_update, last_update = self.variant(ema.update), self.variant(last.update)
+    ema_state, last_state, reads = ema.init(params), last.init(params), []
+    for t in range(steps):
+      g = _grads(t, params)
+      _, ema_state = ema_update(g, ema_state, params)
+      updates, last_state = last_update(g, last_state, params)
+      reads.append(dynamics.read(last_state))
+      params = optax.apply_updates(params, updates)
+    got = dynamics.read(ema_state)
+    for key in got:
+      xs = np.array([float(r[key]) for r in reads], np.float64)
+      root = key.endswith(('_rms', 'unit_scale'))
+      m = 0.0
+      for x in xs:  # Kingma and Ba 2015, Algorithm 1: m = d m + (1 - d) x, m / (1 - d^t)
+        m = decay * m + (1 - decay) * (x ** 2 if root else x)
+      want = m / (1 - decay ** steps)
+      np.testing.assert_allclose(got[key], np.sqrt(want) if root else want, rtol=1e-5,
+                                 err_msg=key)
+    zero = optax.chain(transforms.track_gradients(ema_decay=0.0), optax.sgd(0.05),
+                       transforms.track_dynamics(0.05, 'sgd', ema_decay=0.0))
+    _, state = zero.update(_grads(0, _params()), zero.init(_params()), _params())
+    _, want = last.update(_grads(0, _params()), last.init(_params()), _params())
+    chex.assert_trees_all_close(dynamics.read(state), dynamics.read(want))
+
+  @parameterized.parameters(
+      (1.0, ValueError, r'ema_decay must be in \[0, 1\), got 1.0'),
+      (-0.1, ValueError, r'ema_decay must be in \[0, 1\)'),
+      ('0.9', TypeError, 'ema_decay must be a real number'),
+      (optax.constant_schedule(0.9), TypeError, 'ema_decay must be a number in'))
+  def test_bad_ema_decay(self, value, error, match):
+    for make in (lambda: transforms.track_dynamics(0.1, ema_decay=value),
+                 lambda: transforms.track_gradients(ema_decay=value)):
+      with pytest.raises(error, match=match):
+        make()
 
   def test_angle_of_tiny_updates_is_accurate(self):
     w = jnp.array([[1.0], [0.0]])

@@ -117,8 +117,21 @@ def test_plot_overlays_runs_with_theorys_angle(tmp_path):
       math.sqrt(2 * lr * lam / (1 + a)), rel=1e-6)
   assert plot.equilibrium_kind(dict(run['config'], optimizer='adam',
                                     regularizer='decoupled')) == 'adamw'
-  assert plot.equilibrium_kind(dict(run['config'], regularizer='projection',
-                                    weight_decay=0.0)) is None
+  # Theory's other answers, by hand: a projected unit turns by
+  # atan(lr ||g~|| / sqrt(1 - a^2)) (SGD; ||g~||^2 logged), a rotational one by
+  # atan of the inner optimizer's equilibrium angle, SGDP by
+  # sqrt(2 lr lambda wd_ratio / (1 - a)) (wd_ratio 0.1); no decay has none.
+  g2 = line['grad_sq_at_unit_norm/dense']
+  as_ = lambda **kw: dict(run, config=dict(run['config'], **kw))
+  assert plot._theory_angle(as_(regularizer='projection', weight_decay=0.0), 'dense',
+                            line) == pytest.approx(
+      math.atan(lr * math.sqrt(g2) / math.sqrt(1 - a * a)), rel=1e-6)
+  assert plot._theory_angle(as_(regularizer='rotational'), 'dense', line) == \
+      pytest.approx(math.atan(math.sqrt(2 * lr * lam / (1 + a))), rel=1e-6)
+  assert plot._theory_angle(as_(optimizer='sgdp', regularizer='decoupled'), 'dense',
+                            line) == pytest.approx(math.sqrt(2 * lr * lam * 0.1 / (1 - a)),
+                                                   rel=1e-6)
+  assert plot.equilibrium_kind(dict(run['config'], weight_decay=0.0)) is None
   assert plot.default_output([tmp_path / 'sgd', tmp_path / 'adamw']) == \
       tmp_path.resolve() / 'plot.png'
 

@@ -111,8 +111,8 @@ def programs(config: Config) -> tuple:
   once per process.
 
   A worker trains later runs of the same shape without compiling again (the
-  optimizer values live in the optimizer state: :func:`build_optimizer`). The last four keys
-  are kept.
+  optimizer values live in the optimizer state: :func:`build_optimizer`), and
+  evaluates runs of the same model with one eval step. The last four keys are kept.
 
   Args:
     config: a run's config (any run of the key: it fixes the structure).
@@ -127,25 +127,31 @@ def programs(config: Config) -> tuple:
     >>> from bnjax.train import programs
     >>> from bnjax.train.config import Config
     >>> a = programs.programs(Config(learning_rate=0.1))
-    >>> programs.programs(Config(learning_rate=0.3, seed=1)) is a
+    >>> all(x is y for x, y in zip(programs.programs(Config(learning_rate=0.3, seed=1)), a))
+    True
+    >>> programs.programs(Config(optimizer='adam'))[2] is a[2]  # the same model's eval step
     True
 
   References:
     Bradbury et al., JAX (2018): ``jax.jit`` compiles once per input shapes.
   """
+  regression = config.dataset == 'teacher_student'
+  host_model = build_model(config, host=True)
+
   def build():
-    regression = config.dataset == 'teacher_student'
     tx_of = functools.partial(build_optimizer, config)
-    host_model = build_model(config, host=True)
     return (_initializer(host_model, tx_of, _start(config)),
             executors.Executor(config.parallel, build_model(config), build_optimizer(config),
-                               regression),
-            executors.make_eval_step(host_model, regression))
+                               regression))
 
-  return _cached(_PROGRAMS, program_key(config), build)
+  # The eval step depends on the model alone: runs of other optimizers share it
+  # (flax modules compare by their fields).
+  eval_step = _cached(_EVAL_STEPS, (host_model, regression),
+                      lambda: executors.make_eval_step(host_model, regression))
+  return (*_cached(_PROGRAMS, program_key(config), build), eval_step)
 
 
-def _cached(cache: collections.OrderedDict, key: str, build):
+def _cached(cache: collections.OrderedDict, key, build):
   """``cache[key]``, built on a miss; the 4 most recently used keys are kept."""
   if key not in cache:
     cache[key] = build()
@@ -155,14 +161,15 @@ def _cached(cache: collections.OrderedDict, key: str, build):
   return cache[key]
 
 
-_STATS_UPDATES: 'collections.OrderedDict[str, object]' = collections.OrderedDict()
+_STATS_UPDATES: 'collections.OrderedDict[object, object]' = collections.OrderedDict()
+_EVAL_STEPS: 'collections.OrderedDict[object, object]' = collections.OrderedDict()
 
 
 def _stats_update(config: Config):
   """The model's training-mode forward returning its new ``batch_stats`` (one
-  function per program key, so its compiled program is reused)."""
-  return _cached(_STATS_UPDATES, program_key(config),
-                 lambda: stats_forward(build_model(config, host=True)))
+  function per model, so its compiled program is reused)."""
+  model = build_model(config, host=True)
+  return _cached(_STATS_UPDATES, model, lambda: stats_forward(model))
 
 
 def stats_forward(model):

@@ -189,6 +189,10 @@ def layer_metrics(opt_state, invariant=None) -> dict:
       others (a classifier head, any kernel no norm follows) get no
       ``effective_lr``, which only a scale-invariant weight has.
 
+  ``angular_update_rms`` is left out: the run logs ``angular_update_sq``
+  (:func:`unit_angle_metrics`) over the units a gradient reaches, which
+  ``track_dynamics`` cannot tell apart.
+
   Returns:
     A dict of scalar arrays, one per tracked kernel and metric.
 
@@ -210,6 +214,8 @@ def layer_metrics(opt_state, invariant=None) -> dict:
   for key, value in dynamics.read(opt_state).items():
     *path, metric = key.split('/')
     layer = layer_name(path)
+    if metric == 'angular_update_rms':
+      continue
     if metric != 'effective_lr' or invariant is None or layer in invariant:
       out[f'{metric}/{layer}'] = float(value)
   return out

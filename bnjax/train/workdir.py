@@ -514,7 +514,10 @@ class Checkpoints:
   """orbax checkpoints of a workdir with fallback past damaged ones.
 
   A checkpoint that fails to restore is moved to ``checkpoints_damaged/``
-  (kept, with one warning naming its step) and the next newest is tried.
+  (kept, with one warning naming its step) and the next newest is tried. One
+  written before a tracked-dynamics field existed (the per-step summaries of
+  :func:`bnjax.transforms.track_dynamics`, recomputed every step) restores by
+  name with that field at the template's value (:func:`restore_by_name`).
 
   Args:
     workdir: the run's folder (``checkpoints/`` inside it).
@@ -570,7 +573,16 @@ class Checkpoints:
       try:
         return self.manager.restore(step, args=ocp.args.StandardRestore(template)), step
       except Exception as e:  # any failure to read it back is damage
-        self._set_aside(step, e)
+        try:
+          state, missing = restore_by_name(
+              self.manager.restore(step, args=ocp.args.StandardRestore()), template)
+        except Exception:  # pylint: disable=broad-except
+          self._set_aside(step, e)
+          continue
+        logging.warning('checkpoint of step %d in %s has no %s (written by an earlier '
+                        'bnjax); restored without, those start from the template.',
+                        step, self.workdir, ', '.join(sorted(missing)))
+        return state, step
     return None, None
 
   def _set_aside(self, step: int, error: Exception) -> None:
@@ -592,6 +604,66 @@ class Checkpoints:
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.workdir / CHECKPOINTS}')
     return self.manager.restore(step, args=ocp.args.StandardRestore())
+
+
+def restore_by_name(raw, template, derived=None):
+  """``template`` filled from a checkpoint restored without one, leaf by key name.
+
+  Only the fields of ``derived`` (default: those of
+  :class:`bnjax.dynamics.LeafDynamics` and :class:`bnjax.dynamics.GradientDynamics`,
+  per-step summaries that the next step overwrites) may be missing from
+  ``raw``; they keep the template's value. Every other leaf must be there with
+  the template's shape.
+
+  Args:
+    raw: the checkpoint as orbax restores it without a template (nested dicts
+      and lists keyed by field names).
+    template: the state to restore into.
+    derived: the field names that may be missing.
+
+  Returns:
+    ``(state, missing)``: the restored state (each leaf with the template
+    leaf's dtype, and its sharding when it has one) and the set of missing
+    field names.
+
+  Raises:
+    KeyError: a leaf that is not derived is missing.
+    ValueError: a leaf's shape differs from the template's, or the checkpoint
+      holds leaves the template does not.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from bnjax import dynamics  # pylint: disable=g-import-not-at-top
+  if derived is None:
+    derived = set(dynamics.LeafDynamics._fields) | set(dynamics.GradientDynamics._fields)
+  missing, leaves, filled = set(), [], 0
+  flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+  for path, leaf in flat:
+    node = raw
+    for depth in range(1, len(path) + 1):
+      name = _last_name(path[:depth])
+      try:
+        node = node[name]
+      except (KeyError, IndexError, TypeError):
+        if name not in derived:
+          raise KeyError(f'{jax.tree_util.keystr(path)} is not in the checkpoint') from None
+        missing.add(name)
+        node, filled = leaf, filled + 1
+        break
+    if np.shape(node) != np.shape(leaf):
+      raise ValueError(f'{jax.tree_util.keystr(path)} has shape {np.shape(node)} in the '
+                       f'checkpoint, {np.shape(leaf)} in the run')
+    value = jax.numpy.asarray(node, dtype=getattr(leaf, 'dtype', None))
+    sharding = getattr(leaf, 'sharding', None)
+    leaves.append(jax.device_put(value, sharding) if sharding is not None else value)
+  extra = len(jax.tree_util.tree_leaves(raw)) - (len(flat) - filled)
+  if extra:
+    raise ValueError(f'the checkpoint holds {extra} leaves the run does not')
+  return jax.tree_util.tree_unflatten(treedef, leaves), missing
+
+
+def _last_name(path):
+  key = path[-1] if path else None
+  return getattr(key, 'key', getattr(key, 'name', getattr(key, 'idx', None)))
 
 
 @contextlib.contextmanager

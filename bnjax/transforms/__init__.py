@@ -20,26 +20,28 @@ the step count, the count starting at 0 and advancing once per update).
 
 One module per family: :mod:`~bnjax.transforms.decay` (coupled L2,
 decoupled decay), :mod:`~bnjax.transforms.projection` (per-unit norm
-projection), :mod:`~bnjax.transforms.tracking` (``track_dynamics``),
+projection), :mod:`~bnjax.transforms.tracking` (``track_dynamics``, ``track_gradients``),
 :mod:`~bnjax.transforms.aliases` (``sgd``/``adam`` with a regularizer),
 :mod:`~bnjax.transforms.adamp_sgdp` (AdamP, SGDP) and
 :mod:`~bnjax.transforms.rotation` (rotational optimizers); every public name is importable from
 ``bnjax.transforms``.
 """
 
-from bnjax.dynamics import LeafDynamics, TrackDynamicsState
+from bnjax.dynamics import (GradientDynamics, LeafDynamics, TrackDynamicsState,
+                            TrackGradientsState)
 from bnjax.transforms._common import Mask, ScalarOrSchedule
 from bnjax.transforms.adamp_sgdp import AdamPState, SGDPState, adamp, sgdp
 from bnjax.transforms.aliases import REGULARIZERS, adam, sgd
 from bnjax.transforms.decay import ScheduledScaleState, decoupled_weight_decay, l2_regularization
 from bnjax.transforms.projection import UnitNormProjectionState, unit_norm_projection
 from bnjax.transforms.rotation import ROTATIONAL_INNER, RotationalState, center_units, rotational
-from bnjax.transforms.tracking import TRACKED_OPTIMIZERS, track_dynamics
+from bnjax.transforms.tracking import TRACKED_OPTIMIZERS, track_dynamics, track_gradients
 
 __all__ = [
-    'AdamPState', 'LeafDynamics', 'Mask', 'REGULARIZERS', 'ROTATIONAL_INNER', 'RotationalState',
+    'AdamPState', 'GradientDynamics', 'LeafDynamics', 'Mask', 'REGULARIZERS', 'ROTATIONAL_INNER', 'RotationalState',
     'SGDPState', 'ScalarOrSchedule', 'ScheduledScaleState', 'TRACKED_OPTIMIZERS',
-    'TrackDynamicsState', 'UnitNormProjectionState', 'adam', 'adamp', 'center_units',
+    'TrackDynamicsState', 'TrackGradientsState', 'UnitNormProjectionState', 'adam', 'adamp', 'center_units',
     'decoupled_weight_decay',
-    'l2_regularization', 'rotational', 'sgd', 'sgdp', 'track_dynamics', 'unit_norm_projection',
+    'l2_regularization', 'rotational', 'sgd', 'sgdp', 'track_dynamics', 'track_gradients',
+    'unit_norm_projection',
 ]

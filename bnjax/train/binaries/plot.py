@@ -26,15 +26,25 @@ __all__ = ['equilibrium_kind', 'plot_runs', 'read_run']
 
 
 def equilibrium_kind(config: dict) -> Optional[str]:
-  """The :func:`bnjax.theory.equilibrium_angular_update` optimizer of a run's config
-  record, or ``None`` where theory has no equilibrium for it."""
+  """The :mod:`bnjax.theory` angle a run's config record has: an equilibrium
+  optimizer of :func:`bnjax.theory.equilibrium_angular_update` (``'sgd'``,
+  ``'adamw'``, ``'adam_l2'``, ``'adamp'``, ``'sgdp'``), ``'projection'``
+  (:func:`bnjax.theory.projected_angular_update`), ``'rotational'``
+  (:func:`bnjax.theory.rotational_angular_update`), or ``None`` (no decay: the
+  angle decays to 0)."""
   optimizer, regularizer = config.get('optimizer'), config.get('regularizer')
-  if not config.get('weight_decay') or config.get('projection'):
+  if regularizer == 'projection' or config.get('projection'):
+    return 'projection'
+  if not config.get('weight_decay'):
     return None
-  if optimizer == 'sgd' and regularizer in ('l2', 'rotational'):
+  if regularizer == 'rotational':
+    return 'rotational'
+  if optimizer == 'sgd' and regularizer == 'l2':
     return 'sgd'
+  if optimizer in ('adamp', 'sgdp') and regularizer == 'decoupled':
+    return optimizer
   if optimizer == 'adam':
-    return {'decoupled': 'adamw', 'rotational': 'adamw', 'l2': 'adam_l2'}.get(regularizer)
+    return {'decoupled': 'adamw', 'l2': 'adam_l2'}.get(regularizer)
   return None
 
 
@@ -81,14 +91,22 @@ def _theory_angle(run, layer, line) -> float:
   lr = line.get('learning_rate')
   if kind is None or not lr:
     return math.nan
+  g2, fan_in = line.get(f'grad_sq_at_unit_norm/{layer}'), run['fan_in'].get(layer)
+  momentum = c.get('momentum', 0.0)
+  if kind == 'projection':
+    if c['optimizer'] == 'sgd':
+      return theory.projected_angular_update('sgd', lr, momentum=momentum,
+                                             grad_norm=math.sqrt(g2)) if g2 else math.nan
+    return theory.projected_angular_update('adam', lr, fan_in=fan_in) if fan_in else math.nan
+  if kind == 'rotational':
+    inner = 'sgd' if c['optimizer'] == 'sgd' else 'adamw'
+    return theory.rotational_angular_update(inner, lr, c['weight_decay'], momentum=momentum)
   if kind == 'adam_l2':
-    g2, fan_in = line.get(f'grad_sq_at_unit_norm/{layer}'), run['fan_in'].get(layer)
     if not g2 or not fan_in:
       return math.nan
     return theory.equilibrium_angular_update(kind, lr, c['weight_decay'], fan_in=fan_in,
                                              grad_norm=math.sqrt(g2))
-  return theory.equilibrium_angular_update(kind, lr, c['weight_decay'],
-                                           momentum=c.get('momentum', 0.0))
+  return theory.equilibrium_angular_update(kind, lr, c['weight_decay'], momentum=momentum)
 
 
 def plot_runs(workdirs, output) -> pathlib.Path:

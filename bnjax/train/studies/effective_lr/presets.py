@@ -66,9 +66,11 @@ _FASHION = dict(train_subset=25600, batch_size=32, num_epochs=1, width=16, log_e
                 eval_every=200, checkpoint_every=400, bn_eval='precise', bn_eval_batches=20)
 PRESETS = {
     # seeds: of every arm; centre_seeds: extra seeds of the grid's centre cell.
+    # smoke: one evaluation and one checkpoint per run, at its end (evaluating the
+    # 10,000 test images is most of a 32-step run's time).
     'smoke': dict(grid=2, seeds=(0,), centre_seeds=(), base=Config(
         train_subset=1024, batch_size=32, num_epochs=1, width=8, log_every=4,
-        checkpoint_every=16, eval_every=16, eval_batch_size=2000, bn_eval_batches=8)),
+        checkpoint_every=32, eval_every=0, eval_batch_size=2000, bn_eval_batches=8)),
     # quick: a look in a few minutes (300 steps: the slow cells are left out).
     'quick': dict(grid=3, seeds=(0,), centre_seeds=(), base=Config(
         **{**_FASHION, 'train_subset': 9600, 'eval_every': 100, 'checkpoint_every': 100})),
