@@ -172,3 +172,105 @@ def test_fit_an_nnx_model_equals_its_linen_twin(tmp_path):
   record = json.loads((tmp_path / 'nnx' / 'config.json').read_text())
   assert record['invariant_layers'] == ['Dense_0']
   assert record['user_model'].startswith('NnxNet(195 parameters')
+
+
+# ------------------------------------------------------------ an iterator of batches
+
+
+def _stream(arrays, cfg, steps=None):
+  """The batches fit's array path trains on, as a user's generator would yield them."""
+  from bnjax.train import data
+  batches = data.Batches(data.Arrays(*arrays['train']), cfg.batch_size, seed=cfg.seed)
+  for batch in batches.steps(0, steps or cfg.num_steps):
+    yield batch['x'], batch['y']
+
+
+def test_fit_on_an_iterator_equals_the_arrays_and_resumes_exactly(tmp_path):
+  """The same batches from a generator train the same run as the arrays (params,
+  lines, test loss; precise statistics from the first batches, read ahead at the
+  first evaluation); a run stopped after 5 steps and resumed with a new
+  generator (its first 4 batches skipped, from the checkpoint at 4) ends identical."""
+  arrays = _arrays(n_train=128)  # 8 batches an epoch: precise reads 6 of them
+  cfg = dataclasses.replace(CFG, bn_eval='precise', bn_eval_batches=6, eval_every=4,
+                            num_steps=8)
+  ref = fit(Net(), arrays, cfg, workdir=tmp_path / 'arrays', progress=False)
+  streamed = {'train': _stream(arrays, cfg), 'test': arrays['test']}
+  mine = fit(Net(), streamed, cfg, workdir=tmp_path / 'stream', progress=False)
+  assert mine['test_loss'] == ref['test_loss']
+  strip = lambda lines: [{k: v for k, v in l.items() if k not in ('seconds', 'epoch')}
+                         for l in lines]
+  assert strip(metrics(tmp_path / 'stream')) == strip(metrics(tmp_path / 'arrays'))
+  assert {l['epoch'] for l in metrics(tmp_path / 'stream')} == {0}
+  fit(Net(), {'train': _stream(arrays, cfg), 'test': arrays['test']}, cfg,
+      workdir=tmp_path / 'resumed', progress=False, stop_after=5)
+  again = fit(Net(), {'train': _stream(arrays, cfg), 'test': arrays['test']}, cfg,
+              workdir=tmp_path / 'resumed', progress=False)
+  assert again['test_loss'] == ref['test_loss']
+  chex_equal = jax.tree_util.tree_map(
+      lambda a, b: bool(np.array_equal(a, b)),
+      workdirs.Checkpoints(tmp_path / 'resumed').latest_params(),
+      workdirs.Checkpoints(tmp_path / 'arrays').latest_params())
+  assert all(jax.tree_util.tree_leaves(chex_equal))
+
+
+def _bad_batches(arrays, cfg, at, bad):
+  for step, (x, y) in enumerate(_stream(arrays, cfg)):
+    yield bad(x, y) if step == at else (x, y)
+
+
+@pytest.mark.parametrize('train,cfg_change,match', [
+    (lambda a, c: _stream(a, c), dict(num_steps=0, num_epochs=1),
+     'config.num_steps: training on an iterator of batches needs num_steps'),
+    (lambda a, c: 42, {}, r"data\['train'\]: must be a pair \(x, y\) of arrays or an "
+                          r'iterable of \(x, y\) batches, got int'),
+    (lambda a, c: _bad_batches(a, c, 0, lambda x, y: (x[:8], y[:8])), {},
+     r"data\['train'\], batch 0: x must be \(16, features...\)"),
+    (lambda a, c: _bad_batches(a, c, 0, lambda x, y: (x, y.astype(np.float32))), {},
+     r"batch 0: y must hold integer class labels"),
+])
+def test_a_bad_iterator_is_refused_before_any_file(tmp_path, train, cfg_change, match):
+  arrays = _arrays()
+  cfg = dataclasses.replace(CFG, **cfg_change)
+  with pytest.raises(ValueError, match=match):
+    fit(Net(), {'train': train(arrays, cfg), 'test': arrays['test']}, cfg,
+        workdir=tmp_path / 'run', progress=False)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_a_bad_batch_mid_run_is_named_and_the_run_resumes(tmp_path):
+  """A bad batch mid-run raises naming it (labels, non-finite, shape) and an
+  early end names the count; the checkpoint before it stays, and a call with
+  good batches finishes the run as an uninterrupted one."""
+  arrays = _arrays()
+  cases = [(lambda x, y: (x, np.full_like(y, 7)), r'batch 6: labels must be in \[0, 3\), '
+            r'got 7..7', 4),
+           (lambda x, y: (np.full_like(x, np.nan), y), r'batch 6: x holds non-finite', 4),
+           (lambda x, y: (x[:, :3], y), r'batch 6: x must be \(16, features...\) as batch 0',
+            4),
+           (None, r'the iterator ended after 10 batches; config.num_steps asks for 12', 8)]
+  for bad, match, kept in cases:
+    train = _stream(arrays, CFG, 10) if bad is None else _bad_batches(arrays, CFG, 6, bad)
+    with pytest.raises(ValueError, match=match):
+      fit(Net(), {'train': train, 'test': arrays['test']}, CFG, workdir=tmp_path / 'run',
+          progress=False)
+    assert workdirs.checkpoint_steps(tmp_path / 'run')[-1] == kept
+  done = fit(Net(), {'train': _stream(arrays, CFG), 'test': arrays['test']}, CFG,
+             workdir=tmp_path / 'run', progress=False)
+  ref = fit(Net(), {'train': _stream(arrays, CFG), 'test': arrays['test']}, CFG,
+            workdir=tmp_path / 'ref', progress=False)
+  assert done['test_loss'] == ref['test_loss']
+
+
+def test_stream_reads_ahead_for_precise_statistics_without_reordering():
+  from bnjax.train import fitting
+  items = [(np.full((2, 3), i, np.float32), np.zeros(2, np.int32)) for i in range(6)]
+  stream = fitting._Stream(iter(items), batch_size=2, num_steps=6, keep=4)  # pylint: disable=protected-access
+  assert float(stream.first()['x'][0, 0]) == 0.0
+  assert [float(b['x'][0, 0]) for b in stream.steps(0, 2)] == [0.0, 1.0]
+  assert [float(b['x'][0, 0]) for b in stream.epoch(0)] == [0.0, 1.0, 2.0, 3.0]  # ahead
+  assert [float(b['x'][0, 0]) for b in stream.steps(2, 6)] == [2.0, 3.0, 4.0, 5.0]
+  with pytest.raises(ValueError, match='batch 3 was already consumed'):
+    next(stream.steps(3, 4))
+  resumed = fitting._Stream(iter(items), batch_size=2, num_steps=6, keep=0)  # pylint: disable=protected-access
+  resumed.first()
+  assert [float(b['x'][0, 0]) for b in resumed.steps(4, 6)] == [4.0, 5.0]  # 0-3 skipped

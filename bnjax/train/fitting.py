@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import hashlib
 import pathlib
+import threading
 from typing import Optional
 
 import jax
@@ -40,6 +41,98 @@ def _split(data_dict, name: str) -> data.Arrays:
   if not np.all(np.isfinite(x)):
     raise ValueError(f"data[{name!r}]: x holds non-finite values")
   return data.Arrays(x.astype(np.float32), y.astype(np.int32))
+
+
+class _Stream:
+  """Training batches from a user's iterable: step ``s`` trains on its ``s``-th item.
+
+  Each item is a batch ``(x, y)`` (or ``{'x': x, 'y': y}``) of exactly
+  ``batch_size`` examples, checked as it arrives. A resumed run (a later
+  :func:`fit` call, with a new iterator) skips the items of the steps before
+  its checkpoint, so a deterministic iterable resumes exactly. Precise batch
+  norm statistics use its first ``keep`` batches (read ahead when needed).
+  """
+
+  def __init__(self, source, batch_size: int, num_steps: int, keep: int):
+    try:
+      self._items = iter(source)
+    except TypeError:
+      raise ValueError(f"data['train']: must be a pair (x, y) of arrays or an iterable of "
+                       f"(x, y) batches, got {type(source).__name__}") from None
+    self.batch_size, self.steps_per_epoch, self._keep = batch_size, num_steps, keep
+    self._pulled, self._ahead, self._kept = 0, [], []
+    self._first, self.classes = None, None
+    self._lock = threading.Lock()  # the loop's prefetch thread and evaluation both read
+
+  def _check(self, item, step: int) -> dict:
+    where = f"data['train'], batch {step}"
+    if isinstance(item, dict) and set(item) >= {'x', 'y'}:
+      item = (item['x'], item['y'])
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+      raise ValueError(f'{where}: must be (x, y) or {{"x": x, "y": y}}, got '
+                       f'{type(item).__name__}')
+    x, y = np.asarray(item[0]), np.asarray(item[1])
+    shape = None if self._first is None else self._first['x'].shape
+    if x.ndim < 2 or y.shape != (self.batch_size,) or len(x) != self.batch_size or (
+        shape is not None and x.shape != shape):
+      raise ValueError(f'{where}: x must be ({self.batch_size}, features...) '
+                       f'{"as batch 0, " + str(shape) if shape else ""}and y '
+                       f'({self.batch_size},) (config.batch_size), got {x.shape} and {y.shape}')
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f'{where}: y must hold integer class labels, got dtype {y.dtype}')
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f'{where}: x must be floating point (scale your inputs), got dtype '
+                       f'{x.dtype}')
+    if not np.all(np.isfinite(x)):
+      raise ValueError(f'{where}: x holds non-finite values')
+    if y.min() < 0 or (self.classes is not None and y.max() >= self.classes):
+      raise ValueError(f'{where}: labels must be in [0, {self.classes or "classes"}), got '
+                       f'{int(y.min())}..{int(y.max())}')
+    return {'x': x.astype(np.float32), 'y': y.astype(np.int32)}
+
+  def _pull(self) -> dict:
+    try:
+      item = next(self._items)
+    except StopIteration:
+      raise ValueError(f"data['train']: the iterator ended after {self._pulled} batches; "
+                       f'config.num_steps asks for {self.steps_per_epoch}') from None
+    batch = self._check(item, self._pulled)
+    self._pulled += 1
+    if len(self._kept) < self._keep:
+      self._kept.append(batch['x'])
+    return batch
+
+  def first(self) -> dict:
+    """Batch 0 (pulled once, then trained on at step 0)."""
+    if self._first is None:
+      self._first = self._pull()
+      self._ahead.append(self._first)
+    return self._first
+
+  def _next(self) -> dict:
+    with self._lock:
+      return self._ahead.pop(0) if self._ahead else self._pull()
+
+  def steps(self, start: int, stop: int):
+    """The batches of steps ``start`` to ``stop`` (those before ``start`` skipped)."""
+    with self._lock:
+      step = self._pulled - len(self._ahead)  # the step the next batch is for
+    if start < step:
+      raise ValueError(f"data['train']: batch {start} was already consumed")
+    for _ in range(start - step):  # a resumed run: its earlier steps' batches
+      self._next()
+    for _ in range(start, stop):
+      yield self._next()
+
+  def epoch(self, epoch: int):
+    """The first ``keep`` batches' inputs (precise statistics), read ahead if needed."""
+    del epoch
+    with self._lock:
+      while len(self._kept) < min(self._keep, self.steps_per_epoch) and (
+          self._pulled < self.steps_per_epoch):
+        self._ahead.append(self._pull())
+      kept = list(self._kept)
+    return ({'x': x} for x in kept)
 
 
 def _fingerprint(split: data.Arrays) -> str:
@@ -128,7 +221,13 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
       ``train()`` / ``eval()`` mode: its current weights are the start, and
       it ends holding the run's last weights and statistics.
     data_dict: ``{'train': (x, y), 'test': (x, y)}``: float inputs, integer
-      labels in ``[0, classes)``.
+      labels in ``[0, classes)``. ``'train'`` may instead be an iterable of
+      ``(x, y)`` batches of ``config.batch_size`` examples (a generator, a
+      ``tf.data`` or grain pipeline as NumPy): step ``s`` trains on its
+      ``s``-th batch, ``config.num_steps`` of them; each batch is checked as
+      it arrives (a bad one raises a ValueError naming it). A resumed call
+      skips the batches before its checkpoint, so a deterministic iterable
+      resumes exactly; ``epoch`` in ``metrics.jsonl`` is then 0.
     config: the optimizer, schedule, batch size, length (``num_epochs`` or
       ``num_steps``), logging and evaluation (a
       :class:`bnjax.train.config.Config`; default ``Config()``). Its
@@ -147,7 +246,8 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
 
   Raises:
     ValueError: naming the argument, before anything is written: a malformed
-      ``data_dict``, labels out of range, a model whose output is not
+      ``data_dict`` (or first batch), an iterable without ``config.num_steps``,
+      labels out of range, a model whose output is not
       ``(batch, classes)`` with more classes than the largest label, a
       ``config`` that does not validate, ``parallel='pmap'`` (a user's model
       has no pmap axis for its batch statistics).
@@ -192,24 +292,37 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
   if not isinstance(data_dict, dict) or set(data_dict) != {'train', 'test'}:
     raise ValueError("data_dict: must be {'train': (x, y), 'test': (x, y)}, got "
                      f"{sorted(data_dict) if isinstance(data_dict, dict) else data_dict!r}")
-  splits = {name: _split(data_dict, name) for name in ('train', 'test')}
-  if splits['train'].x.shape[1:] != splits['test'].x.shape[1:]:
-    raise ValueError(f"data_dict: train and test inputs differ in shape: "
-                     f"{splits['train'].x.shape[1:]} and {splits['test'].x.shape[1:]}")
+  streamed = not isinstance(data_dict['train'], (tuple, list))
+  splits = {'test': _split(data_dict, 'test')}
+  if not streamed:
+    splits['train'] = _split(data_dict, 'train')
+  elif not config.num_steps:
+    raise ValueError("config.num_steps: training on an iterator of batches needs num_steps "
+                     "(an iterator has no epochs)")
   if config.parallel == 'pmap':
     raise ValueError('config.parallel: fit runs parallel="none" or "sharded"; under pmap a '
                      'model\'s batch norm needs the pmap axis name, which bnjax\'s models '
                      'take and yours may not')
   config = dataclasses.replace(config, dataset=config_lib.USER_DATASET,
                                model=config_lib.USER_MODEL, width=Config.width,
-                               num_train=len(splits['train']), num_test=len(splits['test']))
+                               num_train=(config.num_steps * config.batch_size if streamed
+                                          else len(splits['train'])),
+                               num_test=len(splits['test']))
   config.validate(jax.device_count())
 
-  train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed)
+  if streamed:
+    train_batches = _Stream(data_dict['train'], config.batch_size, config.num_steps,
+                            config.bn_eval_batches if config.bn_eval == 'precise' else 0)
+    first = train_batches.first()
+  else:
+    train_batches = data.Batches(splits['train'], config.batch_size, seed=config.seed)
+    first = train_batches.batch(0, 0)
+  if first['x'].shape[1:] != splits['test'].x.shape[1:]:
+    raise ValueError(f"data_dict: train and test inputs differ in shape: "
+                     f"{first['x'].shape[1:]} and {splits['test'].x.shape[1:]}")
   run_data = inputs.RunData(splits, train_batches,
                             data.Batches(splits['test'], config.eval_batch_size,
                                          shuffle=False))
-  first = train_batches.batch(0, 0)
   try:
     init = model.init if model is not user_model else jax.jit(
         functools.partial(model.init, train=True))
@@ -220,12 +333,15 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
         'model(x, train=...)'
     raise ValueError(f'model: could not be initialized and applied on a training batch of '
                      f'shape {first["x"].shape} as {call}: {e}') from e
-  classes = int(max(splits['train'].y.max(), splits['test'].y.max())) + 1
+  classes = int(max(first['y'].max() if streamed else splits['train'].y.max(),
+                    splits['test'].y.max())) + 1
   if np.shape(logits) != (config.batch_size, np.shape(logits)[-1]) or \
      np.shape(logits)[-1] < classes:
     raise ValueError(f'model: must return logits (batch, classes) with at least {classes} '
                      f'classes (the largest label is {classes - 1}), got shape '
                      f'{np.shape(logits)}')
+  if streamed:
+    train_batches.classes = int(np.shape(logits)[-1])
   for name, split in splits.items():
     if split.y.min() < 0:
       raise ValueError(f"data_dict[{name!r}]: labels must be in [0, classes), got "
@@ -237,7 +353,9 @@ def fit(model, data_dict: dict, config: Optional[Config] = None, *, workdir,
   layers = step_metrics.invariant_layers(params, invariant)
   wanted = dict(config_lib.record(config), user_model=_model_fingerprint(user_model, params),
                 invariant_layers=sorted(layers),
-                data={name: _fingerprint(split) for name, split in splits.items()})
+                data={'train': 'iterator, batch 0 ' + _fingerprint(data.Arrays(**first))
+                      if streamed else _fingerprint(splits['train']),
+                      'test': _fingerprint(splits['test'])})
   workdir = workdirs.folder(workdir)
   summary = loop.answered(workdir, wanted)
   if summary is not None:
