@@ -5,7 +5,8 @@ wrappers), ``transforms`` (optax transforms for scale-invariant weights),
 ``dynamics`` (per-unit norms, angular updates, tracking), ``theory``
 (closed-form effective learning rates and equilibria), ``masks`` (which
 parameters are scale-invariant); on first use: ``nnx`` (flax.nnx modules),
-``models``, ``bn_eval``, ``folding``, ``implicit``. See README.md.
+``models``, ``bn_eval``, ``folding``, ``graph`` (which layer feeds which
+normalizer), ``implicit``. See README.md.
 """
 
 import importlib
@@ -13,7 +14,7 @@ import importlib
 from bnjax import dynamics, layers, masks, norms, theory, transforms
 
 # Imported on first use (``bnjax.nnx`` after ``import bnjax``), not with the package.
-_LAZY = ('bn_eval', 'folding', 'implicit', 'models', 'nnx')
+_LAZY = ('bn_eval', 'folding', 'graph', 'implicit', 'models', 'nnx')
 
 __all__ = ['dynamics', 'layers', 'masks', 'norms', 'theory', 'transforms', *_LAZY]
 __version__ = '0.1.0'

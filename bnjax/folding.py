@@ -14,100 +14,8 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex_core
 
-from bnjax import layers, norms
-
-_LINEAR = (nn.Dense, nn.Conv)
-_BATCH_NORMS = (nn.BatchNorm, layers.BatchNormBase)
-
-
-def _trace_pairs(module: nn.Module, variables, *args, **kwargs):
-  """``[(linear_path, norm_path, norm_module)]`` found by an abstract trace."""
-  calls = []
-
-  def interceptor(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    if context.method_name == '__call__' and isinstance(context.module,
-                                                        _LINEAR + _BATCH_NORMS):
-      inp = call_args[0] if call_args else None
-      calls.append((context.module, tuple(context.module.scope.path), inp, out))
-    return out
-
-  def run(v):
-    with nn.intercept_methods(interceptor):
-      return module.apply(v, *args, mutable=True, **kwargs)
-
-  jax.eval_shape(run, variables)
-  produced_by = {}
-  pairs = []
-  for mdl, path, inp, out in calls:
-    if isinstance(mdl, _LINEAR):
-      produced_by[id(out)] = path
-    elif id(inp) in produced_by and isinstance(mdl.axis, int) \
-        and mdl.axis % jnp.ndim(inp) == jnp.ndim(inp) - 1:
-      pairs.append((produced_by[id(inp)], path, mdl))
-  return pairs
-
-
-def _shared_outputs(module: nn.Module, variables, pairs, *args, **kwargs) -> list:
-  """The pairs whose Dense/Conv output reaches the model's outputs other than through
-  their norm, or whose layers are called more than once.
-
-  One abstract trace (no FLOPs): each pair's linear output gets its own
-  perturbation ``e_i`` everywhere except at its norm's input (which gets the
-  unperturbed output); a pair is shared when an output of the jaxpr depends
-  on its ``e_i`` (a residual ``BN(h) + h``, a second consumer).
-  """
-  lin_index = {lin: i for i, (lin, _) in enumerate(pairs)}
-  norm_index = {norm: i for i, (_, norm) in enumerate(pairs)}
-  counts, shapes = {}, {}
-
-  def survey(next_fun, call_args, call_kwargs, context):
-    out = next_fun(*call_args, **call_kwargs)
-    if context.method_name == '__call__':
-      path = tuple(context.module.scope.path)
-      counts[path] = counts.get(path, 0) + 1
-      if path in lin_index:
-        shapes[lin_index[path]] = jax.ShapeDtypeStruct(jnp.shape(out), jnp.result_type(out))
-    return out
-
-  with nn.intercept_methods(survey):
-    jax.eval_shape(lambda v: module.apply(v, *args, mutable=True, **kwargs), variables)
-  shared = [i for i, (lin, norm) in enumerate(pairs)
-            if counts.get(lin, 0) > 1 or counts.get(norm, 0) > 1]
-
-  def run(v, perturbations):
-    clean = {}
-
-    def perturb(next_fun, call_args, call_kwargs, context):
-      path = tuple(context.module.scope.path)
-      if context.method_name == '__call__' and path in norm_index and call_args \
-          and id(call_args[0]) in clean:
-        call_args = (clean[id(call_args[0])],) + tuple(call_args[1:])
-      out = next_fun(*call_args, **call_kwargs)
-      if context.method_name == '__call__' and path in lin_index:
-        perturbed = out + perturbations[lin_index[path]]
-        clean[id(perturbed)] = out
-        return perturbed
-      return out
-
-    with nn.intercept_methods(perturb):
-      return module.apply(v, *args, mutable=True, **kwargs)
-
-  zeros = [jnp.zeros(shapes[i].shape, shapes[i].dtype) for i in range(len(pairs))]
-  jaxpr = jax.make_jaxpr(run)(variables, zeros).jaxpr
-  inputs = jaxpr.invars[-len(pairs):]
-  for i, e in enumerate(inputs):
-    if i in shared:
-      continue
-    tainted = {e}
-    for eqn in jaxpr.eqns:  # forward taint; a nested call is tainted as a whole
-      if any(not isinstance(v, jex_core.Literal) and v in tainted for v in eqn.invars):
-        tainted.update(eqn.outvars)
-    if any(not isinstance(v, jex_core.Literal) and v in tainted for v in jaxpr.outvars):
-      shared.append(i)
-  return [pairs[i] for i in sorted(shared)]
+from bnjax import graph, norms
 
 
 def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
@@ -150,7 +58,8 @@ def find_batch_norm_pairs(module: nn.Module, variables, *args, **kwargs):
     Efficient Integer-Arithmetic-Only Inference", CVPR 2018, arXiv
     1712.05877, section 3.2.
   """
-  return [(lin, norm) for lin, norm, _ in _trace_pairs(module, variables, *args, **kwargs)]
+  found = graph.normalizer_pairs(module, variables, *args, **kwargs)
+  return [(lin, norm) for lin, norm, _ in found]
 
 
 def _has(tree, path) -> bool:
@@ -221,9 +130,9 @@ def fold_batch_norms(module: nn.Module, variables, *args, **kwargs):
     raise ValueError("fold_batch_norms needs trained variables with 'params' and "
                      "'batch_stats' collections (the batch norms' running statistics); "
                      f'got collections {sorted(variables)}.')
-  found = _trace_pairs(module, variables, *args, **kwargs)
+  found = graph.normalizer_pairs(module, variables, *args, **kwargs)
   if found:
-    shared = _shared_outputs(module, variables, [(l, n) for l, n, _ in found], *args,
+    shared = graph.shared_pairs(module, variables, [(l, n) for l, n, _ in found], *args,
                              **kwargs)
     if shared:
       lin, norm = ('/'.join(p) for p in shared[0])
