@@ -67,6 +67,24 @@ def test_a_resumed_run_logs_each_step_once_in_the_events(tmp_path):
   assert [l['step'] for l in resumed] == [e.step for e in whole]
 
 
+def test_event_file_deleted_while_training_is_written_again_whole(tmp_path, monkeypatch):
+  """A user removes the run's event file (cleaning a logdir) before step 8's line:
+  the next line writes it again with every line, so TensorBoard misses none."""
+  from bnjax.train import events
+  write = events.EventLog.write
+
+  def delete_first(log, line):
+    if line['step'] == 8:
+      log.path.unlink()
+    write(log, line)
+
+  monkeypatch.setattr(events.EventLog, 'write', delete_first)
+  trainer.train(TS, tmp_path, progress=False)
+  assert len(list(tmp_path.glob('events.out.tfevents.*'))) == 1
+  assert [e.step for e in _events(tmp_path).Scalars('loss')] == [
+      l['step'] for l in _assert_events_mirror_metrics(tmp_path)]
+
+
 def test_tensorboard_off_writes_no_events_and_is_not_a_result_field(tmp_path):
   """--notensorboard writes none; the same run resumed with events on is accepted
   (the flag changes no number) and writes them for every line so far."""

@@ -45,6 +45,8 @@ class EventLog:
   On opening, the workdir's earlier event files are replaced by one holding
   ``lines`` (the lines ``metrics.jsonl`` kept on resume); each :meth:`write`
   appends one line's values and flushes, so a running TensorBoard shows it.
+  An event file deleted while the run trains is written again, whole, at the
+  next line.
 
   Args:
     workdir: the run's folder.
@@ -66,17 +68,22 @@ class EventLog:
   """
 
   def __init__(self, workdir, lines=()):
-    self._summary, self._event_pb2, record_writer = _tensorboardx()
+    self._summary, self._event_pb2, self._record_writer = _tensorboardx()
     self.workdir = pathlib.Path(workdir)
+    self._lines = list(lines)
+    self._open()
+
+  def _open(self) -> None:
+    """A new event file holding every line so far (the others removed)."""
     for old in self.workdir.glob(EVENT_FILES):
       old.unlink()
     # Written in this thread, record by record (tensorboardX's SummaryWriter queues
     # them to a thread through a multiprocessing queue, whose semaphores leak when
     # a worker is stopped).
-    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
-    self._writer = record_writer(str(self.workdir / name))
+    self.path = self.workdir / f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
+    self._writer = self._record_writer(str(self.path))
     self._event(file_version='brain.Event:2')
-    for line in lines:
+    for line in self._lines:
       self._add(line)
     self._writer.flush()
 
@@ -100,6 +107,11 @@ class EventLog:
 
   def write(self, line: dict) -> None:
     """Appends one metric line and flushes it to disk."""
+    self._lines.append(line)
+    if not self.path.exists():  # deleted under the run: all of it again
+      self._writer.close()
+      self._open()
+      return
     self._add(line)
     self._writer.flush()
 
