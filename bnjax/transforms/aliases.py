@@ -81,8 +81,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: float = 0.0, *, nesterov: boo
     ...                            tx.init(params), params)
     >>> [round(float(u), 8) for u in updates['kernel'][0]]  # -lr * lambda * w
     [-5e-05, -5e-05]
-    >>> sorted(dynamics.read(state))[:2]
-    ['kernel/angular_update', 'kernel/effective_lr']
+    >>> sorted(dynamics.read(state))[:3]
+    ['kernel/angular_update', 'kernel/angular_update_rms', 'kernel/effective_lr']
 
   References:
     van Laarhoven, "L2 Regularization versus Batch and Weight
