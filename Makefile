@@ -20,7 +20,7 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile --durations=12
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=12
 
 # The API reference and guides: Sphinx (autodoc + napoleon, myst-parser), warnings as
 # errors, into docs/_build/html.
