@@ -65,6 +65,18 @@ def test_every_config_field_is_one_flag():
     values(['prog', '--norm=dropout'])
 
 
+def test_a_flag_file_configures_a_run_and_the_command_line_overrides_it(tmp_path):
+  """absl's --flagfile (one flag per line) is the configuration file of bnjax-train,
+  as flax's examples use ml_collections config files."""
+  path = tmp_path / 'run.flags'
+  path.write_text('# a run\n--optimizer=adam\n--learning_rate=0.001\n--num_steps=200\n')
+  values = flags.FlagValues()
+  config.define_flags(values)
+  values(['prog', f'--flagfile={path}', '--learning_rate=0.003'])
+  assert config.from_flags(values) == config.Config(optimizer='adam', learning_rate=0.003,
+                                                    num_steps=200)
+
+
 def test_momentum_is_an_alias_of_sgd():
   a = config.Config(optimizer='momentum', momentum=0.9)
   assert a == config.Config(optimizer='sgd', momentum=0.9)
