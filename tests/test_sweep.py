@@ -321,9 +321,9 @@ def test_shards_partition_the_runs():
       study.parse_shard(bad)
 
 
-def test_three_shard_processes_run_the_study_once(tmp_path):
-  """Three processes with --shard=i/3 into one workdir (as a Slurm array would), then
-  --report_only: every run finished, each by exactly one shard."""
+def test_shard_processes_run_the_study_once(tmp_path):
+  """Two processes with --shard=i/2 into one workdir at once (as a Slurm array
+  would), then --report_only: every run finished, each by exactly one shard."""
   import subprocess
   import sys
   from _helpers import ROOT
@@ -331,11 +331,11 @@ def test_three_shard_processes_run_the_study_once(tmp_path):
   workdir = tmp_path / 'study'
   command = [sys.executable, '-m', 'experiments.teacher_student', '--preset=smoke',
              f'--workdir={workdir}', '--workers=1']
-  procs = [subprocess.Popen(command + [f'--shard={i}/3'], cwd=ROOT, text=True,
+  procs = [subprocess.Popen(command + [f'--shard={i}/2'], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-           for i in range(3)]
+           for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
-  assert [p.returncode for p in procs] == [0, 0, 0], outputs
+  assert [p.returncode for p in procs] == [0, 0], outputs
   wanted = sorted(teacher_student.configs('smoke'))
   trained = [re.findall(r'\] (\S+) finished \(', err) for _, err in outputs]
   assert sorted(pathlib.Path(t).name for part in trained for t in part) == wanted
