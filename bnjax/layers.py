@@ -81,7 +81,15 @@ class BatchNormBase(nn.Module):
     return {}
 
   @nn.compact
-  def __call__(self, x, use_running_average: Optional[bool] = None):
+  def __call__(self, x, use_running_average: Optional[bool] = None, *, mask=None):
+    """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``; :class:`BatchNorm`
+    only, as flax's) keeps the batch statistics to the positions it marks."""
+    kwargs = self._norm_kwargs()
+    if mask is not None:
+      if 'use_fast_variance' not in kwargs:
+        raise ValueError(f'mask: {type(self).__name__} takes no mask (BatchNorm does, as '
+                         f'flax.linen.BatchNorm).')
+      kwargs['mask'] = mask
     if self.frozen:
       training = False
     else:
@@ -98,8 +106,7 @@ class BatchNormBase(nn.Module):
     y, new_stats = type(self).norm_fn(
         x, scale, bias, norms.BatchStats(ra_mean.value, ra_var.value),
         training=training, momentum=self.momentum, epsilon=self.epsilon,
-        axis=self.axis, axis_name=None if initializing else self.axis_name,
-        **self._norm_kwargs())
+        axis=self.axis, axis_name=None if initializing else self.axis_name, **kwargs)
     if training and not initializing:
       ra_mean.value, ra_var.value = new_stats
     return y if self.dtype is None else y.astype(self.dtype)
@@ -114,8 +121,17 @@ class BatchNorm(BatchNormBase):
   See :func:`bnjax.norms.batch_norm`. Scale invariance: per unit.
 
   Attributes:
-    fused_backward: bnjax's analytic backward; ``False`` allows forward-mode
-      differentiation. Every other attribute as :class:`BatchNormBase`.
+    use_fast_variance: ``True`` (flax's default) / ``False``: flax's
+      statistics, bit for bit (``E[x^2] - E[x]^2`` or the two-pass variance);
+      ``None``: bnjax's one-pass variance about a sample of the batch with
+      the analytic backward (what :mod:`bnjax.models` use); see
+      :func:`bnjax.norms.batch_norm`.
+    axis_index_groups: groups of devices along ``axis_name`` whose statistics
+      are pooled (``lax.pmean``'s; flax's statistics).
+    fused_backward: with ``use_fast_variance=None``, bnjax's analytic
+      backward; ``False`` allows forward-mode differentiation. Every other
+      attribute as :class:`BatchNormBase`. The call takes ``mask=`` as
+      flax's does.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -131,10 +147,14 @@ class BatchNorm(BatchNormBase):
     Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
     Algorithm 1.
   """
+  use_fast_variance: Optional[bool] = True
+  axis_index_groups: Any = None
   fused_backward: bool = True
 
   def _norm_kwargs(self) -> dict:
-    return {'fused_backward': self.fused_backward}
+    return {'fused_backward': self.fused_backward,
+            'use_fast_variance': self.use_fast_variance,
+            'axis_index_groups': None if self.is_initializing() else self.axis_index_groups}
 
 
 class PopulationNorm(BatchNormBase):
@@ -265,18 +285,20 @@ class _AffineNorm(nn.Module):
   def _feature_axes(self, x) -> tuple:
     raise NotImplementedError
 
-  def _apply(self, x, scale, bias):
+  def _apply(self, x, scale, bias, mask):
     raise NotImplementedError
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, mask=None):
+    """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``) keeps the
+    statistics to the positions it marks, as flax's ``mask``."""
     axes = norms._canonical_axes(jnp.ndim(x), self._feature_axes(x), 'feature_axes')
     shape = tuple(jnp.shape(x)[a] for a in axes)
     scale = (self.param('scale', self.scale_init, shape, self.param_dtype)
              if self.use_scale else None)
     bias = (self.param('bias', self.bias_init, shape, self.param_dtype)
             if self.use_bias else None)
-    y = self._apply(x, scale, bias)
+    y = self._apply(x, scale, bias, mask)
     return y if self.dtype is None else y.astype(self.dtype)
 
 
@@ -316,10 +338,10 @@ class LayerNorm(_AffineNorm):
   def _feature_axes(self, x):
     return self.feature_axes
 
-  def _apply(self, x, scale, bias):
+  def _apply(self, x, scale, bias, mask):
     return norms.layer_norm(x, scale, bias, axis=self.feature_axes,
                             reduction_axes=self.reduction_axes, epsilon=self.epsilon,
-                            use_fast_variance=self.use_fast_variance)
+                            use_fast_variance=self.use_fast_variance, mask=mask)
 
 
 class _OnFeatureAxis(_AffineNorm):
@@ -361,10 +383,10 @@ class GroupNorm(_OnFeatureAxis):
   """
   num_groups: int = 32
 
-  def _apply(self, x, scale, bias):
+  def _apply(self, x, scale, bias, mask):
     return norms.group_norm(x, scale, bias, num_groups=self.num_groups,
                             epsilon=self.epsilon, axis=self.axis,
-                            use_fast_variance=self.use_fast_variance)
+                            use_fast_variance=self.use_fast_variance, mask=mask)
 
 
 class InstanceNorm(_OnFeatureAxis):
@@ -397,9 +419,9 @@ class InstanceNorm(_OnFeatureAxis):
     1607.08022, eq. 4.
   """
 
-  def _apply(self, x, scale, bias):
+  def _apply(self, x, scale, bias, mask):
     return norms.instance_norm(x, scale, bias, epsilon=self.epsilon, axis=self.axis,
-                               use_fast_variance=self.use_fast_variance)
+                               use_fast_variance=self.use_fast_variance, mask=mask)
 
 
 class _KernelReparam(nn.Module):

@@ -87,8 +87,8 @@ def normalized(x, make_layer: Callable[..., nn.Module], norm: str, *, train: boo
   norm_name = name + '_norm'
   eps = {} if epsilon is None else dict(epsilon=epsilon)
   batch_kw = dict(use_running_average=ra, axis_name=axis_name, name=norm_name, **eps)
-  if norm == 'batch':
-    x = layers.BatchNorm(**batch_kw)(x)
+  if norm == 'batch':  # bnjax's statistics and analytic backward (the studies')
+    x = layers.BatchNorm(use_fast_variance=None, **batch_kw)(x)
   elif norm == 'population':
     x = layers.PopulationNorm(**batch_kw)(x)
   elif norm == 'mean_only':

@@ -64,6 +64,23 @@ def _cast(y, dtype):
   return y if dtype is None else y.astype(dtype)
 
 
+def _promote_dtype(args, /, *, dtype=None, inexact=True):
+  """flax.nnx's default ``promote_dtype``: the arrays of ``args`` (``None`` kept)
+  cast to ``dtype``, or to their common (inexact) dtype."""
+  arrays = [a for a in args if a is not None]
+  if dtype is None:
+    dtype = jnp.result_type(*arrays)
+    if inexact and not jnp.issubdtype(dtype, jnp.inexact):
+      dtype = jnp.promote_types(jnp.float32, dtype)
+  return type(args)(None if a is None else jnp.asarray(a, dtype) for a in args)
+
+
+try:  # flax >= 0.11 names it
+  from flax.nnx.nn.dtypes import promote_dtype as _flax_promote_dtype  # pylint: disable=g-import-not-at-top
+except ImportError:
+  _flax_promote_dtype = _promote_dtype
+
+
 class _BatchNormBase(nnx.Module):
   """Shared body of the batch-norm family; ``norm_fn`` picks the variant."""
   norm_fn: Callable = staticmethod(norms.batch_norm)
@@ -86,7 +103,12 @@ class _BatchNormBase(nnx.Module):
   def _norm_kwargs(self) -> dict:
     return {}
 
-  def __call__(self, x, use_running_average: Optional[bool] = None):
+  def _inputs(self, x):
+    """``(x, stats, scale, bias)`` as the norm function gets them."""
+    return (x, norms.BatchStats(_value(self.mean), _value(self.var)), _value(self.scale),
+            _value(self.bias))
+
+  def __call__(self, x, use_running_average: Optional[bool] = None, *, mask=None):
     """Normalizes ``x``; in training mode also updates ``mean`` and ``var``.
 
     Args:
@@ -94,15 +116,25 @@ class _BatchNormBase(nnx.Module):
       use_running_average: overrides the constructor's setting when given;
         ``True`` normalizes with the running statistics (inference).
         ``frozen=True`` always does and never updates them.
+      mask: bool, broadcastable to ``x`` (:class:`BatchNorm` only, as
+        flax.nnx's): the batch statistics use only the positions it marks.
     """
     if use_running_average is None:
       use_running_average = self.use_running_average
     training = not (use_running_average or self.frozen)
+    kwargs = self._norm_kwargs()
+    if mask is not None:
+      if 'use_fast_variance' not in kwargs:
+        raise ValueError(f'mask: {type(self).__name__} takes no mask (BatchNorm does, as '
+                         f'flax.nnx.BatchNorm).')
+      kwargs['mask'] = mask
+    x, stats, scale, bias = self._inputs(x)
     y, new = type(self).norm_fn(
-        x, _value(self.scale), _value(self.bias),
-        norms.BatchStats(_value(self.mean), _value(self.var)), training=training,
-        momentum=self.momentum, epsilon=self.epsilon, axis=self.axis,
-        axis_name=self.axis_name, **self._norm_kwargs())
+        x, scale, bias,
+        # The running statistics are updated in their own dtype, as flax's are.
+        norms.BatchStats(_value(self.mean), _value(self.var)) if training else stats,
+        training=training, momentum=self.momentum, epsilon=self.epsilon, axis=self.axis,
+        axis_name=self.axis_name, **kwargs)
     if training:
       _set(self.mean, new.mean)
       _set(self.var, new.var)
@@ -132,7 +164,17 @@ class BatchNorm(_BatchNormBase):
     axis_name: mapped axis over which batch statistics are averaged.
     frozen: always normalize with the running statistics and never update
       them (He et al. 2016, appendix A); ``scale``/``bias`` stay trainable.
-    rngs: ``nnx.Rngs`` for the parameter initializers.
+    use_fast_variance: ``True`` (flax's default) / ``False``: flax's
+      statistics, bit for bit; ``None``: bnjax's one-pass variance about a
+      sample of the batch with the analytic backward (``fused_backward``);
+      see :func:`bnjax.norms.batch_norm`.
+    promote_dtype: ``(arrays, dtype=...) -> arrays`` applied to the input,
+      running statistics and parameters first (flax.nnx's; ``lambda x, **kw:
+      x`` computes as flax.linen does).
+    axis_index_groups: groups of devices along ``axis_name`` pooled together.
+    fused_backward: bnjax's analytic backward (``use_fast_variance=None``).
+    rngs: ``nnx.Rngs`` for the parameter initializers. The call takes
+      ``mask=`` as flax.nnx's does.
 
   Example:
     >>> import jax.numpy as jnp
@@ -148,6 +190,26 @@ class BatchNorm(_BatchNormBase):
     Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
     Algorithm 1.
   """
+
+  def __init__(self, num_features: int, *, use_fast_variance: Optional[bool] = True,
+               promote_dtype: Callable = _flax_promote_dtype,
+               axis_index_groups: Any = None, fused_backward: bool = True, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.use_fast_variance, self.promote_dtype = use_fast_variance, promote_dtype
+    self.axis_index_groups, self.fused_backward = axis_index_groups, fused_backward
+
+  def _norm_kwargs(self) -> dict:
+    return {'use_fast_variance': self.use_fast_variance,
+            'axis_index_groups': self.axis_index_groups,
+            'fused_backward': self.fused_backward}
+
+  def _inputs(self, x):
+    """Input, running statistics and parameters through ``promote_dtype``, as
+    flax.nnx.BatchNorm does."""
+    x, mean, var, scale, bias = self.promote_dtype(
+        (x, _value(self.mean), _value(self.var), _value(self.scale), _value(self.bias)),
+        dtype=self.dtype)
+    return x, norms.BatchStats(mean, var), scale, bias
 
 
 class PopulationNorm(_BatchNormBase):
@@ -277,11 +339,16 @@ class _PerExampleNorm(nnx.Module):
                use_scale: bool = True,
                bias_init: Initializer = nnx.initializers.zeros_init(),
                scale_init: Initializer = nnx.initializers.ones_init(),
-               use_fast_variance: bool = True, rngs: nnx.Rngs):
+               use_fast_variance: bool = True,
+               promote_dtype: Callable = _flax_promote_dtype, rngs: nnx.Rngs):
     _affine(self, (num_features,), use_scale, use_bias, scale_init, bias_init,
             param_dtype, rngs)
     self.num_features, self.epsilon, self.dtype = num_features, epsilon, dtype
-    self.use_fast_variance = use_fast_variance
+    self.use_fast_variance, self.promote_dtype = use_fast_variance, promote_dtype
+
+  def _promoted(self, x):
+    """``(x, scale, bias)`` through ``promote_dtype``, as flax.nnx's norms do."""
+    return self.promote_dtype((x, _value(self.scale), _value(self.bias)), dtype=self.dtype)
 
 
 class LayerNorm(_PerExampleNorm):
@@ -302,6 +369,10 @@ class LayerNorm(_PerExampleNorm):
       :class:`BatchNorm`.
     use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
       ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
+    promote_dtype: ``(arrays, dtype=...) -> arrays``, applied to the input
+      and the parameters before normalizing (flax.nnx's, default
+      ``flax.nnx.nn.dtypes.promote_dtype``; ``lambda x, **kw: x`` computes as
+      flax.linen does). The call takes ``mask=`` as flax.nnx's does.
     reduction_axes: axes of the statistics.
     feature_axes: axes of the parameters.
 
@@ -323,15 +394,17 @@ class LayerNorm(_PerExampleNorm):
     super().__init__(num_features, **kwargs)
     self.reduction_axes, self.feature_axes = reduction_axes, feature_axes
 
-  def __call__(self, x):
+  def __call__(self, x, *, mask=None):
+    x, scale, bias = self._promoted(x)
     axes = norms._canonical_axes(jnp.ndim(x), self.feature_axes, 'feature_axes')
     shape = tuple(jnp.shape(x)[a] for a in axes)
-    reshape = lambda p: None if p is None else jnp.reshape(_value(p), shape)
-    return _cast(norms.layer_norm(x, reshape(self.scale), reshape(self.bias),
+    reshape = lambda p: None if p is None else jnp.reshape(p, shape)
+    return _cast(norms.layer_norm(x, reshape(scale), reshape(bias),
                                   axis=self.feature_axes,
                                   reduction_axes=self.reduction_axes,
                                   epsilon=self.epsilon,
-                                  use_fast_variance=self.use_fast_variance), self.dtype)
+                                  use_fast_variance=self.use_fast_variance, mask=mask),
+                 self.dtype)
 
 
 class GroupNorm(_PerExampleNorm):
@@ -352,6 +425,10 @@ class GroupNorm(_PerExampleNorm):
       :class:`BatchNorm`.
     use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
       ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
+    promote_dtype: ``(arrays, dtype=...) -> arrays``, applied to the input
+      and the parameters before normalizing (flax.nnx's, default
+      ``flax.nnx.nn.dtypes.promote_dtype``; ``lambda x, **kw: x`` computes as
+      flax.linen does). The call takes ``mask=`` as flax.nnx's does.
     num_groups: number of groups (or ``None`` with ``group_size``).
     group_size: features per group (or ``None`` with ``num_groups``).
 
@@ -382,10 +459,11 @@ class GroupNorm(_PerExampleNorm):
       num_groups = num_features // group_size
     self.num_groups = num_groups
 
-  def __call__(self, x):
-    return _cast(norms.group_norm(x, _value(self.scale), _value(self.bias),
-                                  num_groups=self.num_groups, epsilon=self.epsilon,
-                                  use_fast_variance=self.use_fast_variance),
+  def __call__(self, x, *, mask=None):
+    x, scale, bias = self._promoted(x)
+    return _cast(norms.group_norm(x, scale, bias, num_groups=self.num_groups,
+                                  epsilon=self.epsilon,
+                                  use_fast_variance=self.use_fast_variance, mask=mask),
                  self.dtype)
 
 
@@ -405,6 +483,10 @@ class InstanceNorm(_PerExampleNorm):
       :class:`BatchNorm`.
     use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
       ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
+    promote_dtype: ``(arrays, dtype=...) -> arrays``, applied to the input
+      and the parameters before normalizing (flax.nnx's, default
+      ``flax.nnx.nn.dtypes.promote_dtype``; ``lambda x, **kw: x`` computes as
+      flax.linen does). The call takes ``mask=`` as flax.nnx's does.
     feature_axes: the feature axis.
 
   Example:
@@ -426,10 +508,11 @@ class InstanceNorm(_PerExampleNorm):
     super().__init__(num_features, **kwargs)
     self.feature_axes = feature_axes
 
-  def __call__(self, x):
-    return _cast(norms.instance_norm(x, _value(self.scale), _value(self.bias),
-                                     epsilon=self.epsilon, axis=self.feature_axes,
-                                     use_fast_variance=self.use_fast_variance),
+  def __call__(self, x, *, mask=None):
+    x, scale, bias = self._promoted(x)
+    return _cast(norms.instance_norm(x, scale, bias, epsilon=self.epsilon,
+                                     axis=self.feature_axes,
+                                     use_fast_variance=self.use_fast_variance, mask=mask),
                  self.dtype)
 
 

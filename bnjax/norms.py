@@ -137,7 +137,8 @@ def _stats_dtype(x):
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
-def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shifted'):
+def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shifted',
+                   mask=None, axis_index_groups=None):
   """Mean and biased variance of ``x`` over ``reduction_axes``, in float32+.
 
   ``method``:
@@ -151,21 +152,34 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shif
   * ``'two_pass'``: ``mean((x - mean)^2)`` after the mean; accurate for any
     offset, one more pass over ``x``.
 
-  With ``axis_name`` the per-device ``(mean, var)`` pairs are gathered in one
-  collective and combined with the law of total variance, which assumes
-  equal local batch sizes (as ``lax.pmean`` does).
+  With ``axis_name`` the shifted method gathers the per-device ``(mean,
+  var)`` pairs in one collective and combines them with the law of total
+  variance; the other two average the per-device means of ``x`` and ``x^2``
+  (or of the squared deviations) with ``lax.pmean`` over ``axis_name`` and
+  ``axis_index_groups``, as flax does. Both assume equal local batch sizes.
+  ``mask`` (``'fast'`` and ``'two_pass'``; bool, broadcastable to ``x``) keeps
+  the statistics to the positions it marks, as flax's ``mask``
+  (``mean(..., where=mask)``).
   """
   x = x.astype(_stats_dtype(x))
   if method != 'shifted':
-    if axis_name is not None:
-      raise ValueError(f'{method} statistics are per device; axis_name is not supported.')
-    mean = jnp.mean(x, reduction_axes)
+
+    def means(*arrays):  # one collective for all of them, as flax
+      local = [jnp.mean(a, reduction_axes, where=mask) for a in arrays]
+      if axis_name is None:
+        return local
+      if len(local) == 1:
+        return [lax.pmean(local[0], axis_name, axis_index_groups=axis_index_groups)]
+      pooled = lax.pmean(jnp.stack(local), axis_name, axis_index_groups=axis_index_groups)
+      return [pooled[i] for i in range(len(local))]
+
     if method == 'fast':
       # lax.square, not x * x: its backward is one multiply at full size.
-      mean_sq = jnp.mean(lax.square(x), reduction_axes)
+      mean, mean_sq = means(x, lax.square(x))
       return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
-    return mean, jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduction_axes)),
-                          reduction_axes)
+    (mean,) = means(x)
+    (var,) = means(jnp.square(x - jnp.expand_dims(mean, reduction_axes)))
+    return mean, var
   first = tuple(slice(0, 1) if a in reduction_axes else slice(None) for a in range(x.ndim))
   shift = lax.stop_gradient(x[first])
   d = x - shift
@@ -308,15 +322,36 @@ def _standardize(x, scale, bias, *, reduction_axes, feature_axes, epsilon,
   return y, mean, var
 
 
+def _check_mask(mask, x):
+  """``mask`` as a bool array that broadcasts to ``x`` (``None`` stays ``None``),
+  not broadcast: flax reduces with the mask as given, and so the same bits."""
+  if mask is None:
+    return None
+  mask = jnp.asarray(mask)
+  if mask.dtype != jnp.bool_ and not jnp.issubdtype(mask.dtype, jnp.integer):
+    raise TypeError(f'mask must be a bool array (True: the positions the statistics '
+                    f'use), got dtype {mask.dtype}.')
+  try:
+    shape = jnp.broadcast_shapes(mask.shape, jnp.shape(x))
+  except ValueError:
+    shape = None
+  if shape != tuple(jnp.shape(x)):
+    raise ValueError(f'mask has shape {mask.shape}, which does not broadcast to the '
+                     f'input\'s {tuple(jnp.shape(x))}.')
+  return mask.astype(bool)
+
+
 def _per_example_normalize(x, scale, bias, reduction_axes, feature_axes, epsilon,
-                           use_fast_variance):
+                           use_fast_variance, mask=None):
   """Normalizes by statistics of ``x`` itself, differentiated by autodiff.
 
   ``use_fast_variance``: flax's one-pass ``E[x^2] - E[x]^2`` (its default and
-  its speed), else the two-pass variance (exact for large offsets).
+  its speed), else the two-pass variance (exact for large offsets). ``mask``:
+  the statistics over the positions it marks only.
   """
   mean, var = _compute_stats(x, reduction_axes,
-                             method='fast' if use_fast_variance else 'two_pass')
+                             method='fast' if use_fast_variance else 'two_pass',
+                             mask=_check_mask(mask, x))
   return _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
                     feature_axes=feature_axes, epsilon=epsilon)
 
@@ -366,7 +401,8 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
 
 def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None,
-               fused_backward: bool = True):
+               fused_backward: bool = True, use_fast_variance: Optional[bool] = None,
+               mask=None, axis_index_groups=None):
   r"""Batch normalization (Ioffe & Szegedy 2015), the numbers of flax.linen.BatchNorm.
 
   .. math::
@@ -394,6 +430,17 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     fused_backward: differentiate with bnjax's analytic backward (a
       ``jax.custom_vjp``, fewer passes over memory); ``False`` uses plain
       autodiff, which forward-mode (``jax.jvp``, ``jax.jacfwd``) needs.
+    use_fast_variance: ``None`` (default): bnjax's one-pass variance about a
+      per-feature sample of the batch (exact algebra, well conditioned for
+      any offset), with ``fused_backward``. ``True`` / ``False``: flax's
+      statistics, bit for bit (``E[x^2] - E[x]^2``, or the two-pass variance),
+      differentiated by autodiff as flax's are; ``flax.linen.BatchNorm``'s
+      default is ``True``.
+    mask: optional bool array broadcastable to ``x``: the batch statistics
+      use only the positions it marks, as flax's ``mask`` (flax's statistics:
+      ``use_fast_variance`` ``None`` is read as ``True``).
+    axis_index_groups: groups of devices along ``axis_name`` whose statistics
+      are pooled, as ``lax.pmean``'s (flax's statistics, as ``mask``).
 
   Returns:
     ``(y, new_stats)``; ``new_stats`` is ``None`` when ``stats`` is.
@@ -413,12 +460,22 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   """
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
+  if use_fast_variance is not None:
+    check_bool('use_fast_variance', use_fast_variance)
+  mask = _check_mask(mask, x)
   if not training:
     return _normalize(x, stats.mean, stats.var, scale, bias, reduction_axes=red,
                       feature_axes=(feature_axis,), epsilon=epsilon), stats
-  y, mean, var = _standardize(x, scale, bias, reduction_axes=red,
-                              feature_axes=(feature_axis,), epsilon=epsilon,
-                              axis_name=axis_name, fused_backward=fused_backward)
+  if use_fast_variance is None and mask is None and axis_index_groups is None:
+    y, mean, var = _standardize(x, scale, bias, reduction_axes=red,
+                                feature_axes=(feature_axis,), epsilon=epsilon,
+                                axis_name=axis_name, fused_backward=fused_backward)
+  else:
+    mean, var = _compute_stats(x, red, axis_name,
+                               'two_pass' if use_fast_variance is False else 'fast',
+                               mask, axis_index_groups)
+    y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                   feature_axes=(feature_axis,), epsilon=epsilon)
   return y, _update_stats(stats, mean, var, momentum)
 
 
@@ -633,7 +690,8 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
 
 def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
-               reduction_axes: Optional[Axes] = None, use_fast_variance: bool = True):
+               reduction_axes: Optional[Axes] = None, use_fast_variance: bool = True,
+               mask=None):
   r"""Layer normalization (Ba et al. 2016, arXiv 1607.06450, eq. 3-4).
 
   .. math::
@@ -659,6 +717,9 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
     use_fast_variance: ``True`` (flax's default): variance as
       ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
       two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
+    mask: optional bool array broadcastable to ``x``: the statistics use only
+      the positions it marks (flax's ``mask``); a slice it leaves empty
+      normalizes to NaN, as in flax.
 
   Returns:
     ``y`` with the shape and dtype of ``x`` (promoted with the parameters).
@@ -686,7 +747,8 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   check_positive('epsilon', epsilon)
   check_bool('use_fast_variance', use_fast_variance)
   _check_input('x', x, red)
-  return _per_example_normalize(x, scale, bias, red, feats, epsilon, use_fast_variance)
+  return _per_example_normalize(x, scale, bias, red, feats, epsilon, use_fast_variance,
+                                mask)
 
 
 def _per_example_setup(name, x, scale, bias, axis, epsilon, use_fast_variance, *,
@@ -709,7 +771,7 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, use_fast_variance, *
 
 
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
-               axis: int = -1, use_fast_variance: bool = True):
+               axis: int = -1, use_fast_variance: bool = True, mask=None):
   r"""Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
 
   .. math::
@@ -731,6 +793,8 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
     use_fast_variance: ``True`` (flax's default): variance as
       ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
       two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
+    mask: optional bool array broadcastable to ``x``: the statistics use only
+      the positions it marks (flax's ``mask``).
 
   Returns:
     ``y`` with the shape of ``x``.
@@ -757,11 +821,13 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
   # Statistics in the grouped view; normalization in x's own layout (a
   # minor axis of channels // num_groups vectorizes poorly).
   group_size = channels // num_groups
-  grouped = x.reshape(x.shape[:feature_axis] + (num_groups, group_size)
-                      + x.shape[feature_axis + 1:])
-  mean, var = _compute_stats(grouped, tuple(a for a in range(1, grouped.ndim)
-                                            if a != feature_axis),
-                             method='fast' if use_fast_variance else 'two_pass')
+  grouped_shape = x.shape[:feature_axis] + (num_groups, group_size) + x.shape[feature_axis + 1:]
+  mask = _check_mask(mask, x)
+  mean, var = _compute_stats(x.reshape(grouped_shape),
+                             tuple(a for a in range(1, ndim + 1) if a != feature_axis),
+                             method='fast' if use_fast_variance else 'two_pass',
+                             mask=None if mask is None else
+                             jnp.broadcast_to(mask, x.shape).reshape(grouped_shape))
   mean, var = (jnp.repeat(m, group_size, axis=1) for m in (mean, var))
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _normalize(x, mean, var, scale, bias, reduction_axes=red,
@@ -769,7 +835,7 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
 
 
 def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
-                  use_fast_variance: bool = True):
+                  use_fast_variance: bool = True, mask=None):
   r"""Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
 
   .. math::
@@ -781,13 +847,16 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
   Scale invariance: per unit (per channel).
 
   Args:
-    x: input of rank >= 3 (batch, spatial..., features).
+    x: input of rank >= 2 (batch, spatial..., features; as in flax, rank 2
+      has no spatial axis to normalize over and gives ``bias``).
     scale, bias: optional ``(features,)`` gamma and beta.
     epsilon: added to the variance, > 0.
     axis: the feature axis (not 0).
     use_fast_variance: ``True`` (flax's default): variance as
       ``E[x^2] - E[x]^2`` in one pass, flax's numbers and speed; ``False``:
       two passes, exact also when ``|mean| >> std`` (as flax's ``False``).
+    mask: optional bool array broadcastable to ``x``: the statistics use only
+      the positions it marks (flax's ``mask``).
 
   Returns:
     ``y`` with the shape of ``x``.
@@ -806,10 +875,10 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
   ndim = jnp.ndim(x)
   feature_axis = _per_example_setup('instance_norm', x, scale, bias, axis, epsilon,
                                     use_fast_variance,
-                                    min_rank=3, ranks='batch, spatial..., features')
+                                    min_rank=2, ranks='batch, spatial..., features')
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon,
-                                use_fast_variance)
+                                use_fast_variance, mask)
 
 
 # -------------------------------------------------------- weight reparams
