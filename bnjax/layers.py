@@ -272,15 +272,16 @@ class GhostBatchNorm(BatchNormBase):
 
 
 class _AffineNorm(nn.Module):
-  """Shared body of the per-example normalizers (affine params on ``feature_axes``)."""
-  epsilon: float = 1e-6
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  use_bias: bool = True
-  use_scale: bool = True
-  bias_init: Initializer = initializers.zeros
-  scale_init: Initializer = initializers.ones
-  use_fast_variance: bool = True
+  """Shared body of the per-example normalizers (affine params on ``feature_axes``).
+
+  Each subclass declares its fields in its flax namesake's order, so that
+  positional arguments mean the same (``GroupNorm(32)`` is 32 groups)."""
+
+  def _distributed(self) -> dict:
+    """The devices the statistics pool over (none while initializing, as flax)."""
+    if self.is_initializing():
+      return {}
+    return dict(axis_name=self.axis_name, axis_index_groups=self.axis_index_groups)
 
   def _feature_axes(self, x) -> tuple:
     raise NotImplementedError
@@ -332,8 +333,18 @@ class LayerNorm(_AffineNorm):
   References:
     Ba, Kiros & Hinton, "Layer Normalization", arXiv 1607.06450, eq. 3-4.
   """
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Initializer = initializers.zeros
+  scale_init: Initializer = initializers.ones
   reduction_axes: Any = -1
   feature_axes: Any = -1
+  axis_name: Optional[str] = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
 
   def _feature_axes(self, x):
     return self.feature_axes
@@ -341,18 +352,11 @@ class LayerNorm(_AffineNorm):
   def _apply(self, x, scale, bias, mask):
     return norms.layer_norm(x, scale, bias, axis=self.feature_axes,
                             reduction_axes=self.reduction_axes, epsilon=self.epsilon,
-                            use_fast_variance=self.use_fast_variance, mask=mask)
+                            use_fast_variance=self.use_fast_variance, mask=mask,
+                            **self._distributed())
 
 
-class _OnFeatureAxis(_AffineNorm):
-  """A per-example norm whose parameters sit on one feature ``axis``."""
-  axis: int = -1
-
-  def _feature_axes(self, x):
-    return self.axis
-
-
-class GroupNorm(_OnFeatureAxis):
+class GroupNorm(_AffineNorm):
   r"""Group normalization; same numbers and variables as flax.linen.GroupNorm.
 
   .. math::
@@ -361,8 +365,12 @@ class GroupNorm(_OnFeatureAxis):
   See :func:`bnjax.norms.group_norm`. Scale invariance: per group.
 
   Attributes:
-    num_groups: number of groups; divides the number of features.
-    axis: the feature axis.
+    num_groups: number of groups; divides the number of features (``None``
+      with ``group_size``).
+    group_size: features per group (``None`` with ``num_groups``), as flax.
+    reduction_axes: the axes the statistics pool, including the last
+      (feature) axis; default every axis but the batch axis 0.
+    axis_name, axis_index_groups: pool the statistics over devices.
     epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
       as :class:`BatchNormBase`.
     use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
@@ -381,15 +389,41 @@ class GroupNorm(_OnFeatureAxis):
   References:
     Wu & He, "Group Normalization", ECCV 2018, arXiv 1803.08494, eq. 1-3.
   """
-  num_groups: int = 32
+  num_groups: Optional[int] = 32
+  group_size: Optional[int] = None
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Initializer = initializers.zeros
+  scale_init: Initializer = initializers.ones
+  reduction_axes: Any = None
+  axis_name: Optional[str] = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+
+  def _feature_axes(self, x):
+    return -1
 
   def _apply(self, x, scale, bias, mask):
-    return norms.group_norm(x, scale, bias, num_groups=self.num_groups,
-                            epsilon=self.epsilon, axis=self.axis,
-                            use_fast_variance=self.use_fast_variance, mask=mask)
+    if (self.num_groups is None) == (self.group_size is None):
+      raise ValueError(f'give exactly one of num_groups and group_size (pass '
+                       f'num_groups=None with group_size), got num_groups='
+                       f'{self.num_groups!r}, group_size={self.group_size!r}.')
+    channels = jnp.shape(x)[-1]
+    num_groups = self.num_groups
+    if self.group_size is not None:
+      if self.group_size <= 0 or channels % self.group_size:
+        raise ValueError(f'group_size={self.group_size!r} must be a positive int that '
+                         f'divides the number of features {channels}.')
+      num_groups = channels // self.group_size
+    return norms.group_norm(x, scale, bias, num_groups=num_groups, epsilon=self.epsilon,
+                            axis=-1, use_fast_variance=self.use_fast_variance, mask=mask,
+                            reduction_axes=self.reduction_axes, **self._distributed())
 
 
-class InstanceNorm(_OnFeatureAxis):
+class InstanceNorm(_AffineNorm):
   r"""Instance normalization; same numbers and variables as flax.linen.InstanceNorm.
 
   .. math::
@@ -398,11 +432,13 @@ class InstanceNorm(_OnFeatureAxis):
   See :func:`bnjax.norms.instance_norm`. Scale invariance: per unit.
 
   Attributes:
-    axis: the feature axis.
+    feature_axes: the feature axis or axes (``scale``/``bias`` have their
+      shape); the statistics pool every other axis but the batch axis 0.
     epsilon, dtype, param_dtype, use_bias, use_scale, bias_init, scale_init:
       as :class:`BatchNormBase`.
     use_fast_variance: one-pass ``E[x^2] - E[x]^2`` (flax's default) or,
       ``False``, the two-pass variance; see :func:`bnjax.norms.layer_norm`.
+    axis_name, axis_index_groups: pool the statistics over devices.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -419,9 +455,33 @@ class InstanceNorm(_OnFeatureAxis):
     1607.08022, eq. 4.
   """
 
+  epsilon: float = 1e-6
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  use_bias: bool = True
+  use_scale: bool = True
+  bias_init: Initializer = initializers.zeros
+  scale_init: Initializer = initializers.ones
+  feature_axes: Any = -1
+  axis_name: Optional[str] = None
+  axis_index_groups: Any = None
+  use_fast_variance: bool = True
+
+  def _feature_axes(self, x):
+    return self.feature_axes
+
   def _apply(self, x, scale, bias, mask):
-    return norms.instance_norm(x, scale, bias, epsilon=self.epsilon, axis=self.axis,
-                               use_fast_variance=self.use_fast_variance, mask=mask)
+    ndim = jnp.ndim(x)
+    features = norms._canonical_axes(ndim, self.feature_axes, 'feature_axes')  # pylint: disable=protected-access
+    if 0 in features:
+      raise ValueError('The channel axes cannot include the leading dimension as this is '
+                       'assumed to be the batch axis (feature_axes of InstanceNorm).')
+    # Flax's instance norm is a layer norm over every axis but the batch and features.
+    return norms.layer_norm(x, scale, bias, axis=features, epsilon=self.epsilon,
+                            reduction_axes=tuple(a for a in range(1, ndim)
+                                                 if a not in features),
+                            use_fast_variance=self.use_fast_variance, mask=mask,
+                            **self._distributed())
 
 
 class _KernelReparam(nn.Module):

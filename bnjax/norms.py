@@ -342,16 +342,17 @@ def _check_mask(mask, x):
 
 
 def _per_example_normalize(x, scale, bias, reduction_axes, feature_axes, epsilon,
-                           use_fast_variance, mask=None):
+                           use_fast_variance, mask=None, axis_name=None,
+                           axis_index_groups=None):
   """Normalizes by statistics of ``x`` itself, differentiated by autodiff.
 
   ``use_fast_variance``: flax's one-pass ``E[x^2] - E[x]^2`` (its default and
   its speed), else the two-pass variance (exact for large offsets). ``mask``:
   the statistics over the positions it marks only.
   """
-  mean, var = _compute_stats(x, reduction_axes,
+  mean, var = _compute_stats(x, reduction_axes, axis_name,
                              method='fast' if use_fast_variance else 'two_pass',
-                             mask=_check_mask(mask, x))
+                             mask=_check_mask(mask, x), axis_index_groups=axis_index_groups)
   return _normalize(x, mean, var, scale, bias, reduction_axes=reduction_axes,
                     feature_axes=feature_axes, epsilon=epsilon)
 
@@ -691,7 +692,7 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
 
 def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
                reduction_axes: Optional[Axes] = None, use_fast_variance: bool = True,
-               mask=None):
+               mask=None, axis_name=None, axis_index_groups=None):
   r"""Layer normalization (Ba et al. 2016, arXiv 1607.06450, eq. 3-4).
 
   .. math::
@@ -720,6 +721,8 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
     mask: optional bool array broadcastable to ``x``: the statistics use only
       the positions it marks (flax's ``mask``); a slice it leaves empty
       normalizes to NaN, as in flax.
+    axis_name, axis_index_groups: pool the statistics over devices (each
+      holding part of the reduced axes), as flax's; ``lax.pmean``'s arguments.
 
   Returns:
     ``y`` with the shape and dtype of ``x`` (promoted with the parameters).
@@ -738,9 +741,6 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   feats = _canonical_axes(ndim, axis)
   red = feats if reduction_axes is None else _canonical_axes(ndim, reduction_axes,
                                                              'reduction_axes')
-  if len(red) == ndim:
-    raise ValueError('layer_norm must keep at least one (batch) axis: reduction_axes '
-                     f'cover all {ndim} axes.')
   feature_shape = tuple(x.shape[a] for a in feats)
   _check_features('scale', scale, feature_shape)
   _check_features('bias', bias, feature_shape)
@@ -748,7 +748,7 @@ def layer_norm(x, scale=None, bias=None, *, axis: Axes = -1, epsilon=1e-6,
   check_bool('use_fast_variance', use_fast_variance)
   _check_input('x', x, red)
   return _per_example_normalize(x, scale, bias, red, feats, epsilon, use_fast_variance,
-                                mask)
+                                mask, axis_name, axis_index_groups)
 
 
 def _per_example_setup(name, x, scale, bias, axis, epsilon, use_fast_variance, *,
@@ -770,8 +770,23 @@ def _per_example_setup(name, x, scale, bias, axis, epsilon, use_fast_variance, *
   return feature_axis
 
 
+def _grouped_mask(mask, from_end: int, num_groups: int, group_size: int):
+  """``mask`` with its feature axis (``from_end``-th from the end) split into
+  ``(num_groups, group_size)``, not broadcast (flax's reshape, and its bits)."""
+  if mask is None:
+    return None
+  shape = mask.shape
+  if len(shape) < from_end:
+    shape = (1,) * (from_end - len(shape)) + shape
+  at = len(shape) - from_end
+  split = (num_groups, group_size) if shape[at] != 1 else (1, 1)
+  return mask.reshape(shape[:at] + split + shape[at + 1:])
+
+
 def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
-               axis: int = -1, use_fast_variance: bool = True, mask=None):
+               axis: int = -1, use_fast_variance: bool = True, mask=None,
+               reduction_axes: Optional[Axes] = None, axis_name=None,
+               axis_index_groups=None):
   r"""Group normalization (Wu & He 2018), the numbers of flax.linen.GroupNorm.
 
   .. math::
@@ -779,7 +794,8 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
 
   The ``C`` features on ``axis`` are split into ``num_groups`` consecutive
   groups; each example ``n``'s group ``g`` is normalized with statistics over
-  the group's features and every axis except the batch axis 0.
+  the group's features and every axis except the batch axis 0 (or over
+  ``reduction_axes``, which include ``axis``, as flax's).
 
   Scale invariance: per group. Rescaling together the kernel columns of the
   units in one group leaves the output unchanged; a single unit does not.
@@ -820,22 +836,29 @@ def group_norm(x, scale=None, bias=None, *, num_groups: int = 32, epsilon=1e-6,
                      f'the number of features {channels}.')
   # Statistics in the grouped view; normalization in x's own layout (a
   # minor axis of channels // num_groups vectorizes poorly).
+  red = tuple(range(1, ndim)) if reduction_axes is None else _canonical_axes(
+      ndim, reduction_axes, 'reduction_axes')
+  if feature_axis not in red:
+    raise ValueError(f'reduction_axes {red} must include the feature axis {feature_axis} '
+                     f'(the groups pool features), as in flax.')
   group_size = channels // num_groups
   grouped_shape = x.shape[:feature_axis] + (num_groups, group_size) + x.shape[feature_axis + 1:]
-  mask = _check_mask(mask, x)
-  mean, var = _compute_stats(x.reshape(grouped_shape),
-                             tuple(a for a in range(1, ndim + 1) if a != feature_axis),
+  others = tuple(a for a in red if a != feature_axis)
+  grouped_red = tuple(a if a < feature_axis else a + 1 for a in others) + (feature_axis + 1,)
+  mean, var = _compute_stats(x.reshape(grouped_shape), tuple(sorted(grouped_red)), axis_name,
                              method='fast' if use_fast_variance else 'two_pass',
-                             mask=None if mask is None else
-                             jnp.broadcast_to(mask, x.shape).reshape(grouped_shape))
-  mean, var = (jnp.repeat(m, group_size, axis=1) for m in (mean, var))
-  red = tuple(a for a in range(1, ndim) if a != feature_axis)
-  return _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                             mask=_grouped_mask(_check_mask(mask, x), ndim - feature_axis,
+                                                num_groups, group_size),
+                             axis_index_groups=axis_index_groups)
+  groups_axis = feature_axis - sum(1 for a in others if a < feature_axis)
+  mean, var = (jnp.repeat(m, group_size, axis=groups_axis) for m in (mean, var))
+  return _normalize(x, mean, var, scale, bias, reduction_axes=others,
                     feature_axes=(feature_axis,), epsilon=epsilon)
 
 
 def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
-                  use_fast_variance: bool = True, mask=None):
+                  use_fast_variance: bool = True, mask=None, axis_name=None,
+                  axis_index_groups=None):
   r"""Instance normalization (Ulyanov et al. 2016), as flax.linen.InstanceNorm.
 
   .. math::
@@ -878,7 +901,7 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
                                     min_rank=2, ranks='batch, spatial..., features')
   red = tuple(a for a in range(1, ndim) if a != feature_axis)
   return _per_example_normalize(x, scale, bias, red, (feature_axis,), epsilon,
-                                use_fast_variance, mask)
+                                use_fast_variance, mask, axis_name, axis_index_groups)
 
 
 # -------------------------------------------------------- weight reparams

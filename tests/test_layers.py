@@ -120,7 +120,8 @@ class PerExampleModuleTest(chex.TestCase):
        nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1), X_NCHW),
       ('group', layers.GroupNorm(num_groups=4), nn.GroupNorm(num_groups=4), X),
       ('instance', layers.InstanceNorm(), nn.InstanceNorm(), X),
-      ('instance_nchw', layers.InstanceNorm(axis=1), nn.InstanceNorm(feature_axes=1), X_NCHW),
+      ('instance_nchw', layers.InstanceNorm(feature_axes=1), nn.InstanceNorm(feature_axes=1),
+       X_NCHW),
   )
   def test_matches_flax(self, ours, ref, x):
     v = ours.init(jax.random.key(0), x)

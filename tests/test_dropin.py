@@ -1,0 +1,142 @@
+"""bnjax's normalizers as drop-ins for flax's: the same arguments, variables and bits.
+
+What flax's own normalization tests check (tests/linen/linen_test.py
+NormalizationTest, tests/nnx/nn/normalization_test.py), asked of bnjax's
+modules against flax's on the same variables: every argument, dtypes,
+masks, and bit-equal outputs and running statistics (the arithmetic is the
+same, so equality, not closeness; NaN where flax gives NaN).
+"""
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bnjax import layers
+from bnjax import nnx as bnx
+
+
+def _equal(a, b):
+  flat_a, flat_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(flat_a) == len(flat_b)
+  for u, w in zip(flat_a, flat_b):
+    assert jnp.result_type(u) == jnp.result_type(w)
+    np.testing.assert_array_equal(np.asarray(u, np.float64), np.asarray(w, np.float64))
+
+
+X = 2.0 * jax.random.normal(jax.random.key(0), (8, 3, 4, 6)) + 1.0
+MASKS = {'none': None,
+         'features': np.array([True, False, True, True, False, True]),
+         'positions': np.asarray(jax.random.bernoulli(jax.random.key(3), 0.7, X.shape))}
+DTYPES = [(None, jnp.float32), (jnp.float16, jnp.float32), (jnp.float32, jnp.float16),
+          (jnp.float16, jnp.float16)]
+
+
+def _linen_pairs(dtype, param_dtype, fast):
+  common = dict(dtype=dtype, param_dtype=param_dtype, use_fast_variance=fast)
+  return {
+      'batch': (layers.BatchNorm(use_running_average=False, **common),
+                nn.BatchNorm(use_running_average=False, **common)),
+      'layer': (layers.LayerNorm(**common), nn.LayerNorm(**common)),
+      'layer_nchw': (layers.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1, **common),
+                     nn.LayerNorm(reduction_axes=(1, 2, 3), feature_axes=1, **common)),
+      'group': (layers.GroupNorm(3, **common), nn.GroupNorm(3, **common)),
+      'group_size': (layers.GroupNorm(num_groups=None, group_size=2, **common),
+                     nn.GroupNorm(num_groups=None, group_size=2, **common)),
+      'group_axes': (layers.GroupNorm(2, reduction_axes=(2, 3), **common),
+                     nn.GroupNorm(2, reduction_axes=(2, 3), **common)),
+      'instance': (layers.InstanceNorm(**common), nn.InstanceNorm(**common)),
+      'instance_two_axes': (layers.InstanceNorm(feature_axes=(1, 3), **common),
+                            nn.InstanceNorm(feature_axes=(1, 3), **common)),
+  }
+
+
+@pytest.mark.parametrize('name', list(_linen_pairs(None, jnp.float32, True)))
+def test_linen_bit_equal_to_flax(name):
+  for (dtype, param_dtype), fast, mask in itertools.product(DTYPES, (True, False), MASKS):
+    ours, ref = _linen_pairs(dtype, param_dtype, fast)[name]
+    if mask == 'features' and name in ('layer_nchw', 'instance_two_axes'):
+      continue  # a mask over the last axis only: nothing to compare there
+    variables = ref.init(jax.random.key(1), X)
+    _equal(ours.init(jax.random.key(1), X), variables)
+    got = ours.apply(variables, X, mask=MASKS[mask], mutable=['batch_stats'])
+    want = ref.apply(variables, X, mask=MASKS[mask], mutable=['batch_stats'])
+    _equal(got, want)
+
+
+def test_linen_batch_norm_inference_and_positional_arguments():
+  # flax's field order: BatchNorm(use_running_average, axis, momentum, epsilon, ...),
+  # GroupNorm(num_groups, group_size, epsilon, ...), LayerNorm(epsilon, ...).
+  for ours, ref in ((layers.BatchNorm(True, -1, 0.9, 1e-3), nn.BatchNorm(True, -1, 0.9, 1e-3)),
+                    (layers.GroupNorm(2, None, 1e-3), nn.GroupNorm(2, None, 1e-3)),
+                    (layers.LayerNorm(1e-3), nn.LayerNorm(1e-3)),
+                    (layers.InstanceNorm(1e-3), nn.InstanceNorm(1e-3))):
+    variables = ref.init(jax.random.key(1), X)
+    variables = jax.tree_util.tree_map(lambda v: v + 0.25, variables)
+    _equal(ours.apply(variables, X), ref.apply(variables, X))
+
+
+def test_linen_axis_index_groups_pool_statistics_like_flax():
+  """4 host devices in 2 groups: each group's statistics pooled, as flax's."""
+  n = jax.local_device_count()
+  if n < 4:
+    pytest.skip('needs 4 devices (tests/conftest.py sets them)')
+  x = X.reshape((4, 2) + X.shape[1:])
+  groups = [[0, 1], [2, 3]]
+  for ours, ref in (
+      (layers.BatchNorm(use_running_average=False, axis_name='d', axis_index_groups=groups),
+       nn.BatchNorm(use_running_average=False, axis_name='d', axis_index_groups=groups)),
+      (layers.LayerNorm(axis_name='d', axis_index_groups=groups, reduction_axes=(0, 3)),
+       nn.LayerNorm(axis_name='d', axis_index_groups=groups, reduction_axes=(0, 3)))):
+    variables = ref.init(jax.random.key(1), x[0])
+    run = lambda m: jax.pmap(lambda v: m.apply(variables, v, mutable=['batch_stats']),
+                             axis_name='d', devices=jax.local_devices()[:4])(x)
+    _equal(run(ours), run(ref))
+
+
+def test_refuses_only_what_flax_refuses():
+  with pytest.raises(ValueError, match='cannot include the leading dimension'):
+    layers.InstanceNorm(feature_axes=(0, 3)).init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match='exactly one of num_groups and group_size'):
+    layers.GroupNorm(num_groups=2, group_size=3).init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match='must include the feature axis'):
+    layers.GroupNorm(2, reduction_axes=(1, 2)).init(jax.random.key(0), X)
+  with pytest.raises(ValueError, match='mask has shape \\(5,\\), which does not broadcast'):
+    layers.LayerNorm().init(jax.random.key(0), X, mask=np.ones(5, bool))
+  with pytest.raises(ValueError, match='mask: PopulationNorm takes no mask'):
+    layers.PopulationNorm(use_running_average=False).init(jax.random.key(0), X,
+                                                          mask=MASKS['features'])
+  # What flax allows: an instance norm of rank 2 (no spatial axis: the bias) and a
+  # layer norm over every axis of one example.
+  for ours, ref, x in ((layers.InstanceNorm(), nn.InstanceNorm(), X[:, 0, 0]),
+                       (layers.LayerNorm(reduction_axes=(0, 1)), nn.LayerNorm(
+                           reduction_axes=(0, 1)), X[0, 0])):
+    variables = ref.init(jax.random.key(1), x)
+    _equal(ours.apply(variables, x), ref.apply(variables, x))
+
+
+def _nnx_pair(name, dtype, param_dtype, fast, promote):
+  kw = dict(dtype=dtype, param_dtype=param_dtype, use_fast_variance=fast,
+            rngs=nnx.Rngs(0), **({} if promote else {'promote_dtype': lambda x, **_: x}))
+  make = {'batch': lambda m: m.BatchNorm(6, use_running_average=False, **kw),
+          'layer': lambda m: m.LayerNorm(6, **kw),
+          'group': lambda m: m.GroupNorm(6, num_groups=3, **kw),
+          'group_size': lambda m: m.GroupNorm(6, num_groups=None, group_size=2, **kw),
+          'instance': lambda m: m.InstanceNorm(6, **kw)}[name]
+  return make(bnx), make(nnx)
+
+
+@pytest.mark.parametrize('name', ['batch', 'layer', 'group', 'group_size', 'instance'])
+def test_nnx_bit_equal_to_flax_nnx(name):
+  """With flax.nnx's default promote_dtype and with linen's (identity), every
+  dtype and mask: the same outputs and, for batch norm, running statistics."""
+  for (dtype, param_dtype), fast, mask, promote in itertools.product(
+      DTYPES, (True, False), MASKS, (True, False)):
+    ours, ref = _nnx_pair(name, dtype, param_dtype, fast, promote)
+    _equal(nnx.state(ours), nnx.state(ref))
+    _equal(ours(X, mask=MASKS[mask]), ref(X, mask=MASKS[mask]))
+    _equal(nnx.state(ours), nnx.state(ref))
