@@ -137,6 +137,14 @@ def _stats_dtype(x):
   return jnp.promote_types(jnp.result_type(x), jnp.float32)
 
 
+def _abs_sq(x):
+  """``|x|^2`` elementwise: the square of a real array, ``re^2 + im^2`` of a
+  complex one (flax's, so its variance of a complex input)."""
+  if jnp.iscomplexobj(x):
+    return lax.square(lax.real(x)) + lax.square(lax.imag(x))
+  return lax.square(x)
+
+
 def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shifted',
                    mask=None, axis_index_groups=None):
   """Mean and biased variance of ``x`` over ``reduction_axes``, in float32+.
@@ -175,10 +183,10 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shif
 
     if method == 'fast':
       # lax.square, not x * x: its backward is one multiply at full size.
-      mean, mean_sq = means(x, lax.square(x))
-      return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
+      mean, mean_sq = means(x, _abs_sq(x))
+      return mean, jnp.maximum(0.0, mean_sq - _abs_sq(mean))
     (mean,) = means(x)
-    (var,) = means(jnp.square(x - jnp.expand_dims(mean, reduction_axes)))
+    (var,) = means(_abs_sq(x - jnp.expand_dims(mean, reduction_axes)))
     return mean, var
   first = tuple(slice(0, 1) if a in reduction_axes else slice(None) for a in range(x.ndim))
   shift = lax.stop_gradient(x[first])
@@ -366,13 +374,17 @@ def _update_stats(stats, mean, var, momentum):
   def ema(old, new):
     if new is None:
       return old
-    new = lax.stop_gradient(new).astype(jnp.result_type(old))
+    dtype = jnp.result_type(old)
+    if jnp.iscomplexobj(new):  # a complex input's mean: complex running mean, as flax
+      dtype = jnp.promote_types(dtype, jnp.result_type(new))
+    new = lax.stop_gradient(new).astype(dtype)
     return momentum * old + (1.0 - momentum) * new
 
   return BatchStats(ema(stats.mean, mean), ema(stats.var, var))
 
 
-def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
+def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis,
+                 complex_ok=False):
   """Validates batch-norm arguments; returns ``(feature_axis, reduction_axes)``."""
   x_ndim = jnp.ndim(x)
   if x_ndim < 2:
@@ -390,6 +402,8 @@ def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis):
   if not training and stats is None:
     raise ValueError('inference (training=False) needs stats: pass the running BatchStats.')
   reduction_axes = tuple(a for a in range(x_ndim) if a != feature_axis)
+  if jnp.iscomplexobj(x) and complex_ok:
+    return feature_axis, reduction_axes
   if training:
     _check_input('x', x, reduction_axes)
   else:
@@ -434,9 +448,10 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     use_fast_variance: ``None`` (default): bnjax's one-pass variance about a
       per-feature sample of the batch (exact algebra, well conditioned for
       any offset), with ``fused_backward``. ``True`` / ``False``: flax's
-      statistics, bit for bit (``E[x^2] - E[x]^2``, or the two-pass variance),
-      differentiated by autodiff as flax's are; ``flax.linen.BatchNorm``'s
-      default is ``True``.
+      statistics, bit for bit (``E[|x|^2] - |E[x]|^2``, or the two-pass
+      variance), differentiated by autodiff as flax's are, and complex
+      inputs normalized as flax does (complex mean, real variance of
+      ``|x|``); ``flax.linen.BatchNorm``'s default is ``True``.
     mask: optional bool array broadcastable to ``x``: the batch statistics
       use only the positions it marks, as flax's ``mask`` (flax's statistics:
       ``use_fast_variance`` ``None`` is read as ``True``).
@@ -459,10 +474,14 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
     Ioffe & Szegedy, "Batch Normalization", ICML 2015, arXiv 1502.03167,
     Algorithm 1.
   """
-  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
-                                   momentum=momentum, epsilon=epsilon, axis=axis)
   if use_fast_variance is not None:
     check_bool('use_fast_variance', use_fast_variance)
+  if jnp.iscomplexobj(x) and use_fast_variance is None and training:
+    raise TypeError('x is complex: batch_norm normalizes a complex input with flax\'s '
+                    'statistics (variance of |x|); pass use_fast_variance=True or False.')
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis,
+                                   complex_ok=True)
   mask = _check_mask(mask, x)
   if not training:
     return _normalize(x, stats.mean, stats.var, scale, bias, reduction_axes=red,

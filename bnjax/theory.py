@@ -470,23 +470,21 @@ def projected_angular_update(optimizer: str, learning_rate, *, radius=1.0, momen
   A projected weight (:func:`bnjax.transforms.unit_norm_projection`) never
   reaches an equilibrium: its norm is fixed, so its angle is set by the
   learning rate and the gradient alone. For i.i.d. gradients at unit scale
-  of norm :math:`\lVert	ilde g
-Vert` (the gradient at norm :math:`r` is
-  :math:`	ilde g / r`, orthogonal to :math:`w`):
+  of norm :math:`\lVert\tilde g\rVert` (the gradient at norm :math:`r` is
+  :math:`\tilde g / r`, orthogonal to :math:`w`):
 
   .. math::
-    \Delta	heta_{\mathrm{SGD}} = rctanrac{\eta\lVert	ilde g
-Vert}{r^2\sqrt{1 - a^2}},
+    \Delta\theta_{\mathrm{SGD}} = \arctan\frac{\eta\lVert\tilde g\rVert}{r^2\sqrt{1 - a^2}},
     \qquad
-    \Delta	heta_{\mathrm{Adam}} = rctanrac{\eta\sqrt{C(1 - eta_1)/(1 + eta_1)}}{r}
+    \Delta\theta_{\mathrm{Adam}} = \arctan\frac{\eta\sqrt{C(1 - \beta_1)/(1 + \beta_1)}}{r}
 
-  (heavy-ball momentum :math:`m = g + a m` has :math:`\mathbb{E}\lVert m
-Vert^2
-  = \lVert g
-Vert^2/(1 - a^2)`; Adam's step has RMS
-  :math:`\sqrt{(1-eta_1)/(1+eta_1)}` per coordinate). SGD without momentum
-  is exact when :math:`\lVert	ilde g
-Vert` is constant.
+  (heavy-ball momentum :math:`m = g + a m` has :math:`\mathbb{E}\lVert m\rVert^2
+  = \lVert g\rVert^2/(1 - a^2)`; Adam's step has RMS
+  :math:`\sqrt{(1-\beta_1)/(1+\beta_1)}` per coordinate). SGD without momentum
+  is exact when :math:`\lVert\tilde g\rVert` is constant; with momentum the
+  buffer's gradients stay orthogonal to :math:`w` only while the unit turns
+  little over the buffer's :math:`1/(1-a)` steps (at 0.05 rad per step and
+  :math:`a = 0.9` the angle is 10% below this; at 0.005, within 5%).
 
   Args:
     optimizer: ``'sgd'`` (``'momentum'``) or ``'adam'`` (``'adamw'``: the decay of
@@ -540,7 +538,7 @@ def rotational_angular_update(optimizer: str, learning_rate, weight_decay, *,
   (:func:`equilibrium_angular_update`), so it rotates at
 
   .. math::
-    \Delta	heta = rctan \eta_r
+    \Delta\theta = \arctan \eta_r
 
   from the first step (in mean square: the step divided by the running RMS of
   its size). The norm does not move.

@@ -25,7 +25,7 @@ def _equal(a, b):
   assert len(flat_a) == len(flat_b)
   for u, w in zip(flat_a, flat_b):
     assert jnp.result_type(u) == jnp.result_type(w)
-    np.testing.assert_array_equal(np.asarray(u, np.float64), np.asarray(w, np.float64))
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(w))  # NaN equals NaN
 
 
 X = 2.0 * jax.random.normal(jax.random.key(0), (8, 3, 4, 6)) + 1.0
@@ -140,3 +140,23 @@ def test_nnx_bit_equal_to_flax_nnx(name):
     _equal(nnx.state(ours), nnx.state(ref))
     _equal(ours(X, mask=MASKS[mask]), ref(X, mask=MASKS[mask]))
     _equal(nnx.state(ours), nnx.state(ref))
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_complex_inputs_as_flax(masked):
+  """flax normalizes a complex input (complex mean, variance of |x|); so does
+  bnjax's BatchNorm with flax's statistics, to the bit, running mean complex."""
+  x = jax.random.normal(jax.random.key(1), (4, 3, 2), dtype=jnp.complex64)
+  mask = jax.random.bernoulli(jax.random.key(2), 0.6, (4, 3, 1)) if masked else None
+  if masked:
+    x = jnp.where(mask, x, jnp.nan)
+  for fast in (True, False):
+    ours, ref = (m(momentum=0.9, use_running_average=False, dtype=jnp.complex64,
+                   use_fast_variance=fast) for m in (layers.BatchNorm, nn.BatchNorm))
+    variables = ref.init(jax.random.key(3), x, mask=mask)
+    got = ours.apply(variables, x, mask=mask, mutable=['batch_stats'])
+    _equal(got, ref.apply(variables, x, mask=mask, mutable=['batch_stats']))
+    assert got[1]['batch_stats']['mean'].dtype == jnp.complex64
+  with pytest.raises(TypeError, match='x is complex: .*pass use_fast_variance=True or False'):
+    layers.BatchNorm(use_running_average=False, use_fast_variance=None).init(
+        jax.random.key(0), x)
