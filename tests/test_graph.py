@@ -25,7 +25,7 @@ X = jax.random.normal(jax.random.key(1), (32, 28, 28, 1))
 Y = jnp.arange(32) % 10
 
 
-@pytest.mark.parametrize('norm', ['batch', 'population', 'mean_only', 'group', 'layer'])
+@pytest.mark.parametrize('norm', ['batch', 'population', 'mean_only', 'group'])
 def test_bnjax_convnet_equals_the_measured_mask(norm):
   model = models.build('convnet', norm, width=4, epsilon=1e-12)
   variables = model.init(jax.random.key(0), X, train=False)
