@@ -84,12 +84,7 @@ class BatchNormBase(nn.Module):
   def __call__(self, x, use_running_average: Optional[bool] = None, *, mask=None):
     """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``; :class:`BatchNorm`
     only, as flax's) keeps the batch statistics to the positions it marks."""
-    kwargs = self._norm_kwargs()
-    if mask is not None:
-      if 'use_fast_variance' not in kwargs:
-        raise ValueError(f'mask: {type(self).__name__} takes no mask (BatchNorm does, as '
-                         f'flax.linen.BatchNorm).')
-      kwargs['mask'] = mask
+    kwargs = norms._with_mask(self._norm_kwargs(), mask, type(self).__name__)  # pylint: disable=protected-access
     if self.frozen:
       training = False
     else:

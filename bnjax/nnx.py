@@ -122,12 +122,7 @@ class _BatchNormBase(nnx.Module):
     if use_running_average is None:
       use_running_average = self.use_running_average
     training = not (use_running_average or self.frozen)
-    kwargs = self._norm_kwargs()
-    if mask is not None:
-      if 'use_fast_variance' not in kwargs:
-        raise ValueError(f'mask: {type(self).__name__} takes no mask (BatchNorm does, as '
-                         f'flax.nnx.BatchNorm).')
-      kwargs['mask'] = mask
+    kwargs = norms._with_mask(self._norm_kwargs(), mask, type(self).__name__)  # pylint: disable=protected-access
     x, stats, scale, bias = self._inputs(x)
     y, new = type(self).norm_fn(
         x, scale, bias,

@@ -383,6 +383,17 @@ def _update_stats(stats, mean, var, momentum):
   return BatchStats(ema(stats.mean, mean), ema(stats.var, var))
 
 
+def _with_mask(kwargs: dict, mask, layer: str) -> dict:
+  """A batch-norm layer's keyword arguments with its call's ``mask``: only
+  :func:`batch_norm` takes one (as only flax's BatchNorm does); the other
+  variants refuse it with a ValueError naming ``layer``."""
+  if mask is None:
+    return kwargs
+  if 'use_fast_variance' not in kwargs:
+    raise ValueError(f'mask: {layer} takes no mask (BatchNorm does, as flax\'s).')
+  return dict(kwargs, mask=mask)
+
+
 def _batch_setup(x, scale, bias, stats, *, training, momentum, epsilon, axis,
                  complex_ok=False):
   """Validates batch-norm arguments; returns ``(feature_axis, reduction_axes)``."""
