@@ -277,16 +277,20 @@ def test_a_full_tmpfs_under_a_checkpoint_write_is_one_line_and_resumes(small_tmp
                                                                      tmp_path):
   """A real ENOSPC from tensorstore inside orbax's checkpoint write: one error line
   naming the folder, exit 1; with space again the run resumes to the result of a
-  run that never stopped. The tmpfs holds one and a half checkpoints (measured on
-  the uninterrupted run), so the second checkpoint's write fills it."""
+  run that never stopped. The tmpfs holds the run's other files and one and a half
+  checkpoints (measured on the uninterrupted run, in tmpfs pages), so the second
+  checkpoint's write fills it."""
   fields = dict(input_dim=4000)
   run, clean = small_tmpfs / 'run', tmp_path / 'clean'
   first = subprocess.run(binary(clean, **fields), cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
-  one = sum(f.stat().st_size for f in (clean / 'checkpoints' / '48').rglob('*')
-            if f.is_file())
-  size = int(1.5 * one) + 64 * 1024  # + the metrics file and tmpfs's own blocks
+  # Space as tmpfs counts it (whole 4 KiB pages per file): every file but the
+  # checkpoints (metrics, events, config), one checkpoint and half of the next.
+  pages = lambda files: sum(-(-f.stat().st_size // 4096) * 4096 for f in files if f.is_file())
+  one = pages((clean / 'checkpoints' / '48').rglob('*'))
+  rest = pages(f for f in clean.rglob('*') if 'checkpoints' not in f.parts)
+  size = rest + one + one // 2 + 64 * 1024
   subprocess.run(['mount', '-o', f'remount,size={size}', str(small_tmpfs)], check=True)
   out = subprocess.run(binary(run, **fields), cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
