@@ -245,7 +245,8 @@ def test_a_bad_batch_mid_run_is_named_and_the_run_resumes(tmp_path):
   cases = [(lambda x, y: (x, np.full_like(y, 7)), r'batch 6: labels must be in \[0, 3\), '
             r'got 7..7', 4),
            (lambda x, y: (np.full_like(x, np.nan), y), r'batch 6: x holds non-finite', 4),
-           (lambda x, y: (x[:, :3], y), r'batch 6: x must be \(16, features...\) as batch 0',
+           (lambda x, y: (x[:, :3], y),
+            r"batch 6: x must be \(16, features...\) as batch 0's \(16, 6\)",
             4),
            (None, r'the iterator ended after 10 batches; config.num_steps asks for 12', 8)]
   for bad, match, kept in cases:

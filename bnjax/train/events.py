@@ -43,21 +43,25 @@ class EventLog:
   """TensorBoard event files in a run's workdir holding its metric lines.
 
   On opening, the workdir's earlier event files are replaced by one holding
-  ``lines`` (the lines ``metrics.jsonl`` kept on resume); each :meth:`write`
-  appends one line's values and flushes, so a running TensorBoard shows it.
-  An event file deleted while the run trains is written again, whole, at the
-  next line.
+  ``records()`` (the lines ``metrics.jsonl`` kept on resume); each
+  :meth:`write` appends one line's values and flushes, so a running
+  TensorBoard shows it. An event file deleted while the run trains is
+  written again, whole, from ``records()`` at the next line.
 
   Args:
     workdir: the run's folder.
-    lines: the metric lines already logged (dicts with an integer ``step``).
+    records: ``() -> lines``, the metric lines logged so far (dicts with an
+      integer ``step``; the run's ``MetricsLog.records``, which holds each line
+      before it is given to :meth:`write`).
 
   Example:
     >>> import tempfile
     >>> from bnjax.train import events
     >>> d = tempfile.mkdtemp()
-    >>> log = events.EventLog(d, [{'step': 4, 'loss': 1.5}])
-    >>> log.write({'step': 8, 'loss': 1.2, 'per_unit/weight_norm/conv1': [1.0, 2.0]})
+    >>> lines = [{'step': 4, 'loss': 1.5}]
+    >>> log = events.EventLog(d, lambda: lines)
+    >>> lines.append({'step': 8, 'loss': 1.2, 'per_unit/weight_norm/conv1': [1.0, 2.0]})
+    >>> log.write(lines[-1])
     >>> log.close()
     >>> len(list(pathlib.Path(d).glob(events.EVENT_FILES)))
     1
@@ -67,10 +71,10 @@ class EventLog:
     https://github.com/lanpa/tensorboardX.
   """
 
-  def __init__(self, workdir, lines=()):
+  def __init__(self, workdir, records=tuple):
     self._summary, self._event_pb2, self._record_writer = _tensorboardx()
     self.workdir = pathlib.Path(workdir)
-    self._lines = list(lines)
+    self._records = records
     self._open()
 
   def _open(self) -> None:
@@ -83,7 +87,7 @@ class EventLog:
     self.path = self.workdir / f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
     self._writer = self._record_writer(str(self.path))
     self._event(file_version='brain.Event:2')
-    for line in self._lines:
+    for line in self._records():
       self._add(line)
     self._writer.flush()
 
@@ -107,7 +111,6 @@ class EventLog:
 
   def write(self, line: dict) -> None:
     """Appends one metric line and flushes it to disk."""
-    self._lines.append(line)
     if not self.path.exists():  # deleted under the run: all of it again
       self._writer.close()
       self._open()

@@ -75,8 +75,8 @@ class _Stream:
     shape = None if self._first is None else self._first['x'].shape
     if x.ndim < 2 or y.shape != (self.batch_size,) or len(x) != self.batch_size or (
         shape is not None and x.shape != shape):
-      raise ValueError(f'{where}: x must be ({self.batch_size}, features...) '
-                       f'{"as batch 0, " + str(shape) if shape else ""}and y '
+      same = f" as batch 0's {shape}" if shape else ''
+      raise ValueError(f'{where}: x must be ({self.batch_size}, features...){same} and y '
                        f'({self.batch_size},) (config.batch_size), got {x.shape} and {y.shape}')
     if not np.issubdtype(y.dtype, np.integer):
       raise ValueError(f'{where}: y must hold integer class labels, got dtype {y.dtype}')

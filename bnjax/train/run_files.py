@@ -101,7 +101,7 @@ class RunFiles:
     self.log = workdirs.MetricsLog(self.workdir, self.last_checkpoint or 0,
                                    enabled=self.main_process)
     if self.config.tensorboard and self.main_process:
-      self.events = events.EventLog(self.workdir, self.log.records())
+      self.events = events.EventLog(self.workdir, self.log.records)
     self.start = time.perf_counter()
     return state
 
