@@ -162,19 +162,23 @@ def shared_pairs(module: nn.Module, variables, pairs, *args, **kwargs) -> list:
   return [pairs[i] for i in sorted(shared)]
 
 
-REPARAMETRIZED = (layers.WeightNorm, layers.WeightStandardization)
+REPARAMETRIZED = (layers.WeightNorm, layers.WeightStandardization, nn.WeightNorm)
 
 
 def _reparametrized(module: nn.Module, variables, *args, **kwargs) -> list:
-  """Module paths of the weight norms / standardizations (unit axis last) a trace calls."""
+  """Module paths of the layers whose kernel a weight norm / standardization
+  (unit axis last, its filter picking the kernel) rewrites in a trace."""
   found = []
 
   def interceptor(next_fun, call_args, call_kwargs, context):
     mdl = context.module
-    if context.method_name == '__call__' and (
-        isinstance(mdl, REPARAMETRIZED) and mdl.axis == -1 or
-        isinstance(mdl, getattr(nn, 'WeightNorm', ())) and mdl.feature_axes == -1):
-      found.append(tuple(mdl.scope.path))
+    if (context.method_name == '__call__' and isinstance(mdl, REPARAMETRIZED) and
+        mdl.feature_axes in (-1, (-1,))):
+      layer = mdl.layer_instance
+      kernel = f'{layer.name}/kernel'
+      if not mdl.variable_filter or any(f in kernel for f in mdl.variable_filter):
+        found.append(tuple(layer.scope.path) if layer.scope is not None else
+                     tuple(mdl.scope.path) + (layer.name,))
     return next_fun(*call_args, **call_kwargs)
 
   with nn.intercept_methods(interceptor):
@@ -256,6 +260,5 @@ def normalized_kernels(module: nn.Module, variables, *args, **kwargs):
 
   def mark(path, _):
     names = tuple(key_names(path))
-    return names[-1] == 'kernel' and (names[:-1] in kernels or any(
-        names[:len(w)] == w for w in wrapped))
+    return names[-1] == 'kernel' and (names[:-1] in kernels or names[:-1] in wrapped)
   return jax.tree_util.tree_map_with_path(mark, variables['params'])

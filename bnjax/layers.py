@@ -7,7 +7,8 @@ updated while a model is being initialized, and ``use_running_average`` may
 be set on the module or per call.
 """
 
-from typing import Any, Callable, ClassVar, Optional
+import dataclasses
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import flax.linen as nn
 import jax
@@ -77,19 +78,20 @@ class BatchNormBase(nn.Module):
   uses_mean: ClassVar[bool] = True
   uses_var: ClassVar[bool] = True
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:  # pylint: disable=unused-argument
     return {}
 
   @nn.compact
   def __call__(self, x, use_running_average: Optional[bool] = None, *, mask=None):
     """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``; :class:`BatchNorm`
-    only, as flax's) keeps the batch statistics to the positions it marks."""
-    kwargs = norms._with_mask(self._norm_kwargs(), mask, type(self).__name__)  # pylint: disable=protected-access
+    and :class:`BatchRenorm` only, as flax's) keeps the batch statistics to the
+    positions it marks."""
     if self.frozen:
       training = False
     else:
       training = not nn.merge_param('use_running_average', self.use_running_average,
                                     use_running_average)
+    kwargs = norms._with_mask(self._norm_kwargs(training), mask, type(self).__name__)  # pylint: disable=protected-access
     features = (jnp.shape(x)[self.axis],)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
@@ -146,9 +148,63 @@ class BatchNorm(BatchNormBase):
   axis_index_groups: Any = None
   fused_backward: bool = True
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:
     return {'fused_backward': self.fused_backward,
             'use_fast_variance': self.use_fast_variance,
+            'axis_index_groups': None if self.is_initializing() else self.axis_index_groups}
+
+
+class BatchRenorm(BatchNormBase):
+  r"""Batch renormalization (Ioffe 2017), in flax.linen.BatchNorm's conventions.
+
+  .. math::
+    y = \gamma \Big(\frac{x - \mu_B}{\sigma_B}\,r + d\Big) + \beta
+
+  See :func:`bnjax.norms.batch_renorm`. Variables as :class:`BatchNorm`'s
+  (``batch_stats``: ``mean``, ``var``), plus ``renorm_steps`` (the training
+  steps taken) when ``r_max`` or ``d_max`` is a schedule. Scale invariance:
+  per unit.
+
+  Attributes:
+    r_max: bound of ``r`` (>= 1), or a schedule ``step -> r_max``.
+    d_max: bound of ``|d|`` (>= 0), or a schedule ``step -> d_max``.
+    use_fast_variance: ``True`` (default) / ``False``: flax's statistics;
+      ``None``: bnjax's shifted one-pass statistics.
+    axis_index_groups: groups of devices along ``axis_name`` pooled together.
+      Every other attribute as :class:`BatchNormBase`. The call takes
+      ``mask=`` as :class:`BatchNorm`'s.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from bnjax import layers
+    >>> ramp = optax.linear_schedule(1.0, 3.0, transition_steps=5000)
+    >>> layer = layers.BatchRenorm(use_running_average=False, r_max=ramp)
+    >>> x = jnp.array([[1.0], [3.0]])
+    >>> variables = layer.init(jax.random.key(0), x)
+    >>> y, new = layer.apply(variables, x, mutable=['batch_stats'])
+    >>> # r, d within bounds: the output with the running statistics (0, 1)
+    >>> [round(float(v), 3) for v in y[:, 0]], int(new['batch_stats']['renorm_steps'])
+    ([1.0, 3.0], 1)
+
+  References:
+    Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017, arXiv 1702.03275, Algorithm 1
+    (and section 4: r_max and d_max ramped up).
+  """
+  r_max: Any = 3.0
+  d_max: Any = 5.0
+  use_fast_variance: Optional[bool] = True
+  axis_index_groups: Any = None
+  norm_fn: ClassVar[Callable] = staticmethod(norms.batch_renorm)
+
+  def _norm_kwargs(self, training: bool) -> dict:
+    r_max, d_max = self.r_max, self.d_max
+    if callable(r_max) or callable(d_max):
+      steps = self.variable('batch_stats', 'renorm_steps', jnp.zeros, (), jnp.int32)
+      r_max, d_max = (v(steps.value) if callable(v) else v for v in (r_max, d_max))
+      if training and not self.is_initializing():
+        steps.value = steps.value + 1
+    return {'r_max': r_max, 'd_max': d_max, 'use_fast_variance': self.use_fast_variance,
             'axis_index_groups': None if self.is_initializing() else self.axis_index_groups}
 
 
@@ -261,7 +317,7 @@ class GhostBatchNorm(BatchNormBase):
   fused_backward: bool = True
   norm_fn: ClassVar[Callable] = staticmethod(norms.ghost_batch_norm)
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:
     return {'virtual_batch_size': self.virtual_batch_size,
             'fused_backward': self.fused_backward}
 
@@ -479,48 +535,54 @@ class InstanceNorm(_AffineNorm):
                             **self._distributed())
 
 
-class _KernelReparam(nn.Module):
-  """Wraps a layer and rewrites its ``kernel`` before every call.
+def _reparametrized_call(module: nn.Module, reparam: Callable, args, kwargs):
+  """Calls ``module.layer_instance`` with each variable that
+  ``module.variable_filter`` picks replaced by ``reparam(name, value)``.
 
-  The wrapped layer keeps its own parameters (``kernel`` becomes the raw,
-  unnormalized direction); this mirrors flax.linen.WeightNorm's mechanism.
+  ``name`` is the variable's path from the wrapped layer, ``'<layer
+  name>/kernel'``, and a variable is picked when one of the filter's strings
+  occurs in it (every variable when the filter is empty or ``None``), as in
+  flax.linen.WeightNorm.
   """
-  layer_instance: nn.Module
-  axis: int = -1
+  def rewrite(path, value):
+    name = module.layer_instance.name + '/' + path_str(path[1:])
+    chosen = not module.variable_filter or any(f in name for f in module.variable_filter)
+    return reparam(name, jnp.asarray(value)) if chosen else value
 
-  def _reparam(self, kernel):
-    raise NotImplementedError
-
-  @nn.compact
-  def __call__(self, *args, **kwargs):
-    def rewrite(path, value):
-      if path_str(path[-1:]) != 'kernel':
-        return value
-      return self._reparam(value)
-
-    return nn.map_variables(
-        lambda layer: layer(*args, **kwargs),
-        trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(rewrite, vs),
-        init=self.is_initializing(),
-    )(self.layer_instance)
+  return nn.map_variables(
+      lambda layer: layer(*args, **kwargs),
+      trans_in_fn=lambda vs: jax.tree_util.tree_map_with_path(rewrite, vs),
+      init=module.is_initializing(),
+  )(module.layer_instance)
 
 
-class WeightNorm(_KernelReparam):
-  r"""Weight normalization of a wrapped layer's kernel, per unit.
+class WeightNorm(nn.Module):
+  r"""Weight normalization of a wrapped layer's variables, per unit.
 
   .. math::
     w = g\,\frac{v}{\lVert v \rVert}
 
-  The gain ``g`` is this module's ``scale`` parameter (shape ``(units,)``);
-  ``use_scale=False`` fixes ``g = 1`` (unit-norm kernels). Numbers equal
-  flax.linen.WeightNorm's; see :func:`bnjax.norms.weight_norm`.
+  flax.linen.WeightNorm's fields, variable names and numbers (bit for bit):
+  each variable of ``layer_instance`` whose path contains a string of
+  ``variable_filter`` (default: the ``kernel``) is replaced by
+  :func:`bnjax.norms.weight_norm` of it before the layer's call; the stored
+  variable is the raw direction ``v``. The gain ``g`` of the variable
+  ``<layer>/kernel`` is this module's parameter ``'<layer>/kernel/scale'``
+  with one entry per unit (the sizes of ``feature_axes``).
   Scale invariance: per unit in ``v``.
 
   Attributes:
-    layer_instance: the wrapped layer (its ``kernel`` is ``v``).
-    axis: the unit axis of the kernel.
+    layer_instance: the wrapped layer.
     epsilon: added to the squared norm.
-    use_scale, scale_init, param_dtype: the gain ``g``.
+    dtype: the dtype of the reparametrized variables (``None``: the variable's
+      promoted with the gain's).
+    param_dtype: the gains' dtype.
+    use_scale: learn a gain per unit (``False``: unit-norm units).
+    scale_init: the gains' initializer.
+    feature_axes: the unit axes of each variable (an int, a tuple, or ``None``:
+      one norm of the whole variable).
+    variable_filter: the strings that pick variables by path (``None`` or
+      empty: every variable of the layer).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -536,31 +598,45 @@ class WeightNorm(_KernelReparam):
     Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
     1602.07868, eq. 2.
   """
+  layer_instance: nn.Module
   epsilon: float = 1e-12
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
   use_scale: bool = True
   scale_init: Initializer = initializers.ones
-  param_dtype: Any = jnp.float32
+  feature_axes: Optional[norms.Axes] = -1
+  variable_filter: Optional[Iterable[str]] = dataclasses.field(
+      default_factory=lambda: {'kernel'})
 
-  def _reparam(self, kernel):
+  @nn.compact
+  def __call__(self, *args, **kwargs):
+    return _reparametrized_call(self, self._normalize, args, kwargs)
+
+  def _normalize(self, name, v):
     g = None
     if self.use_scale:
-      g = self.param('scale', self.scale_init, (jnp.shape(kernel)[self.axis],),
-                     self.param_dtype)
-    return norms.weight_norm(kernel, g, axis=self.axis, epsilon=self.epsilon)
+      features, _ = norms._kernel_axes(v, self.feature_axes)  # pylint: disable=protected-access
+      g = self.param(name + '/scale', self.scale_init,
+                     tuple(v.shape[a] for a in features), self.param_dtype)
+    w = norms.weight_norm(v, g, axis=self.feature_axes, epsilon=self.epsilon)
+    return jnp.asarray(w, self.dtype)
 
 
-class WeightStandardization(_KernelReparam):
+class WeightStandardization(nn.Module):
   r"""Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
 
   .. math::
     \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
 
-  See :func:`bnjax.norms.weight_standardize`. Scale invariance: per unit.
+  The variables ``variable_filter`` picks, per unit (see
+  :func:`bnjax.norms.weight_standardize`), with :class:`WeightNorm`'s
+  conventions. Scale invariance: per unit.
 
   Attributes:
     layer_instance: the wrapped layer.
-    axis: the unit axis of the kernel.
     epsilon: added to the variance.
+    feature_axes: the unit axes of each variable (``None``: the whole variable).
+    variable_filter: the strings that pick variables by path (``None``: all).
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -576,7 +652,14 @@ class WeightStandardization(_KernelReparam):
     Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
     Weight Standardization", arXiv 1903.10520, eq. 5.
   """
+  layer_instance: nn.Module
   epsilon: float = 1e-5
+  feature_axes: Optional[norms.Axes] = -1
+  variable_filter: Optional[Iterable[str]] = dataclasses.field(
+      default_factory=lambda: {'kernel'})
 
-  def _reparam(self, kernel):
-    return norms.weight_standardize(kernel, axis=self.axis, epsilon=self.epsilon)
+  @nn.compact
+  def __call__(self, *args, **kwargs):
+    return _reparametrized_call(
+        self, lambda _, w: norms.weight_standardize(w, axis=self.feature_axes,
+                                                    epsilon=self.epsilon), args, kwargs)

@@ -43,14 +43,16 @@ def kernel_mask(params):
 
 
 def gain_mask(params):
-  r"""``True`` for the normalization gains gamma: every leaf named ``scale``.
+  r"""``True`` for the normalization gains gamma: every leaf named ``scale``
+  or ``<variable>/scale``.
 
   .. math::
-    m(w) = [\text{name}(w) = \texttt{scale}]
+    m(w) = [\text{name}(w) \in \{\texttt{scale}, \texttt{*/scale}\}]
 
   That is the ``scale`` of BatchNorm, LayerNorm, GroupNorm and the other
-  norm layers, and the gain ``g`` of :class:`bnjax.layers.WeightNorm`: the
-  parameters Luo et al. (2019)'s gamma decay acts on.
+  norm layers, and the gains ``g`` of :class:`bnjax.layers.WeightNorm` (and
+  flax's), named after the variable they scale (``layer_instance/kernel/scale``):
+  the parameters Luo et al. (2019)'s gamma decay acts on.
 
   Args:
     params: a parameter pytree (dicts keyed by names, as flax makes).
@@ -69,7 +71,8 @@ def gain_mask(params):
     Normalization", ICLR 2019, arXiv 1809.00846, section 2 (gamma decay).
   """
   def mark(path, _):
-    return bool(path) and getattr(path[-1], 'key', None) == 'scale'
+    key = getattr(path[-1], 'key', None) if path else None
+    return isinstance(key, str) and (key == 'scale' or key.endswith('/scale'))
   return jax.tree_util.tree_map_with_path(mark, params)
 
 

@@ -100,7 +100,7 @@ class _BatchNormBase(nnx.Module):
     self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
     self.dtype, self.axis_name, self.frozen = dtype, axis_name, frozen
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:  # pylint: disable=unused-argument
     return {}
 
   def _inputs(self, x):
@@ -122,7 +122,7 @@ class _BatchNormBase(nnx.Module):
     if use_running_average is None:
       use_running_average = self.use_running_average
     training = not (use_running_average or self.frozen)
-    kwargs = norms._with_mask(self._norm_kwargs(), mask, type(self).__name__)  # pylint: disable=protected-access
+    kwargs = norms._with_mask(self._norm_kwargs(training), mask, type(self).__name__)  # pylint: disable=protected-access
     x, stats, scale, bias = self._inputs(x)
     y, new = type(self).norm_fn(
         x, scale, bias,
@@ -193,18 +193,84 @@ class BatchNorm(_BatchNormBase):
     self.use_fast_variance, self.promote_dtype = use_fast_variance, promote_dtype
     self.axis_index_groups, self.fused_backward = axis_index_groups, fused_backward
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:
     return {'use_fast_variance': self.use_fast_variance,
             'axis_index_groups': self.axis_index_groups,
             'fused_backward': self.fused_backward}
 
   def _inputs(self, x):
-    """Input, running statistics and parameters through ``promote_dtype``, as
-    flax.nnx.BatchNorm does."""
-    x, mean, var, scale, bias = self.promote_dtype(
-        (x, _value(self.mean), _value(self.var), _value(self.scale), _value(self.bias)),
-        dtype=self.dtype)
-    return x, norms.BatchStats(mean, var), scale, bias
+    return _promoted_batch_inputs(self, x)
+
+
+def _promoted_batch_inputs(module, x):
+  """Input, running statistics and parameters through ``promote_dtype``, as
+  flax.nnx.BatchNorm does."""
+  x, mean, var, scale, bias = module.promote_dtype(
+      (x, _value(module.mean), _value(module.var), _value(module.scale),
+       _value(module.bias)), dtype=module.dtype)
+  return x, norms.BatchStats(mean, var), scale, bias
+
+
+class BatchRenorm(_BatchNormBase):
+  r"""Batch renormalization (Ioffe 2017), in flax.nnx.BatchNorm's conventions.
+
+  .. math::
+    y = \gamma \Big(\frac{x - \mu_B}{\sigma_B}\,r + d\Big) + \beta
+
+  See :func:`bnjax.norms.batch_renorm`. Variables as :class:`BatchNorm`'s,
+  plus the ``nnx.BatchStat`` ``renorm_steps`` (training steps taken) when
+  ``r_max`` or ``d_max`` is a schedule. Scale invariance: per unit.
+
+  Args:
+    num_features: number of features on ``axis``.
+    r_max: bound of ``r`` (>= 1), or a schedule ``step -> r_max``.
+    d_max: bound of ``|d|`` (>= 0), or a schedule ``step -> d_max``.
+    use_fast_variance: ``True`` (default) / ``False``: flax's statistics;
+      ``None``: bnjax's shifted one-pass statistics.
+    promote_dtype: as :class:`BatchNorm`'s.
+    axis_index_groups: groups of devices along ``axis_name`` pooled together.
+    **kwargs: :class:`BatchNorm`'s other arguments (``momentum``, ``rngs``, ...).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx as fnnx
+    >>> from bnjax import nnx
+    >>> layer = nnx.BatchRenorm(1, r_max=1.5, d_max=0.5, epsilon=1e-12,
+    ...                         rngs=fnnx.Rngs(0))
+    >>> layer.var[...] = jnp.array([4.0])  # running sigma 2, batch sigma 1
+    >>> y = layer(jnp.array([[1.0], [3.0]]))
+    >>> [round(float(v), 3) for v in y[:, 0]]  # r = 1/1.5, d = 0.5
+    [-0.167, 1.167]
+
+  References:
+    Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017, arXiv 1702.03275, Algorithm 1.
+  """
+  norm_fn = staticmethod(norms.batch_renorm)
+
+  def __init__(self, num_features: int, *, r_max: Any = 3.0, d_max: Any = 5.0,
+               use_fast_variance: Optional[bool] = True,
+               promote_dtype: Callable = _flax_promote_dtype,
+               axis_index_groups: Any = None, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.r_max, self.d_max = r_max, d_max
+    self.use_fast_variance, self.promote_dtype = use_fast_variance, promote_dtype
+    self.axis_index_groups = axis_index_groups
+    self.renorm_steps = (nnx.BatchStat(jnp.zeros((), jnp.int32))
+                         if callable(r_max) or callable(d_max) else None)
+
+  def _norm_kwargs(self, training: bool) -> dict:
+    r_max, d_max = self.r_max, self.d_max
+    if self.renorm_steps is not None:
+      steps = _value(self.renorm_steps)
+      r_max, d_max = (v(steps) if callable(v) else v for v in (r_max, d_max))
+      if training:
+        _set(self.renorm_steps, steps + 1)
+    return {'r_max': r_max, 'd_max': d_max, 'use_fast_variance': self.use_fast_variance,
+            'axis_index_groups': self.axis_index_groups}
+
+  def _inputs(self, x):
+    return _promoted_batch_inputs(self, x)
 
 
 class PopulationNorm(_BatchNormBase):
@@ -322,7 +388,7 @@ class GhostBatchNorm(_BatchNormBase):
     super().__init__(num_features, **kwargs)
     self.virtual_batch_size = virtual_batch_size
 
-  def _norm_kwargs(self) -> dict:
+  def _norm_kwargs(self, training: bool) -> dict:
     return {'virtual_batch_size': self.virtual_batch_size}
 
 
@@ -511,51 +577,67 @@ class InstanceNorm(_PerExampleNorm):
                  self.dtype)
 
 
-class _KernelReparam(nnx.Module):
-  """Wraps a layer and calls it with its ``kernel`` rewritten by ``_reparam``.
+class _Reparametrized(nnx.Module):
+  """Wraps a layer and calls it with the variables ``variable_filter`` picks
+  rewritten by ``_reparam(path, value)``.
 
-  The stored kernel is left as it is (flax.nnx.WeightNorm writes the
-  normalized kernel back into the layer); gradients reach it through the
-  reparametrization.
+  The stored variables are left as they are (flax.nnx.WeightNorm writes the
+  normalized kernel back into the layer, so the raw norm ``||v||`` is lost
+  after the first call); gradients reach them through the reparametrization.
   """
 
-  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1):
-    if not isinstance(getattr(layer_instance, 'kernel', None), nnx.Param):
-      raise ValueError(f'{type(self).__name__} wraps a layer with a `kernel` nnx.Param '
-                       f'(nnx.Linear, nnx.Conv), got {type(layer_instance).__name__}.')
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: Optional[norms.Axes],
+               variable_filter):
     self.layer_instance = layer_instance
     self.feature_axes = feature_axes
+    self.variable_filter = nnx.filterlib.to_predicate(variable_filter)
 
-  def _reparam(self, kernel):
+  def _chosen(self) -> list:
+    """``(path, variable)`` of each chosen variable of the wrapped layer."""
+    state = nnx.to_flat_state(nnx.state(self.layer_instance))
+    return [(path, v) for path, v in state if self.variable_filter(path, v)]
+
+  def _reparam(self, path, value):
     raise NotImplementedError
 
   def __call__(self, x, *args, **kwargs):
-    kernel = self.layer_instance.kernel
-    stored = _value(kernel)
-    _set(kernel, self._reparam(stored))
+    chosen = [(path, v, _value(v)) for path, v in self._chosen()]
+    for path, variable, stored in chosen:
+      _set(variable, self._reparam(path, stored))
     try:
       return self.layer_instance(x, *args, **kwargs)
     finally:
-      _set(kernel, stored)
+      for _, variable, stored in chosen:
+        _set(variable, stored)
 
 
-class WeightNorm(_KernelReparam):
-  r"""Weight normalization of a wrapped layer's kernel, per unit.
+class WeightNorm(_Reparametrized):
+  r"""Weight normalization of a wrapped layer's variables, per unit.
 
   .. math::
     w = g\,\frac{v}{\lVert v \rVert}
 
-  ``flax.nnx.WeightNorm``'s constructor; the gain ``g`` is the ``nnx.Param``
-  ``scale`` of shape ``(units,)``. The stored kernel ``v`` is left as it is
-  (flax.nnx.WeightNorm writes the normalized kernel back into the layer).
-  See :func:`bnjax.norms.weight_norm`. Scale invariance: per unit in ``v``.
+  ``flax.nnx.WeightNorm``'s constructor and numbers (bit for bit): each
+  variable of ``layer_instance`` that ``variable_filter`` picks (default: the
+  ``kernel``) is :func:`bnjax.norms.weight_norm` of it during the call. The
+  gains are ``scales[path]`` (one entry per unit, the sizes of
+  ``feature_axes``), as flax's, but each an ``nnx.Param``, so that
+  ``nnx.grad`` and ``nnx.Optimizer`` train them (flax 0.12 keeps plain arrays
+  there, which neither sees). The stored variable stays the raw direction
+  ``v`` (flax.nnx.WeightNorm overwrites it with ``w``). Scale invariance: per
+  unit in ``v``.
 
   Args:
-    layer_instance: a layer with a ``kernel`` ``nnx.Param`` (``nnx.Linear``,
-      ``nnx.Conv``).
-    feature_axes: the unit axis of the kernel.
-    use_scale, scale_init, param_dtype: the gain ``g``.
+    layer_instance: the wrapped layer.
+    feature_axes: the unit axes of each variable (an int, a tuple, or
+      ``None``: one norm of the whole variable).
+    use_scale, scale_init, param_dtype: the gains.
     epsilon: added to the squared norm.
+    dtype: the reparametrized variables' dtype (``None``: the variable's
+      promoted with the gain's).
+    variable_filter: an nnx filter over the layer's variables.
+    promote_dtype: accepted for flax's signature; flax.nnx.WeightNorm does
+      not apply it either (the arithmetic is the variable's own dtype).
     rngs: ``nnx.Rngs`` for ``scale_init``.
 
   Example:
@@ -573,33 +655,50 @@ class WeightNorm(_KernelReparam):
     1602.07868, eq. 2.
   """
 
-  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: Optional[norms.Axes] = -1,
                use_scale: bool = True,
                scale_init: Initializer = nnx.initializers.ones_init(),
-               epsilon: float = 1e-12, param_dtype: Any = jnp.float32, rngs: nnx.Rngs):
-    super().__init__(layer_instance, feature_axes=feature_axes)
-    units = (jnp.shape(_value(layer_instance.kernel))[feature_axes],)
-    self.scale = (nnx.Param(scale_init(rngs.params(), units, param_dtype))
-                  if use_scale else None)
-    self.epsilon = epsilon
+               epsilon: float = 1e-12, dtype: Optional[Any] = None,
+               param_dtype: Any = jnp.float32,
+               variable_filter=nnx.PathContains('kernel'),
+               promote_dtype: Callable = _flax_promote_dtype, rngs: nnx.Rngs):
+    super().__init__(layer_instance, feature_axes=feature_axes,
+                     variable_filter=variable_filter)
+    self.use_scale, self.epsilon, self.dtype = use_scale, epsilon, dtype
+    self.param_dtype, self.promote_dtype = param_dtype, promote_dtype
+    self.scales = None
+    if use_scale:
+      def gain(v):
+        features, _ = norms._kernel_axes(v, feature_axes)  # pylint: disable=protected-access
+        shape = tuple(jnp.shape(v)[a] for a in features)
+        return nnx.Param(scale_init(rngs.params(), shape, param_dtype))
+      self.scales = nnx.data({path: gain(_value(v)) for path, v in self._chosen()})
 
-  def _reparam(self, kernel):
-    return norms.weight_norm(kernel, _value(self.scale), axis=self.feature_axes,
-                             epsilon=self.epsilon)
+  def _reparam(self, path, v):
+    g = None
+    if self.use_scale:
+      if path not in self.scales:
+        raise ValueError(f'WeightNorm has no gain for {"/".join(map(str, path))}: the wrapped '
+                         f'layer gained a variable after the WeightNorm was built.')
+      g = _value(self.scales[path])
+    w = norms.weight_norm(v, g, axis=self.feature_axes, epsilon=self.epsilon)
+    return jnp.asarray(w, self.dtype)
 
 
-class WeightStandardization(_KernelReparam):
+class WeightStandardization(_Reparametrized):
   r"""Weight standardization of a wrapped layer's kernel (Qiao et al. 2019).
 
   .. math::
     \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
 
-  See :func:`bnjax.norms.weight_standardize`. Scale invariance: per unit.
+  See :func:`bnjax.norms.weight_standardize`; :class:`WeightNorm`'s
+  conventions. Scale invariance: per unit.
 
   Args:
-    layer_instance: a layer with a ``kernel`` ``nnx.Param``.
-    feature_axes: the unit axis of the kernel.
+    layer_instance: the wrapped layer.
+    feature_axes: the unit axes of each variable (``None``: the whole variable).
     epsilon: added to the variance.
+    variable_filter: an nnx filter over the layer's variables.
 
   Example:
     >>> import jax.numpy as jnp
@@ -615,10 +714,11 @@ class WeightStandardization(_KernelReparam):
     Weight Standardization", arXiv 1903.10520, eq. 5.
   """
 
-  def __init__(self, layer_instance: nnx.Module, *, feature_axes: int = -1,
-               epsilon: float = 1e-5):
-    super().__init__(layer_instance, feature_axes=feature_axes)
+  def __init__(self, layer_instance: nnx.Module, *, feature_axes: Optional[norms.Axes] = -1,
+               epsilon: float = 1e-5, variable_filter=nnx.PathContains('kernel')):
+    super().__init__(layer_instance, feature_axes=feature_axes,
+                     variable_filter=variable_filter)
     self.epsilon = epsilon
 
-  def _reparam(self, kernel):
-    return norms.weight_standardize(kernel, axis=self.feature_axes, epsilon=self.epsilon)
+  def _reparam(self, path, w):
+    return norms.weight_standardize(w, axis=self.feature_axes, epsilon=self.epsilon)

@@ -33,8 +33,7 @@ import numpy as np
 from jax import lax
 
 from bnjax._validation import (check_bool, check_float_input, check_positive,
-                               check_positive_int,
-                               check_unit_interval, unit_axes_of)
+                               check_positive_int, check_unit_interval, concrete_float)
 
 Array = jax.Array
 Axes = Union[int, Sequence[int]]
@@ -165,11 +164,17 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shif
   variance; the other two average the per-device means of ``x`` and ``x^2``
   (or of the squared deviations) with ``lax.pmean`` over ``axis_name`` and
   ``axis_index_groups``, as flax does. Both assume equal local batch sizes.
-  ``mask`` (``'fast'`` and ``'two_pass'``; bool, broadcastable to ``x``) keeps
-  the statistics to the positions it marks, as flax's ``mask``
-  (``mean(..., where=mask)``).
+  ``mask`` (``'fast'`` and ``'two_pass'``; bool, broadcastable to ``x``)
+  keeps the statistics to the positions it marks, as flax's ``mask`` (``mean(..., where=mask)``); with
+  ``axis_name`` too the devices pool their counts, sums and sums of squares
+  (:func:`_pooled_masked_stats`), so that the statistics are those of the
+  concatenated marked positions whatever each device holds (flax averages
+  the per-device masked means, which is wrong when the counts differ).
   """
   x = x.astype(_stats_dtype(x))
+  if mask is not None and axis_name is not None:
+    return _pooled_masked_stats(x, reduction_axes, axis_name, method, mask,
+                                axis_index_groups)
   if method != 'shifted':
 
     def means(*arrays):  # one collective for all of them, as flax
@@ -202,6 +207,47 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shif
   return mean, var
 
 
+def _stats_method(use_fast_variance, mask, axis_index_groups) -> str:
+  """bnjax's shifted statistics (``None``) unless flax's are asked for
+  (``True``: ``'fast'``, ``False``: ``'two_pass'``) or needed (a mask or device
+  groups read ``None`` as ``True``)."""
+  if use_fast_variance is False:
+    return 'two_pass'
+  if use_fast_variance is None and mask is None and axis_index_groups is None:
+    return 'shifted'
+  return 'fast'
+
+
+def _pooled_masked_stats(x, reduction_axes, axis_name, method, mask, axis_index_groups):
+  r"""Mean and variance of the marked positions of every device along ``axis_name``.
+
+  .. math::
+    N = \sum_i n_i, \quad \mu = \frac{1}{N} \sum_i S_i, \quad
+    \sigma^2 = \frac{1}{N} \sum_i \sum_{j \in i} |x_j - \mu|^2
+
+  Each device contributes its count ``n_i`` and sums (``lax.psum`` over
+  ``axis_name`` and ``axis_index_groups``), so a device with fewer marked
+  positions (or none: no NaN from it) weighs what it holds. ``'fast'`` pools
+  ``sum x`` and ``sum |x|^2`` in one collective; ``'two_pass'`` and
+  ``'shifted'`` pool the sum first, then the squared deviations from the
+  pooled mean (two collectives, exact for any offset). A feature with no
+  marked position anywhere gets NaN, as a mean over nothing.
+  """
+  mask = jnp.broadcast_to(mask, x.shape)
+  x = jnp.where(mask, x, 0.0)  # masked positions may hold NaN: no NaN in the gradient
+  psum = functools.partial(lax.psum, axis_name=axis_name, axis_index_groups=axis_index_groups)
+  count = jnp.sum(mask, reduction_axes, dtype=jnp.float32)
+  if method == 'fast':
+    count, total, total_sq = (psum(a) for a in (count, jnp.sum(x, reduction_axes),
+                                                 jnp.sum(_abs_sq(x), reduction_axes)))
+    mean = total / count
+    return mean, jnp.maximum(0.0, total_sq / count - _abs_sq(mean))
+  count, total = psum(count), psum(jnp.sum(x, reduction_axes))
+  mean = total / count
+  dev = jnp.where(mask, _abs_sq(x - jnp.expand_dims(mean, reduction_axes)), 0.0)
+  return mean, psum(jnp.sum(dev, reduction_axes)) / count
+
+
 def _broadcastable(param, shape, feature_axes):
   """Reshapes a parameter over ``feature_axes`` to broadcast against ``shape``."""
   if param is None:
@@ -212,12 +258,14 @@ def _broadcastable(param, shape, feature_axes):
   return jnp.reshape(param, target)
 
 
-def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsilon):
+def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsilon,
+               renorm=None):
   """``(x - mean) * rsqrt(var + epsilon) * scale + bias``.
 
   ``mean``/``var`` (either may be ``None`` to skip centering / scaling) have
   ``reduction_axes`` removed; ``scale``/``bias`` have the shape of
-  ``feature_axes``.
+  ``feature_axes``. ``renorm=(r, d)`` (batch renormalization, shaped as
+  ``mean``): ``((x - mean) * rsqrt(var + epsilon) * r + d) * scale + bias``.
   """
   out_dtype = jnp.result_type(x, *[p for p in (scale, bias) if p is not None])
   scale = _broadcastable(scale, x.shape, feature_axes)
@@ -225,15 +273,21 @@ def _normalize(x, mean, var, scale, bias, *, reduction_axes, feature_axes, epsil
   y = x.astype(jnp.promote_types(out_dtype, _stats_dtype(x)))
   if mean is not None:
     y = y - jnp.expand_dims(mean, reduction_axes)
-  mul = None
+  mul = shift = None
   if var is not None:
     mul = lax.rsqrt(jnp.expand_dims(var, reduction_axes) + epsilon)
+  if renorm is not None:
+    r, d = (jnp.expand_dims(a, reduction_axes) for a in renorm)
+    mul, shift = mul * r, d
   if scale is not None:
     mul = scale if mul is None else mul * scale
+    shift = None if shift is None else shift * scale
+  if bias is not None:
+    shift = bias if shift is None else shift + bias
   if mul is not None:
     y = y * mul
-  if bias is not None:
-    y = y + bias
+  if shift is not None:
+    y = y + shift
   return y.astype(out_dtype)
 
 
@@ -497,16 +551,103 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   if not training:
     return _normalize(x, stats.mean, stats.var, scale, bias, reduction_axes=red,
                       feature_axes=(feature_axis,), epsilon=epsilon), stats
-  if use_fast_variance is None and mask is None and axis_index_groups is None:
+  method = _stats_method(use_fast_variance, mask, axis_index_groups)
+  if method == 'shifted':
     y, mean, var = _standardize(x, scale, bias, reduction_axes=red,
                                 feature_axes=(feature_axis,), epsilon=epsilon,
                                 axis_name=axis_name, fused_backward=fused_backward)
   else:
-    mean, var = _compute_stats(x, red, axis_name,
-                               'two_pass' if use_fast_variance is False else 'fast',
-                               mask, axis_index_groups)
+    mean, var = _compute_stats(x, red, axis_name, method, mask, axis_index_groups)
     y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
                    feature_axes=(feature_axis,), epsilon=epsilon)
+  return y, _update_stats(stats, mean, var, momentum)
+
+
+def _check_renorm_limit(name: str, value, low: float):
+  v = concrete_float(value, name)
+  if v is not None and not (math.isfinite(v) and v >= low):
+    raise ValueError(f'{name} must be >= {low:g} and finite, got {value}.')
+
+
+def batch_renorm(x, scale=None, bias=None, stats=None, *, training: bool, r_max=3.0,
+                 d_max=5.0, momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None,
+                 use_fast_variance: Optional[bool] = None, mask=None,
+                 axis_index_groups=None):
+  r"""Batch renormalization (Ioffe 2017, Algorithm 1).
+
+  .. math::
+    \sigma_B = \sqrt{\sigma^2_B + \epsilon}, \quad \sigma = \sqrt{\sigma^2 + \epsilon},
+    \quad r = \Big[\frac{\sigma_B}{\sigma}\Big]_{1/r_{max}}^{r_{max}}, \quad
+    d = \Big[\frac{\mu_B - \mu}{\sigma}\Big]_{-d_{max}}^{d_{max}}
+
+  .. math::
+    y = \gamma \Big(\frac{x - \mu_B}{\sigma_B}\,r + d\Big) + \beta
+
+  with ``r`` and ``d`` held out of the gradient (``stop_gradient``), so the
+  gradient is batch norm's with ``r`` folded in. ``(mu, var)`` are the running
+  :class:`BatchStats` as passed in (before this step's update); they are then
+  moved toward the batch's as :func:`batch_norm` does. The paper keeps a
+  moving average of ``sigma``; this keeps flax's of ``var`` and reads
+  ``sigma = sqrt(var + epsilon)``. Inference (``training=False``) is batch
+  norm's with the running statistics. With ``r_max = 1`` and ``d_max = 0`` it
+  is batch norm. ``r_max``/``d_max`` may be traced scalars, so a schedule's
+  value at the step can be passed (the paper ramps them up from 1 and 0).
+
+  Scale invariance: per unit, as batch norm's (``r`` and ``d`` are ratios of
+  statistics that scale together), up to ``epsilon``.
+
+  Args:
+    x: input of real floating dtype, features along ``axis``.
+    scale, bias: optional ``(features,)`` gamma and beta.
+    stats: running :class:`BatchStats` (required).
+    training: batch statistics with the correction (True) or ``stats`` (False).
+    r_max: bound of ``r`` in ``[1/r_max, r_max]``, >= 1.
+    d_max: bound of ``|d|``, >= 0.
+    momentum, epsilon, axis, axis_name, use_fast_variance, mask,
+      axis_index_groups: as :func:`batch_norm` (``use_fast_variance=None``:
+      bnjax's shifted one-pass statistics, differentiated by autodiff).
+
+  Returns:
+    ``(y, new_stats)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from bnjax import norms
+    >>> x = jnp.array([[1.0], [3.0]])  # batch mean 2, std 1
+    >>> stats = norms.BatchStats(jnp.array([0.0]), jnp.array([4.0]))
+    >>> y, _ = norms.batch_renorm(x, stats=stats, training=True, r_max=1.5,
+    ...                           d_max=0.5, epsilon=1e-12)
+    >>> [round(float(v), 3) for v in y[:, 0]]  # r = 1/1.5, d = 0.5
+    [-0.167, 1.167]
+
+  References:
+    Ioffe, "Batch Renormalization: Towards Reducing Minibatch Dependence in
+    Batch-Normalized Models", NeurIPS 2017, arXiv 1702.03275, Algorithm 1.
+  """
+  if use_fast_variance is not None:
+    check_bool('use_fast_variance', use_fast_variance)
+  _check_renorm_limit('r_max', r_max, 1.0)
+  _check_renorm_limit('d_max', d_max, 0.0)
+  if stats is None:
+    raise ValueError('batch_renorm needs stats (the running BatchStats) in training too: '
+                     'r and d compare the batch statistics with them.')
+  feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
+                                   momentum=momentum, epsilon=epsilon, axis=axis)
+  mask = _check_mask(mask, x)
+  stats = BatchStats(*stats)
+  if not training:
+    return _normalize(x, stats.mean, stats.var, scale, bias, reduction_axes=red,
+                      feature_axes=(feature_axis,), epsilon=epsilon), stats
+  mean, var = _compute_stats(x, red, axis_name,
+                             _stats_method(use_fast_variance, mask, axis_index_groups),
+                             mask, axis_index_groups)
+  sigma_batch = jnp.sqrt(var + epsilon)
+  sigma = jnp.sqrt(stats.var.astype(var.dtype) + epsilon)
+  r = lax.stop_gradient(jnp.clip(sigma_batch / sigma, 1.0 / r_max, r_max))
+  d = lax.stop_gradient(jnp.clip((mean - stats.mean.astype(mean.dtype)) / sigma,
+                                 -d_max, d_max))
+  y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
+                 feature_axes=(feature_axis,), epsilon=epsilon, renorm=(r, d))
   return y, _update_stats(stats, mean, var, momentum)
 
 
@@ -937,25 +1078,38 @@ def instance_norm(x, scale=None, bias=None, *, epsilon=1e-6, axis: int = -1,
 # -------------------------------------------------------- weight reparams
 
 
-def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
+def _kernel_axes(w, axis) -> tuple:
+  """``(feature_axes, reduction_axes)`` of a kernel: ``axis`` an int, a tuple,
+  or ``None`` (no feature axis: one unit, the whole tensor), as flax's
+  ``WeightNorm.feature_axes``."""
+  ndim = jnp.ndim(w)
+  features = () if axis is None else _canonical_axes(ndim, axis)
+  return features, tuple(a for a in range(ndim) if a not in features)
+
+
+def weight_norm(v, g=None, *, axis: Optional[Axes] = -1, epsilon=1e-12):
   r"""Weight normalization (Salimans & Kingma 2016).
 
   .. math::
-    w = g\,\frac{v}{\lVert v \rVert}
+    w = g\,\frac{v}{\sqrt{\lVert v \rVert^2 + \epsilon}}
 
-  ``||v||`` is the L2 norm of each unit (over every axis but ``axis``),
-  computed as ``v * rsqrt(sum(v^2) + epsilon)`` like flax.linen.WeightNorm.
+  ``||v||`` is the L2 norm of each unit: over every axis but the unit axes
+  ``axis`` (an int, a tuple, or ``None`` for one norm of the whole tensor).
+  The arithmetic is flax's (``v * rsqrt(sum(v*v) + epsilon)`` in ``v``'s
+  dtype, then ``* g``), so the numbers equal flax.linen.WeightNorm's bit for
+  bit in every dtype.
 
   Scale invariance: per unit in ``v``, exactly up to ``epsilon``.
 
   Args:
-    v: the unnormalized kernel, units along ``axis``.
-    g: optional ``(units,)`` gain (``None``: unit gain).
-    axis: the unit axis.
+    v: the unnormalized kernel.
+    g: optional gain with one entry per unit (shape: the sizes of ``axis``;
+      ``None``: unit gain).
+    axis: the unit axes.
     epsilon: added to the squared norm, > 0.
 
   Returns:
-    ``w`` with the shape of ``v``.
+    ``w`` with the shape of ``v`` (dtype: ``v``'s promoted with ``g``'s).
 
   Example:
     >>> import jax.numpy as jnp
@@ -968,30 +1122,31 @@ def weight_norm(v, g=None, *, axis: int = -1, epsilon=1e-12):
     Salimans & Kingma, "Weight Normalization", NeurIPS 2016, arXiv
     1602.07868, eq. 2.
   """
-  unit_axis, red = unit_axes_of(v, axis)
-  _check_features('g', g, (jnp.shape(v)[unit_axis],))
+  features, red = _kernel_axes(v, axis)
+  _check_features('g', g, tuple(jnp.shape(v)[a] for a in features))
   check_positive('epsilon', epsilon)
   check_float_input('v', v)
-  v32 = v.astype(_stats_dtype(v))
-  sq = jnp.sum(v32 * v32, axis=red)
-  return _normalize(v, None, sq, g, None, reduction_axes=red,
-                    feature_axes=(unit_axis,), epsilon=epsilon)
+  w = v * lax.rsqrt(jnp.sum(v * v, axis=red, keepdims=True) + epsilon)
+  if g is None:
+    return w
+  return w * jnp.reshape(g, [jnp.shape(v)[a] if a in features else 1
+                             for a in range(jnp.ndim(v))])
 
 
-def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
+def weight_standardize(w, *, axis: Optional[Axes] = -1, epsilon=1e-5):
   r"""Weight standardization (Qiao et al. 2019, arXiv 1903.10520).
 
   .. math::
     \hat w = \frac{w - \operatorname{mean}(w)}{\sqrt{\operatorname{var}(w) + \epsilon}}
 
-  per unit (over every axis but ``axis``: fan-in and receptive field for a
-  flax kernel).
+  per unit (over every axis but the unit axes ``axis``: fan-in and receptive
+  field for a flax kernel; ``None``: the whole tensor as one unit).
 
   Scale invariance: per unit (and invariance to a per-unit shift).
 
   Args:
-    w: kernel, units along ``axis``.
-    axis: the unit axis.
+    w: kernel.
+    axis: the unit axes (an int, a tuple or ``None``).
     epsilon: added to the variance, > 0.
 
   Returns:
@@ -1008,10 +1163,10 @@ def weight_standardize(w, *, axis: int = -1, epsilon=1e-5):
     Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and
     Weight Standardization", arXiv 1903.10520, eq. 5.
   """
-  unit_axis, red = unit_axes_of(w, axis)
+  features, red = _kernel_axes(w, axis)
   check_positive('epsilon', epsilon)
   _check_input('w', w, red)
-  return _per_example_normalize(w, None, None, red, (unit_axis,), epsilon,
+  return _per_example_normalize(w, None, None, red, features, epsilon,
                                 use_fast_variance=False)
 
 

@@ -29,6 +29,7 @@ al. 2021, "AdamP" (arXiv 2006.08217); Luo et al. 2019 (arXiv 1809.00846).
 """
 
 import math
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -699,3 +700,164 @@ def effective_batch(batch_size: int, population: int) -> float:
   if batch_size == population:
     return math.inf
   return batch_size * (population - 1) / (population - batch_size)
+
+
+class ExponentialLR(typing.NamedTuple):
+  """:func:`exponential_lr_equivalent`'s schedule and how the two runs relate."""
+  learning_rates: np.ndarray  # the learning rate of each step, without weight decay
+  alpha: float  # w_t = alpha**t * w~_t (the decayed run's weights are the shrunk ones)
+  initial_momentum: float  # start the momentum buffer at this times w_0 (0 for SGD)
+
+
+def exponential_lr_equivalent(learning_rate, weight_decay, *, momentum=0.0,
+                              steps: int) -> ExponentialLR:
+  r"""The exponentially growing learning rate that replaces weight decay on
+  scale-invariant weights (Li & Arora 2020).
+
+  SGD with L2 (gradient ``g + lambda w``) and heavy-ball momentum ``a``,
+  :math:`v_{t+1} = a v_t + g_t + \lambda w_t,\ w_{t+1} = w_t - \eta v_{t+1}`,
+  on weights where :math:`g(c w) = g(w)/c` is the same run as momentum SGD
+  *without* weight decay under
+
+  .. math::
+    \tilde\eta_t = \eta\,\alpha^{-2t-1}, \qquad
+    \alpha^2 - (1 + a - \eta\lambda)\,\alpha + a = 0 \ (\text{the larger root}),
+
+  in the sense :math:`w_t = \alpha^t \tilde w_t`: the same directions, the
+  decayed run's norms :math:`\alpha^t` times the other's. Without momentum
+  :math:`\alpha = 1 - \eta\lambda`. With momentum the second run's buffer
+  starts at :math:`\tilde v_0 = \frac{\alpha - 1 + \eta\lambda}{\eta a} w_0`
+  (``initial_momentum * w_0``) where the first's starts at 0, so that the
+  two agree from the first step (the paper's momentum form, in optax's
+  ``trace`` convention: ``optax.sgd(schedule, momentum=a)``). The root is
+  real when :math:`\eta\lambda \le (1 - \sqrt a)^2`.
+
+  Args:
+    learning_rate: ``eta`` > 0 of the run with weight decay.
+    weight_decay: ``lambda`` > 0 (coupled, as ``optax.add_decayed_weights``
+      before the momentum).
+    momentum: ``a`` in [0, 1).
+    steps: the number of steps to give rates for.
+
+  Returns:
+    An :class:`ExponentialLR`: ``learning_rates`` (NumPy, ``(steps,)``),
+    ``alpha`` and ``initial_momentum``.
+
+  Raises:
+    ValueError: ``eta * lambda > (1 - sqrt(a))^2`` (no real alpha), or a
+      non-positive rate, decay or step count.
+
+  Example:
+    >>> from bnjax import theory
+    >>> s = theory.exponential_lr_equivalent(0.1, 0.01, steps=3)
+    >>> round(s.alpha, 6), [round(float(v), 6) for v in s.learning_rates]
+    (0.999, [0.1001, 0.100301, 0.100502])
+
+  References:
+    Li & Arora, "An Exponential Learning Rate Schedule for Deep Learning",
+    ICLR 2020, arXiv 1910.07454, section 2 (fixed LR and WD as an
+    exponential LR; with momentum, :math:`\alpha` a root of
+    :math:`x^2 - (1 + \gamma - \lambda\eta)x + \gamma`). The starting
+    buffer :math:`\tilde v_0` in optax's convention is derived here from
+    the two recursions, and ``tests/test_timescales.py`` trains both runs.
+  """
+  check_positive('learning_rate', learning_rate)
+  check_positive('weight_decay', weight_decay)
+  check_unit_interval('momentum', momentum, include_one=False)
+  steps = check_positive_int('steps', steps)
+  lr, wd, a = float(learning_rate), float(weight_decay), float(momentum)
+  b = 1.0 + a - lr * wd
+  disc = b * b - 4.0 * a
+  if disc < 0:
+    raise ValueError(f'learning_rate * weight_decay = {lr * wd:g} exceeds (1 - sqrt(momentum))^2 '
+                     f'= {(1 - math.sqrt(a)) ** 2:g}: no real alpha, no exponential equivalent.')
+  alpha = (b + math.sqrt(disc)) / 2.0
+  rates = lr * alpha ** (-2.0 * np.arange(steps) - 1.0)
+  start = 0.0 if a == 0 else (alpha - 1.0 + lr * wd) / (lr * a)
+  return ExponentialLR(rates, alpha, start)
+
+
+def ema_timescale(learning_rate, weight_decay, steps_per_epoch=None):
+  r"""AdamW's weights as an exponential moving average: its timescale.
+
+  Decoupled decay multiplies the weights by :math:`1 - \eta\lambda` each
+  step, so they average the updates over
+
+  .. math::
+    \tau_\text{iter} = \frac{1}{\eta\lambda}, \qquad
+    \tau_\text{epoch} = \frac{\tau_\text{iter}}{\text{steps per epoch}}
+
+  (Wang & Aitchison 2024); the best :math:`\tau_\text{epoch}` is found
+  roughly constant across model and dataset size.
+
+  Args:
+    learning_rate: ``eta`` > 0 (a float or an array, e.g. a schedule's values).
+    weight_decay: ``lambda`` > 0 (optax's ``adamw`` ``weight_decay``).
+    steps_per_epoch: optional, > 0: the timescale in epochs instead of steps.
+
+  Returns:
+    :math:`\tau_\text{iter}` (or :math:`\tau_\text{epoch}`): a float, or an
+    array shaped like the inputs.
+
+  Example:
+    >>> from bnjax import theory
+    >>> theory.ema_timescale(1e-3, 0.1), theory.ema_timescale(1e-3, 0.1, 100)
+    (10000.0, 100.0)
+
+  References:
+    Wang & Aitchison, "How to set AdamW's weight decay as you scale model
+    and dataset size", 2024, arXiv 2405.13698, section 3.
+  """
+  lr, wd = _positive_array('learning_rate', learning_rate), _positive_array(
+      'weight_decay', weight_decay)
+  tau = 1.0 / (lr * wd)
+  if steps_per_epoch is not None:
+    tau = tau / _positive_array('steps_per_epoch', steps_per_epoch)
+  return float(tau) if np.ndim(tau) == 0 else tau
+
+
+def weight_decay_for_timescale(learning_rate, tau_epochs, steps_per_epoch):
+  r"""The AdamW weight decay that gives an EMA timescale of ``tau_epochs``.
+
+  .. math::
+    \lambda = \frac{1}{\eta\,\tau_\text{epoch}\,(\text{steps per epoch})}
+
+  the inverse of :func:`ema_timescale` (Wang & Aitchison 2024): keep
+  ``tau_epochs`` and this sets lambda for a new dataset size or batch size.
+
+  Args:
+    learning_rate: ``eta`` > 0 (a float or an array).
+    tau_epochs: the timescale in epochs, > 0.
+    steps_per_epoch: > 0.
+
+  Returns:
+    ``lambda``: a float, or an array shaped like the inputs.
+
+  Example:
+    >>> from bnjax import theory
+    >>> round(theory.weight_decay_for_timescale(1e-3, 10.0, 469), 6)
+    0.21322
+
+  References:
+    Wang & Aitchison, "How to set AdamW's weight decay as you scale model
+    and dataset size", 2024, arXiv 2405.13698, section 3.
+  """
+  lr = _positive_array('learning_rate', learning_rate)
+  tau = _positive_array('tau_epochs', tau_epochs)
+  steps = _positive_array('steps_per_epoch', steps_per_epoch)
+  wd = 1.0 / (lr * tau * steps)
+  return float(wd) if np.ndim(wd) == 0 else wd
+
+
+def _positive_array(name: str, value) -> np.ndarray:
+  """``value`` (a number or array) as float64, every entry finite and > 0."""
+  if isinstance(value, (bool, np.bool_, str, bytes)) or value is None or callable(value):
+    raise TypeError(f'{name} must be a positive number or an array of them, got {value!r}.')
+  try:
+    arr = np.asarray(value, float)
+  except (TypeError, ValueError):
+    raise TypeError(f'{name} must be a positive number or an array of them, '
+                    f'got {value!r}.') from None
+  if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
+    raise ValueError(f'{name} must be > 0 and finite, got {value!r}.')
+  return arr

@@ -160,3 +160,103 @@ def test_complex_inputs_as_flax(masked):
   with pytest.raises(TypeError, match='x is complex: .*pass use_fast_variance=True or False'):
     layers.BatchNorm(use_running_average=False, use_fast_variance=None).init(
         jax.random.key(0), x)
+
+
+class _Wrapping(nn.Module):
+  """flax's WeightNorm test shapes: a layer bound beside the wrapper, one
+  adopted by it, a Conv, attention, and a wrapped module with layers inside."""
+  weight_norm: type
+  kwargs: dict
+
+  @nn.compact
+  def __call__(self, x):
+    wn = lambda layer, **k: self.weight_norm(layer, **self.kwargs, **k)
+    h = wn(nn.Dense(6))(x.reshape(x.shape[0], -1))
+    h = wn(nn.Dense(6, parent=None), name='adopted')(h)
+    y = wn(nn.Conv(4, (2, 2)))(x)
+    a = wn(nn.MultiHeadDotProductAttention(2, qkv_features=4))(y[:, 0], y[:, 1])
+    return h.sum() + a.sum() + wn(_Block(parent=None))(h).sum()
+
+
+class _Block(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(2)(nn.Dense(3)(x))
+
+
+WN_SETTINGS = {
+    'default': {},
+    'feature_axes_tuple': dict(feature_axes=(-2, -1)),
+    'feature_axes_none': dict(feature_axes=None),
+    'filter_bias': dict(variable_filter={'bias'}),
+    'filter_all': dict(variable_filter=None),
+    'filter_module': dict(variable_filter={'Dense_0', 'key'}),
+    'no_scale': dict(use_scale=False),
+    'scale_init': dict(scale_init=nn.initializers.constant(0.5), epsilon=1e-3),
+    'dtypes': dict(dtype=jnp.float16, param_dtype=jnp.float16),
+}
+
+
+@pytest.mark.parametrize('setting', list(WN_SETTINGS))
+def test_linen_weight_norm_names_and_bits_equal_flax(setting):
+  x = jax.random.normal(jax.random.key(1), (2, 3, 4, 5))
+  ours, theirs = (_Wrapping(wn, WN_SETTINGS[setting]) for wn in
+                  (layers.WeightNorm, nn.WeightNorm))
+  v = theirs.init(jax.random.key(0), x)
+  assert (jax.tree_util.tree_map(jnp.shape, ours.init(jax.random.key(0), x)) ==
+          jax.tree_util.tree_map(jnp.shape, v))
+  gains = jax.tree_util.tree_leaves_with_path(v['params'])
+  v = {'params': jax.tree_util.tree_map(  # gains away from their initial value
+      lambda w: w * 1.5 - 0.25, v['params'])}
+  assert any(str(p[-1].key).endswith('/scale') for p, _ in gains) == (setting != 'no_scale')
+  _equal(ours.apply(v, x), theirs.apply(v, x))
+  grad = lambda m: jax.grad(lambda p: m.apply({'params': p}, x))(v['params'])
+  _equal(grad(ours), grad(theirs))
+
+
+@pytest.mark.parametrize('dtype,param_dtype', DTYPES)
+@pytest.mark.parametrize('feature_axes', [-1, None])
+def test_nnx_weight_norm_bit_equal_to_linen(dtype, param_dtype, feature_axes):
+  x = jax.random.normal(jax.random.key(0), (10, 8))
+  kw = dict(feature_axes=feature_axes, scale_init=nn.initializers.constant(2.0))
+  linen = nn.WeightNorm(nn.Dense(4, dtype=dtype, param_dtype=param_dtype, parent=None),
+                        dtype=dtype, param_dtype=param_dtype, **kw)
+  v = linen.init(jax.random.key(1), x)
+  dense = nnx.Linear(8, 4, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+  dense.kernel.set_value(v['params']['layer_instance']['kernel'])
+  dense.bias.set_value(v['params']['layer_instance']['bias'])
+  ours = bnx.WeightNorm(dense, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(2), **kw)
+  _equal(ours.scales[('kernel',)][...], v['params']['layer_instance/kernel/scale'])
+  _equal(ours(x), linen.apply(v, x))
+
+
+def test_nnx_weight_norm_gains_train_and_the_stored_kernel_stays_raw():
+  dense = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+  kernel = dense.kernel[...]
+  ours = bnx.WeightNorm(dense, variable_filter=nnx.Any(nnx.PathContains('kernel'),
+                                                       nnx.PathContains('bias')),
+                        rngs=nnx.Rngs(1))
+  assert set(ours.scales) == {('kernel',), ('bias',)}
+  x = jax.random.normal(jax.random.key(0), (10, 8))
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(ours)
+  assert float(jnp.abs(grads['scales'][('kernel',)][...]).sum()) > 0
+  _equal(dense.kernel[...], kernel)  # flax.nnx's overwrites it with the normalized kernel
+  theirs = nnx.WeightNorm(nnx.Linear(8, 4, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(1))
+  assert 'scales' not in nnx.state(theirs, nnx.Param)  # flax 0.12: plain arrays
+  theirs(x)
+  assert float(jnp.abs(theirs.layer_instance.kernel[...] - kernel).max()) > 0
+
+
+def test_weight_standardization_takes_weight_norm_conventions():
+  x = jax.random.normal(jax.random.key(1), (2, 5))
+  ws = layers.WeightStandardization(nn.Dense(6), variable_filter=None, feature_axes=None)
+  v = ws.init(jax.random.key(0), x)
+  k, b = v['params']['layer_instance']['kernel'], v['params']['layer_instance']['bias']
+  std = lambda w: (w - w.mean()) / jnp.sqrt(w.var() + 1e-5)
+  np.testing.assert_allclose(ws.apply(v, x), x @ std(k) + std(b), atol=1e-5)
+  dense = nnx.Linear(5, 6, rngs=nnx.Rngs(0))
+  dense.kernel.set_value(k)
+  dense.bias.set_value(b)
+  ours = bnx.WeightStandardization(dense, feature_axes=None, variable_filter=...)
+  np.testing.assert_allclose(ours(x), ws.apply(v, x), atol=1e-6)

@@ -571,6 +571,41 @@ def test_checkpoint_from_before_a_tracked_field_resumes_not_retrains(reference, 
   _assert_same_run(tmp_path, reference)
 
 
+def _with_old_weight_norm_gains(tree):
+  """The tree as bnjax wrote it before its WeightNorm took flax's gain names."""
+  if isinstance(tree, dict):
+    return {('scale' if k == 'layer_instance/kernel/scale' else k): _with_old_weight_norm_gains(v)
+            for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_with_old_weight_norm_gains(v) for v in tree]
+  return tree
+
+
+def test_checkpoint_with_the_earlier_weight_norm_gain_names_resumes(tmp_path):
+  # bnjax's WeightNorm called its gain `scale` before it took flax's
+  # `layer_instance/kernel/scale`: such checkpoints (params and the optimizer's
+  # momentum both) resume from their step and end equal to an unbroken run.
+  wn = dataclasses.replace(TS, norm='weight', optimizer='momentum')
+  trainer.train(wn, tmp_path / 'unbroken', progress=False)
+  trainer.train(wn, tmp_path / 'run', progress=False, stop_after=21)
+  ckpt = workdir.Checkpoints(tmp_path / 'run')
+  for step in ckpt.manager.all_steps():
+    new = ckpt.manager.restore(step, args=workdir.ocp.args.StandardRestore())
+    old = _with_old_weight_norm_gains(new)
+    assert old != new and 'scale' in old['params']['dense']
+    ckpt.manager.delete(step)
+    ckpt.save(step, old)
+  assert 'layer_instance/kernel/scale' in workdir.Checkpoints(
+      tmp_path / 'run').latest_state()['params']['dense']  # the reports' reader too
+  with mock.patch.object(workdir.logging, 'warning') as warning:
+    trainer.train(wn, tmp_path / 'run', progress=False)
+  message = warning.call_args[0][0] % warning.call_args[0][1:]
+  assert warning.call_count == 1 and 'step 16' in message, message
+  assert 'WeightNorm gains' in message and 'damaged' not in message
+  assert not (tmp_path / 'run' / 'checkpoints_damaged').exists()
+  _assert_same_run(tmp_path / 'run', tmp_path / 'unbroken')
+
+
 def test_restore_by_name_fills_only_derived_fields():
   template = {'params': {'w': np.zeros(2, np.float32)},
               'tracked': {'weight_norm': np.zeros(()), 'angular_update_rms': np.zeros(())}}

@@ -143,12 +143,9 @@ class KernelReparamTest(chex.TestCase):
     v = ours.init(jax.random.key(0), x)
     self.assertEqual(_shapes(v), {'params': {'layer_instance': {'kernel': (5, 7),
                                                                 'bias': (7,)},
-                                             'scale': (7,)}})
+                                             'layer_instance/kernel/scale': (7,)}})
     v = {'params': _perturb(v['params'])}
-    p = v['params']
-    ref = nn.WeightNorm(nn.Dense(7)).apply(
-        {'params': {'layer_instance': p['layer_instance'],
-                    'layer_instance/kernel/scale': p['scale']}}, x)
+    ref = nn.WeightNorm(nn.Dense(7)).apply(v, x)
     chex.assert_trees_all_close(ours.apply(v, x), ref, **TOL)
 
   def test_weight_standardized_conv(self):

@@ -84,8 +84,9 @@ def test_gain_mask_marks_norm_scales_and_weight_norm_gains():
   from bnjax import models
   x = jnp.ones((4, 10))
   params = models.build('perceptron', 'weight').init(jax.random.key(0), x)['params']
-  assert masks.gain_mask(params) == {'dense': {'scale': True, 'layer_instance': {
-      'kernel': False, 'bias': False}}}
+  assert masks.gain_mask(params) == {'dense': {'layer_instance/kernel/scale': True,
+                                               'layer_instance': {'kernel': False,
+                                                                  'bias': False}}}
   params = models.build('perceptron', 'batch').init(jax.random.key(0), x)['params']
   assert masks.gain_mask(params) == {'dense': {'kernel': False},
                                      'dense_norm': {'scale': True, 'bias': False}}

@@ -79,17 +79,18 @@ def test_batch_family_equals_linen(ours, theirs):
 def test_weight_norm_equals_flax_nnx_and_linen():
   x = X.reshape(8, -1)
   ours = nnx.WeightNorm(fnnx.Linear(150, 4, rngs=fnnx.Rngs(1)), rngs=fnnx.Rngs(2))
-  ours.scale.value = jnp.array([0.5, 1.0, 2.0, 3.0])
+  gain = jnp.array([0.5, 1.0, 2.0, 3.0])
+  ours.scales[('kernel',)][...] = gain
   kernel = ours.layer_instance.kernel.value
   flax_wn = fnnx.WeightNorm(fnnx.Linear(150, 4, rngs=fnnx.Rngs(1)), rngs=fnnx.Rngs(2))
-  flax_wn.scales = fnnx.data({k: ours.scale.value for k in flax_wn.scales})
+  flax_wn.scales = fnnx.data({k: gain for k in flax_wn.scales})
   chex.assert_trees_all_close(ours(x), flax_wn(x), **TOL)
   # Ours leaves the stored kernel alone (flax.nnx writes the normalized one back).
   chex.assert_trees_all_equal(ours.layer_instance.kernel.value, kernel)
   linen = layers.WeightNorm(nn.Dense(4))
   ref = linen.apply({'params': {'layer_instance': {
       'kernel': kernel, 'bias': ours.layer_instance.bias.value},
-      'scale': ours.scale.value}}, x)
+      'layer_instance/kernel/scale': gain}}, x)
   chex.assert_trees_all_close(ours(x), ref, **TOL)
 
 

@@ -174,13 +174,14 @@ def test_gamma_decay_is_the_gradient_of_zeta_gamma_squared():
   model, tx = trainer.build_model(cfg), trainer.build_optimizer(cfg)
   x = np.random.default_rng(0).standard_normal((32, 20)).astype(np.float32)
   params = model.init(jax.random.key(0), x)['params']
-  params['dense']['scale'] = params['dense']['scale'] * 1.7  # gamma away from 1
+  gain = 'layer_instance/kernel/scale'  # WeightNorm's gain g, named as flax names it
+  params['dense'][gain] = params['dense'][gain] * 1.7  # gamma away from 1
 
   def loss(p):
     return jax.numpy.mean(model.apply({'params': p}, x) ** 2)
 
   updates, _ = tx.update(jax.grad(loss)(params), tx.init(params), params)
-  expected = jax.grad(lambda p: loss(p) + zeta * jax.numpy.sum(p['dense']['scale'] ** 2))(
+  expected = jax.grad(lambda p: loss(p) + zeta * jax.numpy.sum(p['dense'][gain] ** 2))(
       params)
   chex.assert_trees_all_close(updates, jax.tree_util.tree_map(lambda g: -lr * g, expected),
                               rtol=1e-5, atol=1e-7)

@@ -76,6 +76,10 @@ class RunFiles:
                invariant=None):
     self.config, self.wanted, self.main_process = config, wanted, main_process
     self.invariant = invariant
+    # The optimizer's scale-invariant layers: those given (bnjax.train.fit's
+    # measured mask), else the models' (read from the params, as the optimizer does).
+    self.optimizer_invariant = invariant
+    self.decays = None  # {layer: (learning-rate factor, decoupled decay)}, read once
     self.workdir = pathlib.Path(workdir)
     self.checkpoints = workdirs.Checkpoints(self.workdir)
     self.last_checkpoint: Optional[int] = None
@@ -147,6 +151,14 @@ class RunFiles:
                         if self.config.norm in PER_UNIT_INVARIANT else set())
     line.update(step_metrics.layer_metrics(current.opt_state, self.invariant))
     line.update(step_metrics.gain_metrics(current.params))
+    if self.decays is None:
+      invariant = self.optimizer_invariant
+      if invariant is None:
+        invariant = step_metrics.invariant_layers(current.params)
+      self.decays = decoupled_decays(self.config, step_metrics.kernel_layers(current.params),
+                                     invariant)
+    line.update(step_metrics.timescale_metrics(line['learning_rate'], self.decays,
+                                               self.config.steps_per_epoch()))
     line.update(test_metrics or {})
     if self.log is not None:
       self.log.write(line)
@@ -181,3 +193,34 @@ class RunFiles:
     if self.events is not None:
       self.events.close()
       self.events = None
+
+
+def decoupled_decays(config: Config, kernel_layers, invariant_layers) -> dict:
+  r"""The kernels a run's decoupled weight decay shrinks, with their rates.
+
+  .. math::
+    w \leftarrow (1 - f\,\eta_t\,\lambda)\,w - \dots
+
+  as :func:`bnjax.train.programs.build_optimizer` chains it: ``weight_decay``
+  on every kernel (with ``head_weight_decay >= 0``, on the scale-invariant
+  ones, and ``head_weight_decay`` on the others), and the learning-rate
+  factor ``f = rest_learning_rate / learning_rate`` on the kernels outside
+  the invariant ones when ``rest_learning_rate`` is set. Only SGD and Adam
+  with ``regularizer='decoupled'`` (AdamW) decay this way.
+
+  Returns:
+    ``{layer: (f, lambda)}`` for every kernel with ``lambda > 0``; empty for
+    any other optimizer or regularizer.
+  """
+  if config.regularizer != 'decoupled' or config.optimizer not in ('sgd', 'momentum', 'adam'):
+    return {}
+  out = {}
+  for layer in kernel_layers:
+    inside = layer in invariant_layers
+    decay = (config.weight_decay if inside or config.head_weight_decay < 0
+             else config.head_weight_decay)
+    factor = (1.0 if inside or config.rest_learning_rate == -1
+              else config.rest_learning_rate / config.learning_rate)
+    if decay > 0:
+      out[layer] = (factor, decay)
+  return out

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnjax import dynamics, masks, transforms
+from bnjax import dynamics, masks, theory, transforms
 from bnjax._validation import key_names
 
 __all__ = [
@@ -219,6 +219,45 @@ def layer_metrics(opt_state, invariant=None) -> dict:
     if metric != 'effective_lr' or invariant is None or layer in invariant:
       out[f'{metric}/{layer}'] = float(value)
   return out
+
+
+def timescale_metrics(learning_rate, decays: dict, steps_per_epoch) -> dict:
+  r"""``ema_timescale_epochs/<layer>``: the EMA timescale of each decayed kernel.
+
+  .. math::
+    \tau_\text{epoch} = \frac{1}{f\,\eta_t\,\lambda\ (\text{steps per epoch})}
+
+  (:func:`bnjax.theory.ema_timescale`, Wang & Aitchison 2024) at the step's
+  learning rate; none while the rate is 0 (a warmup's first step).
+
+  Args:
+    learning_rate: the step's learning rate ``eta_t``.
+    decays: ``{layer: (f, lambda)}``
+      (:func:`bnjax.train.run_files.decoupled_decays`).
+    steps_per_epoch: the run's steps per epoch.
+
+  Returns:
+    A dict of floats, one per decayed layer.
+
+  Example:
+    >>> from bnjax.train import step_metrics
+    >>> step_metrics.timescale_metrics(1e-3, {'conv1': (1.0, 0.1)}, 100)
+    {'ema_timescale_epochs/conv1': 100.0}
+
+  References:
+    Wang & Aitchison, "How to set AdamW's weight decay as you scale model
+    and dataset size", 2024, arXiv 2405.13698.
+  """
+  if not learning_rate > 0:
+    return {}
+  return {f'ema_timescale_epochs/{layer}': theory.ema_timescale(
+      factor * learning_rate, decay, steps_per_epoch)
+          for layer, (factor, decay) in sorted(decays.items())}
+
+
+def kernel_layers(params) -> set:
+  """The layers holding a kernel (:func:`bnjax.masks.kernel_mask`)."""
+  return invariant_layers(params, masks.kernel_mask)
 
 
 def invariant_layers(params, invariant=masks.scale_invariant_kernels) -> set:

@@ -574,14 +574,20 @@ class Checkpoints:
         return self.manager.restore(step, args=ocp.args.StandardRestore(template)), step
       except Exception as e:  # any failure to read it back is damage
         try:
-          state, missing = restore_by_name(
-              self.manager.restore(step, args=ocp.args.StandardRestore()), template)
+          raw, renamed = renamed_weight_norm_gains(
+              self.manager.restore(step, args=ocp.args.StandardRestore()))
+          state, missing = restore_by_name(raw, template)
         except Exception:  # pylint: disable=broad-except
           self._set_aside(step, e)
           continue
-        logging.warning('checkpoint of step %d in %s has no %s (written by an earlier '
-                        'bnjax); restored without, those start from the template.',
-                        step, self.workdir, ', '.join(sorted(missing)))
+        if renamed:
+          logging.warning('checkpoint of step %d in %s was written by an earlier bnjax: '
+                          'read its %d WeightNorm gains `scale` as flax names them, '
+                          '`<layer>/kernel/scale`.', step, self.workdir, renamed)
+        if missing:
+          logging.warning('checkpoint of step %d in %s has no %s (written by an earlier '
+                          'bnjax); restored without, those start from the template.',
+                          step, self.workdir, ', '.join(sorted(missing)))
         return state, step
     return None, None
 
@@ -603,7 +609,37 @@ class Checkpoints:
     step = self.manager.latest_step()
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.workdir / CHECKPOINTS}')
-    return self.manager.restore(step, args=ocp.args.StandardRestore())
+    return renamed_weight_norm_gains(
+        self.manager.restore(step, args=ocp.args.StandardRestore()))[0]
+
+
+def renamed_weight_norm_gains(raw):
+  """A checkpoint restored without a template, with bnjax's earlier WeightNorm
+  gain names read as flax's.
+
+  bnjax before 2026-12-05 named the gain of :class:`bnjax.layers.WeightNorm`
+  ``scale``, beside the wrapped layer's ``layer_instance``; flax (and bnjax
+  since) name it ``layer_instance/kernel/scale``. A dict holding both
+  ``layer_instance`` and ``scale`` is such a module (in the parameters and
+  in every optimizer state that mirrors them).
+
+  Returns:
+    ``(raw, count)``: the tree with those keys renamed, and how many were.
+  """
+  count = 0
+
+  def rename(node):
+    nonlocal count
+    if isinstance(node, dict):
+      node = {k: rename(v) for k, v in node.items()}
+      if 'layer_instance' in node and 'scale' in node:
+        node['layer_instance/kernel/scale'] = node.pop('scale')
+        count += 1
+    elif isinstance(node, list):
+      node = [rename(v) for v in node]
+    return node
+
+  return rename(raw), count
 
 
 def restore_by_name(raw, template, derived=None):

@@ -73,6 +73,9 @@ def read_run(workdir) -> dict:
   return dict(name=folder.name, config=config, lines=lines, fan_in=fan_in or {})
 
 
+TIMESCALE = 'ema_timescale_epochs/'  # per decayed layer, decoupled decay only
+
+
 def _series(lines, key):
   steps = [l['step'] for l in lines if l.get(key) is not None]
   return steps, [l[key] for l in lines if l.get(key) is not None]
@@ -134,6 +137,7 @@ def plot_runs(workdirs, output) -> pathlib.Path:
   layers = sorted({layer for r in runs for layer in _layers(r['lines'])})
   rows = 1 + len(layers)
   fig, axes = plt.subplots(rows, 3, figsize=(12, 2.6 * rows), squeeze=False)
+  timescale_axis = None
   for i, run in enumerate(runs):
     colour, lines, label = f'C{i}', run['lines'], run['name']
     axes[0, 0].plot(*_series(lines, 'loss'), colour, lw=0.9, label=label)
@@ -141,6 +145,11 @@ def plot_runs(workdirs, output) -> pathlib.Path:
     accuracy = test if test[0] else _series(lines, 'accuracy')
     axes[0, 1].plot(*accuracy, colour, lw=0.9, marker='.' if test[0] else None, label=label)
     axes[0, 2].plot(*_series(lines, 'learning_rate'), colour, lw=0.9, label=label)
+    for key in sorted({k for l in lines for k in l if k.startswith(TIMESCALE)}):
+      if timescale_axis is None:
+        timescale_axis = axes[0, 2].twinx()
+        timescale_axis.set_ylabel('EMA timescale (epochs), dotted', fontsize=8)
+      timescale_axis.semilogy(*_series(lines, key), colour, ls=':', lw=1.2)
     for row, layer in enumerate(layers, start=1):
       axes[row, 0].semilogy(*_series(lines, f'weight_norm/{layer}'), colour, lw=0.9)
       axes[row, 1].semilogy(*_series(lines, f'effective_lr/{layer}'), colour, lw=0.9)

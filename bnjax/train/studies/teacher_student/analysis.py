@@ -42,7 +42,8 @@ def affine_map(params, batch_stats, norm: str, stats: str = 'population', x=None
   p = params['dense']
   if norm == 'weight':
     v = np.asarray(p['layer_instance']['kernel'], np.float64)[:, 0]
-    return float(p['scale'][0]) * v / np.linalg.norm(v), float(p['layer_instance']['bias'][0])
+    g = float(p['layer_instance/kernel/scale'][0])
+    return g * v / np.linalg.norm(v), float(p['layer_instance']['bias'][0])
   if norm == 'none':
     return np.asarray(p['kernel'], np.float64)[:, 0], float(p['bias'][0])
   if norm != 'batch':
