@@ -1,9 +1,9 @@
 # `make test` on a fresh machine: creates .venv, installs bnjax with its test
 # extra, runs the whole suite. `make docs`: the Sphinx site in docs/_build/html. `make study`: the same setup plus Fashion-MNIST,
 # then the quick presets of the effective-LR and equilibrium studies
-# (runs/<study>/report.md); `make studies` adds the two Luo et al. studies and the
-# rotational-optimizer study; `make standard` runs all five at the standard
-# presets (the committed docs/reports).
+# (runs/<study>/report.md); `make studies` adds the two Luo et al. studies, the
+# rotational-optimizer study and the AdamW-timescale study; `make standard` runs
+# all six at the standard presets (the committed docs/reports).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -55,11 +55,12 @@ studies: study
 	$(PY) -m experiments.bn_regularization --preset=quick --workdir=runs/bn_regularization
 	$(PY) -m experiments.teacher_student --preset=quick --workdir=runs/teacher_student
 	$(PY) -m experiments.rotational --preset=quick --workdir=runs/rotational
+	$(PY) -m experiments.timescale --preset=quick --workdir=runs/timescale
 
 # The standard presets: 3+ seeds per cell, decisive verdicts (56 minutes for
 # the first four, about 62 for all five, on a 2-core AMD EPYC), into runs/standard/<study>/.
 standard: $(STAMP) data
-	for s in effective_lr equilibrium bn_regularization teacher_student rotational; do \
+	for s in effective_lr equilibrium bn_regularization teacher_student rotational timescale; do \
 	  $(PY) -m experiments.$$s --preset=standard --workdir=runs/standard/$$s || exit 1; \
 	done
 

@@ -83,15 +83,16 @@ class BatchNormBase(nn.Module):
 
   @nn.compact
   def __call__(self, x, use_running_average: Optional[bool] = None, *, mask=None):
-    """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``; :class:`BatchNorm`
-    and :class:`BatchRenorm` only, as flax's) keeps the batch statistics to the
-    positions it marks."""
+    """Normalizes ``x``; ``mask`` (bool, broadcastable to ``x``, as flax's
+    BatchNorm's; every variant but :class:`GhostBatchNorm`) keeps the batch
+    statistics to the positions it marks."""
     if self.frozen:
       training = False
     else:
       training = not nn.merge_param('use_running_average', self.use_running_average,
                                     use_running_average)
-    kwargs = norms._with_mask(self._norm_kwargs(training), mask, type(self).__name__)  # pylint: disable=protected-access
+    kwargs = norms._with_mask(  # pylint: disable=protected-access
+        type(self).norm_fn, self._norm_kwargs(training), mask, type(self).__name__)
     features = (jnp.shape(x)[self.axis],)
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
     ra_var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)

@@ -116,13 +116,15 @@ class _BatchNormBase(nnx.Module):
       use_running_average: overrides the constructor's setting when given;
         ``True`` normalizes with the running statistics (inference).
         ``frozen=True`` always does and never updates them.
-      mask: bool, broadcastable to ``x`` (:class:`BatchNorm` only, as
-        flax.nnx's): the batch statistics use only the positions it marks.
+      mask: bool, broadcastable to ``x`` (as flax.nnx.BatchNorm's; every
+        variant but :class:`GhostBatchNorm`): the batch statistics use only
+        the positions it marks.
     """
     if use_running_average is None:
       use_running_average = self.use_running_average
     training = not (use_running_average or self.frozen)
-    kwargs = norms._with_mask(self._norm_kwargs(training), mask, type(self).__name__)  # pylint: disable=protected-access
+    kwargs = norms._with_mask(  # pylint: disable=protected-access
+        type(self).norm_fn, self._norm_kwargs(training), mask, type(self).__name__)
     x, stats, scale, bias = self._inputs(x)
     y, new = type(self).norm_fn(
         x, scale, bias,

@@ -24,6 +24,7 @@ the effective learning rate instead of on the function (van Laarhoven 2017).
 """
 
 import functools
+import inspect
 import math
 from typing import NamedTuple, Optional, Sequence, Union
 
@@ -209,13 +210,13 @@ def _compute_stats(x: Array, reduction_axes: tuple, axis_name=None, method='shif
 
 def _stats_method(use_fast_variance, mask, axis_index_groups) -> str:
   """bnjax's shifted statistics (``None``) unless flax's are asked for
-  (``True``: ``'fast'``, ``False``: ``'two_pass'``) or needed (a mask or device
-  groups read ``None`` as ``True``)."""
-  if use_fast_variance is False:
-    return 'two_pass'
+  (``True``: ``'fast'``, ``False``: ``'two_pass'``); with a mask or device
+  groups ``None`` is the two-pass variance (as exact for any offset)."""
+  if use_fast_variance is True:
+    return 'fast'
   if use_fast_variance is None and mask is None and axis_index_groups is None:
     return 'shifted'
-  return 'fast'
+  return 'two_pass'
 
 
 def _pooled_masked_stats(x, reduction_axes, axis_name, method, mask, axis_index_groups):
@@ -437,14 +438,15 @@ def _update_stats(stats, mean, var, momentum):
   return BatchStats(ema(stats.mean, mean), ema(stats.var, var))
 
 
-def _with_mask(kwargs: dict, mask, layer: str) -> dict:
-  """A batch-norm layer's keyword arguments with its call's ``mask``: only
-  :func:`batch_norm` takes one (as only flax's BatchNorm does); the other
-  variants refuse it with a ValueError naming ``layer``."""
+def _with_mask(norm_fn, kwargs: dict, mask, layer: str) -> dict:
+  """A batch-norm layer's keyword arguments with its call's ``mask``, for a
+  ``norm_fn`` that takes one; the others (ghost batch norm: a mask would empty
+  virtual batches unevenly) refuse it with a ValueError naming ``layer``."""
   if mask is None:
     return kwargs
-  if 'use_fast_variance' not in kwargs:
-    raise ValueError(f'mask: {layer} takes no mask (BatchNorm does, as flax\'s).')
+  if 'mask' not in inspect.signature(norm_fn).parameters:
+    raise ValueError(f'mask: {layer} takes no mask (BatchNorm, BatchRenorm, PopulationNorm '
+                     f'and the mean-only and variance-only norms do).')
   return dict(kwargs, mask=mask)
 
 
@@ -518,10 +520,12 @@ def batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
       inputs normalized as flax does (complex mean, real variance of
       ``|x|``); ``flax.linen.BatchNorm``'s default is ``True``.
     mask: optional bool array broadcastable to ``x``: the batch statistics
-      use only the positions it marks, as flax's ``mask`` (flax's statistics:
-      ``use_fast_variance`` ``None`` is read as ``True``).
+      use only the positions it marks, as flax's ``mask``; with ``axis_name``
+      the devices pool their counts and sums, so that the statistics are
+      those of all marked positions however many each device holds
+      (``use_fast_variance`` ``None`` is then the two-pass variance).
     axis_index_groups: groups of devices along ``axis_name`` whose statistics
-      are pooled, as ``lax.pmean``'s (flax's statistics, as ``mask``).
+      are pooled, as ``lax.pmean``'s (``None`` read as with ``mask``).
 
   Returns:
     ``(y, new_stats)``; ``new_stats`` is ``None`` when ``stats`` is.
@@ -652,7 +656,7 @@ def batch_renorm(x, scale=None, bias=None, stats=None, *, training: bool, r_max=
 
 
 def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
-                    momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+                    momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None, mask=None):
   r"""Population normalization, PN (Luo et al. 2019, arXiv 1809.00846).
 
   .. math::
@@ -667,8 +671,9 @@ def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   since mu_P and var_P are constants for the gradient.
 
   Args:
-    x, scale, bias, stats, momentum, epsilon, axis, axis_name: as in
-      :func:`batch_norm`.
+    x, scale, bias, stats, momentum, epsilon, axis, axis_name, mask: as in
+      :func:`batch_norm` (``mask``: the positions the update's batch
+      statistics use).
     training: update ``stats`` from the batch statistics (True) or leave
       them (False); the normalization uses ``stats`` as passed in either way.
 
@@ -693,21 +698,25 @@ def population_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                      'in training and inference.')
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
+  mask = _check_mask(mask, x)
   mean, var = stats
   y = _normalize(x, mean, var, scale, bias, reduction_axes=red,
                  feature_axes=(feature_axis,), epsilon=epsilon)
   if training:
-    batch_mean, batch_var = _compute_stats(lax.stop_gradient(x), red, axis_name)
+    batch_mean, batch_var = _compute_stats(lax.stop_gradient(x), red, axis_name,
+                                           _stats_method(None, mask, None), mask)
     stats = _update_stats(stats, batch_mean, batch_var, momentum)
   return y, stats
 
 
 def _one_statistic_batch_norm(x, scale, bias, stats, *, use_mean, training, momentum,
-                              epsilon, axis, axis_name):
+                              epsilon, axis, axis_name, mask):
   """Batch norm that only centers (``use_mean``) or only rescales; tracks that statistic."""
   feature_axis, red = _batch_setup(x, scale, bias, stats, training=training,
                                    momentum=momentum, epsilon=epsilon, axis=axis)
-  mean, var = _compute_stats(x, red, axis_name) if training else stats
+  mask = _check_mask(mask, x)
+  mean, var = (_compute_stats(x, red, axis_name, _stats_method(None, mask, None), mask)
+               if training else stats)
   mean, var = (mean, None) if use_mean else (None, var)
   if training:
     stats = _update_stats(stats, mean, var, momentum)
@@ -717,7 +726,8 @@ def _one_statistic_batch_norm(x, scale, bias, stats, *, use_mean, training, mome
 
 
 def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
-                         momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None):
+                         momentum=0.99, epsilon=1e-5, axis: int = -1, axis_name=None,
+                         mask=None):
   r"""Mean-only batch normalization (Salimans & Kingma 2016; Luo et al. 2019).
 
   .. math::
@@ -731,7 +741,7 @@ def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool
   in the kernel: ``f(a * w) = a * f(w)``.
 
   Args:
-    x, scale, bias, stats, training, momentum, axis, axis_name: as in
+    x, scale, bias, stats, training, momentum, axis, axis_name, mask: as in
       :func:`batch_norm` (only ``stats.mean`` is tracked).
     epsilon: unused (nothing is divided by a standard deviation); kept so
       the signature is :func:`batch_norm`'s.
@@ -752,12 +762,12 @@ def mean_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool
   """
   return _one_statistic_batch_norm(
       x, scale, bias, stats, use_mean=True, training=training, momentum=momentum,
-      epsilon=epsilon, axis=axis, axis_name=axis_name)
+      epsilon=epsilon, axis=axis, axis_name=axis_name, mask=mask)
 
 
 def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
                              momentum=0.99, epsilon=1e-5, axis: int = -1,
-                             axis_name=None):
+                             axis_name=None, mask=None):
   r"""Variance-only batch normalization (Luo et al. 2019's ablation).
 
   .. math::
@@ -770,7 +780,7 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
   Scale invariance: per unit, as batch_norm.
 
   Args:
-    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name: as
+    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name, mask: as
       in :func:`batch_norm` (only ``stats.var`` is tracked).
 
   Returns:
@@ -790,7 +800,7 @@ def variance_only_batch_norm(x, scale=None, bias=None, stats=None, *, training: 
   """
   return _one_statistic_batch_norm(
       x, scale, bias, stats, use_mean=False, training=training, momentum=momentum,
-      epsilon=epsilon, axis=axis, axis_name=axis_name)
+      epsilon=epsilon, axis=axis, axis_name=axis_name, mask=mask)
 
 
 def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
@@ -811,7 +821,7 @@ def ghost_batch_norm(x, scale=None, bias=None, stats=None, *, training: bool,
   Scale invariance: per unit, as batch_norm.
 
   Args:
-    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name: as
+    x, scale, bias, stats, training, momentum, epsilon, axis, axis_name, mask: as
       in :func:`batch_norm`; the statistics are per virtual batch.
     virtual_batch_size: examples per virtual batch; divides the batch.
     fused_backward: as in :func:`batch_norm`.

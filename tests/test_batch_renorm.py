@@ -170,14 +170,18 @@ def _valid_rows(counts, c=3, seed=0):
   return jnp.asarray(x, jnp.float32), jnp.asarray(mask)
 
 
-@pytest.mark.parametrize('use_fast_variance', [True, False, None])
-@pytest.mark.parametrize('norm', ['batch_norm', 'batch_renorm'])
+@pytest.mark.parametrize('norm, use_fast_variance', [
+    ('batch_norm', True), ('batch_norm', False), ('batch_norm', None),
+    ('batch_renorm', True), ('batch_renorm', False), ('batch_renorm', None),
+    ('population_norm', ()), ('mean_only_batch_norm', ()), ('variance_only_batch_norm', ())])
 def test_masked_statistics_pool_devices_with_unequal_valid_rows(norm, use_fast_variance):
   x, mask = _valid_rows([5, 8, 0, 3])
   valid = x[np.broadcast_to(mask, x.shape)].reshape(16, 3)  # the 16 valid rows
   fn = getattr(norms, norm)
   stats = norms.BatchStats(jnp.full(3, 4.0), jnp.full(3, 3.0))
-  kw = dict(training=True, use_fast_variance=use_fast_variance, momentum=0.5)
+  kw = dict(training=True, momentum=0.5)
+  if use_fast_variance != ():
+    kw['use_fast_variance'] = use_fast_variance
 
   def per_device(x, m):
     def loss(x):
@@ -199,6 +203,19 @@ def test_masked_statistics_pool_devices_with_unequal_valid_rows(norm, use_fast_v
     chex.assert_trees_all_close(jax.tree_util.tree_map(lambda a: a[i], new), want_new,
                                 atol=1e-5, rtol=1e-5)
   assert np.isfinite(np.asarray(new.mean)).all() and np.isfinite(np.asarray(dx)).all()
+  # The layers pass the call's mask through (one device).
+  layer = {'batch_norm': layers.BatchNorm, 'batch_renorm': layers.BatchRenorm,
+           'population_norm': layers.PopulationNorm,
+           'mean_only_batch_norm': layers.MeanOnlyBatchNorm,
+           'variance_only_batch_norm': layers.VarianceOnlyBatchNorm}[norm]
+  flat_x, flat_mask = x.reshape(32, 3), mask.reshape(32, 1)
+  module = layer(use_running_average=False, momentum=0.5, **(
+      {} if use_fast_variance == () else {'use_fast_variance': use_fast_variance}))
+  variables = {'params': {'scale': jnp.full(3, 1.5), 'bias': jnp.zeros(3)},
+               'batch_stats': {'mean': stats.mean, 'var': stats.var}}
+  _, updates = module.apply(variables, flat_x, mask=flat_mask, mutable=['batch_stats'])
+  chex.assert_trees_all_close(tuple(updates['batch_stats'].values()), tuple(want_new),
+                              atol=1e-5, rtol=1e-5)
 
 
 def test_a_per_example_mask_broadcasts_and_flax_pools_wrongly():

@@ -107,9 +107,9 @@ def test_refuses_only_what_flax_refuses():
     layers.GroupNorm(2, reduction_axes=(1, 2)).init(jax.random.key(0), X)
   with pytest.raises(ValueError, match='mask has shape \\(5,\\), which does not broadcast'):
     layers.LayerNorm().init(jax.random.key(0), X, mask=np.ones(5, bool))
-  with pytest.raises(ValueError, match='mask: PopulationNorm takes no mask'):
-    layers.PopulationNorm(use_running_average=False).init(jax.random.key(0), X,
-                                                          mask=MASKS['features'])
+  with pytest.raises(ValueError, match='mask: GhostBatchNorm takes no mask'):
+    layers.GhostBatchNorm(use_running_average=False, virtual_batch_size=4).init(
+        jax.random.key(0), X, mask=MASKS['features'])
   # What flax allows: an instance norm of rank 2 (no spatial axis: the bias) and a
   # layer norm over every axis of one example.
   for ours, ref, x in ((layers.InstanceNorm(), nn.InstanceNorm(), X[:, 0, 0]),

@@ -380,6 +380,18 @@ def test_sweep_never_reuses_a_run_of_another_config(tmp_path):
   assert len(list((tmp_path / 'stale').iterdir())) == 1  # the old run kept, not lost
 
 
+def test_study_binary_refuses_a_folder_of_another_study_before_any_work(tmp_path):
+  workdir.write_json_atomic(tmp_path / 'study.json', {
+      'study': 'teacher_student', 'preset': 'standard', 'runs': ['a']})
+  out = subprocess.run([sys.executable, '-m', 'experiments.teacher_student', '--preset=smoke',
+                        f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert "--workdir" in out.stderr and "holds study 'teacher_student' preset 'standard'" in \
+      out.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['study.json']
+
+
 def test_report_loader_reads_a_study_of_an_older_config_format(tmp_path):
   """A study folder written before config format 5 (study.json and the runs' records
   both format 4) is read as it meant: --report_only finds every run."""

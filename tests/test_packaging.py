@@ -99,7 +99,7 @@ def test_study_cli_refuses_an_unknown_study(capsys):
   assert all(name in listing for name in study.STUDIES)
   assert all(preset in listing for preset in study.PRESETS)
   assert set(study.STUDIES) == {'effective_lr', 'equilibrium', 'bn_regularization',
-                                'teacher_student', 'rotational'}
+                                'teacher_student', 'rotational', 'timescale'}
   for name in study.STUDIES:
     module = study.study_module(name)
     assert callable(module.configs) and callable(module.report)

@@ -12,7 +12,8 @@ README = ROOT / 'README.md'
 PAGES = [README, ROOT / 'docs' / 'guide.md']
 BLOCKS = [(page.name, i, block) for page in PAGES
           for i, block in enumerate(re.findall(r'```python\n(.*?)```', page.read_text(), re.S))]
-STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student', 'rotational')
+STUDIES = ('effective_lr', 'equilibrium', 'bn_regularization', 'teacher_student', 'rotational',
+           'timescale')
 
 
 def test_pages_have_examples():

@@ -222,7 +222,7 @@ def _write_study(folder, study_name, preset, runs):
 
 
 @pytest.mark.parametrize('module', ['effective_lr', 'equilibrium', 'bn_regularization',
-                                    'teacher_student', 'rotational'])
+                                    'teacher_student', 'rotational', 'timescale'])
 def test_every_preset_of_every_study_is_valid(module):
   mod = __import__(f'bnjax.train.studies.{module}', fromlist=['configs'])
   for preset in mod.PRESETS:
@@ -850,3 +850,81 @@ def test_bn_regularization_keeps_the_implicit_measurement(tmp_path, monkeypatch)
   assert calls == ['bn'] * 5
   assert cached(study.Run('bn', {}, {'steps': 8, 'test_loss': 0.5}, [])) == want
   assert len(calls) == 6  # retrained: its summary differs
+
+
+# ------------------------------------------------------------ timescale
+
+
+def _timescale_study(tmp_path, claims_hold, preset, edge=False):
+  """Planted runs: each size's test error a parabola in log2 tau_epoch, least at
+  the grid's geometric centre for every size (claims hold), or at tau ~ size^-0.75
+  (the best lambda ~ size^-0.25: the taus 5x apart over a 9x range of sizes, the
+  lambdas 1.7x: both claims fail); ``edge`` puts one size's least error past the
+  last tau of the grid."""
+  from bnjax.train.studies import timescale as ts
+  p = ts.PRESETS[preset]
+  sizes = p['sizes']
+  centre = math.sqrt(min(p['taus']) * max(p['taus']))
+  middle = math.sqrt(sizes[0] * sizes[-1])
+  runs = {}
+  for name, cfg in ts.configs(preset).items():
+    size = cfg.train_subset
+    best = centre if claims_hold else centre * (size / middle) ** -0.75
+    if edge and size == sizes[-1]:
+      best = 4 * max(p['taus'])
+    tau = ts.tau_epochs(study.Run(name, dataclasses.asdict(cfg), {}, []))
+    error = 0.1 + 0.01 * (math.log2(tau) - math.log2(best)) ** 2 + 1e-4 * cfg.seed
+    runs[name] = (cfg, {'steps': cfg.total_steps(), 'test_accuracy': 1 - error,
+                        'test_loss': 1.0}, [{'step': cfg.total_steps(), 'loss': 1.0}])
+  _write_study(tmp_path, 'timescale', preset, runs)
+  return ts.report(tmp_path)
+
+
+@pytest.mark.parametrize('claims_hold', [True, False])
+@pytest.mark.parametrize('preset, seeds', [('quick', 1), ('standard', 5)])
+def test_timescale_report_decides_the_planted_outcome(tmp_path, claims_hold, preset, seeds):
+  path = _timescale_study(tmp_path, claims_hold, preset)
+  found = _decided(tmp_path, 'holds' if claims_hold else 'does not hold', seeds)
+  assert [v.id for v in found] == ['timescale/best-tau-epoch-constant-across-sizes',
+                                   'timescale/best-lambda-changes-with-size']
+  assert (tmp_path / 'timescale.png').stat().st_size > 1000
+  assert 'lambda' in path.read_text()
+
+
+def test_timescale_best_tau_interpolates_and_flags_the_grid_edge(tmp_path):
+  from bnjax.train.studies import timescale as ts
+  # A parabola in log2 tau with its vertex at tau = 2**0.3 between grid points.
+  errors = {t: (math.log2(t) - 0.3) ** 2 for t in (0.25, 0.5, 1.0, 2.0, 4.0)}
+  tau, edge = ts.best_tau(errors)
+  assert tau == pytest.approx(2 ** 0.3) and not edge
+  assert ts.best_tau({0.5: 0.1, 1.0: 0.2, 2.0: 0.3}) == (0.5, True)
+  _timescale_study(tmp_path, True, 'standard', edge=True)
+  for v in verdicts.read(tmp_path):
+    assert v.outcome == 'inconclusive' and 'edge of the tau grid' in v.numbers, v
+
+
+def test_timescale_presets_set_lambda_from_tau_per_size():
+  from bnjax import theory
+  from bnjax.train.studies import timescale as ts
+  cfgs = ts.configs('standard')
+  p = ts.PRESETS['standard']
+  assert len(cfgs) == len(p['sizes']) * len(p['taus']) * len(p['seeds']) >= 45
+  assert max(p['taus']) / min(p['taus']) >= 16 and len(p['seeds']) >= 3
+  epochs = {c.num_epochs for c in cfgs.values()}
+  assert len(epochs) == 1  # equal epochs for every size
+  for name, c in cfgs.items():
+    assert (c.optimizer, c.regularizer) == ('adam', 'decoupled')
+    tau = theory.ema_timescale(c.learning_rate, c.weight_decay, c.steps_per_epoch())
+    assert name == ts.run_name(c.train_subset, round(tau, 6), c.seed)
+
+
+def test_timescale_runs_end_to_end(tmp_path):
+  from bnjax.train.studies import timescale as ts
+  wanted = {n: c for n, c in ts.configs('smoke').items() if n.startswith(('n256', 'n1024'))}
+  runs = study.run_sweep('timescale', 'smoke', wanted, tmp_path, workers=1)
+  assert set(runs) == set(wanted)
+  for name, run in runs.items():  # the run logs the timescale the preset set
+    steps, tau = run.series('ema_timescale_epochs/conv1')
+    assert tau == pytest.approx(float(name.split('-tau')[1].split('-')[0]))
+  report = ts.report(tmp_path).read_text()
+  assert 'Verdicts' in report and (tmp_path / 'verdicts.json').exists()

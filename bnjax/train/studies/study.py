@@ -38,6 +38,7 @@ STUDIES = {
     'bn_regularization': 'bnjax.train.studies.bn_regularization',
     'teacher_student': 'bnjax.train.studies.teacher_student',
     'rotational': 'bnjax.train.studies.rotational',
+    'timescale': 'bnjax.train.studies.timescale',
 }
 
 
@@ -492,12 +493,16 @@ def main_for(study: str, configs: Callable[[str, str], Dict[str, Config]],
             f'{report(FLAGS.workdir)}')
       return
     wanted = configs(FLAGS.preset, FLAGS.parallel)
-    check_ready(wanted, FLAGS.data_dir)
     if (pathlib.Path(FLAGS.workdir) / 'study.json').exists():
       try:
-        study_meta(FLAGS.workdir)
+        meta = study_meta(FLAGS.workdir)
       except ValueError as e:
         raise app.UsageError(f'--workdir: {e}')
+      if (meta['study'], meta.get('preset')) != (study, FLAGS.preset):
+        raise app.UsageError(f'--workdir: {FLAGS.workdir} holds study {meta["study"]!r} preset '
+                             f'{meta.get("preset")!r}; use another folder for {study!r} preset '
+                             f'{FLAGS.preset!r}.')
+    check_ready(wanted, FLAGS.data_dir)
     names = shard_of(wanted, shard)
     if not names:
       print(f'shard {FLAGS.shard} has no runs: the study has {len(wanted)} and shard i/n '
