@@ -58,7 +58,9 @@ studies: study
 	$(PY) -m experiments.timescale --preset=quick --workdir=runs/timescale
 
 # The standard presets: 3+ seeds per cell, decisive verdicts (56 minutes for
-# the first four, about 62 for all five, on a 2-core AMD EPYC), into runs/standard/<study>/.
+# the first four, about 62 for the first five, on a 2-core AMD EPYC; timescale
+# about 20 more: 45 of its runs took 11.5 minutes, 39 more 10), into
+# runs/standard/<study>/.
 standard: $(STAMP) data
 	for s in effective_lr equilibrium bn_regularization teacher_student rotational timescale; do \
 	  $(PY) -m experiments.$$s --preset=standard --workdir=runs/standard/$$s || exit 1; \

@@ -607,9 +607,9 @@ def batch_renorm(x, scale=None, bias=None, stats=None, *, training: bool, r_max=
     training: batch statistics with the correction (True) or ``stats`` (False).
     r_max: bound of ``r`` in ``[1/r_max, r_max]``, >= 1.
     d_max: bound of ``|d|``, >= 0.
-    momentum, epsilon, axis, axis_name, use_fast_variance, mask,
-      axis_index_groups: as :func:`batch_norm` (``use_fast_variance=None``:
-      bnjax's shifted one-pass statistics, differentiated by autodiff).
+    momentum, epsilon, axis, axis_name, use_fast_variance, mask, axis_index_groups: as
+      :func:`batch_norm` (``use_fast_variance=None``: bnjax's shifted one-pass
+      statistics, differentiated by autodiff).
 
   Returns:
     ``(y, new_stats)``.
