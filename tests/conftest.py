@@ -35,8 +35,8 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.2')
 
 # Test files by total time, longest first (measured 2026-12-05 on the 2-core CI
 # machine: 120 s down to 20 s), the two real-data files apart so that they do
-# not start together (together: 669 s for the suite, apart: 655 s); the others
-# follow in collection order.
+# not start together (the suite: 655 s and 666 s apart, 669 s together, within
+# run-to-run noise); the others follow in collection order.
 LONGEST_FIRST = (
     'test_sweep.py', 'test_real_data.py', 'test_faults.py', 'test_train.py',
     'test_real_data_studies.py', 'test_studies.py', 'test_stops.py', 'test_models.py',
