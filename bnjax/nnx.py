@@ -603,14 +603,17 @@ class _Reparametrized(nnx.Module):
     raise NotImplementedError
 
   def __call__(self, x, *args, **kwargs):
-    chosen = [(path, v, _value(v)) for path, v in self._chosen()]
-    for path, variable, stored in chosen:
-      _set(variable, self._reparam(path, stored))
+    chosen = self._chosen()
+    stored = [_value(v) for _, v in chosen]
+    # Every rewrite first: a refusal leaves every variable as it was.
+    rewritten = [self._reparam(path, value) for (path, _), value in zip(chosen, stored)]
+    for (_, variable), value in zip(chosen, rewritten):
+      _set(variable, value)
     try:
       return self.layer_instance(x, *args, **kwargs)
     finally:
-      for _, variable, stored in chosen:
-        _set(variable, stored)
+      for (_, variable), value in zip(chosen, stored):
+        _set(variable, value)
 
 
 class WeightNorm(_Reparametrized):

@@ -261,3 +261,14 @@ def test_weight_standardization_takes_weight_norm_conventions():
   dense.bias.set_value(b)
   ours = bnx.WeightStandardization(dense, feature_axes=None, variable_filter=...)
   np.testing.assert_allclose(ours(x), ws.apply(v, x), atol=1e-6)
+
+
+def test_nnx_weight_norm_refuses_a_variable_added_after_it_was_built():
+  dense = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+  layer = bnx.WeightNorm(dense, rngs=nnx.Rngs(1))
+  # ('zz', 'kernel'), after ('kernel',): the filter picks it, with no gain for it.
+  dense.zz = nnx.Linear(3, 2, rngs=nnx.Rngs(2))
+  kernels = (dense.kernel[...], dense.zz.kernel[...])
+  with pytest.raises(ValueError, match=r'no gain for zz/kernel: the wrapped layer gained'):
+    layer(jnp.ones((1, 3)))
+  _equal((dense.kernel[...], dense.zz.kernel[...]), kernels)  # every kernel as it was
